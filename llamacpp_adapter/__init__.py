@@ -1,0 +1,57 @@
+"""Drive llama.cpp's HTTP server from Trio and asyncio: typed, ordered token streams."""
+
+from ._exceptions import (
+    AdapterError,
+    DeadlineUnmet,
+    DecodeTimeout,
+    EngineError,
+    InternalError,
+    PoolUnavailable,
+    ProtocolError,
+    WorkerError,
+    WorkerReset,
+)
+from ._mapping import CompletionStreamDecoder, completion_body
+from ._sse import SSEDecoder, SSEEvent
+from ._types import (
+    End,
+    Metrics,
+    Started,
+    TaskRequest,
+    Token,
+    TokenEvent,
+    WorkerHealth,
+    WorkerProps,
+)
+from .http_util import default_client, redact_secrets, register_secret, stream_decode, with_bearer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterError",
+    "CompletionStreamDecoder",
+    "DeadlineUnmet",
+    "DecodeTimeout",
+    "End",
+    "EngineError",
+    "InternalError",
+    "Metrics",
+    "PoolUnavailable",
+    "ProtocolError",
+    "SSEDecoder",
+    "SSEEvent",
+    "Started",
+    "TaskRequest",
+    "Token",
+    "TokenEvent",
+    "WorkerError",
+    "WorkerHealth",
+    "WorkerProps",
+    "WorkerReset",
+    "completion_body",
+    "default_client",
+    "redact_secrets",
+    "register_secret",
+    "stream_decode",
+    "with_bearer",
+]

@@ -1,0 +1,142 @@
+"""The errors this library raises: one hierarchy, after the orchestrator's own taxonomy.
+
+::
+
+    WorkerError                  code            retriable
+    ├── AdapterError             ADAPTER_ERROR   429 and 5xx
+    ├── PoolUnavailable          POOL_UNAVAILABLE
+    ├── DeadlineUnmet            DEADLINE_UNMET
+    ├── DecodeTimeout            DECODE_TIMEOUT  yes
+    ├── WorkerReset              WORKER_RESET    yes
+    ├── ProtocolError            PROTOCOL_ERROR
+    ├── EngineError              ENGINE_ERROR
+    └── InternalError            INTERNAL_ERROR
+
+Every message passes :func:`redact_secrets` before it is stored, so neither ``str()`` nor
+``repr()`` of an error can show a registered secret or a credential of a known shape.
+``retriable`` says whether the same task may succeed if sent again (the caller still
+decides: after the first token, nothing is retried).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ._redact import redact_secrets
+
+__all__ = [
+    "AdapterError",
+    "DeadlineUnmet",
+    "DecodeTimeout",
+    "EngineError",
+    "InternalError",
+    "PoolUnavailable",
+    "ProtocolError",
+    "WorkerError",
+    "WorkerReset",
+]
+
+
+class WorkerError(Exception):
+    """Root of every error raised by this library.
+
+    Attributes:
+        code: a stable string naming the kind of failure, e.g. ``"POOL_UNAVAILABLE"``.
+        retriable: whether sending the same task again may succeed.
+        message: the redacted message.
+    """
+
+    code: ClassVar[str] = "WORKER_ERROR"
+    default_retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        self.message = redact_secrets(str(message))
+        self.retriable = self.default_retriable if retriable is None else retriable
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class AdapterError(WorkerError):
+    """The engine answered with a non-success HTTP status.
+
+    Attributes:
+        status: the HTTP status code.
+        error_type: the engine's own name for the error (e.g.
+            ``"exceed_context_size_error"``), or ``None`` when it gave none.
+    """
+
+    code = "ADAPTER_ERROR"
+
+    def __init__(self, message: str, *, status: int, error_type: str | None = None) -> None:
+        super().__init__(message, retriable=status == 429 or 500 <= status <= 599)
+        self.status = status
+        self.error_type = None if error_type is None else redact_secrets(error_type)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status}, "
+            f"error_type={self.error_type!r})"
+        )
+
+
+class PoolUnavailable(WorkerError):
+    """The task cannot be placed: it does not fit (e.g. its prompt exceeds the context),
+    or no replica can take it. Raised at once, never after waiting without bound."""
+
+    code = "POOL_UNAVAILABLE"
+
+
+class DeadlineUnmet(WorkerError):
+    """The task's overall deadline passed before its stream ended."""
+
+    code = "DEADLINE_UNMET"
+
+
+class DecodeTimeout(WorkerError):
+    """No data arrived from the engine within the read timeout."""
+
+    code = "DECODE_TIMEOUT"
+    default_retriable = True
+
+
+class WorkerReset(WorkerError):
+    """The connection to the engine was cut, or closed before the stream's final chunk."""
+
+    code = "WORKER_RESET"
+    default_retriable = True
+
+
+class ProtocolError(WorkerError):
+    """The engine sent something this library cannot read: bad SSE, bad JSON, an event
+    over the size bound, or token indices out of order."""
+
+    code = "PROTOCOL_ERROR"
+
+
+class EngineError(WorkerError):
+    """The engine reported an error inside an open stream.
+
+    Attributes:
+        error_type: the engine's own name for the error, or ``None``.
+        engine_code: the numeric code the engine gave, or ``None``.
+    """
+
+    code = "ENGINE_ERROR"
+
+    def __init__(
+        self, message: str, *, error_type: str | None = None, engine_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.error_type = None if error_type is None else redact_secrets(error_type)
+        self.engine_code = engine_code
+
+
+class InternalError(WorkerError):
+    """A fault inside this library; please report it."""
+
+    code = "INTERNAL_ERROR"

@@ -1,0 +1,313 @@
+"""The typed values that cross the public API: the task, the stream's events, and what a
+worker reports about itself."""
+
+from __future__ import annotations
+
+import math
+import types
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "End",
+    "Metrics",
+    "Started",
+    "TaskRequest",
+    "Token",
+    "TokenEvent",
+    "WorkerHealth",
+    "WorkerProps",
+]
+
+_MAX_JOB_ID_CHARS = 256
+_MAX_SEED = 2**32 - 1
+
+# /completion fields that TaskRequest sets itself; ``extra`` may not override them.
+_FIELDS_SET_BY_REQUEST: dict[str, str] = {
+    "prompt": "prompt",
+    "stream": "(always true)",
+    "n_predict": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "seed": "seed",
+    "stop": "stop",
+    "return_tokens": "(always true)",
+}
+
+
+@dataclass(frozen=True, repr=False)
+class TaskRequest:
+    """One generation task for a llama.cpp worker.
+
+    Give either ``prompt`` (text, or a sequence of token ids) or ``messages`` (chat turns
+    such as ``{"role": "user", "content": "Hi"}``, rendered by the server's own chat
+    template). The defaults are greedy and so deterministic: ``temperature=0.0``,
+    ``top_p=1.0``.
+
+    Args:
+        prompt: the prompt text or token ids.
+        messages: chat turns, instead of ``prompt``.
+        max_tokens: the most tokens to generate; ``None`` lets the engine decide
+            (until end of sequence or a full context).
+        temperature: sampling temperature, ``>= 0``; ``0`` is greedy.
+        top_p: nucleus sampling, in ``[0, 1]``.
+        top_k: top-k sampling, forwarded when set.
+        seed: the sampler's seed, forwarded when set (``0 <= seed < 2**32``).
+        stop: strings that end generation (a single string is one stop string).
+        job_id: the orchestrator's id for this task; a random one when not given.
+        extra: further llama.cpp ``/completion`` fields, sent as given (e.g.
+            ``{"ignore_eos": True}``). It may not set a field this class sets.
+
+    Raises:
+        ValueError, TypeError: when a field is out of range or of the wrong type. The
+            message names the field, never the prompt.
+    """
+
+    prompt: str | Sequence[int] | None = None
+    _: KW_ONLY
+    messages: Sequence[Mapping[str, Any]] | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            set_(self, "prompt", _token_ids(self.prompt))
+        if self.messages is not None:
+            set_(self, "messages", _messages(self.messages))
+        _optional_int("max_tokens", self.max_tokens, minimum=1)
+        _optional_int("top_k", self.top_k, minimum=0)
+        _optional_int("seed", self.seed, minimum=0, maximum=_MAX_SEED)
+        set_(self, "temperature", _number("temperature", self.temperature, 0.0, math.inf))
+        set_(self, "top_p", _number("top_p", self.top_p, 0.0, 1.0))
+        set_(self, "stop", _stop(self.stop))
+        if not isinstance(self.job_id, str) or not self.job_id:
+            raise TypeError("job_id must be a non-empty str")
+        if len(self.job_id) > _MAX_JOB_ID_CHARS or not self.job_id.isprintable():
+            raise ValueError(
+                f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters"
+            )
+        set_(self, "extra", _extra(self.extra))
+
+    def __repr__(self) -> str:
+        # Prompts are not logged, so a repr shows their size only.
+        if isinstance(self.prompt, str):
+            source = f"prompt=<{len(self.prompt)} chars>"
+        elif self.prompt is not None:
+            source = f"prompt=<{len(self.prompt)} token ids>"
+        else:
+            source = f"messages=<{len(self.messages or ())} turns>"
+        return (
+            f"TaskRequest(job_id={self.job_id!r}, {source}, max_tokens={self.max_tokens}, "
+            f"temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, "
+            f"seed={self.seed}, stop=<{len(self.stop)}>, extra={sorted(self.extra)})"
+        )
+
+
+def _token_ids(value: object) -> tuple[int, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, bytes | bytearray):
+        raise TypeError("prompt must be a str or a sequence of token ids")
+    ids = tuple(value)
+    for token_id in ids:
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+            raise ValueError("prompt token ids must be ints >= 0")
+    return ids
+
+
+def _messages(value: object) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes | bytearray):
+        raise TypeError("messages must be a sequence of mappings")
+    turns: list[Mapping[str, Any]] = []
+    for turn in value:
+        if not isinstance(turn, Mapping):
+            raise TypeError("each message must be a mapping with 'role' and 'content'")
+        if not isinstance(turn.get("role"), str) or "content" not in turn:
+            raise ValueError("each message needs a str 'role' and a 'content'")
+        turns.append(types.MappingProxyType(dict(turn)))
+    if not turns:
+        raise ValueError("messages must not be empty")
+    return tuple(turns)
+
+
+def _optional_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}")
+
+
+def _number(name: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number")
+    number = float(value)
+    if math.isnan(number) or not low <= number <= high or math.isinf(number):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}]")
+    return number
+
+
+def _stop(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Sequence):
+        raise TypeError("stop must be a str or a sequence of str")
+    stops = tuple(value)
+    if not all(isinstance(s, str) and s for s in stops):
+        raise ValueError("stop strings must be non-empty str")
+    return stops
+
+
+def _extra(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError("extra must be a mapping")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError("extra keys must be str")
+        if key in _FIELDS_SET_BY_REQUEST:
+            raise ValueError(
+                f"extra may not set {key!r}; it is set from TaskRequest "
+                f"{_FIELDS_SET_BY_REQUEST[key]}"
+            )
+    copy = dict(value)
+    try:
+        msgspec.json.encode(copy)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError("extra must hold JSON values only") from exc
+    return types.MappingProxyType(copy)
+
+
+# --- Events ---------------------------------------------------------------------------
+# Frozen msgspec structs: typed, immutable, with a readable repr, and several times
+# cheaper to create than frozen dataclasses (one is made per token).
+
+
+class Started(msgspec.Struct, frozen=True):
+    """The engine accepted the task; tokens follow.
+
+    Attributes:
+        job_id: the task's ``job_id``.
+    """
+
+    job_id: str
+
+
+class Token(msgspec.Struct, frozen=True):
+    """A piece of generated text.
+
+    Attributes:
+        i: this event's position among the stream's tokens: 0, 1, 2, ... with no gap.
+        text: the text the engine sent with it (it may be empty while the engine holds
+            back an incomplete UTF-8 sequence; the joined texts are the whole output).
+        token_ids: the ids of the tokens that produced it.
+    """
+
+    i: int
+    text: str
+    token_ids: tuple[int, ...] = ()
+
+
+class Metrics(msgspec.Struct, frozen=True):
+    """The engine's own timings for the task, sent once before :class:`End`.
+
+    Attributes:
+        prompt_tokens: prompt tokens evaluated (not counting those reused from cache).
+        prompt_ms: time spent on the prompt.
+        prompt_tokens_per_s: prompt throughput.
+        predicted_tokens: tokens generated.
+        predicted_ms: time spent generating.
+        predicted_tokens_per_s: generation throughput.
+        cached_tokens: prompt tokens reused from the cache, when reported.
+    """
+
+    prompt_tokens: int
+    prompt_ms: float
+    prompt_tokens_per_s: float
+    predicted_tokens: int
+    predicted_ms: float
+    predicted_tokens_per_s: float
+    cached_tokens: int | None = None
+
+
+class End(msgspec.Struct, frozen=True):
+    """The stream ended normally. Always the last event.
+
+    Attributes:
+        tokens_out: tokens generated, as the engine counted them.
+        stop_reason: why generation stopped, in the engine's words: ``"eos"`` (end of
+            sequence), ``"limit"`` (``max_tokens`` or the context), ``"word"`` (a stop
+            string).
+        tokens_in: prompt tokens evaluated, when reported.
+        truncated: whether the engine cut the prompt to fit its context.
+        stop_word: the stop string that matched, when ``stop_reason == "word"``.
+    """
+
+    tokens_out: int
+    stop_reason: str
+    tokens_in: int | None = None
+    truncated: bool = False
+    stop_word: str | None = None
+
+
+TokenEvent: TypeAlias = Started | Token | Metrics | End
+"""Any event of a task's stream."""
+
+
+# --- What a worker reports ------------------------------------------------------------
+
+
+class WorkerHealth(msgspec.Struct, frozen=True):
+    """A worker's answer to ``GET /health``.
+
+    Attributes:
+        live: the server answered at all.
+        ready: it can take work now (not loading, not failed).
+        status: the server's own word for its state (``"ok"``, ``"loading model"``,
+            ``"error"``), or ``"unreachable"``.
+        message: the server's message when it is not ready, redacted.
+        slots_idle: idle slots, when the server reports them.
+        slots_processing: busy slots, when the server reports them.
+    """
+
+    live: bool
+    ready: bool
+    status: str
+    message: str | None = None
+    slots_idle: int | None = None
+    slots_processing: int | None = None
+
+
+class WorkerProps(msgspec.Struct, frozen=True):
+    """What a worker says about itself (``GET /props`` and ``GET /slots``).
+
+    Attributes:
+        slots_total: parallel slots (``-np``).
+        slots_free: slots not processing a task when asked.
+        context_size: tokens of context per slot.
+        model_path: the model file the server loaded.
+        model_alias: the model's alias, when set.
+        build_info: the server's build, e.g. ``"b6000-1a2b3c4d"``.
+        default_generation_settings: the server's defaults for a completion.
+    """
+
+    slots_total: int
+    slots_free: int
+    context_size: int
+    model_path: str
+    model_alias: str | None = None
+    build_info: str | None = None
+    default_generation_settings: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -1,0 +1,35 @@
+"""Sessions a newcomer runs with one command: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+# Tools whose verdicts must not drift between machines are pinned exactly.
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install(RUFF)
+    session.run("ruff", "check", "llamacpp_adapter", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "llamacpp_adapter", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install(MYPY, "-e", ".")
+    session.run("mypy", "llamacpp_adapter")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/bench_decode.py", *session.posargs)
