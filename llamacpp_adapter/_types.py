@@ -213,7 +213,9 @@ class Token(msgspec.Struct, frozen=True):
         i: this event's position among the stream's tokens: 0, 1, 2, ... with no gap.
         text: the text the engine sent with it (it may be empty while the engine holds
             back an incomplete UTF-8 sequence; the joined texts are the whole output).
-        token_ids: the ids of the tokens that produced it.
+        token_ids: the token ids the engine sent with it. llama.cpp leaves out the ids
+            of tokens it held back while a UTF-8 character was incomplete (the text is
+            whole), so a stream's ids can be fewer than ``End.tokens_out``.
     """
 
     i: int
@@ -247,7 +249,9 @@ class End(msgspec.Struct, frozen=True):
     """The stream ended normally. Always the last event.
 
     Attributes:
-        tokens_out: tokens generated, as the engine counted them.
+        tokens_out: tokens generated, as the engine counted them. This can exceed the
+            tokens whose text was streamed: at a length limit llama.cpp drops a held-back
+            incomplete UTF-8 tail from the stream (its unstreamed answer shows U+FFFD).
         stop_reason: why generation stopped, in the engine's words: ``"eos"`` (end of
             sequence), ``"limit"`` (``max_tokens`` or the context), ``"word"`` (a stop
             string).
