@@ -1,4 +1,4 @@
-"""Sessions a newcomer runs with one command: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``."""
+"""Sessions a newcomer runs with one command: ``nox -s tests``, ``lint``, ``typecheck``."""
 
 import nox
 
@@ -20,12 +20,14 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install(RUFF)
     session.run("ruff", "check", "llamacpp_adapter", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "llamacpp_adapter", "tests", "benchmarks", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "llamacpp_adapter", "tests", "benchmarks", "noxfile.py"
+    )
 
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(MYPY, "-e", ".")
+    session.install(MYPY, "-e", ".[model]")
     session.run("mypy", "llamacpp_adapter")
 
 

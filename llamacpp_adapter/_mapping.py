@@ -154,7 +154,7 @@ class CompletionStreamDecoder:
         events: list[TokenEvent] = []
         try:
             for item in self._sse.feed_message_data(data):
-                if type(item) is bytes:
+                if isinstance(item, bytes):
                     self._take_run(item, events)
                 else:
                     self._take_payload(item, events)

@@ -25,26 +25,28 @@ _FINGERPRINT_HEX_DIGITS = 6
 _registered: set[str] = set()
 _registered_lock = threading.Lock()
 
-# Credentials by shape. Each pattern's group "secret" is what gets masked.
-_TOKEN68 = r"[A-Za-z0-9\-._~+/]+=*"
+# Credentials by shape. Each pattern's group "secret" is what gets masked. No pattern
+# asks for a word boundary before its keyword: masking too much is the safe mistake.
 _VALUE = r"[^\s\"'&,;<>]+"
 _AUTH_SCHEMES = r"(?:basic|bearer|digest|token|apikey|negotiate|ntlm|hoba|mutual|aws4-hmac-sha256)"
 _PATTERNS: tuple[re.Pattern[str], ...] = (
-    # "Bearer <token>" anywhere, including inside an Authorization header.
-    re.compile(rf"(?i)\bbearer[ \t]+(?P<secret>{_TOKEN68})"),
+    # "Bearer <token>" anywhere, including inside an Authorization header; the whole
+    # value, even where it is not a valid token68.
+    re.compile(rf"(?i)bearer[ \t]+(?P<secret>{_VALUE})"),
     # "Authorization: <scheme> <credentials>" or "Authorization: <credentials>".
     re.compile(
-        rf"(?i)\b(?:proxy-)?authorization[\"']?[ \t]*[:=][ \t]*[\"']?"
+        rf"(?i)(?:proxy-)?authorization[\"']?[ \t]*[:=][ \t]*[\"']?"
         rf"(?:{_AUTH_SCHEMES}[ \t]+)?(?P<secret>{_VALUE})"
     ),
     # API keys as headers ("X-Api-Key: v"), query parameters ("api_key=v") or JSON
     # fields ('"api-key": "v"').
     re.compile(
-        rf"(?i)(?<![A-Za-z0-9])(?:x-api-key|api[-_]?key|access[-_]token)[\"']?[ \t]*[:=][ \t]*[\"']?"
+        rf"(?i)(?:x-api-key|api[-_]?key|access[-_]token)[\"']?[ \t]*[:=][ \t]*[\"']?"
         rf"(?P<secret>{_VALUE})"
     ),
-    # The password in "scheme://user:password@host".
-    re.compile(r"(?i)\b[a-z][a-z0-9+.\-]*://[^\s/:@]*:(?P<secret>[^\s/@]+)@"),
+    # The password in "scheme://user:password@host" (up to the "@", even past a "/"
+    # that a well-formed URL would have escaped).
+    re.compile(r"(?i)[a-z][a-z0-9+.\-]*://[^\s/:@]*:(?P<secret>[^\s@]+)@"),
 )
 
 
@@ -80,9 +82,6 @@ def redact_secrets(text: str) -> str:
     """
     with _registered_lock:
         known = set(_registered)
-    if not known and not _might_hold_credentials(text):
-        return text
-
     found: set[str] = set()
     for pattern in _PATTERNS:
         text = pattern.sub(lambda m: _mask_match(m, found), text)
@@ -102,11 +101,6 @@ def redact_secrets(text: str) -> str:
 
 
 _MASK = re.compile(rf"\*{{4}}[0-9a-f]{{{_FINGERPRINT_HEX_DIGITS}}}")
-_CREDENTIAL_HINT = re.compile(r"(?i)bearer|authorization|api[-_]?key|access[-_]token|://[^\s/]*@")
-
-
-def _might_hold_credentials(text: str) -> bool:
-    return _CREDENTIAL_HINT.search(text) is not None
 
 
 def _mask_match(match: re.Match[str], found: set[str]) -> str:

@@ -191,9 +191,7 @@ class SSEDecoder:
 
     def _raise_if_failed(self) -> None:
         if self._failed:
-            raise ProtocolError(
-                f"an SSE event exceeds the bound of {self._max_event_bytes} bytes"
-            )
+            raise ProtocolError(f"an SSE event exceeds the bound of {self._max_event_bytes} bytes")
 
     @staticmethod
     def _message_data(events: list[SSEEvent]) -> list[bytes | str]:
@@ -270,9 +268,8 @@ class SSEDecoder:
         elif name == "id":
             if "\x00" not in value:
                 self._last_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self._retry = int(value)
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         if self._data:

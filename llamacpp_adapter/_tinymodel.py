@@ -8,7 +8,7 @@ hundred ``▁word`` pieces. The weights are random but fixed by a seed, so greed
 gives the same tokens on every run; the text is nonsense, mixing words and raw bytes
 (which exercises partial UTF-8 in the stream).
 
-Needs the ``gguf`` package (and so NumPy): install the ``engine`` extra.
+Needs the ``gguf`` package (and so NumPy): install the ``model`` extra.
 """
 
 from __future__ import annotations
@@ -76,16 +76,17 @@ def write_tiny_model(path: str | Path, *, seed: int = 0) -> Path:
     """
     import gguf
     import numpy as np
+    import numpy.typing as npt
 
     path = Path(path)
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary()
     n_vocab = len(tokens)
 
-    def weights(*shape: int) -> np.ndarray:  # type: ignore[type-arg]
+    def weights(*shape: int) -> npt.NDArray[np.float32]:
         return (rng.standard_normal(shape) * _WEIGHT_SCALE).astype(np.float32)
 
-    def ones(n: int) -> np.ndarray:  # type: ignore[type-arg]
+    def ones(n: int) -> npt.NDArray[np.float32]:
         return np.ones(n, dtype=np.float32)
 
     writer = gguf.GGUFWriter(str(path), "llama")

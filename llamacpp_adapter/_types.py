@@ -97,9 +97,7 @@ class TaskRequest:
         if not isinstance(self.job_id, str) or not self.job_id:
             raise TypeError("job_id must be a non-empty str")
         if len(self.job_id) > _MAX_JOB_ID_CHARS or not self.job_id.isprintable():
-            raise ValueError(
-                f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters"
-            )
+            raise ValueError(f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters")
         set_(self, "extra", _extra(self.extra))
 
     def __repr__(self) -> str:

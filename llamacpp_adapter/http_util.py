@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import httpx
@@ -76,10 +77,9 @@ def with_bearer(headers: Mapping[str, str] | None, token: str | None) -> dict[st
         raise TypeError("a bearer token must be a str")
     if not token or not set(token) <= _TOKEN68_CHARS:
         raise ValueError("a bearer token must be non-empty and use only token68 characters")
-    try:
+    # A token too short to mask by value is still masked by shape, after "Bearer".
+    with contextlib.suppress(ValueError):
         register_secret(token)
-    except ValueError:
-        pass  # too short to mask by value; it is still masked by shape after "Bearer"
     for name in [name for name in result if name.lower() == "authorization"]:
         del result[name]
     result["Authorization"] = f"Bearer {token}"

@@ -136,7 +136,9 @@ def test_golden_stream_maps_to_what_the_server_returns_unstreamed(
 
 
 def test_golden_cases_cover_each_stop_reason() -> None:
-    reasons = {json.loads((GOLDEN / f"{n}.final.json").read_text())["stop_type"] for n in GOLDEN_CASES}
+    reasons = {
+        json.loads((GOLDEN / f"{n}.final.json").read_text())["stop_type"] for n in GOLDEN_CASES
+    }
     assert reasons >= {"eos", "limit", "word"}
 
 
@@ -175,7 +177,9 @@ def test_error_as_a_plain_string_is_an_engine_error() -> None:
 
 def test_old_style_error_line_is_ignored_so_the_stream_counts_as_cut() -> None:
     decoder = CompletionStreamDecoder()
-    assert decoder.feed(sse(chunk("a", 1)) + b'error: {"message":"x"}\n\n') == [Token(0, "a", (101,))]
+    assert decoder.feed(sse(chunk("a", 1)) + b'error: {"message":"x"}\n\n') == [
+        Token(0, "a", (101,))
+    ]
     with pytest.raises(WorkerReset, match="after 1 tokens"):
         decoder.close()
 
@@ -241,7 +245,9 @@ def test_data_after_final_chunk_in_a_later_read_is_a_protocol_error() -> None:
 
 
 def test_invalid_utf8_in_content_becomes_replacement_characters() -> None:
-    raw = sse(chunk("a", 1)) + b'data: {"content":"\xff\xfeb","stop":false,"tokens_predicted":2}\n\n'
+    raw = (
+        sse(chunk("a", 1)) + b'data: {"content":"\xff\xfeb","stop":false,"tokens_predicted":2}\n\n'
+    )
     events = decode([raw + sse(final(2))])
     assert [e.text for e in events if isinstance(e, Token)] == ["a", "\ufffd\ufffdb"]
 

@@ -1,0 +1,69 @@
+"""The package's public face: what __all__ promises imports, and nothing private leaks."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import types
+from pathlib import Path
+
+import llamacpp_adapter
+
+PACKAGE = Path(llamacpp_adapter.__file__).parent
+
+
+def test_every_name_in_all_imports_from_the_package() -> None:
+    for name in llamacpp_adapter.__all__:
+        assert getattr(llamacpp_adapter, name) is not None, name
+
+
+def test_no_private_module_or_name_in_all() -> None:
+    for name in llamacpp_adapter.__all__:
+        assert not name.startswith("_"), name
+        assert not isinstance(getattr(llamacpp_adapter, name), types.ModuleType), name
+
+
+def test_the_names_the_design_promises_are_public() -> None:
+    promised = [
+        "SSEDecoder",
+        "SSEEvent",
+        "TaskRequest",
+        "Started",
+        "Token",
+        "Metrics",
+        "End",
+        "TokenEvent",
+        "WorkerError",
+        "AdapterError",
+        "PoolUnavailable",
+        "DeadlineUnmet",
+        "DecodeTimeout",
+        "WorkerReset",
+        "ProtocolError",
+        "EngineError",
+        "InternalError",
+        "WorkerHealth",
+        "WorkerProps",
+        "redact_secrets",
+        "with_bearer",
+    ]
+    assert set(promised) <= set(llamacpp_adapter.__all__)
+
+
+def test_py_typed_ships() -> None:
+    assert (PACKAGE / "py.typed").exists()
+
+
+def test_sans_io_modules_import_nothing_async() -> None:
+    for module in ("_sse", "_mapping", "_types", "_exceptions", "_redact"):
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in (
+                node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+            )
+        }
+        assert not imported & {"trio", "anyio", "asyncio", "httpx", "socket"}, module
+        importlib.import_module(f"llamacpp_adapter.{module}")
