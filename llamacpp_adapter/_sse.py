@@ -78,6 +78,7 @@ class SSEDecoder:
         "_event_type",
         "_failed",
         "_head",
+        "_held",
         "_last_id",
         "_line",
         "_max_event_bytes",
@@ -95,6 +96,8 @@ class SSEDecoder:
 
     def _reset(self) -> None:
         self._head = b""  # the first bytes, held until we know whether they are a BOM
+        # Bytes that feed_message_data holds back, unprocessed, between events.
+        self._held = bytearray()
         self._bom_done = False
         self._skip_lf = False  # the last feed ended with CR: an LF that follows is part of it
         self._line: bytearray = bytearray()  # the unterminated line, with no CR or LF in it
@@ -146,28 +149,49 @@ class SSEDecoder:
         Raises:
             ProtocolError: as :meth:`feed`.
         """
-        if self._at_event_boundary() and b"\r" not in data:
-            end = data.rfind(b"\n\n")
-            # A run shorter than the bound holds no event that could break it.
-            if 0 < end < self._max_event_bytes:
-                run = data[:end]
-                separators = run.count(_FAST_EVENT_SEPARATOR)
-                # Every LF must belong to a separator, and every event must be one line
-                # starting with "data: ": then the run is n simple events.
-                if run.startswith(_FAST_EVENT_PREFIX) and run.count(b"\n") == 2 * separators:
-                    out: list[bytes | str] = [
-                        run[len(_FAST_EVENT_PREFIX) :].replace(_FAST_EVENT_SEPARATOR, b"\n")
-                    ]
-                    rest = data[end + 2 :]
-                    if rest:
-                        events: list[SSEEvent] = []
-                        # On error, what came before it is returned (out is never empty
-                        # here) and the error is raised by the next call, as in feed().
-                        with contextlib.suppress(ProtocolError):
-                            self._feed_into(rest, events)
-                        out.extend(self._message_data(events))
-                    return out
-        return self._message_data(self.feed(data))
+        held = self._held
+        if b"\r" in data or not (held or self._at_event_boundary()):
+            return self._feed_general(data)
+        # Between events, bytes are held back unprocessed until a blank line completes a
+        # run of events; only the new bytes are searched, so a trickle costs no more.
+        searched = max(len(held) - 1, 0)
+        held += data
+        end = held.rfind(b"\n\n", searched)
+        if end < 0:
+            if len(held) < self._max_event_bytes:
+                return []
+            return self._feed_general(b"")  # the general path judges it
+        run = bytes(held[:end])
+        # Every LF must belong to a separator, and every event must be one line starting
+        # with "data: ": then the run is that many simple events. A run shorter than the
+        # bound holds no event that could break it.
+        if (
+            end >= self._max_event_bytes
+            or not run.startswith(_FAST_EVENT_PREFIX)
+            or run.count(b"\n") != 2 * run.count(_FAST_EVENT_SEPARATOR)
+        ):
+            return self._feed_general(b"")  # the general path takes it all
+        del held[: end + 2]
+        out: list[bytes | str] = [
+            run[len(_FAST_EVENT_PREFIX) :].replace(_FAST_EVENT_SEPARATOR, b"\n")
+        ]
+        if len(held) >= self._max_event_bytes:
+            # On error, what came before it is returned (out is not empty) and the error
+            # is raised by the next call, as in feed().
+            events: list[SSEEvent] = []
+            with contextlib.suppress(ProtocolError):
+                self._feed_into(b"", events)
+            out.extend(self._message_data(events))
+        return out
+
+    def _feed_general(self, data: bytes) -> list[bytes | str]:
+        items = self._message_data(self.feed(data))
+        # An open line that starts an event is still unprocessed bytes: hold it, so that
+        # the next read can take the fast path again.
+        if self._line and self._at_event_boundary(ignoring_open_line=True):
+            self._held += self._line
+            self._line.clear()
+        return items
 
     def close(self) -> list[SSEEvent]:
         """End the stream. An unterminated last event is dropped, as WHATWG says, so
@@ -182,6 +206,9 @@ class SSEDecoder:
         return []
 
     def _feed_into(self, data: bytes, events: list[SSEEvent]) -> None:
+        if self._held:
+            data = bytes(self._held) + data
+            self._held.clear()
         for line in self._complete_lines(data):
             self._take_line(line, events)
         # The bound is checked for each complete line and, here, for the line still
@@ -197,11 +224,11 @@ class SSEDecoder:
     def _message_data(events: list[SSEEvent]) -> list[bytes | str]:
         return [event.data for event in events if event.event == "message"]
 
-    def _at_event_boundary(self) -> bool:
+    def _at_event_boundary(self, *, ignoring_open_line: bool = False) -> bool:
         return (
             self._bom_done
             and not self._skip_lf
-            and not self._line
+            and (ignoring_open_line or not self._line)
             and not self._data
             and not self._event_type
             and not self._failed

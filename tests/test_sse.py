@@ -388,7 +388,32 @@ def test_feed_message_data_batches_a_run_of_simple_events() -> None:
     decoder.feed(b": opened\n")  # past the start of the stream
     items = decoder.feed_message_data(b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: {"c"')
     assert items == [b'{"a":1}\n{"b":2}']
-    assert decoder.feed_message_data(b":3}\n\n") == ['{"c":3}']
+    # The start of the third event was held back, so it completes as a run too.
+    assert decoder.feed_message_data(b":3}\n\n") == [b'{"c":3}']
+
+
+def test_feed_message_data_hands_held_bytes_to_feed() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b": opened\n")
+    assert decoder.feed_message_data(b'data: {"a":1}\n\ndata: {"b"') == [b'{"a":1}']
+    assert decoder.feed(b":2}\n\n") == [msg('{"b":2}')]
+
+
+def test_held_bytes_past_the_bound_go_to_the_general_path() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    decoder.feed(b": opened\n")
+    assert decoder.feed_message_data(b"data: " + b"x" * 50) == []
+    with pytest.raises(ProtocolError):
+        decoder.feed_message_data(b"x" * 50)
+
+
+def test_a_trickle_of_one_simple_event_is_decoded_whole() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b": opened\n")
+    items: list[bytes | str] = []
+    for byte in one_byte_at_a_time(b'data: {"a":"\xc5\xbe"}\n\n'):
+        items += decoder.feed_message_data(byte)
+    assert flatten_message_data(items) == ['{"a":"ž"}']
 
 
 def test_feed_message_data_skips_other_event_types() -> None:
