@@ -104,12 +104,15 @@ def test_whatwg_case_whole_split_and_byte_by_byte(stream: bytes, expected: list[
 
 
 @pytest.mark.parametrize(
-    "stream", [pytest.param(stream, id=name) for name, stream, _ in WHATWG_CASES]
+    "stream",
+    [
+        pytest.param(stream, id=name)
+        for name, stream, _ in WHATWG_CASES
+        if stream.endswith((b"\n\n", b"\r\r", b"\r\n\r\n"))  # not already mid-event
+    ],
 )
 def test_trailing_unterminated_event_changes_nothing(stream: bytes) -> None:
     expected = feed_whole(stream)
-    if not stream.endswith((b"\n\n", b"\r\r", b"\r\n\r\n")):
-        pytest.skip("the case already ends mid-event")
     for tail in (b"data: never dispatched", b"event: x\ndata: y\n", b"data: z\r"):
         assert feed_whole(stream + tail) == expected
         assert feed_pieces(one_byte_at_a_time(stream + tail)) == expected
