@@ -161,10 +161,9 @@ class CompletionStreamDecoder:
             if self._sse.broken:
                 self._sse.feed(b"")  # raises the decoder's pending error
         except WorkerError as exc:
-            if not events:
-                self._error = exc
-                raise
             self._error = exc
+            if not events:
+                raise
         return events
 
     def close(self) -> list[TokenEvent]:

@@ -178,10 +178,8 @@ class SSEDecoder:
         if len(held) >= self._max_event_bytes:
             # On error, what came before it is returned (out is not empty) and the error
             # is raised by the next call, as in feed().
-            events: list[SSEEvent] = []
             with contextlib.suppress(ProtocolError):
-                self._feed_into(b"", events)
-            out.extend(self._message_data(events))
+                out += self._feed_general(b"")
         return out
 
     def _feed_general(self, data: bytes) -> list[bytes | str]:

@@ -410,6 +410,15 @@ def test_held_bytes_past_the_bound_go_to_the_general_path() -> None:
         decoder.feed_message_data(b"x" * 50)
 
 
+def test_oversized_tail_after_a_run_returns_the_run_then_raises() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    decoder.feed(b": opened\n")
+    assert decoder.feed_message_data(b'data: {"a":1}\n\ndata: ' + b"x" * 120) == [b'{"a":1}']
+    assert decoder.broken  # found at once, not when the next read comes
+    with pytest.raises(ProtocolError):
+        decoder.feed_message_data(b"\n\n")
+
+
 def test_a_trickle_of_one_simple_event_is_decoded_whole() -> None:
     decoder = SSEDecoder()
     decoder.feed(b": opened\n")
