@@ -20,7 +20,7 @@ decides: after the first token, nothing is retried).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ._redact import redact_secrets
 
@@ -59,6 +59,18 @@ class WorkerError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments do not survive Exception's default pickling, and
+        # errors cross process boundaries in worker pools.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[WorkerError], state: dict[str, Any]) -> WorkerError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state["message"])
+    error.__dict__.update(state)
+    return error
 
 
 class AdapterError(WorkerError):

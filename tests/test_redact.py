@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Callable
 
 import pytest
@@ -140,6 +141,16 @@ def test_registered_secret_never_in_an_error(factory: int) -> None:
     error = ERROR_FACTORIES[factory](f"upstream said: {secret}")
     assert secret not in str(error)
     assert secret not in repr(error)
+
+
+@pytest.mark.parametrize("factory", range(len(ERROR_FACTORIES)))
+def test_errors_survive_pickling_whole(factory: int) -> None:
+    error = ERROR_FACTORIES[factory]("went wrong")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert copy.__dict__ == error.__dict__
+    assert str(copy) == str(error)
+    assert copy.retriable == error.retriable
 
 
 def test_error_codes_are_stable_and_distinct() -> None:
