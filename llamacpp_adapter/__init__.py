@@ -1,11 +1,13 @@
 """Drive llama.cpp's HTTP server from Trio and asyncio: typed, ordered token streams."""
 
+from ._adapter import EventStream, LlamaCppHttpAdapter
 from ._exceptions import (
     AdapterError,
     DeadlineUnmet,
     DecodeTimeout,
     EngineError,
     InternalError,
+    JobCancelled,
     PoolUnavailable,
     ProtocolError,
     WorkerError,
@@ -34,7 +36,10 @@ __all__ = [
     "DecodeTimeout",
     "End",
     "EngineError",
+    "EventStream",
     "InternalError",
+    "JobCancelled",
+    "LlamaCppHttpAdapter",
     "Metrics",
     "PoolUnavailable",
     "ProtocolError",

@@ -10,6 +10,7 @@
     ├── WorkerReset              WORKER_RESET    yes
     ├── ProtocolError            PROTOCOL_ERROR
     ├── EngineError              ENGINE_ERROR
+    ├── JobCancelled             JOB_CANCELLED
     └── InternalError            INTERNAL_ERROR
 
 Every message passes :func:`redact_secrets` before it is stored, so neither ``str()`` nor
@@ -30,6 +31,7 @@ __all__ = [
     "DecodeTimeout",
     "EngineError",
     "InternalError",
+    "JobCancelled",
     "PoolUnavailable",
     "ProtocolError",
     "WorkerError",
@@ -80,14 +82,24 @@ class AdapterError(WorkerError):
         status: the HTTP status code.
         error_type: the engine's own name for the error (e.g.
             ``"exceed_context_size_error"``), or ``None`` when it gave none.
+        retry_after: seconds the engine asked to wait before trying again
+            (``Retry-After``), or ``None``.
     """
 
     code = "ADAPTER_ERROR"
 
-    def __init__(self, message: str, *, status: int, error_type: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, retriable=status == 429 or 500 <= status <= 599)
         self.status = status
         self.error_type = None if error_type is None else redact_secrets(error_type)
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return (
@@ -146,6 +158,12 @@ class EngineError(WorkerError):
         super().__init__(message)
         self.error_type = None if error_type is None else redact_secrets(error_type)
         self.engine_code = engine_code
+
+
+class JobCancelled(WorkerError):
+    """The stream was ended by ``cancel(job_id)``."""
+
+    code = "JOB_CANCELLED"
 
 
 class InternalError(WorkerError):

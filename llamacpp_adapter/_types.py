@@ -298,18 +298,21 @@ class WorkerProps(msgspec.Struct, frozen=True):
 
     Attributes:
         slots_total: parallel slots (``-np``).
-        slots_free: slots not processing a task when asked.
+        slots_free: slots not processing a task when asked, or ``None`` when the server
+            does not expose ``/slots``.
         context_size: tokens of context per slot.
         model_path: the model file the server loaded.
         model_alias: the model's alias, when set.
         build_info: the server's build, e.g. ``"b6000-1a2b3c4d"``.
+        model_digest: a stable digest of the model's identity as the server reports it.
         default_generation_settings: the server's defaults for a completion.
     """
 
     slots_total: int
-    slots_free: int
+    slots_free: int | None
     context_size: int
     model_path: str
     model_alias: str | None = None
     build_info: str | None = None
+    model_digest: str = ""
     default_generation_settings: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -1,0 +1,689 @@
+"""The adapter: one llama.cpp server used as a worker over its native HTTP API."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Final, NoReturn
+
+import anyio
+import httpx
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import (
+    AdapterError,
+    DeadlineUnmet,
+    DecodeTimeout,
+    InternalError,
+    JobCancelled,
+    PoolUnavailable,
+    ProtocolError,
+    WorkerError,
+    WorkerReset,
+)
+from ._mapping import CompletionStreamDecoder, completion_body
+from ._redact import redact_secrets, secret_mask
+from ._sse import DEFAULT_MAX_EVENT_BYTES
+from ._types import Started, TaskRequest, TokenEvent, WorkerHealth, WorkerProps
+from .http_util import default_client, with_bearer
+
+__all__ = ["EventStream", "LlamaCppHttpAdapter"]
+
+logger = logging.getLogger("llamacpp_adapter")
+
+ENGINE: Final = "llama.cpp"
+#: The fewest bytes one streamed event can take on the wire: ``data:`` plus
+#: ``{"content":"","stop":false}`` plus a blank line. The reader feeds the decoder slices
+#: of at most ``(batch - 3) * _MIN_EVENT_BYTES`` bytes, so that one slice never decodes to
+#: more than ``batch`` events (one may have begun in an earlier slice, and the final
+#: chunk yields up to three).
+_MIN_EVENT_BYTES = 34
+_MIN_BUFFER_EVENTS = 8
+#: The most bytes of an error response's body that are read to find its message.
+_MAX_ERROR_BODY_BYTES = 64 * 1024
+#: The most bytes of a JSON answer (``/props``, ``/slots``, ``/metrics``, ...).
+_MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+#: How long closing a response may take during clean-up, even when cancelled.
+_CLOSE_TIMEOUT_S = 5.0
+_CONTEXT_ERROR_TYPE = "exceed_context_size_error"
+_LOADING_STATUS = 503
+
+_StreamItem = list[TokenEvent] | WorkerError
+
+
+class _StreamState:
+    """What the reader and the consumer of one stream share."""
+
+    __slots__ = ("bytes_received", "cancel_reason", "reader_holds", "scope")
+
+    def __init__(self) -> None:
+        self.bytes_received = 0
+        self.reader_holds = 0  # decoded events the reader is waiting to hand over
+        self.scope: anyio.CancelScope | None = None
+        self.cancel_reason: WorkerError | None = None
+
+    def cancel(self, reason: WorkerError) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class EventStream:
+    """The events of one task, in order: :class:`Started`, :class:`Token`\\ s,
+    :class:`Metrics`, :class:`End`. Iterate it with ``async for``.
+
+    A failure is raised from the iteration, as a :class:`WorkerError`, after every event
+    that arrived before it. Events are handed over from the network reader in batches,
+    one per read, but taken one at a time.
+    """
+
+    __slots__ = ("_batch", "_done", "_index", "_receive", "_state", "job_id")
+
+    def __init__(
+        self, job_id: str, receive: MemoryObjectReceiveStream[_StreamItem], state: _StreamState
+    ) -> None:
+        self.job_id = job_id
+        self._receive = receive
+        self._state = state
+        self._batch: list[TokenEvent] = [Started(job_id)]
+        self._index = 0
+        self._done = False
+
+    @property
+    def buffered(self) -> int:
+        """Events decoded but not yet taken by the consumer; never above the adapter's
+        ``buffer``."""
+        return len(self._batch) - self._index + self._state.reader_holds
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes of the response body read from the network so far."""
+        return self._state.bytes_received
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._index < len(self._batch):
+            event = self._batch[self._index]
+            self._index += 1
+            return event
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._receive.receive()
+        except anyio.EndOfStream:
+            self._done = True
+            raise StopAsyncIteration from None
+        if isinstance(item, WorkerError):
+            self._done = True
+            raise item
+        self._batch = item
+        self._index = 1
+        return item[0]
+
+
+class LlamaCppHttpAdapter:
+    """A llama.cpp server (``llama-server``) as a worker.
+
+    Args:
+        base_url: the server's address, e.g. ``"http://127.0.0.1:8080"``.
+        api_key: sent as a bearer token; it is masked in every log line, error and repr.
+        client: an ``httpx.AsyncClient`` to use (the caller keeps owning it); by default
+            the adapter makes one with :func:`default_client` and closes it in
+            :meth:`aclose`.
+        timeouts: the default client's timeouts. The read timeout bounds the wait for
+            each piece of the stream: no token within it raises :class:`DecodeTimeout`.
+        buffer: the most events decoded but not yet taken by the consumer, per stream
+            (at least 8). A slower consumer makes the adapter stop reading the socket.
+        max_event_bytes: the bound on one SSE event from the server.
+
+    The adapter takes its configuration from its arguments only; it never reads the
+    environment. Use it as an async context manager, or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeouts: httpx.Timeout | None = None,
+        buffer: int = 64,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self.base_url = _check_base_url(base_url)
+        if isinstance(buffer, bool) or not isinstance(buffer, int):
+            raise TypeError("buffer must be an int")
+        if buffer < _MIN_BUFFER_EVENTS:
+            raise ValueError(f"buffer must be at least {_MIN_BUFFER_EVENTS} events")
+        if client is not None and timeouts is not None:
+            raise ValueError("give timeouts to your own client, not to the adapter")
+        self._headers = with_bearer({"Accept": "application/json"}, api_key)
+        self._key_mask = None if api_key is None else secret_mask(api_key)
+        self._owns_client = client is None
+        self._client = client if client is not None else default_client(timeouts=timeouts)
+        self._batch_events = buffer // 2  # one batch with the consumer, one with the reader
+        self._slice_bytes = (self._batch_events - 3) * _MIN_EVENT_BYTES
+        self._max_event_bytes = max_event_bytes
+        self._streams: dict[str, set[_StreamState]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        key = "" if self._key_mask is None else f", api_key={self._key_mask}"
+        return f"{type(self).__name__}({redact_secrets(self.base_url)!r}{key})"
+
+    async def __aenter__(self) -> LlamaCppHttpAdapter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the adapter and, if it made it, its HTTP client."""
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- Streaming ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def submit(
+        self,
+        request: TaskRequest,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
+    ) -> AsyncIterator[EventStream]:
+        """Run *request* on the engine; the block receives its :class:`EventStream`.
+
+        ::
+
+            async with adapter.submit(request) as events:
+                async for event in events:
+                    ...
+
+        Failures before the stream opens (refused, unreachable, bad status, a prompt
+        larger than the context) are raised on entering the block; later ones from
+        the iteration, after the events before them.
+
+        Leaving the block, normally, by ``break``, by an exception or by cancellation,
+        cancels the reader and closes the response at once; llama-server then stops
+        generating and frees its slot.
+
+        Args:
+            request: the task.
+            timeout: an overall deadline in seconds, from now until ``End``; when it
+                passes, :class:`DeadlineUnmet` is raised.
+
+        Raises:
+            WorkerError: one of its subclasses, as described above.
+        """
+        if self._closed:
+            raise RuntimeError("the adapter is closed")
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        with anyio.CancelScope(deadline=deadline) as opening:
+            response = await self._open_stream(request)
+        if opening.cancelled_caught:
+            raise DeadlineUnmet(f"the stream did not open within {timeout} s")
+
+        send, receive = anyio.create_memory_object_stream[_StreamItem](0)
+        state = _StreamState()
+        stream = EventStream(request.job_id, receive, state)
+        self._streams.setdefault(request.job_id, set()).add(state)
+        started = time.monotonic()
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(
+                    self._read, response, send, state, deadline, request.job_id, started
+                )
+                try:
+                    yield stream
+                finally:
+                    task_group.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            _raise_single(group)
+        finally:
+            self._forget(request.job_id, state)
+            receive.close()
+            await _close_response(response)
+
+    async def cancel(self, job_id: str) -> bool:
+        """End the streams of *job_id* open on this adapter, best effort: their readers
+        stop, their responses close, and their consumers get :class:`JobCancelled`.
+
+        Returns:
+            whether a stream of that job was open here.
+        """
+        states = self._streams.get(job_id, set())
+        for state in states:
+            state.cancel(JobCancelled(f"job {job_id!r} was cancelled"))
+        return bool(states)
+
+    def _forget(self, job_id: str, state: _StreamState) -> None:
+        states = self._streams.get(job_id)
+        if states is not None:
+            states.discard(state)
+            if not states:
+                del self._streams[job_id]
+
+    async def _open_stream(self, request: TaskRequest) -> httpx.Response:
+        prompt = None
+        if request.messages is not None:
+            prompt = await self.apply_template(request.messages)
+        body = msgspec.json.encode(completion_body(request, prompt=prompt))
+        http_request = self._client.build_request(
+            "POST",
+            self._url("/completion"),
+            content=body,
+            headers={
+                **self._headers,
+                "Accept": "text/event-stream",
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            response = await self._client.send(http_request, stream=True)
+        except httpx.HTTPError as exc:
+            _raise_transport_error(exc, "opening the stream")
+        try:
+            if response.status_code != 200:
+                raise _status_error(response, await _read_error_body(response))
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
+        except BaseException:
+            await _close_response(response)
+            raise
+        logger.debug(
+            "stream opened",
+            extra={"job_id": request.job_id, "engine": ENGINE, "url": self.base_url},
+        )
+        return response
+
+    async def _read(
+        self,
+        response: httpx.Response,
+        send: MemoryObjectSendStream[_StreamItem],
+        state: _StreamState,
+        deadline: float,
+        job_id: str,
+        started: float,
+    ) -> None:
+        """Read the body, decode it, and hand the events to the consumer. Never raises
+        (but for cancellation): a failure is handed over as the stream's last item."""
+        decoder = CompletionStreamDecoder(max_event_bytes=self._max_event_bytes)
+        slice_bytes = self._slice_bytes
+        failure: WorkerError | None = None
+        async with send:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                state.scope = scope
+                if state.cancel_reason is not None:
+                    scope.cancel()
+                try:
+                    async for raw in response.aiter_raw():
+                        state.bytes_received += len(raw)
+                        for start in range(0, len(raw), slice_bytes):
+                            events = decoder.feed(raw[start : start + slice_bytes])
+                            if events:
+                                state.reader_holds = len(events)
+                                await send.send(events)
+                                state.reader_holds = 0
+                            if decoder.pending_error is not None:
+                                raise decoder.pending_error
+                    decoder.close()
+                except WorkerError as exc:
+                    failure = exc
+                except httpx.HTTPError as exc:
+                    failure = _stream_error(exc, decoder.tokens_delivered)
+                except anyio.BrokenResourceError:
+                    return  # the consumer left; nobody to tell
+                except Exception as exc:
+                    logger.exception("unexpected failure in the stream reader")
+                    failure = InternalError(f"unexpected {type(exc).__name__} in the reader")
+                    failure.__cause__ = exc
+            state.reader_holds = 0
+            if scope.cancelled_caught:
+                if state.cancel_reason is not None:
+                    failure = state.cancel_reason
+                else:
+                    failure = DeadlineUnmet(
+                        f"the deadline passed after {decoder.tokens_delivered} tokens"
+                    )
+            await _close_response(response)
+            self._log_end(job_id, decoder, failure, started)
+            if failure is not None:
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    await send.send(failure)
+
+    def _log_end(
+        self,
+        job_id: str,
+        decoder: CompletionStreamDecoder,
+        failure: WorkerError | None,
+        started: float,
+    ) -> None:
+        fields = {
+            "job_id": job_id,
+            "engine": ENGINE,
+            "tokens_out": decoder.tokens_delivered,
+            "decode_time_ms": round((time.monotonic() - started) * 1000, 3),
+        }
+        if failure is None:
+            logger.debug("stream ended", extra=fields)
+        else:
+            logger.warning("stream failed: %s (%s)", failure.code, failure, extra=fields)
+
+    # --- Requests to the other endpoints -----------------------------------------------
+
+    async def health(self) -> WorkerHealth:
+        """Ask ``GET /health`` whether the server is up and ready. Never raises for an
+        unreachable or failing server: that is what the answer says."""
+        try:
+            response, content = await self._fetch("GET", "/health")
+        except WorkerError as exc:
+            return WorkerHealth(live=False, ready=False, status="unreachable", message=str(exc))
+        body = _json_or_none(content)
+        fields = body if isinstance(body, dict) else {}
+        idle = _int_or_none(fields.get("slots_idle"))
+        processing = _int_or_none(fields.get("slots_processing"))
+        if response.status_code == 200:
+            status = str(fields.get("status", "ok"))
+            return WorkerHealth(True, True, status, None, idle, processing)
+        message, _ = _error_message(body, response)
+        status = "loading model" if response.status_code == _LOADING_STATUS else "error"
+        return WorkerHealth(True, False, status, redact_secrets(message), idle, processing)
+
+    async def props(self) -> WorkerProps:
+        """What the server says about itself, from ``GET /props`` and ``GET /slots``
+        (``slots_free`` is ``None`` when the server does not expose ``/slots``)."""
+        props = await self._get_json("/props")
+        if not isinstance(props, dict):
+            raise ProtocolError("GET /props did not return a JSON object")
+        try:
+            slots: list[dict[str, Any]] | None = await self.slots()
+        except AdapterError as exc:
+            if exc.status not in (404, 501):
+                raise
+            slots = None
+        settings = props.get("default_generation_settings") or {}
+        total = _int_or_none(props.get("total_slots"))
+        context = _int_or_none(settings.get("n_ctx"))
+        if total is None or context is None:
+            raise ProtocolError("GET /props lacks total_slots or n_ctx")
+        free = None if slots is None else sum(1 for s in slots if not s.get("is_processing"))
+        return WorkerProps(
+            slots_total=total,
+            slots_free=free,
+            context_size=context,
+            model_path=str(props.get("model_path", "")),
+            model_alias=props.get("model_alias") or None,
+            build_info=props.get("build_info") or None,
+            model_digest=_model_digest(props),
+            default_generation_settings=dict(settings.get("params") or settings),
+        )
+
+    async def engine_version(self) -> str:
+        """The server's build, from ``GET /props`` (e.g. ``"b6000-1a2b3c4d"``)."""
+        props = await self._get_json("/props")
+        build = props.get("build_info") if isinstance(props, dict) else None
+        if not isinstance(build, str):
+            raise ProtocolError("GET /props lacks build_info")
+        return build
+
+    async def model_digest(self) -> str:
+        """A stable digest of the model the server reports (path's file name, alias,
+        file type, and what ``/props`` says of its vocabulary and context), so that a
+        replica set can check that its engines are alike."""
+        props = await self._get_json("/props")
+        if not isinstance(props, dict):
+            raise ProtocolError("GET /props did not return a JSON object")
+        return _model_digest(props)
+
+    async def slots(self) -> list[dict[str, Any]]:
+        """The server's slots, from ``GET /slots``."""
+        slots = await self._get_json("/slots")
+        if not isinstance(slots, list):
+            raise ProtocolError("GET /slots did not return a JSON list")
+        return slots
+
+    async def metrics(self) -> dict[str, float]:
+        """The engine's Prometheus metrics from ``GET /metrics`` (the server needs
+        ``--metrics``), parsed: sample name (with its labels, if any) to value."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = (await self._request("GET", "/metrics")).decode("utf-8", "replace")
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError as exc:
+            raise ProtocolError(f"GET /metrics is not Prometheus text: {exc}") from exc
+        samples: dict[str, float] = {}
+        for family in families:
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """The token ids of *text*, from ``POST /tokenize``."""
+        body = await self._post_json("/tokenize", {"content": text, "add_special": add_special})
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise ProtocolError("POST /tokenize did not return a list of token ids")
+        return tokens
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of *token_ids*, from ``POST /detokenize``."""
+        body = await self._post_json("/detokenize", {"tokens": list(token_ids)})
+        content = body.get("content") if isinstance(body, dict) else None
+        if not isinstance(content, str):
+            raise ProtocolError("POST /detokenize did not return text")
+        return content
+
+    async def apply_template(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """*messages* rendered by the server's chat template (``POST /apply-template``)."""
+        body = await self._post_json("/apply-template", {"messages": [dict(m) for m in messages]})
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(prompt, str):
+            raise ProtocolError("POST /apply-template did not return a prompt")
+        return prompt
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    async def _fetch(
+        self, method: str, path: str, json: Any = None
+    ) -> tuple[httpx.Response, bytes]:
+        """Send a request and read at most ``_MAX_JSON_BODY_BYTES`` of its answer."""
+        content = None if json is None else msgspec.json.encode(json)
+        headers = dict(self._headers)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._client.build_request(
+            method, self._url(path), content=content, headers=headers
+        )
+        doing = f"{method} {path}"
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            _raise_transport_error(exc, doing)
+        try:
+            if response.status_code != 200:
+                return response, await _read_error_body(response)
+            body, complete = await _read_at_most(response, _MAX_JSON_BODY_BYTES)
+            if not complete:
+                raise ProtocolError(f"{doing} answered more than {_MAX_JSON_BODY_BYTES} bytes")
+            return response, body
+        except httpx.HTTPError as exc:
+            _raise_transport_error(exc, doing)
+        finally:
+            await _close_response(response)
+
+    async def _request(self, method: str, path: str, json: Any = None) -> bytes:
+        response, content = await self._fetch(method, path, json)
+        if response.status_code != 200:
+            raise _status_error(response, content)
+        return content
+
+    async def _get_json(self, path: str) -> Any:
+        return _decode_json(await self._request("GET", path), f"GET {path}")
+
+    async def _post_json(self, path: str, body: Any) -> Any:
+        return _decode_json(await self._request("POST", path, body), f"POST {path}")
+
+
+# --- Helpers ---------------------------------------------------------------------------
+
+
+def _check_base_url(base_url: str) -> str:
+    if not isinstance(base_url, str):
+        raise TypeError("base_url must be a str")
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"base_url is not a valid URL: {redact_secrets(base_url)!r}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http or https URL: {redact_secrets(base_url)!r}")
+    if url.query or url.fragment:
+        raise ValueError("base_url must have no query or fragment")
+    return base_url.rstrip("/")
+
+
+def _raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the one exception in *group* (the caller's own, or cancellation) as itself:
+    a user of this library catches WorkerError or their own errors, not a group."""
+    if len(group.exceptions) == 1:
+        raise group.exceptions[0]
+    raise group
+
+
+async def _close_response(response: httpx.Response) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT_S):
+        await response.aclose()
+
+
+def _raise_transport_error(exc: httpx.HTTPError, doing: str) -> NoReturn:
+    if isinstance(exc, httpx.ReadTimeout):
+        raise DecodeTimeout(f"no answer from the engine in time while {doing}") from exc
+    if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+        raise WorkerReset(f"could not reach the engine while {doing}: {exc}") from exc
+    raise ProtocolError(f"bad HTTP from the engine while {doing}: {exc}") from exc
+
+
+def _stream_error(exc: httpx.HTTPError, tokens: int) -> WorkerError:
+    if isinstance(exc, httpx.ReadTimeout):
+        error: WorkerError = DecodeTimeout(
+            f"no data from the engine within the read timeout, after {tokens} tokens"
+        )
+    elif isinstance(exc, httpx.TransportError):
+        error = WorkerReset(f"the connection was cut after {tokens} tokens: {exc}")
+    else:
+        error = ProtocolError(f"bad HTTP from the engine after {tokens} tokens: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Read the body up to *limit* bytes; say whether that was all of it."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), False
+    return bytes(body), True
+
+
+async def _read_error_body(response: httpx.Response) -> bytes:
+    """As much of an error answer's body as it takes to find its message."""
+    try:
+        body, _ = await _read_at_most(response, _MAX_ERROR_BODY_BYTES)
+    except httpx.HTTPError:
+        return b""  # the status says enough
+    return body
+
+
+def _status_error(response: httpx.Response, body: bytes) -> WorkerError:
+    """The error for a non-success answer with *body*."""
+    message, error_type = _error_message(_json_or_none(body), response)
+    if error_type == _CONTEXT_ERROR_TYPE:
+        return PoolUnavailable(f"the task does not fit the engine's context: {message}")
+    return AdapterError(
+        f"the engine answered {response.status_code}: {message}",
+        status=response.status_code,
+        error_type=error_type,
+        retry_after=_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def _error_message(body: Any, response: httpx.Response) -> tuple[str, str | None]:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message")
+        error_type = error.get("type")
+        return (
+            str(message) if message is not None else response.reason_phrase,
+            error_type if isinstance(error_type, str) else None,
+        )
+    if isinstance(error, str):
+        return error, None
+    return response.reason_phrase or "no message", None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return None
+
+
+def _decode_json(content: bytes, what: str) -> Any:
+    try:
+        return msgspec.json.decode(content)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"{what} did not return JSON: {exc}") from exc
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _model_digest(props: Mapping[str, Any]) -> str:
+    path = str(props.get("model_path", "")).replace("\\", "/").rsplit("/", 1)[-1]
+    settings = props.get("default_generation_settings") or {}
+    identity = {
+        "model_file": path,
+        "model_alias": props.get("model_alias"),
+        "model_ftype": props.get("model_ftype"),
+        "bos_token": props.get("bos_token"),
+        "eos_token": props.get("eos_token"),
+        "n_ctx": settings.get("n_ctx"),
+        "chat_template": props.get("chat_template"),
+    }
+    canonical = msgspec.json.encode(identity, order="sorted")
+    return "sha256:" + hashlib.sha256(canonical).hexdigest()

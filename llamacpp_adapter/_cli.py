@@ -1,0 +1,165 @@
+"""The ``llamacpp-adapter`` command line.
+
+* ``llamacpp-adapter stream "PROMPT"``: stream a completion to the terminal as it comes,
+  then a one-line summary. Without ``--url`` it starts a real llama-server with a tiny
+  model it writes itself, and stops it afterwards.
+* ``llamacpp-adapter health --url URL`` and ``llamacpp-adapter props --url URL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import click
+import msgspec
+
+from ._adapter import LlamaCppHttpAdapter
+from ._exceptions import WorkerError
+from ._types import End, Metrics, TaskRequest, Token
+
+_API_KEY_VARIABLE = "LLAMACPP_ADAPTER_API_KEY"
+# Model output may hold control characters, escape sequences among them: show them as
+# escapes rather than let them drive the terminal. Newline and tab pass.
+_TERMINAL_SAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c not in (0x09, 0x0A)}
+_BACKENDS = ("trio", "asyncio")
+
+url_option = click.option(
+    "--url", help="The llama-server's base URL, e.g. http://127.0.0.1:8080.", metavar="URL"
+)
+api_key_option = click.option(
+    "--api-key",
+    envvar=_API_KEY_VARIABLE,
+    show_envvar=True,
+    help="Bearer token for the server (better given in the environment).",
+)
+backend_option = click.option(
+    "--backend", type=click.Choice(_BACKENDS), default="trio", show_default=True
+)
+
+
+@click.group()
+@click.version_option(package_name="llamacpp-adapter")
+def main() -> None:
+    """Drive llama.cpp's HTTP server: typed, ordered token streams."""
+
+
+@main.command()
+@click.argument("prompt")
+@url_option
+@api_key_option
+@backend_option
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
+@click.option("--ignore-eos", is_flag=True, help="Generate until max-tokens.")
+def stream(
+    prompt: str,
+    url: str | None,
+    api_key: str | None,
+    backend: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    ignore_eos: bool,
+) -> None:
+    """Stream the completion of PROMPT to the terminal, then print a summary.
+
+    Without --url, start a local llama-server with a tiny random-weight model (its text
+    is nonsense) and stop it afterwards.
+    """
+    request = TaskRequest(
+        prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        extra={"ignore_eos": True} if ignore_eos else {},
+    )
+    with _server(url) as base_url:
+        _run(_stream, base_url, api_key, request, backend=backend)
+
+
+async def _stream(base_url: str, api_key: str | None, request: TaskRequest) -> None:
+    out = sys.stdout
+    started = time.perf_counter()
+    tokens = 0
+    async with (
+        LlamaCppHttpAdapter(base_url, api_key=api_key) as adapter,
+        adapter.submit(request) as events,
+    ):
+        async for event in events:
+            if isinstance(event, Token):
+                tokens += 1
+                out.write(event.text.translate(_TERMINAL_SAFE))
+                out.flush()
+            elif isinstance(event, Metrics):
+                engine_rate = event.predicted_tokens_per_s
+            elif isinstance(event, End):
+                elapsed = time.perf_counter() - started
+                out.write("\n")
+                click.echo(
+                    f"-- {event.tokens_out} tokens, {tokens / elapsed:.1f} tokens/s received "
+                    f"({engine_rate:.1f} tokens/s in the engine), stop: {event.stop_reason}"
+                )
+
+
+@main.command()
+@url_option
+@api_key_option
+@backend_option
+def health(url: str | None, api_key: str | None, backend: str) -> None:
+    """Print the server's health (GET /health) as JSON; exit 1 if not ready."""
+    with _server(url) as base_url:
+        result = _run(_call, base_url, api_key, "health", backend=backend)
+    click.echo(msgspec.json.encode(result))
+    if not result.ready:
+        sys.exit(1)
+
+
+@main.command()
+@url_option
+@api_key_option
+@backend_option
+def props(url: str | None, api_key: str | None, backend: str) -> None:
+    """Print what the server says about itself (GET /props and /slots) as JSON."""
+    with _server(url) as base_url:
+        result = _run(_call, base_url, api_key, "props", backend=backend)
+    click.echo(msgspec.json.encode(result))
+
+
+async def _call(base_url: str, api_key: str | None, method: str) -> Any:
+    async with LlamaCppHttpAdapter(base_url, api_key=api_key) as adapter:
+        return await getattr(adapter, method)()
+
+
+def _run(function: Any, *args: Any, backend: str) -> Any:
+    try:
+        return anyio.run(function, *args, backend=backend)
+    except WorkerError as exc:
+        raise click.ClickException(f"{exc.code}: {exc}") from exc
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _server(url: str | None) -> Iterator[str]:
+    """The given server's URL, or that of a local one started for the command."""
+    if url is not None:
+        yield url
+        return
+    from ._local_server import EngineNotInstalled, LocalLlamaServer
+
+    click.echo("-- starting a local llama-server with a tiny test model", err=True)
+    try:
+        with LocalLlamaServer(parallel=1) as server:
+            yield server.base_url
+    except (EngineNotInstalled, ImportError) as exc:
+        raise click.ClickException(
+            f"{exc}\nInstall the engine with: pip install 'llamacpp-adapter[engine]'"
+        ) from exc
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
