@@ -7,11 +7,11 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 import anyio
 import httpx
@@ -334,16 +334,18 @@ class LlamaCppHttpAdapter:
                 if state.cancel_reason is not None:
                     scope.cancel()
                 try:
-                    async for raw in response.aiter_raw():
-                        state.bytes_received += len(raw)
-                        for start in range(0, len(raw), slice_bytes):
-                            events = decoder.feed(raw[start : start + slice_bytes])
-                            if events:
-                                state.reader_holds = len(events)
-                                await send.send(events)
-                                state.reader_holds = 0
-                            if decoder.pending_error is not None:
-                                raise decoder.pending_error
+                    # Closed at once when the reader stops early, not when collected.
+                    async with contextlib.aclosing(_generator(response.aiter_raw())) as reads:
+                        async for raw in reads:
+                            state.bytes_received += len(raw)
+                            for start in range(0, len(raw), slice_bytes):
+                                events = decoder.feed(raw[start : start + slice_bytes])
+                                if events:
+                                    state.reader_holds = len(events)
+                                    await send.send(events)
+                                    state.reader_holds = 0
+                                if decoder.pending_error is not None:
+                                    raise decoder.pending_error
                     decoder.close()
                 except WorkerError as exc:
                     failure = exc
@@ -432,7 +434,7 @@ class LlamaCppHttpAdapter:
             model_path=str(props.get("model_path", "")),
             model_alias=props.get("model_alias") or None,
             build_info=props.get("build_info") or None,
-            model_digest=_model_digest(props),
+            model_digest=await self.model_digest(props),
             default_generation_settings=dict(settings.get("params") or settings),
         )
 
@@ -444,14 +446,23 @@ class LlamaCppHttpAdapter:
             raise ProtocolError("GET /props lacks build_info")
         return build
 
-    async def model_digest(self) -> str:
-        """A stable digest of the model the server reports (path's file name, alias,
-        file type, and what ``/props`` says of its vocabulary and context), so that a
-        replica set can check that its engines are alike."""
-        props = await self._get_json("/props")
-        if not isinstance(props, dict):
-            raise ProtocolError("GET /props did not return a JSON object")
-        return _model_digest(props)
+    async def model_digest(self, props: Mapping[str, Any] | None = None) -> str:
+        """A stable digest of the model as the server reports it, so that a replica set
+        can check that its engines serve the same model: the model file's name, the
+        metadata of ``GET /v1/models`` (vocabulary, training context, width, parameter
+        count, file size and type) and the chat template and special tokens of
+        ``GET /props``. Settings of the server (context size, slots, alias) are left
+        out. The server reports no hash of the weights, so two files of the same name
+        and shape with different weights get the same digest.
+        """
+        if props is None:
+            props = await self._get_json("/props")
+        models = await self._get_json("/v1/models")
+        if not isinstance(props, Mapping) or not isinstance(models, dict):
+            raise ProtocolError("GET /props or /v1/models did not return a JSON object")
+        entries = models.get("data") or []
+        meta = entries[0].get("meta") if entries and isinstance(entries[0], dict) else None
+        return _model_digest(props, meta if isinstance(meta, dict) else {})
 
     async def slots(self) -> list[dict[str, Any]]:
         """The server's slots, from ``GET /slots``."""
@@ -548,6 +559,11 @@ class LlamaCppHttpAdapter:
 # --- Helpers ---------------------------------------------------------------------------
 
 
+def _generator(iterator: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """httpx's body iterators are async generators, typed as plain iterators."""
+    return cast(AsyncGenerator[bytes, None], iterator)
+
+
 def _check_base_url(base_url: str) -> str:
     if not isinstance(base_url, str):
         raise TypeError("base_url must be a str")
@@ -599,10 +615,11 @@ def _stream_error(exc: httpx.HTTPError, tokens: int) -> WorkerError:
 async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     """Read the body up to *limit* bytes; say whether that was all of it."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            return bytes(body[:limit]), False
+    async with contextlib.aclosing(_generator(response.aiter_bytes())) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                return bytes(body[:limit]), False
     return bytes(body), True
 
 
@@ -673,17 +690,15 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _model_digest(props: Mapping[str, Any]) -> str:
+def _model_digest(props: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     path = str(props.get("model_path", "")).replace("\\", "/").rsplit("/", 1)[-1]
-    settings = props.get("default_generation_settings") or {}
     identity = {
         "model_file": path,
-        "model_alias": props.get("model_alias"),
         "model_ftype": props.get("model_ftype"),
         "bos_token": props.get("bos_token"),
         "eos_token": props.get("eos_token"),
-        "n_ctx": settings.get("n_ctx"),
         "chat_template": props.get("chat_template"),
+        "meta": {key: value for key, value in meta.items() if key != "n_ctx"},
     }
     canonical = msgspec.json.encode(identity, order="sorted")
     return "sha256:" + hashlib.sha256(canonical).hexdigest()

@@ -21,7 +21,9 @@ _EMBEDDING = 64
 _BLOCKS = 2
 _HEADS = 4
 _FEED_FORWARD = 128
-_CONTEXT = 4096
+# llama-server caps each slot's context at the model's training context: a large one
+# lets a test stream run for seconds.
+_CONTEXT = 1 << 17
 _WEIGHT_SCALE = 0.5
 
 _WORDS = (
