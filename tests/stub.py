@@ -1,0 +1,92 @@
+"""A scripted HTTP server on 127.0.0.1 for faults a real llama-server cannot be made to
+show. It speaks llama-server's wire format: the status line and headers are those
+captured from a real server (``golden/short.http``), bodies are chunked as it chunks
+them, and stream chunks are shaped like its own."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+GOLDEN = Path(__file__).parent / "golden"
+# The real stream response's status line and headers, up to and with the blank line.
+STREAM_HEAD = (GOLDEN / "short.http").read_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+_MAX_REQUEST_HEAD_BYTES = 64 * 1024
+
+Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
+
+
+def chunked(data: bytes) -> bytes:
+    """*data* as one chunk of a chunked body."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def token_event(n: int, content: str = " word") -> bytes:
+    """The SSE event of the n-th token (from 1), as llama-server writes it."""
+    chunk = {
+        "index": 0,
+        "content": content,
+        "tokens": [300 + n % 100],
+        "stop": False,
+        "id_slot": -1,
+        "tokens_predicted": n,
+        "tokens_evaluated": 3,
+    }
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def final_event(n: int) -> bytes:
+    """The final SSE event of a stream of n tokens, from a real capture."""
+    captured = (GOLDEN / "short.sse").read_bytes().strip().split(b"\n\n")[-1]
+    chunk = json.loads(captured.removeprefix(b"data: "))
+    chunk["tokens_predicted"] = n
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def json_response(status: int, reason: str, body: object, headers: str = "") -> bytes:
+    """A JSON answer shaped like llama-server's."""
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\n"
+        f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(payload)}\r\n"
+        f"{headers}Connection: close\r\n\r\n"
+    ).encode() + payload
+
+
+async def read_request(stream: trio.SocketStream) -> str:
+    """Read one request (head and body); return its path."""
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some()
+        if not chunk or len(data) > _MAX_REQUEST_HEAD_BYTES:
+            return ""
+        data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += await stream.receive_some()
+    return head.split(b" ")[1].decode()
+
+
+async def start_stub(nursery: trio.Nursery, handler: Handler) -> str:
+    """Serve *handler* for every connection; return the base URL."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        async with stream:
+            path = await read_request(stream)
+            with contextlib.suppress(trio.BrokenResourceError):  # the client went away
+                await handler(stream, path)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,81 @@
+"""The llamacpp-adapter command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from llamacpp_adapter._cli import _TERMINAL_SAFE, main
+from llamacpp_adapter._local_server import LocalLlamaServer
+
+SUMMARY_PREFIX = "-- "
+
+
+def test_main_job_streams_from_a_server_it_starts_itself() -> None:
+    # The README's main-job command, with no --url: it starts llama-server, streams,
+    # prints a summary and stops the server.
+    result = subprocess.run(
+        [sys.executable, "-m", "llamacpp_adapter", "stream", "hello the", "--max-tokens", "12"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text, summary = result.stdout.rstrip("\n").rsplit("\n", 1)
+    assert text.strip()
+    assert summary.startswith("-- 12 tokens,")
+    assert "tokens/s" in summary
+    assert summary.endswith("stop: limit")
+    assert "starting a local llama-server" in result.stderr
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("llamacpp-adapter", path=str(Path(sys.executable).parent))
+    assert script is not None
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
+    assert "stream" in result.stdout
+
+
+def test_stream_with_url_prints_the_engine_text(llama_server: LocalLlamaServer) -> None:
+    runner = CliRunner()
+    args = ["stream", "hello the", "--max-tokens", "16", "--seed", "42", "--url"]
+    first = runner.invoke(main, [*args, llama_server.base_url])
+    second = runner.invoke(main, [*args, llama_server.base_url, "--backend", "asyncio"])
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 0, second.output
+    text, summary = first.output.rstrip("\n").rsplit("\n", 1)
+    assert text.strip()
+    assert second.output.startswith(text)  # the same tokens on Trio and on asyncio
+    assert summary.startswith("-- 16 tokens,")
+
+
+def test_health_and_props_print_json(llama_server: LocalLlamaServer) -> None:
+    runner = CliRunner()
+    health = runner.invoke(main, ["health", "--url", llama_server.base_url])
+    assert health.exit_code == 0, health.output
+    assert json.loads(health.output)["ready"] is True
+    props = runner.invoke(main, ["props", "--url", llama_server.base_url])
+    assert props.exit_code == 0, props.output
+    assert json.loads(props.output)["slots_total"] == 2
+
+
+def test_health_of_an_unreachable_server_exits_1() -> None:
+    result = CliRunner().invoke(main, ["health", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["status"] == "unreachable"
+
+
+def test_bad_url_is_a_clear_error() -> None:
+    result = CliRunner().invoke(main, ["stream", "hi", "--url", "ftp://example"])
+    assert result.exit_code == 1
+    assert "http or https" in result.output
+
+
+def test_control_characters_are_escaped_for_the_terminal() -> None:
+    assert "a\x1b[31mb\x08\n\tc".translate(_TERMINAL_SAFE) == "a\\x1b[31mb\\x08\n\tc"
