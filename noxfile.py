@@ -25,6 +25,18 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def stream(session: nox.Session) -> None:
+    """The main job: stream a completion from a llama-server started for it.
+
+    ``nox -s stream -- "Once upon a time"``; further arguments go to
+    ``llamacpp-adapter stream`` (e.g. ``--url``, ``--max-tokens``).
+    """
+    session.install("-e", ".[engine]", env=ENGINE_BUILD_ENV)
+    args = session.posargs or ["Once upon a time"]
+    session.run("llamacpp-adapter", "stream", *args)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install(RUFF)
     session.run("ruff", "check", "llamacpp_adapter", "tests", "benchmarks", "noxfile.py")

@@ -1,0 +1,30 @@
+"""The README's examples run as written, under Trio and under asyncio."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamacpp_adapter._local_server import LocalLlamaServer
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+EXAMPLE = re.search(r"## Use it from Trio\n\n```python\n(.*?)```", README, re.S)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_readme_example_runs(llama_server: LocalLlamaServer, backend: str) -> None:
+    assert EXAMPLE is not None
+    source = EXAMPLE.group(1).replace("http://127.0.0.1:8080", llama_server.base_url)
+    if backend == "asyncio":  # what the README says to change
+        source = source.replace("import trio\n", "import asyncio\n")
+        source = source.replace("trio.run(main)", "asyncio.run(main())")
+    result = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\n\d+ tokens, stop: (eos|limit)\n$", result.stdout)
+    assert "failed:" not in result.stdout
