@@ -86,24 +86,23 @@ def stream(
 async def _stream(base_url: str, api_key: str | None, request: TaskRequest) -> None:
     out = sys.stdout
     started = time.perf_counter()
-    tokens = 0
+    engine = ""
     async with (
         LlamaCppHttpAdapter(base_url, api_key=api_key) as adapter,
         adapter.submit(request) as events,
     ):
         async for event in events:
             if isinstance(event, Token):
-                tokens += 1
                 out.write(event.text.translate(_TERMINAL_SAFE))
                 out.flush()
-            elif isinstance(event, Metrics):
-                engine_rate = event.predicted_tokens_per_s
+            elif isinstance(event, Metrics):  # optional: an engine may send no timings
+                engine = f" ({event.predicted_tokens_per_s:.1f} tokens/s in the engine)"
             elif isinstance(event, End):
-                elapsed = time.perf_counter() - started
+                rate = event.tokens_out / (time.perf_counter() - started)
                 out.write("\n")
                 click.echo(
-                    f"-- {event.tokens_out} tokens, {tokens / elapsed:.1f} tokens/s received "
-                    f"({engine_rate:.1f} tokens/s in the engine), stop: {event.stop_reason}"
+                    f"-- {event.tokens_out} tokens, {rate:.1f} tokens/s received{engine}, "
+                    f"stop: {event.stop_reason}"
                 )
 
 
@@ -113,10 +112,7 @@ async def _stream(base_url: str, api_key: str | None, request: TaskRequest) -> N
 @backend_option
 def health(url: str | None, api_key: str | None, backend: str) -> None:
     """Print the server's health (GET /health) as JSON; exit 1 if not ready."""
-    with _server(url) as base_url:
-        result = _run(_call, base_url, api_key, "health", backend=backend)
-    click.echo(msgspec.json.encode(result))
-    if not result.ready:
+    if not _print_query(url, api_key, backend, "health").ready:
         sys.exit(1)
 
 
@@ -126,9 +122,15 @@ def health(url: str | None, api_key: str | None, backend: str) -> None:
 @backend_option
 def props(url: str | None, api_key: str | None, backend: str) -> None:
     """Print what the server says about itself (GET /props and /slots) as JSON."""
+    _print_query(url, api_key, backend, "props")
+
+
+def _print_query(url: str | None, api_key: str | None, backend: str, method: str) -> Any:
+    """Call the adapter's *method* on the server, print the answer as JSON, return it."""
     with _server(url) as base_url:
-        result = _run(_call, base_url, api_key, "props", backend=backend)
+        result = _run(_call, base_url, api_key, method, backend=backend)
     click.echo(msgspec.json.encode(result))
+    return result
 
 
 async def _call(base_url: str, api_key: str | None, method: str) -> Any:

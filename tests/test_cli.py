@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from llamacpp_adapter._cli import _TERMINAL_SAFE, main
 from llamacpp_adapter._local_server import LocalLlamaServer
+
+from .stub import LAST_CHUNK, STREAM_HEAD, chunked, token_event
 
 SUMMARY_PREFIX = "-- "
 
@@ -79,3 +83,28 @@ def test_bad_url_is_a_clear_error() -> None:
 
 def test_control_characters_are_escaped_for_the_terminal() -> None:
     assert "a\x1b[31mb\x08\n\tc".translate(_TERMINAL_SAFE) == "a\\x1b[31mb\\x08\n\tc"
+
+
+def test_stream_without_engine_timings_still_prints_a_summary() -> None:
+    # An engine whose final chunk has no timings sends no Metrics event.
+    final = b'data: {"content":"","stop":true,"stop_type":"eos","tokens_predicted":2}\n\n'
+    body = STREAM_HEAD + chunked(token_event(1) + token_event(2) + final) + LAST_CHUNK
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(65536)
+            connection.sendall(body)
+
+    thread = threading.Thread(target=serve_once)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    result = CliRunner().invoke(main, ["stream", "hi", "--url", url])
+    thread.join(timeout=10)
+    listener.close()
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith("-- 2 tokens,")
+    assert result.output.splitlines()[-1].endswith("stop: eos")
