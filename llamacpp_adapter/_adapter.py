@@ -124,6 +124,8 @@ class EventStream:
         except anyio.EndOfStream:
             self._done = True
             raise StopAsyncIteration from None
+        except anyio.ClosedResourceError:
+            raise RuntimeError("the stream was used after its submit() block ended") from None
         if isinstance(item, WorkerError):
             self._done = True
             raise item
@@ -582,7 +584,8 @@ def _raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     """Raise the one exception in *group* (the caller's own, or cancellation) as itself:
     a user of this library catches WorkerError or their own errors, not a group."""
     if len(group.exceptions) == 1:
-        raise group.exceptions[0]
+        single = group.exceptions[0]
+        raise single from single.__cause__  # the group is no part of the story
     raise group
 
 

@@ -382,3 +382,21 @@ def test_golden_request_shape_is_what_the_adapter_sends() -> None:
     sent = json.loads((Path(__file__).parent / "golden" / "short.request.json").read_text())
     assert sent["stream"] is True
     assert sent["return_tokens"] is True
+
+
+async def test_consumer_error_keeps_its_own_cause(adapter: LlamaCppHttpAdapter) -> None:
+    with pytest.raises(ConsumerFailed) as info:
+        async with adapter.submit(TaskRequest("hi", max_tokens=2)):
+            try:
+                raise KeyError("inner")
+            except KeyError as exc:
+                raise ConsumerFailed("outer") from exc
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+async def test_stream_used_after_its_block_is_a_clear_error(adapter: LlamaCppHttpAdapter) -> None:
+    async with adapter.submit(TaskRequest("hi", max_tokens=200)) as events:
+        await events.__anext__()
+    with pytest.raises(RuntimeError, match="after its submit"):
+        async for _ in events:
+            pass
