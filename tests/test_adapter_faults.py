@@ -332,3 +332,16 @@ async def test_a_whole_stream_from_the_stub_ends_cleanly(nursery: trio.Nursery) 
     assert tokens_of(seen) == [0, 1, 2]
     assert isinstance(seen[-1], End)
     assert seen[-1].tokens_out == 3
+
+
+async def test_health_of_a_failing_server(nursery: trio.Nursery) -> None:
+    broken = {"error": {"code": 500, "message": "model failed to load", "type": "server_error"}}
+
+    async def server(stream: trio.SocketStream, path: str) -> None:
+        await stream.send_all(json_response(500, "Internal Server Error", broken))
+
+    url = await start_stub(nursery, server)
+    async with LlamaCppHttpAdapter(url) as adapter:
+        health = await adapter.health()
+    assert (health.live, health.ready, health.status) == (True, False, "error")
+    assert health.message == "model failed to load"
