@@ -7,7 +7,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -41,11 +41,11 @@ logger = logging.getLogger("llamacpp_adapter")
 
 ENGINE: Final = "llama.cpp"
 #: The fewest bytes one streamed event can take on the wire: ``data:`` plus
-#: ``{"content":"","stop":false}`` plus a blank line. The reader feeds the decoder slices
-#: of at most ``(batch - 3) * _MIN_EVENT_BYTES`` bytes, so that one slice never decodes to
-#: more than ``batch`` events (one may have begun in an earlier slice, and the final
-#: chunk yields up to three).
+#: ``{"content":"","stop":false}`` plus a blank line.
 _MIN_EVENT_BYTES = 34
+#: Events one slice may complete beyond the blank lines it holds: one whose blank line
+#: began in the previous slice, and the final chunk's Metrics and End.
+_EXTRA_EVENTS_PER_SLICE = 3
 _MIN_BUFFER_EVENTS = 8
 #: The most bytes of an error response's body that are read to find its message.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -174,8 +174,8 @@ class LlamaCppHttpAdapter:
         self._key_mask = None if api_key is None else secret_mask(api_key)
         self._owns_client = client is None
         self._client = client if client is not None else default_client(timeouts=timeouts)
-        self._batch_events = buffer // 2  # one batch with the consumer, one with the reader
-        self._slice_bytes = (self._batch_events - 3) * _MIN_EVENT_BYTES
+        # One batch with the consumer and one with the reader, each of at most half.
+        self._blank_lines_per_slice = buffer // 2 - _EXTRA_EVENTS_PER_SLICE
         self._max_event_bytes = max_event_bytes
         self._streams: dict[str, set[_StreamState]] = {}
         self._closed = False
@@ -328,7 +328,7 @@ class LlamaCppHttpAdapter:
         """Read the body, decode it, and hand the events to the consumer. Never raises
         (but for cancellation): a failure is handed over as the stream's last item."""
         decoder = CompletionStreamDecoder(max_event_bytes=self._max_event_bytes)
-        slice_bytes = self._slice_bytes
+        blank_lines = self._blank_lines_per_slice
         failure: WorkerError | None = None
         async with send:
             with anyio.CancelScope(deadline=deadline) as scope:
@@ -340,8 +340,8 @@ class LlamaCppHttpAdapter:
                     async with contextlib.aclosing(_generator(response.aiter_raw())) as reads:
                         async for raw in reads:
                             state.bytes_received += len(raw)
-                            for start in range(0, len(raw), slice_bytes):
-                                events = decoder.feed(raw[start : start + slice_bytes])
+                            for piece in event_slices(raw, blank_lines):
+                                events = decoder.feed(piece)
                                 if events:
                                     state.reader_holds = len(events)
                                     await send.send(events)
@@ -559,6 +559,35 @@ class LlamaCppHttpAdapter:
 
 
 # --- Helpers ---------------------------------------------------------------------------
+
+
+def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
+    """Cut one network read into slices that each complete at most
+    ``blank_lines + _EXTRA_EVENTS_PER_SLICE`` events, so that the events the reader
+    holds stay within the bound however small the server makes them.
+
+    An event is dispatched by a blank line: where the read holds no CR, a slice ends
+    just after its ``blank_lines``-th ``"\\n\\n"``, which holds real llama.cpp events
+    whole. Otherwise (CR line ends) a slice is as many bytes as that many of the
+    smallest possible events.
+    """
+    if b"\r" in data:
+        size = blank_lines * _MIN_EVENT_BYTES
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+        return
+    start = 0
+    find = data.find
+    while start < len(data):
+        end = start
+        for _ in range(blank_lines):
+            found = find(b"\n\n", end)
+            if found < 0:
+                end = len(data)
+                break
+            end = found + 2
+        yield data[start:end]
+        start = end
 
 
 def _generator(iterator: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
