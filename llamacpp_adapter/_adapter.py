@@ -300,7 +300,7 @@ class LlamaCppHttpAdapter:
         try:
             response = await self._client.send(http_request, stream=True)
         except httpx.HTTPError as exc:
-            _raise_transport_error(exc, "opening the stream")
+            raise _http_error(exc, "while opening the stream") from exc
         try:
             if response.status_code != 200:
                 raise _status_error(response, await _read_error_body(response))
@@ -352,7 +352,7 @@ class LlamaCppHttpAdapter:
                 except WorkerError as exc:
                     failure = exc
                 except httpx.HTTPError as exc:
-                    failure = _stream_error(exc, decoder.tokens_delivered)
+                    failure = _http_error(exc, f"after {decoder.tokens_delivered} tokens")
                 except anyio.BrokenResourceError:
                     return  # the consumer left; nobody to tell
                 except Exception as exc:
@@ -532,7 +532,7 @@ class LlamaCppHttpAdapter:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            _raise_transport_error(exc, doing)
+            raise _http_error(exc, f"during {doing}") from exc
         try:
             if response.status_code != 200:
                 return response, await _read_error_body(response)
@@ -541,7 +541,7 @@ class LlamaCppHttpAdapter:
                 raise ProtocolError(f"{doing} answered more than {_MAX_JSON_BODY_BYTES} bytes")
             return response, body
         except httpx.HTTPError as exc:
-            _raise_transport_error(exc, doing)
+            raise _http_error(exc, f"during {doing}") from exc
         finally:
             await _close_response(response)
 
@@ -623,23 +623,16 @@ async def _close_response(response: httpx.Response) -> None:
         await response.aclose()
 
 
-def _raise_transport_error(exc: httpx.HTTPError, doing: str) -> NoReturn:
+def _http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
+    """Our error for an httpx one, *when* (e.g. "while opening the stream") it happened.
+    This is the one place where httpx's exceptions become ours."""
+    error: WorkerError
     if isinstance(exc, httpx.ReadTimeout):
-        raise DecodeTimeout(f"no answer from the engine in time while {doing}") from exc
-    if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
-        raise WorkerReset(f"could not reach the engine while {doing}: {exc}") from exc
-    raise ProtocolError(f"bad HTTP from the engine while {doing}: {exc}") from exc
-
-
-def _stream_error(exc: httpx.HTTPError, tokens: int) -> WorkerError:
-    if isinstance(exc, httpx.ReadTimeout):
-        error: WorkerError = DecodeTimeout(
-            f"no data from the engine within the read timeout, after {tokens} tokens"
-        )
+        error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
     elif isinstance(exc, httpx.TransportError):
-        error = WorkerReset(f"the connection was cut after {tokens} tokens: {exc}")
+        error = WorkerReset(f"the connection to the engine failed {when}: {exc}")
     else:
-        error = ProtocolError(f"bad HTTP from the engine after {tokens} tokens: {exc}")
+        error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
     error.__cause__ = exc
     return error
 
