@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, cast
 
 import anyio
 import httpx
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import (
     AdapterError,
@@ -56,58 +56,79 @@ _CLOSE_TIMEOUT_S = 5.0
 _CONTEXT_ERROR_TYPE = "exceed_context_size_error"
 _LOADING_STATUS = 503
 
-_StreamItem = list[TokenEvent] | WorkerError
-
-
-class _StreamState:
-    """What the reader and the consumer of one stream share."""
-
-    __slots__ = ("bytes_received", "cancel_reason", "reader_holds", "scope")
-
-    def __init__(self) -> None:
-        self.bytes_received = 0
-        self.reader_holds = 0  # decoded events the reader is waiting to hand over
-        self.scope: anyio.CancelScope | None = None
-        self.cancel_reason: WorkerError | None = None
-
-    def cancel(self, reason: WorkerError) -> None:
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-        if self.scope is not None:
-            self.scope.cancel()
-
 
 class EventStream:
     """The events of one task, in order: :class:`Started`, :class:`Token`\\ s,
     :class:`Metrics`, :class:`End`. Iterate it with ``async for``.
 
+    Reading is driven by the consumer: when the events of the last read are all taken,
+    the next ``__anext__`` reads from the network, decodes that read, and hands its
+    events out one at a time. So no more than ``buffer`` events ever wait, nothing is
+    read while the consumer is busy, and TCP flow control holds the engine back.
+
     A failure is raised from the iteration, as a :class:`WorkerError`, after every event
-    that arrived before it. Events are handed over from the network reader in batches,
-    one per read, but taken one at a time.
+    that arrived before it; the response is closed at once.
     """
 
-    __slots__ = ("_batch", "_done", "_index", "_receive", "_state", "job_id")
+    __slots__ = (
+        "_batch",
+        "_blank_lines",
+        "_bytes_received",
+        "_cancel_reason",
+        "_closed",
+        "_deadline",
+        "_decoder",
+        "_done",
+        "_index",
+        "_on_end",
+        "_pieces",
+        "_reading",
+        "_reads",
+        "_response",
+        "job_id",
+    )
 
     def __init__(
-        self, job_id: str, receive: MemoryObjectReceiveStream[_StreamItem], state: _StreamState
+        self,
+        job_id: str,
+        response: httpx.Response,
+        *,
+        max_event_bytes: int,
+        blank_lines_per_read: int,
+        deadline: float,
+        on_end: Callable[[EventStream, WorkerError | None], None],
     ) -> None:
         self.job_id = job_id
-        self._receive = receive
-        self._state = state
+        self._response = response
+        self._reads = _generator(response.aiter_raw())
+        self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
+        self._blank_lines = blank_lines_per_read
+        self._deadline = deadline
+        self._on_end = on_end
+        self._pieces: Iterator[bytes] = iter(())
         self._batch: list[TokenEvent] = [Started(job_id)]
         self._index = 0
+        self._bytes_received = 0
         self._done = False
+        self._closed = False
+        self._reading: anyio.CancelScope | None = None
+        self._cancel_reason: WorkerError | None = None
 
     @property
     def buffered(self) -> int:
         """Events decoded but not yet taken by the consumer; never above the adapter's
         ``buffer``."""
-        return len(self._batch) - self._index + self._state.reader_holds
+        return len(self._batch) - self._index
 
     @property
     def bytes_received(self) -> int:
         """Bytes of the response body read from the network so far."""
-        return self._state.bytes_received
+        return self._bytes_received
+
+    @property
+    def tokens_delivered(self) -> int:
+        """Token events decoded so far."""
+        return self._decoder.tokens_delivered
 
     def __aiter__(self) -> EventStream:
         return self
@@ -119,19 +140,85 @@ class EventStream:
             return event
         if self._done:
             raise StopAsyncIteration
+        if self._closed and self._cancel_reason is None:
+            raise RuntimeError("the stream was used after its submit() block ended")
         try:
-            item = await self._receive.receive()
-        except anyio.EndOfStream:
-            self._done = True
-            raise StopAsyncIteration from None
-        except anyio.ClosedResourceError:
-            raise RuntimeError("the stream was used after its submit() block ended") from None
-        if isinstance(item, WorkerError):
-            self._done = True
-            raise item
-        self._batch = item
+            batch = await self._next_batch()
+        except WorkerError as exc:
+            await self._finish(exc)
+            raise
+        except httpx.HTTPError as exc:
+            error = _http_error(exc, f"after {self.tokens_delivered} tokens")
+            await self._finish(error)
+            raise error from exc
+        except Exception as exc:
+            logger.exception("unexpected failure while reading a stream")
+            error = InternalError(f"unexpected {type(exc).__name__} while reading the stream")
+            await self._finish(error)
+            raise error from exc
+        if not batch:
+            await self._finish(None)
+            raise StopAsyncIteration
+        self._batch = batch
         self._index = 1
-        return item[0]
+        return batch[0]
+
+    async def _next_batch(self) -> list[TokenEvent]:
+        """The events of the next slice of the body that has any; [] at its clean end."""
+        decoder = self._decoder
+        while True:
+            if decoder.pending_error is not None:
+                raise decoder.pending_error
+            if self._cancel_reason is not None:
+                raise self._cancel_reason
+            for piece in self._pieces:
+                events = decoder.feed(piece)
+                if events:
+                    return events
+            with anyio.CancelScope(deadline=self._deadline) as scope:
+                self._reading = scope
+                try:
+                    raw: bytes | None = await self._reads.__anext__()
+                except StopAsyncIteration:
+                    raw = None
+                finally:
+                    self._reading = None
+            if scope.cancelled_caught:
+                raise self._cancel_reason or DeadlineUnmet(
+                    f"the deadline passed after {decoder.tokens_delivered} tokens"
+                )
+            if raw is None:
+                decoder.close()  # WorkerReset if the final chunk never came
+                return []
+            self._bytes_received += len(raw)
+            self._pieces = event_slices(raw, self._blank_lines)
+
+    def _cancel(self, reason: WorkerError) -> bool:
+        """Make the stream end with *reason*. Return whether the caller must close it
+        (when nobody is reading it now; a reading consumer ends it itself)."""
+        if self._done:
+            return False
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        if self._reading is not None:
+            self._reading.cancel()
+            return False
+        return True
+
+    async def _finish(self, failure: WorkerError | None) -> None:
+        self._done = True
+        self._batch, self._index = [], 0
+        await self._close()
+        self._on_end(self, failure)
+
+    async def _close(self) -> None:
+        """Close the response (and so free the engine's slot). Shielded and bounded."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT_S):
+            await self._reads.aclose()
+            await self._response.aclose()
 
 
 class LlamaCppHttpAdapter:
@@ -174,10 +261,9 @@ class LlamaCppHttpAdapter:
         self._key_mask = None if api_key is None else secret_mask(api_key)
         self._owns_client = client is None
         self._client = client if client is not None else default_client(timeouts=timeouts)
-        # One batch with the consumer and one with the reader, each of at most half.
-        self._blank_lines_per_slice = buffer // 2 - _EXTRA_EVENTS_PER_SLICE
+        self._blank_lines_per_read = buffer - _EXTRA_EVENTS_PER_SLICE
         self._max_event_bytes = max_event_bytes
-        self._streams: dict[str, set[_StreamState]] = {}
+        self._streams: dict[str, set[EventStream]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -241,46 +327,41 @@ class LlamaCppHttpAdapter:
             response = await self._open_stream(request)
         if opening.cancelled_caught:
             raise DeadlineUnmet(f"the stream did not open within {timeout} s")
-
-        send, receive = anyio.create_memory_object_stream[_StreamItem](0)
-        state = _StreamState()
-        stream = EventStream(request.job_id, receive, state)
-        self._streams.setdefault(request.job_id, set()).add(state)
-        started = time.monotonic()
+        stream = EventStream(
+            request.job_id,
+            response,
+            max_event_bytes=self._max_event_bytes,
+            blank_lines_per_read=self._blank_lines_per_read,
+            deadline=deadline,
+            on_end=functools.partial(self._log_end, started=time.monotonic()),
+        )
+        self._streams.setdefault(request.job_id, set()).add(stream)
         try:
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(
-                    self._read, response, send, state, deadline, request.job_id, started
-                )
-                try:
-                    yield stream
-                finally:
-                    task_group.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            _raise_single(group)
+            yield stream
         finally:
-            self._forget(request.job_id, state)
-            receive.close()
-            await _close_response(response)
+            self._forget(stream)
+            await stream._close()
 
     async def cancel(self, job_id: str) -> bool:
-        """End the streams of *job_id* open on this adapter, best effort: their readers
-        stop, their responses close, and their consumers get :class:`JobCancelled`.
+        """End the streams of *job_id* open on this adapter, best effort: their
+        responses close, so the engine frees their slots, and their consumers get
+        :class:`JobCancelled`.
 
         Returns:
             whether a stream of that job was open here.
         """
-        states = self._streams.get(job_id, set())
-        for state in states:
-            state.cancel(JobCancelled(f"job {job_id!r} was cancelled"))
-        return bool(states)
+        streams = list(self._streams.get(job_id, ()))
+        for stream in streams:
+            if stream._cancel(JobCancelled(f"job {job_id!r} was cancelled")):
+                await stream._close()
+        return bool(streams)
 
-    def _forget(self, job_id: str, state: _StreamState) -> None:
-        states = self._streams.get(job_id)
-        if states is not None:
-            states.discard(state)
-            if not states:
-                del self._streams[job_id]
+    def _forget(self, stream: EventStream) -> None:
+        streams = self._streams.get(stream.job_id)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._streams[stream.job_id]
 
     async def _open_stream(self, request: TaskRequest) -> httpx.Response:
         prompt = None
@@ -316,78 +397,17 @@ class LlamaCppHttpAdapter:
         )
         return response
 
-    async def _read(
-        self,
-        response: httpx.Response,
-        send: MemoryObjectSendStream[_StreamItem],
-        state: _StreamState,
-        deadline: float,
-        job_id: str,
-        started: float,
-    ) -> None:
-        """Read the body, decode it, and hand the events to the consumer. Never raises
-        (but for cancellation): a failure is handed over as the stream's last item."""
-        decoder = CompletionStreamDecoder(max_event_bytes=self._max_event_bytes)
-        blank_lines = self._blank_lines_per_slice
-        failure: WorkerError | None = None
-        async with send:
-            with anyio.CancelScope(deadline=deadline) as scope:
-                state.scope = scope
-                if state.cancel_reason is not None:
-                    scope.cancel()
-                try:
-                    # Closed at once when the reader stops early, not when collected.
-                    async with contextlib.aclosing(_generator(response.aiter_raw())) as reads:
-                        async for raw in reads:
-                            state.bytes_received += len(raw)
-                            for piece in event_slices(raw, blank_lines):
-                                events = decoder.feed(piece)
-                                if events:
-                                    state.reader_holds = len(events)
-                                    await send.send(events)
-                                    state.reader_holds = 0
-                                if decoder.pending_error is not None:
-                                    raise decoder.pending_error
-                    decoder.close()
-                except WorkerError as exc:
-                    failure = exc
-                except httpx.HTTPError as exc:
-                    failure = _http_error(exc, f"after {decoder.tokens_delivered} tokens")
-                except anyio.BrokenResourceError:
-                    return  # the consumer left; nobody to tell
-                except Exception as exc:
-                    logger.exception("unexpected failure in the stream reader")
-                    failure = InternalError(f"unexpected {type(exc).__name__} in the reader")
-                    failure.__cause__ = exc
-            state.reader_holds = 0
-            if scope.cancelled_caught:
-                if state.cancel_reason is not None:
-                    failure = state.cancel_reason
-                else:
-                    failure = DeadlineUnmet(
-                        f"the deadline passed after {decoder.tokens_delivered} tokens"
-                    )
-            await _close_response(response)
-            self._log_end(job_id, decoder, failure, started)
-            if failure is not None:
-                with contextlib.suppress(anyio.BrokenResourceError):
-                    await send.send(failure)
-
-    def _log_end(
-        self,
-        job_id: str,
-        decoder: CompletionStreamDecoder,
-        failure: WorkerError | None,
-        started: float,
-    ) -> None:
+    def _log_end(self, stream: EventStream, failure: WorkerError | None, *, started: float) -> None:
         fields = {
-            "job_id": job_id,
+            "job_id": stream.job_id,
             "engine": ENGINE,
-            "tokens_out": decoder.tokens_delivered,
+            "tokens_out": stream.tokens_delivered,
             "decode_time_ms": round((time.monotonic() - started) * 1000, 3),
         }
         if failure is None:
             logger.debug("stream ended", extra=fields)
+        elif isinstance(failure, JobCancelled):
+            logger.info("stream cancelled", extra=fields)
         else:
             logger.warning("stream failed: %s (%s)", failure.code, failure, extra=fields)
 
@@ -607,15 +627,6 @@ def _check_base_url(base_url: str) -> str:
     if url.query or url.fragment:
         raise ValueError("base_url must have no query or fragment")
     return base_url.rstrip("/")
-
-
-def _raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    """Raise the one exception in *group* (the caller's own, or cancellation) as itself:
-    a user of this library catches WorkerError or their own errors, not a group."""
-    if len(group.exceptions) == 1:
-        single = group.exceptions[0]
-        raise single from single.__cause__  # the group is no part of the story
-    raise group
 
 
 async def _close_response(response: httpx.Response) -> None:

@@ -132,11 +132,14 @@ class ConsumerFailed(Exception):
     pass
 
 
-# Each returns the moment it decided to leave.
+# Each returns the moment it decided to leave. The streams stay referenced in KEPT while
+# the test checks the slot, so that closing them cannot be left to garbage collection.
+KEPT: list[object] = []
 
 
 async def leave_by_break(adapter: LlamaCppHttpAdapter) -> float:
     async with adapter.submit(ENDLESS) as events:
+        KEPT.append(events)
         async for event in events:
             if isinstance(event, Token) and event.i == 4:
                 left = time.monotonic()
@@ -147,6 +150,7 @@ async def leave_by_break(adapter: LlamaCppHttpAdapter) -> float:
 async def leave_by_exception(adapter: LlamaCppHttpAdapter) -> float:
     with pytest.raises(ConsumerFailed) as info:  # the caller's own, not an ExceptionGroup
         async with adapter.submit(ENDLESS) as events:
+            KEPT.append(events)
             async for event in events:
                 if isinstance(event, Token) and event.i == 4:
                     raise ConsumerFailed(time.monotonic())
@@ -157,6 +161,7 @@ async def leave_by_exception(adapter: LlamaCppHttpAdapter) -> float:
 async def leave_by_outer_cancel(adapter: LlamaCppHttpAdapter) -> float:
     with trio.CancelScope() as scope:
         async with adapter.submit(ENDLESS) as events:
+            KEPT.append(events)
             async for event in events:
                 if isinstance(event, Token) and event.i == 4:
                     left = time.monotonic()
@@ -170,6 +175,7 @@ async def leave_by_job_cancel(adapter: LlamaCppHttpAdapter) -> float:
     delivered = 0
     with pytest.raises(JobCancelled):
         async with adapter.submit(request) as events:
+            KEPT.append(events)
             async for event in events:
                 if isinstance(event, Token):
                     delivered += 1
@@ -192,6 +198,7 @@ async def test_leaving_after_5_tokens_frees_the_slot_within_1s(
         left = await leave(adapter)  # type: ignore[operator]
     await wait_until_idle(adapter, STOP_WITHIN_S)
     assert time.monotonic() - left < STOP_WITHIN_S
+    KEPT.clear()
     # The server still serves.
     events = await collect(adapter, TaskRequest("hello", max_tokens=3))
     assert isinstance(events[-1], End)
