@@ -53,5 +53,6 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.install("-e", ".[bench]")
-    session.run("python", "benchmarks/bench_decode.py", *session.posargs)
+    """Every benchmark against its peers, in one run (``-- --quick`` for a short one)."""
+    session.install("-e", ".[bench,engine]", env=ENGINE_BUILD_ENV)
+    session.run("python", "-m", "benchmarks", *session.posargs)

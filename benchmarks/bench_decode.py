@@ -9,8 +9,7 @@ decode the bare payloads, already split, with ``json.loads`` and with ``msgspec`
 The stream is built from a real llama-server capture (``tests/golden/long.sse``): its
 token chunks, repeated with a rising ``tokens_predicted``, then its final chunk.
 
-    python benchmarks/bench_decode.py            # about 20 seconds
-    python benchmarks/bench_decode.py --quick    # about 5 seconds
+Run it with the others: ``python -m benchmarks`` (``nox -s bench``).
 
 A second table feeds one large event a byte at a time at three sizes: the cost per byte
 stays flat because a line is never re-scanned.
@@ -18,11 +17,8 @@ stays flat because a line is never re-scanned.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +28,8 @@ import msgspec
 from httpx_sse import EventSource
 
 from llamacpp_adapter import CompletionStreamDecoder, SSEDecoder, Token
+
+from ._common import Table, Target
 
 CAPTURE = Path(__file__).resolve().parents[1] / "tests" / "golden" / "long.sse"
 TARGET_RATIO = 4.0
@@ -74,6 +72,17 @@ def run_httpx_sse(pieces: list[bytes]) -> int:
     for sse in EventSource(response_over(pieces)).iter_sse():
         chunk = json.loads(sse.data)
         if not chunk["stop"]:
+            count += 1
+    return count
+
+
+def run_openai(pieces: list[bytes]) -> int:
+    """The openai SDK's SSE decoder, as its Stream class drives it."""
+    from openai._streaming import SSEDecoder as OpenAIDecoder
+
+    count = 0
+    for sse in OpenAIDecoder().iter_bytes(iter(pieces)):
+        if not json.loads(sse.data)["stop"]:
             count += 1
     return count
 
@@ -125,28 +134,22 @@ def byte_at_a_time_ns_per_byte(size: int) -> float:
     return elapsed / len(event) * 1e9
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller stream, fewer rounds")
-    parser.add_argument("--check", action="store_true", help=f"fail below {TARGET_RATIO}x")
-    args = parser.parse_args()
-    events, rounds = (20_000, 3) if args.quick else (100_000, 5)
-
+def decode(*, quick: bool) -> tuple[list[Table], list[Target]]:
+    """The decode case for the benchmark runner: tables and targets."""
+    events, rounds = (20_000, 3) if quick else (100_000, 5)
     stream, payloads = llama_stream(events)
-    print(f"# Decode: {events:,} llama.cpp-shaped events, {len(stream) / 1e6:.1f} MB")
-    print(f"# Python {platform.python_version()}, httpx {httpx.__version__}, msgspec "
-          f"{msgspec.__version__}, {platform.machine()}, median of {rounds} rounds\n")  # fmt: skip
-
-    ratios = {}
-    print(
-        f"| {'read size':>9} | {'contender':<32} | {'events/s':>11} | {'MB/s':>7} | {'ratio':>6} |"
+    table = Table(
+        f"Decode: {events:,} llama.cpp-shaped events ({len(stream) / 1e6:.1f} MB), in process",
+        ["read size", "contender", "events/s", "MB/s", "ratio"],
+        notes=["Both sides read the same httpx.Response; the adapter also builds typed events."],
     )
-    print(f"|{'-' * 11}|{'-' * 34}|{'-' * 13}|{'-' * 9}|{'-' * 8}|")
+    targets = []
     for size in (4096, 64):
         pieces = reads(stream, size)
         contenders = {
             "llamacpp-adapter (decode + map)": lambda p=pieces: run_adapter(p),
             "httpx-sse + json.loads": lambda p=pieces: run_httpx_sse(p),
+            "openai SSEDecoder + json.loads": lambda p=pieces: run_openai(p),
             "floor: json.loads of payloads": lambda: run_json_floor(payloads),
             "floor: msgspec of payloads": lambda: run_msgspec_floor(payloads),
         }
@@ -154,22 +157,24 @@ def main() -> int:
         base = rates["httpx-sse + json.loads"]
         for name, rate in rates.items():
             mb = rate * len(stream) / events / 1e6
-            print(
-                f"| {size:>7} B | {name:<32} | {rate:>11,.0f} | {mb:>7.1f} | {rate / base:>5.2f}x |"
+            table.add(f"{size} B", name, rate, mb, f"{rate / base:.2f}x")
+        if size == 4096:
+            ours = rates["llamacpp-adapter (decode + map)"]
+            targets.append(
+                Target(
+                    "decode >= 4x httpx-sse + json at 4 KiB",
+                    f"{ours / base:.2f}x",
+                    ours >= 4 * base,
+                    factor=ours / base,
+                    goal=4.0,
+                )
             )
-        ratios[size] = rates["llamacpp-adapter (decode + map)"] / base
-
-    print("\n# One event fed a byte at a time: the cost per byte stays flat\n")
-    print(f"| {'event size':>10} | {'ns/byte':>8} |")
-    print(f"|{'-' * 12}|{'-' * 10}|")
+            targets.append(
+                Target("decode >= 1,000,000 events/s", f"{ours:,.0f}/s", ours >= 1_000_000)
+            )
+    flat = Table(
+        "One event fed a byte at a time: the cost per byte stays flat", ["event size", "ns/byte"]
+    )
     for size in (16_384, 65_536, 262_144):
-        print(f"| {size:>8} B | {byte_at_a_time_ns_per_byte(size):>8.0f} |")
-
-    verdict = "met" if ratios[4096] >= TARGET_RATIO else "NOT met"
-    print(f"\nAt 4 KiB reads: {ratios[4096]:.2f}x httpx-sse + json.loads "
-          f"(target {TARGET_RATIO:.0f}x: {verdict})")  # fmt: skip
-    return 1 if args.check and ratios[4096] < TARGET_RATIO else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        flat.add(f"{size} B", byte_at_a_time_ns_per_byte(size))
+    return [table, flat], targets

@@ -309,8 +309,8 @@ class LlamaCppHttpAdapter:
         the iteration, after the events before them.
 
         Leaving the block, normally, by ``break``, by an exception or by cancellation,
-        cancels the reader and closes the response at once; llama-server then stops
-        generating and frees its slot.
+        closes the response at once; llama-server then stops generating and frees its
+        slot.
 
         Args:
             request: the task.
@@ -583,7 +583,7 @@ class LlamaCppHttpAdapter:
 
 def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
     """Cut one network read into slices that each complete at most
-    ``blank_lines + _EXTRA_EVENTS_PER_SLICE`` events, so that the events the reader
+    ``blank_lines + _EXTRA_EVENTS_PER_SLICE`` events, so that the events the stream
     holds stay within the bound however small the server makes them.
 
     An event is dispatched by a blank line: where the read holds no CR, a slice ends

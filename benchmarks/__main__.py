@@ -1,0 +1,110 @@
+"""Run every benchmark side by side with its peers, in one run, and write the results.
+
+    python -m benchmarks            # the whole suite, under 5 minutes on 2 cores
+    python -m benchmarks --quick    # a smaller run, under 1 minute
+    nox -s bench [-- --quick]       # the same, with its dependencies installed
+
+It prints each table, writes them with the machine, the versions and the command to
+``benchmarks/RESULTS.md``, and draws ``benchmarks/results.png`` (the adapter against
+its peers, as a factor, with each target). It exits 1 when a target is not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from ._common import Table, Target, stub_server
+from .bench_decode import decode
+from .bench_engine import engine
+from .bench_memory import idle_streams, slow_consumer
+from .bench_streams import latency, paced_cpu, throughput
+
+HERE = Path(__file__).parent
+PACKAGES = ["llamacpp-adapter", "httpx", "httpx-sse", "openai", "msgspec", "trio", "anyio"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    parser.add_argument("--no-write", action="store_true", help="print only; keep RESULTS.md")
+    args = parser.parse_args()
+    started = time.monotonic()
+
+    tables: list[Table] = []
+    targets: list[Target] = []
+
+    def record(result: tuple[Table | list[Table], list[Target]]) -> None:
+        produced, met = result
+        for table in produced if isinstance(produced, list) else [produced]:
+            print(table.markdown(), flush=True)
+            tables.append(table)
+        targets.extend(met)
+
+    record(decode(quick=args.quick))
+    with stub_server() as url:
+        for case in (throughput, paced_cpu, latency, slow_consumer, idle_streams):
+            record(case(url, quick=args.quick))
+    record(engine(quick=args.quick))
+
+    elapsed = time.monotonic() - started
+    summary = Table("Targets", ["target", "measured", "met"])
+    for target in targets:
+        summary.add(target.name, target.measured, "yes" if target.met else "**no**")
+    print(summary.markdown())
+    print(f"{elapsed:.0f} s in all")
+    if not args.no_write:
+        write_results(tables, summary, elapsed, quick=args.quick)
+        draw_chart(targets)
+    return 0 if all(t.met for t in targets) else 1
+
+
+def write_results(tables: list[Table], summary: Table, elapsed: float, *, quick: bool) -> None:
+    versions = ", ".join(f"{name} {version(name)}" for name in PACKAGES)
+    command = "python -m benchmarks" + (" --quick" if quick else "")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{command}` (or `nox -s bench`), {datetime.date.today()}, {elapsed:.0f} s.",
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}. Versions: {versions}.",
+        "",
+        "![The adapter against its peers](results.png)",
+        "",
+        summary.markdown(),
+        *[table.markdown() for table in tables],
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+
+
+def draw_chart(targets: list[Target]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charted = [t for t in targets if t.factor is not None and t.goal is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(charted) + 1.2))
+    names = [t.name for t in charted]
+    factors = [t.factor for t in charted]
+    colours = ["#2a9d8f" if t.met else "#e76f51" for t in charted]
+    ax.barh(names, factors, color=colours)
+    ax.scatter([t.goal for t in charted], names, marker="|", s=400, color="black", label="target")
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("llamacpp-adapter vs the peer (x better)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(HERE / "results.png", dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""What the benchmark cases share: the stub server process, the two clients measured
+side by side, and tables."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token
+
+_SERVER_START_TIMEOUT_S = 20.0
+
+
+@contextlib.contextmanager
+def stub_server() -> Iterator[str]:
+    """Run ``benchmarks._server`` in its own process; yield its base URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._server", str(port_file)],
+            cwd=Path(__file__).parents[1],
+        )
+        try:
+            deadline = time.monotonic() + _SERVER_START_TIMEOUT_S
+            while not port_file.exists() or not port_file.read_text():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the benchmark server did not start")
+                time.sleep(0.01)
+            yield f"http://127.0.0.1:{port_file.read_text()}"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def request(**fields: Any) -> TaskRequest:
+    """A task whose ``extra`` tells the stub server what to stream."""
+    return TaskRequest("bench", extra=fields)
+
+
+async def adapter_tokens(adapter: LlamaCppHttpAdapter, task: TaskRequest) -> AsyncIterator[str]:
+    """The text of each token the adapter delivers."""
+    async with adapter.submit(task) as events:
+        async for event in events:
+            if type(event) is Token:
+                yield event.text
+
+
+async def httpx_sse_tokens(
+    client: httpx.AsyncClient, url: str, task: TaskRequest
+) -> AsyncIterator[str]:
+    """The text of each token, the way a user of httpx + httpx-sse would read it."""
+    from llamacpp_adapter import completion_body
+
+    async with aconnect_sse(
+        client, "POST", f"{url}/completion", json=completion_body(task)
+    ) as source:
+        async for sse in source.aiter_sse():
+            chunk = json.loads(sse.data)
+            if not chunk["stop"]:
+                yield chunk["content"]
+
+
+def peer_client() -> httpx.AsyncClient:
+    """httpx with the same settings as the adapter's default client."""
+    from llamacpp_adapter.http_util import default_client
+
+    return default_client()
+
+
+@dataclass
+class Table:
+    """A table of figures, printed as Markdown."""
+
+    title: str
+    columns: Sequence[str]
+    rows: list[Sequence[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells: object) -> None:
+        self.rows.append([_cell(c) for c in cells])
+
+    def markdown(self) -> str:
+        widths = [max(len(c), *(len(r[i]) for r in self.rows)) for i, c in enumerate(self.columns)]
+        lines = [f"### {self.title}", ""]
+        lines.append(
+            "| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)) + " |"
+        )
+        lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for row in self.rows:
+            lines.append(
+                "| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |"
+            )
+        lines += ["", *self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+@dataclass
+class Target:
+    """A target and whether this run met it. ``factor`` is how many times better than
+    its peer the adapter did, and ``goal`` the factor the target asks, for the chart."""
+
+    name: str
+    measured: str
+    met: bool
+    factor: float | None = None
+    goal: float | None = None

