@@ -79,6 +79,8 @@ def write_results(tables: list[Table], summary: Table, elapsed: float, *, quick:
         "",
         "![The adapter against its peers](results.png)",
         "",
+        "Where the time goes, and why a target is not met: [NOTES.md](NOTES.md).",
+        "",
         summary.markdown(),
         *[table.markdown() for table in tables],
     ]
