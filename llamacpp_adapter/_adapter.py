@@ -111,7 +111,7 @@ class EventStream:
         self._bytes_received = 0
         self._done = False
         self._closed = False
-        self._reading: anyio.CancelScope | None = None
+        self._reading = False
         self._cancel_reason: WorkerError | None = None
 
     @property
@@ -145,15 +145,21 @@ class EventStream:
         try:
             batch = await self._next_batch()
         except WorkerError as exc:
-            await self._finish(exc)
+            await self._finish(self._cancel_reason or exc)
+            if self._cancel_reason is not None and self._cancel_reason is not exc:
+                raise self._cancel_reason from exc
             raise
         except httpx.HTTPError as exc:
-            error = _http_error(exc, f"after {self.tokens_delivered} tokens")
+            # cancel() closes the response under a pending read, which then fails.
+            error = self._cancel_reason or _http_error(exc, f"after {self.tokens_delivered} tokens")
             await self._finish(error)
             raise error from exc
         except Exception as exc:
-            logger.exception("unexpected failure while reading a stream")
-            error = InternalError(f"unexpected {type(exc).__name__} while reading the stream")
+            if self._cancel_reason is None:
+                logger.exception("unexpected failure while reading a stream")
+            error = self._cancel_reason or InternalError(
+                f"unexpected {type(exc).__name__} while reading the stream"
+            )
             await self._finish(error)
             raise error from exc
         if not batch:
@@ -175,35 +181,49 @@ class EventStream:
                 events = decoder.feed(piece)
                 if events:
                     return events
-            with anyio.CancelScope(deadline=self._deadline) as scope:
-                self._reading = scope
-                try:
-                    raw: bytes | None = await self._reads.__anext__()
-                except StopAsyncIteration:
-                    raw = None
-                finally:
-                    self._reading = None
-            if scope.cancelled_caught:
-                raise self._cancel_reason or DeadlineUnmet(
-                    f"the deadline passed after {decoder.tokens_delivered} tokens"
-                )
+            if self._deadline == math.inf:
+                # No cancel scope: around every read it costs as much as the rest of a
+                # paced read. cancel() interrupts a read by closing the response.
+                raw = await self._read()
+            else:
+                with anyio.CancelScope(deadline=self._deadline) as scope:
+                    raw = await self._read()
+                if scope.cancelled_caught:
+                    raise DeadlineUnmet(
+                        f"the deadline passed after {decoder.tokens_delivered} tokens"
+                    )
+            if self._cancel_reason is not None:
+                raise self._cancel_reason
             if raw is None:
                 decoder.close()  # WorkerReset if the final chunk never came
                 return []
             self._bytes_received += len(raw)
             self._pieces = event_slices(raw, self._blank_lines)
 
-    def _cancel(self, reason: WorkerError) -> bool:
-        """Make the stream end with *reason*. Return whether the caller must close it
-        (when nobody is reading it now; a reading consumer ends it itself)."""
+    async def _read(self) -> bytes | None:
+        """The next read of the body, or None at its end."""
+        self._reading = True
+        try:
+            return await self._reads.__anext__()
+        except StopAsyncIteration:
+            return None
+        finally:
+            self._reading = False
+
+    async def _cancel(self, reason: WorkerError) -> None:
+        """End the stream with *reason*: close its response now, so that the engine
+        frees the slot; the consumer gets *reason* from its next (or pending) read."""
         if self._done:
-            return False
+            return
         if self._cancel_reason is None:
             self._cancel_reason = reason
-        if self._reading is not None:
-            self._reading.cancel()
-            return False
-        return True
+        if not self._reading:
+            await self._close()
+        elif not self._response.is_closed:
+            # The body's reader is running in the consumer's task; close only the
+            # response under it, and leave closing the reader to the consumer.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT_S):
+                await self._response.aclose()
 
     async def _finish(self, failure: WorkerError | None) -> None:
         self._done = True
@@ -352,8 +372,7 @@ class LlamaCppHttpAdapter:
         """
         streams = list(self._streams.get(job_id, ()))
         for stream in streams:
-            if stream._cancel(JobCancelled(f"job {job_id!r} was cancelled")):
-                await stream._close()
+            await stream._cancel(JobCancelled(f"job {job_id!r} was cancelled"))
         return bool(streams)
 
     def _forget(self, stream: EventStream) -> None:

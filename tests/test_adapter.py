@@ -407,3 +407,29 @@ async def test_stream_used_after_its_block_is_a_clear_error(adapter: LlamaCppHtt
     with pytest.raises(RuntimeError, match="after its submit"):
         async for _ in events:
             pass
+
+
+def test_cancel_from_another_task_under_asyncio(llama_server: LocalLlamaServer) -> None:
+    async def main() -> float:
+        async with LlamaCppHttpAdapter(llama_server.base_url) as adapter:
+            got_tokens = anyio.Event()
+            left = 0.0
+
+            async def consume() -> None:
+                request = TaskRequest("once", extra={"ignore_eos": True}, job_id="job-a")
+                with pytest.raises(JobCancelled):
+                    async with adapter.submit(request) as events:
+                        async for event in events:
+                            if isinstance(event, Token) and event.i == 4:
+                                got_tokens.set()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(consume)
+                await got_tokens.wait()
+                left = time.monotonic()
+                assert await adapter.cancel("job-a")
+            await wait_until_idle_asyncio(adapter)
+            return left
+
+    left = anyio.run(main, backend="asyncio")
+    assert time.monotonic() - left < STOP_WITHIN_S

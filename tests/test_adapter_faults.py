@@ -17,6 +17,7 @@ from llamacpp_adapter import (
     DecodeTimeout,
     End,
     EngineError,
+    JobCancelled,
     LlamaCppHttpAdapter,
     ProtocolError,
     Started,
@@ -347,3 +348,34 @@ async def test_health_of_a_failing_server(nursery: trio.Nursery) -> None:
         health = await adapter.health()
     assert (health.live, health.ready, health.status) == (True, False, "error")
     assert health.message == "model failed to load"
+
+
+async def test_cancel_from_another_task_ends_a_pending_read(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    closed = trio.Event()
+
+    async def stall(stream: trio.SocketStream, path: str) -> None:
+        await stream.send_all(three_tokens())
+        await stream.receive_some()  # returns when the client closes the connection
+        closed.set()
+
+    url = await start_stub(nursery, stall)
+    events: list[TokenEvent] = []
+    async with LlamaCppHttpAdapter(url) as adapter:
+
+        async def consume() -> None:
+            with pytest.raises(JobCancelled):
+                async with adapter.submit(TaskRequest("x", job_id="job-c")) as stream:
+                    async for event in stream:
+                        events.append(event)
+
+        async with trio.open_nursery() as consumers:
+            consumers.start_soon(consume)
+            await wait_all_tasks_blocked()  # the consumer now waits on a read
+            cancelled_at = trio.current_time()
+            assert await adapter.cancel("job-c")
+        # At once: not by the read timeout, which the mock clock would jump to.
+        assert trio.current_time() - cancelled_at < 1.0
+    await closed.wait()  # the server saw the connection close
+    assert tokens_of(events) == [0, 1, 2]
