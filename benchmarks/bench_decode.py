@@ -136,7 +136,7 @@ def byte_at_a_time_ns_per_byte(size: int) -> float:
 
 def decode(*, quick: bool) -> tuple[list[Table], list[Target]]:
     """The decode case for the benchmark runner: tables and targets."""
-    events, rounds = (20_000, 3) if quick else (100_000, 5)
+    events, rounds = (20_000, 3) if quick else (100_000, 3)
     stream, payloads = llama_stream(events)
     table = Table(
         f"Decode: {events:,} llama.cpp-shaped events ({len(stream) / 1e6:.1f} MB), in process",
