@@ -1,6 +1,6 @@
 """Drive llama.cpp's HTTP server from Trio and asyncio: typed, ordered token streams."""
 
-from ._adapter import EventStream, LlamaCppHttpAdapter
+from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import (
     AdapterError,
     DeadlineUnmet,
@@ -15,6 +15,7 @@ from ._exceptions import (
 )
 from ._mapping import CompletionStreamDecoder, completion_body
 from ._sse import SSEDecoder, SSEEvent
+from ._stream import EventStream
 from ._types import (
     End,
     Metrics,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import anyio
 import httpx
@@ -21,224 +19,35 @@ import msgspec
 from ._exceptions import (
     AdapterError,
     DeadlineUnmet,
-    DecodeTimeout,
-    InternalError,
     JobCancelled,
-    PoolUnavailable,
     ProtocolError,
     WorkerError,
-    WorkerReset,
 )
-from ._mapping import CompletionStreamDecoder, completion_body
+from ._mapping import completion_body
 from ._redact import redact_secrets, secret_mask
+from ._responses import (
+    close_response,
+    error_message,
+    http_error,
+    json_or_none,
+    read_at_most,
+    read_error_body,
+    status_error,
+)
 from ._sse import DEFAULT_MAX_EVENT_BYTES
-from ._types import Started, TaskRequest, TokenEvent, WorkerHealth, WorkerProps
+from ._stream import EXTRA_EVENTS_PER_SLICE, EventStream
+from ._types import TaskRequest, WorkerHealth, WorkerProps
 from .http_util import default_client, with_bearer
 
-__all__ = ["EventStream", "LlamaCppHttpAdapter"]
+__all__ = ["LlamaCppHttpAdapter"]
 
 logger = logging.getLogger("llamacpp_adapter")
 
 ENGINE: Final = "llama.cpp"
-#: The fewest bytes one streamed event can take on the wire: ``data:`` plus
-#: ``{"content":"","stop":false}`` plus a blank line.
-_MIN_EVENT_BYTES = 34
-#: Events one slice may complete beyond the blank lines it holds: one whose blank line
-#: began in the previous slice, and the final chunk's Metrics and End.
-_EXTRA_EVENTS_PER_SLICE = 3
 _MIN_BUFFER_EVENTS = 8
-#: The most bytes of an error response's body that are read to find its message.
-_MAX_ERROR_BODY_BYTES = 64 * 1024
 #: The most bytes of a JSON answer (``/props``, ``/slots``, ``/metrics``, ...).
 _MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
-#: How long closing a response may take during clean-up, even when cancelled.
-_CLOSE_TIMEOUT_S = 5.0
-_CONTEXT_ERROR_TYPE = "exceed_context_size_error"
 _LOADING_STATUS = 503
-
-
-class EventStream:
-    """The events of one task, in order: :class:`Started`, :class:`Token`\\ s,
-    :class:`Metrics`, :class:`End`. Iterate it with ``async for``.
-
-    Reading is driven by the consumer: when the events of the last read are all taken,
-    the next ``__anext__`` reads from the network, decodes that read, and hands its
-    events out one at a time. So no more than ``buffer`` events ever wait, nothing is
-    read while the consumer is busy, and TCP flow control holds the engine back.
-
-    A failure is raised from the iteration, as a :class:`WorkerError`, after every event
-    that arrived before it; the response is closed at once.
-    """
-
-    __slots__ = (
-        "_batch",
-        "_blank_lines",
-        "_bytes_received",
-        "_cancel_reason",
-        "_closed",
-        "_deadline",
-        "_decoder",
-        "_done",
-        "_index",
-        "_on_end",
-        "_pieces",
-        "_reading",
-        "_reads",
-        "_response",
-        "job_id",
-    )
-
-    def __init__(
-        self,
-        job_id: str,
-        response: httpx.Response,
-        *,
-        max_event_bytes: int,
-        blank_lines_per_read: int,
-        deadline: float,
-        on_end: Callable[[EventStream, WorkerError | None], None],
-    ) -> None:
-        self.job_id = job_id
-        self._response = response
-        self._reads = _generator(response.aiter_raw())
-        self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
-        self._blank_lines = blank_lines_per_read
-        self._deadline = deadline
-        self._on_end = on_end
-        self._pieces: Iterator[bytes] = iter(())
-        self._batch: list[TokenEvent] = [Started(job_id)]
-        self._index = 0
-        self._bytes_received = 0
-        self._done = False
-        self._closed = False
-        self._reading = False
-        self._cancel_reason: WorkerError | None = None
-
-    @property
-    def buffered(self) -> int:
-        """Events decoded but not yet taken by the consumer; never above the adapter's
-        ``buffer``."""
-        return len(self._batch) - self._index
-
-    @property
-    def bytes_received(self) -> int:
-        """Bytes of the response body read from the network so far."""
-        return self._bytes_received
-
-    @property
-    def tokens_delivered(self) -> int:
-        """Token events decoded so far."""
-        return self._decoder.tokens_delivered
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> TokenEvent:
-        if self._index < len(self._batch):
-            event = self._batch[self._index]
-            self._index += 1
-            return event
-        if self._done:
-            raise StopAsyncIteration
-        if self._closed and self._cancel_reason is None:
-            raise RuntimeError("the stream was used after its submit() block ended")
-        try:
-            batch = await self._next_batch()
-        except WorkerError as exc:
-            await self._finish(self._cancel_reason or exc)
-            if self._cancel_reason is not None and self._cancel_reason is not exc:
-                raise self._cancel_reason from exc
-            raise
-        except httpx.HTTPError as exc:
-            # cancel() closes the response under a pending read, which then fails.
-            error = self._cancel_reason or _http_error(exc, f"after {self.tokens_delivered} tokens")
-            await self._finish(error)
-            raise error from exc
-        except Exception as exc:
-            if self._cancel_reason is None:
-                logger.exception("unexpected failure while reading a stream")
-            error = self._cancel_reason or InternalError(
-                f"unexpected {type(exc).__name__} while reading the stream"
-            )
-            await self._finish(error)
-            raise error from exc
-        if not batch:
-            await self._finish(None)
-            raise StopAsyncIteration
-        self._batch = batch
-        self._index = 1
-        return batch[0]
-
-    async def _next_batch(self) -> list[TokenEvent]:
-        """The events of the next slice of the body that has any; [] at its clean end."""
-        decoder = self._decoder
-        while True:
-            if decoder.pending_error is not None:
-                raise decoder.pending_error
-            if self._cancel_reason is not None:
-                raise self._cancel_reason
-            for piece in self._pieces:
-                events = decoder.feed(piece)
-                if events:
-                    return events
-            if self._deadline == math.inf:
-                # No cancel scope: around every read it costs as much as the rest of a
-                # paced read. cancel() interrupts a read by closing the response.
-                raw = await self._read()
-            else:
-                with anyio.CancelScope(deadline=self._deadline) as scope:
-                    raw = await self._read()
-                if scope.cancelled_caught:
-                    raise DeadlineUnmet(
-                        f"the deadline passed after {decoder.tokens_delivered} tokens"
-                    )
-            if self._cancel_reason is not None:
-                raise self._cancel_reason
-            if raw is None:
-                decoder.close()  # WorkerReset if the final chunk never came
-                return []
-            self._bytes_received += len(raw)
-            self._pieces = event_slices(raw, self._blank_lines)
-
-    async def _read(self) -> bytes | None:
-        """The next read of the body, or None at its end."""
-        self._reading = True
-        try:
-            return await self._reads.__anext__()
-        except StopAsyncIteration:
-            return None
-        finally:
-            self._reading = False
-
-    async def _cancel(self, reason: WorkerError) -> None:
-        """End the stream with *reason*: close its response now, so that the engine
-        frees the slot; the consumer gets *reason* from its next (or pending) read."""
-        if self._done:
-            return
-        if self._cancel_reason is None:
-            self._cancel_reason = reason
-        if not self._reading:
-            await self._close()
-        elif not self._response.is_closed:
-            # The body's reader is running in the consumer's task; close only the
-            # response under it, and leave closing the reader to the consumer.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT_S):
-                await self._response.aclose()
-
-    async def _finish(self, failure: WorkerError | None) -> None:
-        self._done = True
-        self._batch, self._index = [], 0
-        await self._close()
-        self._on_end(self, failure)
-
-    async def _close(self) -> None:
-        """Close the response (and so free the engine's slot). Shielded and bounded."""
-        if self._closed:
-            return
-        self._closed = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT_S):
-            await self._reads.aclose()
-            await self._response.aclose()
 
 
 class LlamaCppHttpAdapter:
@@ -281,7 +90,7 @@ class LlamaCppHttpAdapter:
         self._key_mask = None if api_key is None else secret_mask(api_key)
         self._owns_client = client is None
         self._client = client if client is not None else default_client(timeouts=timeouts)
-        self._blank_lines_per_read = buffer - _EXTRA_EVENTS_PER_SLICE
+        self._blank_lines_per_read = buffer - EXTRA_EVENTS_PER_SLICE
         self._max_event_bytes = max_event_bytes
         self._streams: dict[str, set[EventStream]] = {}
         self._closed = False
@@ -400,15 +209,15 @@ class LlamaCppHttpAdapter:
         try:
             response = await self._client.send(http_request, stream=True)
         except httpx.HTTPError as exc:
-            raise _http_error(exc, "while opening the stream") from exc
+            raise http_error(exc, "while opening the stream") from exc
         try:
             if response.status_code != 200:
-                raise _status_error(response, await _read_error_body(response))
+                raise status_error(response, await read_error_body(response))
             content_type = response.headers.get("content-type", "")
             if not content_type.startswith("text/event-stream"):
                 raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
         except BaseException:
-            await _close_response(response)
+            await close_response(response)
             raise
         logger.debug(
             "stream opened",
@@ -439,14 +248,14 @@ class LlamaCppHttpAdapter:
             response, content = await self._fetch("GET", "/health")
         except WorkerError as exc:
             return WorkerHealth(live=False, ready=False, status="unreachable", message=str(exc))
-        body = _json_or_none(content)
+        body = json_or_none(content)
         fields = body if isinstance(body, dict) else {}
         idle = _int_or_none(fields.get("slots_idle"))
         processing = _int_or_none(fields.get("slots_processing"))
         if response.status_code == 200:
             status = str(fields.get("status", "ok"))
             return WorkerHealth(True, True, status, None, idle, processing)
-        message, _ = _error_message(body, response)
+        message, _ = error_message(body, response)
         status = "loading model" if response.status_code == _LOADING_STATUS else "error"
         return WorkerHealth(True, False, status, redact_secrets(message), idle, processing)
 
@@ -571,23 +380,23 @@ class LlamaCppHttpAdapter:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise _http_error(exc, f"during {doing}") from exc
+            raise http_error(exc, f"during {doing}") from exc
         try:
             if response.status_code != 200:
-                return response, await _read_error_body(response)
-            body, complete = await _read_at_most(response, _MAX_JSON_BODY_BYTES)
+                return response, await read_error_body(response)
+            body, complete = await read_at_most(response, _MAX_JSON_BODY_BYTES)
             if not complete:
                 raise ProtocolError(f"{doing} answered more than {_MAX_JSON_BODY_BYTES} bytes")
             return response, body
         except httpx.HTTPError as exc:
-            raise _http_error(exc, f"during {doing}") from exc
+            raise http_error(exc, f"during {doing}") from exc
         finally:
-            await _close_response(response)
+            await close_response(response)
 
     async def _request(self, method: str, path: str, json: Any = None) -> bytes:
         response, content = await self._fetch(method, path, json)
         if response.status_code != 200:
-            raise _status_error(response, content)
+            raise status_error(response, content)
         return content
 
     async def _get_json(self, path: str) -> Any:
@@ -598,40 +407,6 @@ class LlamaCppHttpAdapter:
 
 
 # --- Helpers ---------------------------------------------------------------------------
-
-
-def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
-    """Cut one network read into slices that each complete at most
-    ``blank_lines + _EXTRA_EVENTS_PER_SLICE`` events, so that the events the stream
-    holds stay within the bound however small the server makes them.
-
-    An event is dispatched by a blank line: where the read holds no CR, a slice ends
-    just after its ``blank_lines``-th ``"\\n\\n"``, which holds real llama.cpp events
-    whole. Otherwise (CR line ends) a slice is as many bytes as that many of the
-    smallest possible events.
-    """
-    if b"\r" in data:
-        size = blank_lines * _MIN_EVENT_BYTES
-        for start in range(0, len(data), size):
-            yield data[start : start + size]
-        return
-    start = 0
-    find = data.find
-    while start < len(data):
-        end = start
-        for _ in range(blank_lines):
-            found = find(b"\n\n", end)
-            if found < 0:
-                end = len(data)
-                break
-            end = found + 2
-        yield data[start:end]
-        start = end
-
-
-def _generator(iterator: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """httpx's body iterators are async generators, typed as plain iterators."""
-    return cast(AsyncGenerator[bytes, None], iterator)
 
 
 def _check_base_url(base_url: str) -> str:
@@ -646,92 +421,6 @@ def _check_base_url(base_url: str) -> str:
     if url.query or url.fragment:
         raise ValueError("base_url must have no query or fragment")
     return base_url.rstrip("/")
-
-
-async def _close_response(response: httpx.Response) -> None:
-    with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT_S):
-        await response.aclose()
-
-
-def _http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
-    """Our error for an httpx one, *when* (e.g. "while opening the stream") it happened.
-    This is the one place where httpx's exceptions become ours."""
-    error: WorkerError
-    if isinstance(exc, httpx.ReadTimeout):
-        error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
-    elif isinstance(exc, httpx.TransportError):
-        error = WorkerReset(f"the connection to the engine failed {when}: {exc}")
-    else:
-        error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
-    error.__cause__ = exc
-    return error
-
-
-async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """Read the body up to *limit* bytes; say whether that was all of it."""
-    body = bytearray()
-    async with contextlib.aclosing(_generator(response.aiter_bytes())) as chunks:
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > limit:
-                return bytes(body[:limit]), False
-    return bytes(body), True
-
-
-async def _read_error_body(response: httpx.Response) -> bytes:
-    """As much of an error answer's body as it takes to find its message."""
-    try:
-        body, _ = await _read_at_most(response, _MAX_ERROR_BODY_BYTES)
-    except httpx.HTTPError:
-        return b""  # the status says enough
-    return body
-
-
-def _status_error(response: httpx.Response, body: bytes) -> WorkerError:
-    """The error for a non-success answer with *body*."""
-    message, error_type = _error_message(_json_or_none(body), response)
-    if error_type == _CONTEXT_ERROR_TYPE:
-        return PoolUnavailable(f"the task does not fit the engine's context: {message}")
-    return AdapterError(
-        f"the engine answered {response.status_code}: {message}",
-        status=response.status_code,
-        error_type=error_type,
-        retry_after=_retry_after(response.headers.get("retry-after")),
-    )
-
-
-def _error_message(body: Any, response: httpx.Response) -> tuple[str, str | None]:
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        message = error.get("message")
-        error_type = error.get("type")
-        return (
-            str(message) if message is not None else response.reason_phrase,
-            error_type if isinstance(error_type, str) else None,
-        )
-    if isinstance(error, str):
-        return error, None
-    return response.reason_phrase or "no message", None
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _json_or_none(content: bytes) -> Any:
-    try:
-        return msgspec.json.decode(content)
-    except msgspec.DecodeError:
-        return None
 
 
 def _decode_json(content: bytes, what: str) -> Any:

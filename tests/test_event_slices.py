@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamacpp_adapter import CompletionStreamDecoder, TokenEvent
-from llamacpp_adapter._adapter import _EXTRA_EVENTS_PER_SLICE, event_slices
+from llamacpp_adapter._stream import EXTRA_EVENTS_PER_SLICE, event_slices
 
 from .stub import final_event, token_event
 
@@ -46,7 +46,7 @@ def test_no_slice_decodes_to_more_events_than_the_bound(
         assert b"".join(pieces) == read
         for piece in pieces:
             decoded = decoder.feed(piece)
-            assert len(decoded) <= blank_lines + _EXTRA_EVENTS_PER_SLICE
+            assert len(decoded) <= blank_lines + EXTRA_EVENTS_PER_SLICE
             events += decoded
     decoder.close()
     # Slicing changes nothing of what is decoded.

@@ -1,0 +1,133 @@
+"""Answers from the engine turned into this library's values and errors: the one place
+where httpx's exceptions become ours, and where bodies are read with a bound."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from email.utils import parsedate_to_datetime
+from typing import Any, cast
+
+import anyio
+import httpx
+import msgspec
+
+from ._exceptions import (
+    AdapterError,
+    DecodeTimeout,
+    PoolUnavailable,
+    ProtocolError,
+    WorkerError,
+    WorkerReset,
+)
+
+#: The most bytes of an error response's body that are read to find its message.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+#: How long closing a response may take during clean-up, even when cancelled.
+CLOSE_TIMEOUT_S = 5.0
+_CONTEXT_ERROR_TYPE = "exceed_context_size_error"
+
+__all__ = [
+    "CLOSE_TIMEOUT_S",
+    "MAX_ERROR_BODY_BYTES",
+    "as_generator",
+    "close_response",
+    "error_message",
+    "http_error",
+    "json_or_none",
+    "read_at_most",
+    "read_error_body",
+    "status_error",
+]
+
+
+def as_generator(iterator: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    """httpx's body iterators are async generators, typed as plain iterators."""
+    return cast(AsyncGenerator[bytes, None], iterator)
+
+
+async def close_response(response: httpx.Response) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
+        await response.aclose()
+
+
+def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
+    """Our error for an httpx one, *when* (e.g. "while opening the stream") it happened.
+    This is the one place where httpx's exceptions become ours."""
+    error: WorkerError
+    if isinstance(exc, httpx.ReadTimeout):
+        error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
+    elif isinstance(exc, httpx.TransportError):
+        error = WorkerReset(f"the connection to the engine failed {when}: {exc}")
+    else:
+        error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Read the body up to *limit* bytes; say whether that was all of it."""
+    body = bytearray()
+    async with contextlib.aclosing(as_generator(response.aiter_bytes())) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                return bytes(body[:limit]), False
+    return bytes(body), True
+
+
+async def read_error_body(response: httpx.Response) -> bytes:
+    """As much of an error answer's body as it takes to find its message."""
+    try:
+        body, _ = await read_at_most(response, MAX_ERROR_BODY_BYTES)
+    except httpx.HTTPError:
+        return b""  # the status says enough
+    return body
+
+
+def status_error(response: httpx.Response, body: bytes) -> WorkerError:
+    """The error for a non-success answer with *body*."""
+    message, error_type = error_message(json_or_none(body), response)
+    if error_type == _CONTEXT_ERROR_TYPE:
+        return PoolUnavailable(f"the task does not fit the engine's context: {message}")
+    return AdapterError(
+        f"the engine answered {response.status_code}: {message}",
+        status=response.status_code,
+        error_type=error_type,
+        retry_after=_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def error_message(body: Any, response: httpx.Response) -> tuple[str, str | None]:
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message")
+        error_type = error.get("type")
+        return (
+            str(message) if message is not None else response.reason_phrase,
+            error_type if isinstance(error_type, str) else None,
+        )
+    if isinstance(error, str):
+        return error, None
+    return response.reason_phrase or "no message", None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def json_or_none(content: bytes) -> Any:
+    try:
+        return msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return None

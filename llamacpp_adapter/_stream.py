@@ -1,0 +1,240 @@
+"""One streamed completion, read as its consumer pulls: :class:`EventStream`, and the
+slicing of a network read that keeps the events it holds within a bound."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+
+import anyio
+import httpx
+
+from ._exceptions import DeadlineUnmet, InternalError, WorkerError
+from ._mapping import CompletionStreamDecoder
+from ._responses import CLOSE_TIMEOUT_S, as_generator, http_error
+from ._types import Started, TokenEvent
+
+__all__ = ["EventStream", "event_slices"]
+
+logger = logging.getLogger("llamacpp_adapter")
+
+#: The fewest bytes one streamed event can take on the wire: ``data:`` plus
+#: ``{"content":"","stop":false}`` plus a blank line.
+MIN_EVENT_BYTES = 34
+#: Events one slice may complete beyond the blank lines it holds: one whose blank line
+#: began in the previous slice, and the final chunk's Metrics and End.
+EXTRA_EVENTS_PER_SLICE = 3
+
+
+class EventStream:
+    """The events of one task, in order: :class:`Started`, :class:`Token`\\ s,
+    :class:`Metrics`, :class:`End`. Iterate it with ``async for``.
+
+    Reading is driven by the consumer: when the events of the last read are all taken,
+    the next ``__anext__`` reads from the network, decodes that read, and hands its
+    events out one at a time. So no more than ``buffer`` events ever wait, nothing is
+    read while the consumer is busy, and TCP flow control holds the engine back.
+
+    A failure is raised from the iteration, as a :class:`WorkerError`, after every event
+    that arrived before it; the response is closed at once.
+    """
+
+    __slots__ = (
+        "_batch",
+        "_blank_lines",
+        "_bytes_received",
+        "_cancel_reason",
+        "_closed",
+        "_deadline",
+        "_decoder",
+        "_done",
+        "_index",
+        "_on_end",
+        "_pieces",
+        "_reading",
+        "_reads",
+        "_response",
+        "job_id",
+    )
+
+    def __init__(
+        self,
+        job_id: str,
+        response: httpx.Response,
+        *,
+        max_event_bytes: int,
+        blank_lines_per_read: int,
+        deadline: float,
+        on_end: Callable[[EventStream, WorkerError | None], None],
+    ) -> None:
+        self.job_id = job_id
+        self._response = response
+        self._reads = as_generator(response.aiter_raw())
+        self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
+        self._blank_lines = blank_lines_per_read
+        self._deadline = deadline
+        self._on_end = on_end
+        self._pieces: Iterator[bytes] = iter(())
+        self._batch: list[TokenEvent] = [Started(job_id)]
+        self._index = 0
+        self._bytes_received = 0
+        self._done = False
+        self._closed = False
+        self._reading = False
+        self._cancel_reason: WorkerError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Events decoded but not yet taken by the consumer; never above the adapter's
+        ``buffer``."""
+        return len(self._batch) - self._index
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes of the response body read from the network so far."""
+        return self._bytes_received
+
+    @property
+    def tokens_delivered(self) -> int:
+        """Token events decoded so far."""
+        return self._decoder.tokens_delivered
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._index < len(self._batch):
+            event = self._batch[self._index]
+            self._index += 1
+            return event
+        if self._done:
+            raise StopAsyncIteration
+        if self._closed and self._cancel_reason is None:
+            raise RuntimeError("the stream was used after its submit() block ended")
+        try:
+            batch = await self._next_batch()
+        except WorkerError as exc:
+            await self._finish(self._cancel_reason or exc)
+            if self._cancel_reason is not None and self._cancel_reason is not exc:
+                raise self._cancel_reason from exc
+            raise
+        except httpx.HTTPError as exc:
+            # cancel() closes the response under a pending read, which then fails.
+            error = self._cancel_reason or http_error(exc, f"after {self.tokens_delivered} tokens")
+            await self._finish(error)
+            raise error from exc
+        except Exception as exc:
+            if self._cancel_reason is None:
+                logger.exception("unexpected failure while reading a stream")
+            error = self._cancel_reason or InternalError(
+                f"unexpected {type(exc).__name__} while reading the stream"
+            )
+            await self._finish(error)
+            raise error from exc
+        if not batch:
+            await self._finish(None)
+            raise StopAsyncIteration
+        self._batch = batch
+        self._index = 1
+        return batch[0]
+
+    async def _next_batch(self) -> list[TokenEvent]:
+        """The events of the next slice of the body that has any; [] at its clean end."""
+        decoder = self._decoder
+        while True:
+            if decoder.pending_error is not None:
+                raise decoder.pending_error
+            if self._cancel_reason is not None:
+                raise self._cancel_reason
+            for piece in self._pieces:
+                events = decoder.feed(piece)
+                if events:
+                    return events
+            if self._deadline == math.inf:
+                # No cancel scope: around every read it costs as much as the rest of a
+                # paced read. cancel() interrupts a read by closing the response.
+                raw = await self._read()
+            else:
+                with anyio.CancelScope(deadline=self._deadline) as scope:
+                    raw = await self._read()
+                if scope.cancelled_caught:
+                    raise DeadlineUnmet(
+                        f"the deadline passed after {decoder.tokens_delivered} tokens"
+                    )
+            if self._cancel_reason is not None:
+                raise self._cancel_reason
+            if raw is None:
+                decoder.close()  # WorkerReset if the final chunk never came
+                return []
+            self._bytes_received += len(raw)
+            self._pieces = event_slices(raw, self._blank_lines)
+
+    async def _read(self) -> bytes | None:
+        """The next read of the body, or None at its end."""
+        self._reading = True
+        try:
+            return await self._reads.__anext__()
+        except StopAsyncIteration:
+            return None
+        finally:
+            self._reading = False
+
+    async def _cancel(self, reason: WorkerError) -> None:
+        """End the stream with *reason*: close its response now, so that the engine
+        frees the slot; the consumer gets *reason* from its next (or pending) read."""
+        if self._done:
+            return
+        if self._cancel_reason is None:
+            self._cancel_reason = reason
+        if not self._reading:
+            await self._close()
+        elif not self._response.is_closed:
+            # The body's reader is running in the consumer's task; close only the
+            # response under it, and leave closing the reader to the consumer.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
+                await self._response.aclose()
+
+    async def _finish(self, failure: WorkerError | None) -> None:
+        self._done = True
+        self._batch, self._index = [], 0
+        await self._close()
+        self._on_end(self, failure)
+
+    async def _close(self) -> None:
+        """Close the response (and so free the engine's slot). Shielded and bounded."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
+            await self._reads.aclose()
+            await self._response.aclose()
+
+
+def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
+    """Cut one network read into slices that each complete at most
+    ``blank_lines + EXTRA_EVENTS_PER_SLICE`` events, so that the events the stream
+    holds stay within the bound however small the server makes them.
+
+    An event is dispatched by a blank line: where the read holds no CR, a slice ends
+    just after its ``blank_lines``-th ``"\\n\\n"``, which holds real llama.cpp events
+    whole. Otherwise (CR line ends) a slice is as many bytes as that many of the
+    smallest possible events.
+    """
+    if b"\r" in data:
+        size = blank_lines * MIN_EVENT_BYTES
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
+        return
+    start = 0
+    find = data.find
+    while start < len(data):
+        end = start
+        for _ in range(blank_lines):
+            found = find(b"\n\n", end)
+            if found < 0:
+                end = len(data)
+                break
+            end = found + 2
+        yield data[start:end]
+        start = end
