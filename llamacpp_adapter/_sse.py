@@ -40,7 +40,7 @@ _FAST_EVENT_PREFIX = b"data: "
 _FAST_EVENT_SEPARATOR = b"\n\ndata: "
 
 
-class SSEEvent(msgspec.Struct, frozen=True):
+class SSEEvent(msgspec.Struct, frozen=True, gc=False):  # strings and an int: no cycles
     """One dispatched Server-Sent Event.
 
     Attributes:

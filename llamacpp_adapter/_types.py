@@ -191,10 +191,12 @@ def _extra(value: object) -> Mapping[str, Any]:
 
 # --- Events ---------------------------------------------------------------------------
 # Frozen msgspec structs: typed, immutable, with a readable repr, and several times
-# cheaper to create than frozen dataclasses (one is made per token).
+# cheaper to create than frozen dataclasses (one is made per token). They hold only
+# strings, numbers and tuples of numbers, so they cannot be part of a reference cycle:
+# gc=False spares the cycle collector from tracking them.
 
 
-class Started(msgspec.Struct, frozen=True):
+class Started(msgspec.Struct, frozen=True, gc=False):
     """The engine accepted the task; tokens follow.
 
     Attributes:
@@ -204,7 +206,7 @@ class Started(msgspec.Struct, frozen=True):
     job_id: str
 
 
-class Token(msgspec.Struct, frozen=True):
+class Token(msgspec.Struct, frozen=True, gc=False):
     """A piece of generated text.
 
     Attributes:
@@ -221,7 +223,7 @@ class Token(msgspec.Struct, frozen=True):
     token_ids: tuple[int, ...] = ()
 
 
-class Metrics(msgspec.Struct, frozen=True):
+class Metrics(msgspec.Struct, frozen=True, gc=False):
     """The engine's own timings for the task, sent once before :class:`End`.
 
     Attributes:
@@ -243,7 +245,7 @@ class Metrics(msgspec.Struct, frozen=True):
     cached_tokens: int | None = None
 
 
-class End(msgspec.Struct, frozen=True):
+class End(msgspec.Struct, frozen=True, gc=False):
     """The stream ended normally. Always the last event.
 
     Attributes:
