@@ -4,7 +4,8 @@ it does not share the measured client's core.
     python -m benchmarks._server PORT_FILE
 
 It listens on 127.0.0.1 (a free port, written to PORT_FILE) and answers every POST
-with a streamed SSE body in llama-server's wire format. The request's JSON body picks
+with a streamed SSE body in llama-server's wire format, built with the test suite's stub
+helpers (``tests/stub.py``: the captured status line and headers, chunked bodies). The request's JSON body picks
 what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
 
 * ``bench_mode: "burst"``, ``bench_events: N``: N token chunks and the final chunk, as
@@ -25,60 +26,10 @@ import time
 
 import trio
 
-HEAD = (
-    b"HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\n"
-    b"X-Accel-Buffering: no\r\nContent-Type: text/event-stream\r\n"
-    b"Transfer-Encoding: chunked\r\n\r\n"
-)
-LAST_CHUNK = b"0\r\n\r\n"
-WRITE_BYTES = 65536
+from tests.stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, read_request, token_event
+
 CONTENTS = [" the", " model", " streams", " token", "s", " at", " a", " steady", " pace", "."]
-
-
-def chunked(data: bytes) -> bytes:
-    return b"%x\r\n" % len(data) + data + b"\r\n"
-
-
-def token_event(n: int, content: str) -> bytes:
-    chunk = {
-        "index": 0,
-        "content": content,
-        "tokens": [300 + n % 200],
-        "stop": False,
-        "id_slot": -1,
-        "tokens_predicted": n,
-        "tokens_evaluated": 5,
-    }
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-
-
-def final_event(n: int) -> bytes:
-    chunk = {
-        "index": 0,
-        "content": "",
-        "tokens": [],
-        "id_slot": 0,
-        "stop": True,
-        "model": "bench.gguf",
-        "tokens_predicted": n,
-        "tokens_evaluated": 5,
-        "truncated": False,
-        "stop_type": "limit",
-        "stopping_word": "",
-        "tokens_cached": n + 5,
-        "timings": {
-            "cache_n": 0,
-            "prompt_n": 5,
-            "prompt_ms": 1.0,
-            "prompt_per_token_ms": 0.2,
-            "prompt_per_second": 5000.0,
-            "predicted_n": n,
-            "predicted_ms": float(n),
-            "predicted_per_token_ms": 1.0,
-            "predicted_per_second": 1000.0,
-        },
-    }
-    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+WRITE_BYTES = 65536
 
 
 def burst_body(events: int) -> bytes:
@@ -90,29 +41,12 @@ def burst_body(events: int) -> bytes:
 _burst_cache: dict[int, bytes] = {}
 
 
-async def read_request(stream: trio.SocketStream) -> dict[str, object]:
-    data = bytearray()
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some()
-        if not chunk:
-            return {}
-        data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        body += await stream.receive_some()
-    return json.loads(body) if body else {}
-
-
 async def serve(stream: trio.SocketStream) -> None:
     try:
-        request = await read_request(stream)
+        _, body = await read_request(stream)
+        request = json.loads(body) if body else {}
         mode = request.get("bench_mode", "burst")
-        await stream.send_all(HEAD)
+        await stream.send_all(STREAM_HEAD)
         if mode == "burst":
             events = int(request.get("bench_events", 1000))  # type: ignore[call-overload]
             if events not in _burst_cache:

@@ -59,13 +59,13 @@ def json_response(status: int, reason: str, body: object, headers: str = "") -> 
     ).encode() + payload
 
 
-async def read_request(stream: trio.SocketStream) -> str:
-    """Read one request (head and body); return its path."""
+async def read_request(stream: trio.SocketStream) -> tuple[str, bytes]:
+    """Read one request (head and body); return its path and its body."""
     data = bytearray()
     while b"\r\n\r\n" not in data:
         chunk = await stream.receive_some()
         if not chunk or len(data) > _MAX_REQUEST_HEAD_BYTES:
-            return ""
+            return "", b""
         data += chunk
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     length = 0
@@ -75,7 +75,7 @@ async def read_request(stream: trio.SocketStream) -> str:
             length = int(value)
     while len(body) < length:
         body += await stream.receive_some()
-    return head.split(b" ")[1].decode()
+    return head.split(b" ")[1].decode(), body
 
 
 async def start_stub(nursery: trio.Nursery, handler: Handler) -> str:
@@ -83,7 +83,7 @@ async def start_stub(nursery: trio.Nursery, handler: Handler) -> str:
 
     async def serve(stream: trio.SocketStream) -> None:
         async with stream:
-            path = await read_request(stream)
+            path, _ = await read_request(stream)
             with contextlib.suppress(trio.BrokenResourceError):  # the client went away
                 await handler(stream, path)
 
