@@ -4,8 +4,9 @@ it does not share the measured client's core.
     python -m benchmarks._server PORT_FILE
 
 It listens on 127.0.0.1 (a free port, written to PORT_FILE) and answers every POST
-with a streamed SSE body in llama-server's wire format, built with the test suite's stub
-helpers (``tests/stub.py``: the captured status line and headers, chunked bodies). The request's JSON body picks
+with a streamed SSE body in llama-server's wire format, built with the test suite's
+stub helpers (``tests/stub.py``: the captured status line and headers, chunked
+bodies). The request's JSON body picks
 what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
 
 * ``bench_mode: "burst"``, ``bench_events: N``: N token chunks and the final chunk, as
