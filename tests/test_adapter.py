@@ -303,6 +303,7 @@ async def test_tokenize_and_detokenize_round_trip(adapter: LlamaCppHttpAdapter) 
 
 
 async def test_metrics_are_parsed_from_the_prometheus_text(adapter: LlamaCppHttpAdapter) -> None:
+    await wait_until_idle(adapter, 5.0)  # a task stopped by an earlier test counts too
     before = await adapter.metrics()
     await collect(adapter, TaskRequest("hello", max_tokens=5))
     after = await adapter.metrics()
