@@ -12,7 +12,7 @@ import httpx
 
 from ._exceptions import DeadlineUnmet, InternalError, WorkerError
 from ._mapping import CompletionStreamDecoder
-from ._responses import CLOSE_TIMEOUT_S, as_generator, http_error
+from ._responses import CLOSE_TIMEOUT_S, as_generator, close_response, http_error
 from ._types import Started, TokenEvent
 
 __all__ = ["EventStream", "event_slices"]
@@ -192,8 +192,7 @@ class EventStream:
         elif not self._response.is_closed:
             # The body's reader is running in the consumer's task; close only the
             # response under it, and leave closing the reader to the consumer.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
-                await self._response.aclose()
+            await close_response(self._response)
 
     async def _finish(self, failure: WorkerError | None) -> None:
         self._done = True
