@@ -38,6 +38,14 @@ DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 _FAST_EVENT_PREFIX = b"data: "
 _FAST_EVENT_SEPARATOR = b"\n\ndata: "
+_OBJECT_EVENT_PREFIX = b"data: {"
+_OBJECT_SEPARATOR = b"}\n\ndata: {"
+_OBJECT_JOINER = b"}\r{"
+_CLOSE_BRACE = 0x7D
+_DATA_PREFIX_BYTES = len(_FAST_EVENT_PREFIX)
+# Both separators shrink by this many bytes when joined.
+# (len(_FAST_EVENT_SEPARATOR) - 1 == len(_OBJECT_SEPARATOR) - len(_OBJECT_JOINER))
+_SEPARATOR_SHRINK = len(_FAST_EVENT_SEPARATOR) - 1
 
 
 class SSEEvent(msgspec.Struct, frozen=True, gc=False):  # strings and an int: no cycles
@@ -136,15 +144,25 @@ class SSEDecoder:
                 raise
         return events
 
-    def feed_message_data(self, data: bytes) -> list[bytes | str]:
+    def feed_message_data(
+        self, data: bytes, *, objects: bool = False
+    ) -> list[tuple[bytes, int] | str]:
         """Feed bytes like :meth:`feed`, but return only the data of ``message`` events.
 
         This is the hot path of a client that reads JSON payloads. A run of consecutive
         events each of which is a single ``data: `` line ending in LF (no CR) comes back as
-        one ``bytes`` object: their raw data, joined by LF (none of them holds an LF). Any
-        other event's data comes back as a ``str``. Splitting each ``bytes`` item on LF
-        and decoding each part as UTF-8 with replacement gives exactly the data that
-        :meth:`feed` would have returned, in the same order.
+        one ``(data, count)`` pair: the raw data of those *count* events, joined by CR
+        (none of them holds a CR or an LF). Any other event's data comes back as a
+        ``str``. Splitting each run's data on CR and decoding each part as UTF-8 with
+        replacement gives exactly the data that :meth:`feed` would have returned, in the
+        same order.
+
+        Args:
+            data: the next bytes of the stream.
+            objects: take a run only when each of its events' data also starts with
+                ``{`` and ends with ``}``, as a JSON object's does; other events come
+                back as ``str``. A caller decoding JSON objects then knows that no value
+                in a run can span two events (see ``CompletionStreamDecoder``).
 
         Raises:
             ProtocolError: as :meth:`feed`.
@@ -162,19 +180,26 @@ class SSEDecoder:
                 return []
             return self._feed_general(b"")  # the general path judges it
         run = bytes(held[:end])
-        # Every LF must belong to a separator, and every event must be one line starting
-        # with "data: ": then the run is that many simple events. A run shorter than the
-        # bound holds no event that could break it.
+        if objects:
+            prefix, separator, joiner = _OBJECT_EVENT_PREFIX, _OBJECT_SEPARATOR, _OBJECT_JOINER
+        else:
+            prefix, separator, joiner = _FAST_EVENT_PREFIX, _FAST_EVENT_SEPARATOR, b"\r"
+        joined = b""
         if (
-            end >= self._max_event_bytes
-            or not run.startswith(_FAST_EVENT_PREFIX)
-            or run.count(b"\n") != 2 * run.count(_FAST_EVENT_SEPARATOR)
+            end < self._max_event_bytes
+            and run.startswith(prefix)
+            and (not objects or run[-1] == _CLOSE_BRACE)
         ):
+            joined = run[_DATA_PREFIX_BYTES:].replace(separator, joiner)
+        # The run held no CR. When no LF is left once the separators are joined by CR,
+        # the run is one-line events, as many as the separators plus one; each separator
+        # shrank by the same number of bytes, so the lengths tell how many there were.
+        # A run shorter than the bound holds no event that could break it.
+        if not joined or b"\n" in joined:
             return self._feed_general(b"")  # the general path takes it all
         del held[: end + 2]
-        out: list[bytes | str] = [
-            run[len(_FAST_EVENT_PREFIX) :].replace(_FAST_EVENT_SEPARATOR, b"\n")
-        ]
+        separators = (len(run) - _DATA_PREFIX_BYTES - len(joined)) // _SEPARATOR_SHRINK
+        out: list[tuple[bytes, int] | str] = [(joined, separators + 1)]
         if len(held) >= self._max_event_bytes:
             # On error, what came before it is returned (out is not empty) and the error
             # is raised by the next call, as in feed().
@@ -182,8 +207,10 @@ class SSEDecoder:
                 out += self._feed_general(b"")
         return out
 
-    def _feed_general(self, data: bytes) -> list[bytes | str]:
-        items = self._message_data(self.feed(data))
+    def _feed_general(self, data: bytes) -> list[tuple[bytes, int] | str]:
+        items: list[tuple[bytes, int] | str] = [
+            event.data for event in self.feed(data) if event.event == "message"
+        ]
         # An open line that starts an event is still unprocessed bytes: hold it, so that
         # the next read can take the fast path again.
         if self._line and self._at_event_boundary(ignoring_open_line=True):
@@ -217,10 +244,6 @@ class SSEDecoder:
     def _raise_if_failed(self) -> None:
         if self._failed:
             raise ProtocolError(f"an SSE event exceeds the bound of {self._max_event_bytes} bytes")
-
-    @staticmethod
-    def _message_data(events: list[SSEEvent]) -> list[bytes | str]:
-        return [event.data for event in events if event.event == "message"]
 
     def _at_event_boundary(self, *, ignoring_open_line: bool = False) -> bool:
         return (

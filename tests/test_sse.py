@@ -341,13 +341,19 @@ def test_any_split_yields_the_events_of_one_whole_feed(
         assert feed_pieces([stream.encoded[a:b] for a, b in bounds]) == whole
 
 
-def flatten_message_data(items: list[bytes | str]) -> list[str]:
+MessageData = list[tuple[bytes, int] | str]
+
+
+def flatten_message_data(items: MessageData) -> list[str]:
     out: list[str] = []
     for item in items:
-        if isinstance(item, bytes):
-            out += [part.decode("utf-8", "replace") for part in item.split(b"\n")]
-        else:
+        if isinstance(item, str):
             out.append(item)
+        else:
+            run, count = item
+            parts = run.split(b"\r")
+            assert len(parts) == count
+            out += [part.decode("utf-8", "replace") for part in parts]
     return out
 
 
@@ -373,32 +379,58 @@ def mostly_simple_streams(draw: st.DrawFn) -> bytes:
     return b"".join(parts)
 
 
-@given(mostly_simple_streams(), st.data())
-def test_feed_message_data_matches_feed(stream: bytes, data: st.DataObject) -> None:
+@given(mostly_simple_streams(), st.data(), st.booleans())
+def test_feed_message_data_matches_feed(stream: bytes, data: st.DataObject, objects: bool) -> None:
     cuts = data.draw(cut_points(len(stream)))
     pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     reference = [e.data for e in feed_pieces(pieces) if e.event == "message"]
     decoder = SSEDecoder()
-    items: list[bytes | str] = []
+    items: MessageData = []
     for piece in pieces:
-        items += decoder.feed_message_data(piece)
+        items += decoder.feed_message_data(piece, objects=objects)
     decoder.close()
     assert flatten_message_data(items) == reference
+    if objects:
+        for item in items:
+            if not isinstance(item, str):
+                assert all(p[:1] == b"{" and p[-1:] == b"}" for p in item[0].split(b"\r"))
 
 
 def test_feed_message_data_batches_a_run_of_simple_events() -> None:
     decoder = SSEDecoder()
     decoder.feed(b": opened\n")  # past the start of the stream
     items = decoder.feed_message_data(b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: {"c"')
-    assert items == [b'{"a":1}\n{"b":2}']
+    assert items == [(b'{"a":1}\r{"b":2}', 2)]
     # The start of the third event was held back, so it completes as a run too.
-    assert decoder.feed_message_data(b":3}\n\n") == [b'{"c":3}']
+    assert decoder.feed_message_data(b":3}\n\n") == [(b'{"c":3}', 1)]
+
+
+def test_a_run_of_objects_needs_braces_around_every_event() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b": opened\n")
+    stream = b'data: {"a":1}\n\ndata: {"b":2}\n\n'
+    assert decoder.feed_message_data(stream, objects=True) == [(b'{"a":1}\r{"b":2}', 2)]
+    # One event that is not an object sends the read through the general path.
+    items = decoder.feed_message_data(b'data: {"c":3}\n\ndata: [4]\n\n', objects=True)
+    assert items == ['{"c":3}', "[4]"]
+    assert decoder.feed_message_data(b'data: {"d":5} \n\n', objects=True) == ['{"d":5} ']
+    # Without objects=True, the same events are a run.
+    assert decoder.feed_message_data(b"data: x\n\ndata: [4]\n\n") == [(b"x\r[4]", 2)]
+
+
+def test_a_stray_line_feed_sends_the_read_through_the_general_path() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b": opened\n")
+    # The second line is a field named '"b":2}', not data: the event's data is '{"a":'.
+    stream = b'data: {"a":\n"b":2}\n\ndata: {"c":3}\n\n'
+    assert decoder.feed_message_data(stream, objects=True) == ['{"a":', '{"c":3}']
+    assert decoder.feed_message_data(b"data: x\n\n\ndata: y\n\n") == ["x", "y"]
 
 
 def test_feed_message_data_hands_held_bytes_to_feed() -> None:
     decoder = SSEDecoder()
     decoder.feed(b": opened\n")
-    assert decoder.feed_message_data(b'data: {"a":1}\n\ndata: {"b"') == [b'{"a":1}']
+    assert decoder.feed_message_data(b'data: {"a":1}\n\ndata: {"b"') == [(b'{"a":1}', 1)]
     assert decoder.feed(b":2}\n\n") == [msg('{"b":2}')]
 
 
@@ -413,7 +445,7 @@ def test_held_bytes_past_the_bound_go_to_the_general_path() -> None:
 def test_oversized_tail_after_a_run_returns_the_run_then_raises() -> None:
     decoder = SSEDecoder(max_event_bytes=100)
     decoder.feed(b": opened\n")
-    assert decoder.feed_message_data(b'data: {"a":1}\n\ndata: ' + b"x" * 120) == [b'{"a":1}']
+    assert decoder.feed_message_data(b'data: {"a":1}\n\ndata: ' + b"x" * 120) == [(b'{"a":1}', 1)]
     assert decoder.broken  # found at once, not when the next read comes
     with pytest.raises(ProtocolError):
         decoder.feed_message_data(b"\n\n")
@@ -422,7 +454,7 @@ def test_oversized_tail_after_a_run_returns_the_run_then_raises() -> None:
 def test_a_trickle_of_one_simple_event_is_decoded_whole() -> None:
     decoder = SSEDecoder()
     decoder.feed(b": opened\n")
-    items: list[bytes | str] = []
+    items: MessageData = []
     for byte in one_byte_at_a_time(b'data: {"a":"\xc5\xbe"}\n\n'):
         items += decoder.feed_message_data(byte)
     assert flatten_message_data(items) == ['{"a":"ž"}']
