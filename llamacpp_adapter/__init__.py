@@ -13,7 +13,9 @@ from ._exceptions import (
     WorkerError,
     WorkerReset,
 )
+from ._host import AdapterHost, HostStream, ReplicaStatus, RetryPolicy
 from ._mapping import CompletionStreamDecoder, completion_body
+from ._metrics import HostMetrics
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
 from ._types import (
@@ -32,18 +34,23 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterError",
+    "AdapterHost",
     "CompletionStreamDecoder",
     "DeadlineUnmet",
     "DecodeTimeout",
     "End",
     "EngineError",
     "EventStream",
+    "HostMetrics",
+    "HostStream",
     "InternalError",
     "JobCancelled",
     "LlamaCppHttpAdapter",
     "Metrics",
     "PoolUnavailable",
     "ProtocolError",
+    "ReplicaStatus",
+    "RetryPolicy",
     "SSEDecoder",
     "SSEEvent",
     "Started",

@@ -51,7 +51,13 @@ def final_event(n: int) -> bytes:
 
 def json_response(status: int, reason: str, body: object, headers: str = "") -> bytes:
     """A JSON answer shaped like llama-server's."""
-    payload = json.dumps(body, separators=(",", ":")).encode()
+    return raw_json_response(
+        status, reason, json.dumps(body, separators=(",", ":")).encode(), headers
+    )
+
+
+def raw_json_response(status: int, reason: str, payload: bytes, headers: str = "") -> bytes:
+    """A JSON answer shaped like llama-server's, with *payload* as its body, unchanged."""
     return (
         f"HTTP/1.1 {status} {reason}\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\n"
         f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(payload)}\r\n"
@@ -90,3 +96,33 @@ async def start_stub(nursery: trio.Nursery, handler: Handler) -> str:
     listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+PROPS = (GOLDEN / "props.json").read_bytes()
+SLOTS = (GOLDEN / "slots.json").read_bytes()
+MODELS = (GOLDEN / "models.json").read_bytes()
+
+
+def replica(completion: Handler, *, slots: bytes = SLOTS) -> Handler:
+    """A handler that answers ``/props``, ``/slots``, ``/v1/models`` and ``/health`` as
+    the captured server did, and hands ``/completion`` to *completion*."""
+
+    async def handle(stream: trio.SocketStream, path: str) -> None:
+        if path == "/props":
+            await stream.send_all(raw_json_response(200, "OK", PROPS))
+        elif path == "/slots":
+            await stream.send_all(raw_json_response(200, "OK", slots))
+        elif path == "/v1/models":
+            await stream.send_all(raw_json_response(200, "OK", MODELS))
+        elif path == "/health":
+            await stream.send_all(json_response(200, "OK", {"status": "ok"}))
+        else:
+            await completion(stream, path)
+
+    return handle
+
+
+async def stream_tokens(stream: trio.SocketStream, count: int) -> None:
+    """A whole stream of *count* tokens and its final chunk."""
+    body = b"".join(token_event(n) for n in range(1, count + 1)) + final_event(count)
+    await stream.send_all(STREAM_HEAD + chunked(body) + LAST_CHUNK)

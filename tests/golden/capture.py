@@ -120,6 +120,7 @@ def main() -> None:
                 print(f"{name}: {raw.split(b' ')[1].decode()}")
             (HERE / "props.json").write_bytes(split_response(_get(port, "/props"))[1])
             (HERE / "slots.json").write_bytes(split_response(_get(port, "/slots"))[1])
+            (HERE / "models.json").write_bytes(split_response(_get(port, "/v1/models"))[1])
         finally:
             proc.terminate()
             proc.wait(timeout=10)

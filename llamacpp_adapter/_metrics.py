@@ -1,0 +1,98 @@
+"""Prometheus metrics of an :class:`AdapterHost`, per engine, pool and replica."""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["HostMetrics"]
+
+_PREFIX = "llamacpp_adapter"
+_LABELS = ("engine", "pool", "replica")
+# Seconds. Time to first token spans a prompt's evaluation; a token's latency is one
+# decode step, milliseconds on a real model.
+_TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TOKEN_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class HostMetrics:
+    """The host's series, in a registry of their own (not the process-wide default, so
+    that several hosts can live in one process):
+
+    * ``llamacpp_adapter_requests_total{engine,pool,replica,outcome}``: streams that
+      ended, by outcome (``ok``, ``cancelled``, or the error's ``code``);
+    * ``llamacpp_adapter_tokens_out_total{engine,pool,replica}``: tokens delivered;
+    * ``llamacpp_adapter_time_to_first_token_seconds{engine,pool,replica}``: from the
+      request to its first token (a histogram);
+    * ``llamacpp_adapter_token_latency_seconds{engine,pool,replica}``: between one
+      token and the next (a histogram);
+    * ``llamacpp_adapter_in_flight_streams{engine,pool,replica}``: open streams;
+    * ``llamacpp_adapter_retries_total{engine,pool,replica,reason}``: attempts that
+      failed before the first token and were tried again (``reason`` is the code);
+    * ``llamacpp_adapter_replica_healthy{engine,pool,replica}``: 1 when the replica
+      gets work, 0 while it is marked unhealthy.
+
+    Args:
+        registry: where to register the series; a new one by default.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = CollectorRegistry() if registry is None else registry
+        reg = self.registry
+        self.requests = Counter(
+            f"{_PREFIX}_requests", "Streams ended, by outcome.", [*_LABELS, "outcome"], registry=reg
+        )
+        self.tokens_out = Counter(
+            f"{_PREFIX}_tokens_out", "Tokens delivered to consumers.", _LABELS, registry=reg
+        )
+        self.time_to_first_token = Histogram(
+            f"{_PREFIX}_time_to_first_token_seconds",
+            "From the request to its first token.",
+            _LABELS,
+            buckets=_TTFT_BUCKETS_S,
+            registry=reg,
+        )
+        self.token_latency = Histogram(
+            f"{_PREFIX}_token_latency_seconds",
+            "Between one token of a stream and the next.",
+            _LABELS,
+            buckets=_TOKEN_BUCKETS_S,
+            registry=reg,
+        )
+        self.in_flight = Gauge(
+            f"{_PREFIX}_in_flight_streams", "Streams open on the replica.", _LABELS, registry=reg
+        )
+        self.retries = Counter(
+            f"{_PREFIX}_retries",
+            "Attempts that failed before the first token and were tried again.",
+            [*_LABELS, "reason"],
+            registry=reg,
+        )
+        self.replica_healthy = Gauge(
+            f"{_PREFIX}_replica_healthy",
+            "1 when the replica gets work, 0 while it is marked unhealthy.",
+            _LABELS,
+            registry=reg,
+        )
+        self._server: tuple[WSGIServer, threading.Thread] | None = None
+
+    def serve(self, port: int = 0, *, addr: str = "127.0.0.1") -> str:
+        """Serve the registry at ``/metrics`` over HTTP, in a thread of its own, until
+        :meth:`close`. Returns the URL it serves on (``port=0`` picks a free port)."""
+        if self._server is not None:
+            raise RuntimeError("the metrics are already served")
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = (server, thread)
+        host, bound_port = server.server_address[:2]
+        return f"http://{host!s}:{bound_port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving, if :meth:`serve` was called."""
+        if self._server is not None:
+            server, thread = self._server
+            self._server = None
+            server.shutdown()
+            server.server_close()
+            thread.join()
