@@ -377,6 +377,19 @@ class AdapterHost:
         """What the host knows of each replica of *pool* (none if the pool is unknown)."""
         return [replica.status() for replica in self._pools.get(pool, {}).values()]
 
+    async def wait_ready(self, pool: str, replica: str | None = None) -> None:
+        """Wait until *replica* of *pool* (or, without *replica*, any replica of it) is
+        healthy and its slots are known. Bound the wait with a cancel scope."""
+        if self._changed is None:
+            raise RuntimeError("use the host inside its async with block")
+        while True:
+            changed = self._changed
+            bound = self._pools.get(pool, {})
+            candidates = list(bound.values()) if replica is None else [bound.get(replica)]
+            if any(r is not None and r.healthy and r.slots_total for r in candidates):
+                return
+            await changed.wait()
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **host_options: Any) -> AdapterHost:
         """A host with one adapter bound from the environment:
@@ -698,12 +711,13 @@ class HostStream:
                 await self._close_attempt()
                 raise
             except WorkerError as exc:
+                # The replica's response is closed already; free its slot and count the
+                # failure now, not when the consumer leaves the block.
                 self._failure = exc
-                if self._tokens == 0:
-                    await self._close_attempt()
-                    if await self._may_retry(exc):
-                        await self._open(last=exc)
-                        continue
+                await self._close_attempt()
+                if self._tokens == 0 and await self._may_retry(exc):
+                    await self._open(last=exc)
+                    continue
                 raise
             kind = type(event)
             if kind is Token:
@@ -781,7 +795,8 @@ class HostStream:
 
     async def _may_retry(self, error: WorkerError) -> bool:
         """Whether to try the task again after *error*; waits the backoff if so."""
-        replica = self._current
+        # The replica of the attempt that failed; None when placement itself failed.
+        replica, self._current = self._current, None
         if isinstance(error, PoolUnavailable):
             # A replica said the task does not fit its context: a larger one may take it.
             if replica is None or replica.context_size is None:
@@ -801,7 +816,6 @@ class HostStream:
             return False
         replica.metrics.retried(error.code)
         logger.info("retrying the task after %s", error.code, extra=self._log_fields())
-        self._current = None
         await anyio.sleep(wait)
         return True
 

@@ -77,6 +77,8 @@ class LocalLlamaServer:
         threads: CPU threads (``-t``).
         extra_args: further llama-server arguments, e.g. ``["--api-key", key]``.
         model_seed: the seed of the tiny model's weights.
+        port: the port to listen on; a free one by default. A server started again
+            after :meth:`stop` or :meth:`kill` keeps its port.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class LocalLlamaServer:
         threads: int = 1,
         extra_args: Sequence[str] = (),
         model_seed: int = 0,
+        port: int = 0,
     ) -> None:
         self._args = [
             "-c", str(context), "-np", str(parallel), "-t", str(threads), *extra_args,
@@ -95,7 +98,7 @@ class LocalLlamaServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.base_url = ""
-        self.port = 0
+        self.port = port
 
     def start(self) -> None:
         """Start the server and wait until ``/health`` says it is ready.
@@ -108,7 +111,8 @@ class LocalLlamaServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="llamacpp-adapter-")
         workdir = Path(self._workdir.name)
         model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
-        self.port = _free_port()
+        if not self.port:
+            self.port = _free_port()
         self.base_url = f"http://{_HOST}:{self.port}"
         log = (workdir / "server.log").open("wb")
         # The model's path is given relative to the working directory, so that what the
@@ -152,6 +156,12 @@ class LocalLlamaServer:
     def pid(self) -> int | None:
         """The server's process id while it runs."""
         return None if self._process is None else self._process.pid
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would, and remove its files."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        self.stop()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its files."""

@@ -1,0 +1,158 @@
+"""AdapterHost against two real llama-server replicas (two slots each): load spread by
+free slots, waiting for a slot, and a replica killed mid-run and started again."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
+
+from llamacpp_adapter import (
+    AdapterHost,
+    End,
+    HostStream,
+    LlamaCppHttpAdapter,
+    PoolUnavailable,
+    TaskRequest,
+    Token,
+    WorkerReset,
+)
+from llamacpp_adapter._local_server import LocalLlamaServer
+
+SLOTS = 2
+# 8,192 tokens a slot: a long task runs for seconds, so it holds its slot for the test.
+CONTEXT = 16384
+LONG = {"ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def replicas() -> Iterator[tuple[LocalLlamaServer, LocalLlamaServer]]:
+    with (
+        LocalLlamaServer(context=CONTEXT, parallel=SLOTS) as first,
+        LocalLlamaServer(context=CONTEXT, parallel=SLOTS) as second,
+    ):
+        yield first, second
+
+
+@asynccontextmanager
+async def host_of(*servers: LocalLlamaServer, **options: object) -> AsyncIterator[AdapterHost]:
+    async with AsyncExitStack() as stack:
+        host = AdapterHost(rng=random.Random(3), **options)  # type: ignore[arg-type]
+        await stack.enter_async_context(host)
+        for n, server in enumerate(servers):
+            adapter = await stack.enter_async_context(LlamaCppHttpAdapter(server.base_url))
+            host.bind("pool", f"r{n}", adapter)
+        yield host
+
+
+def long_task(n: int) -> TaskRequest:
+    return TaskRequest(f"task {n}", max_tokens=8000, seed=n, extra=LONG)
+
+
+async def first_token(stream: HostStream) -> Token:
+    async for event in stream:
+        if isinstance(event, Token):
+            return event
+    raise AssertionError("no token")
+
+
+async def slots_busy(server: LocalLlamaServer) -> int:
+    async with LlamaCppHttpAdapter(server.base_url) as adapter:
+        return sum(1 for slot in await adapter.slots() if slot["is_processing"])
+
+
+async def test_load_spreads_by_free_slots_and_waits_for_one(
+    replicas: tuple[LocalLlamaServer, LocalLlamaServer],
+) -> None:
+    async with host_of(*replicas, slot_wait_s=30.0) as host:
+        holders = [AsyncExitStack() for _ in range(2 * SLOTS)]
+        streams = [
+            await holder.enter_async_context(host.submit("pool", long_task(n)))
+            for n, holder in enumerate(holders)
+        ]
+        try:
+            assert sorted(s.replica for s in streams) == ["r0", "r0", "r1", "r1"]
+            assert [r.free_slots for r in host.replicas("pool")] == [0, 0]
+            # The servers agree: each runs two tasks.
+            assert [await slots_busy(server) for server in replicas] == [SLOTS, SLOTS]
+
+            # A fifth task waits for a slot, and takes the first one that frees.
+            placed: list[str] = []
+
+            async def fifth() -> None:
+                async with host.submit("pool", TaskRequest("fifth", max_tokens=4)) as stream:
+                    placed.append(stream.replica)
+                    async for _ in stream:
+                        pass
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fifth)
+                await wait_all_tasks_blocked()
+                assert placed == []  # no replica was sent a third stream
+                await holders[0].aclose()
+            assert placed == [streams[0].replica]
+        finally:
+            for holder in holders:
+                await holder.aclose()
+
+
+async def test_a_killed_replica_fails_its_stream_gets_no_work_and_comes_back(
+    replicas: tuple[LocalLlamaServer, LocalLlamaServer],
+) -> None:
+    victim, survivor = replicas
+    async with (
+        host_of(victim, survivor, probe_interval_s=0.2, unhealthy_after=2) as host,
+        host.submit("pool", long_task(1)) as a,
+        host.submit("pool", long_task(2)) as b,
+    ):
+        on_victim = a if a.replica == "r0" else b
+        on_survivor = b if on_victim is a else a
+        assert (on_victim.replica, on_survivor.replica) == ("r0", "r1")
+        await first_token(on_survivor)
+        got = [await first_token(on_victim)]
+
+        await trio.to_thread.run_sync(victim.kill)
+
+        # The stream past its first token ends in a typed error, after its tokens.
+        with pytest.raises(WorkerReset):
+            async for event in on_victim:
+                if isinstance(event, Token):
+                    got.append(event)
+        assert [t.i for t in got] == list(range(len(got)))
+
+        # New tasks go to the other replica; the killed one is marked unhealthy.
+        for n in range(3):
+            async with host.submit("pool", TaskRequest(f"after {n}", max_tokens=4)) as s:
+                events = [event async for event in s]
+            assert s.replica == "r1"
+            assert isinstance(events[-1], End)
+        assert [r.healthy for r in host.replicas("pool")] == [False, True]
+
+        # Started again on its port, it is probed, found ready, and gets work.
+        await trio.to_thread.run_sync(victim.start)
+        with trio.fail_after(30):
+            await host.wait_ready("pool", "r0")
+        # r1 still runs a task, so r0 has the most free slots.
+        async with host.submit("pool", TaskRequest("back", max_tokens=4)) as s:
+            events = [event async for event in s]
+        assert s.replica == "r0"
+        assert isinstance(events[-1], End)
+
+
+async def test_a_prompt_larger_than_every_context_is_pool_unavailable_at_once(
+    replicas: tuple[LocalLlamaServer, LocalLlamaServer],
+) -> None:
+    async with host_of(*replicas) as host:
+        for name in ("r0", "r1"):
+            await host.wait_ready("pool", name)
+        prompt = " once upon a time" * 3000  # more tokens than a slot's 8,192
+        start = time.perf_counter()
+        with pytest.raises(PoolUnavailable, match="context"):
+            async with host.submit("pool", TaskRequest(prompt)):
+                pass
+        assert time.perf_counter() - start < 0.05
