@@ -3,8 +3,9 @@ it does not share the measured client's core.
 
     python -m benchmarks._server PORT_FILE
 
-It listens on 127.0.0.1 (a free port, written to PORT_FILE) and answers every POST
-with a streamed SSE body in llama-server's wire format, built with the test suite's
+It listens on 127.0.0.1 (a free port, written to PORT_FILE), answers ``/props``,
+``/slots``, ``/v1/models`` and ``/health`` as the captured server did, and answers every
+other request with a streamed SSE body in llama-server's wire format, built with the test suite's
 stub helpers (``tests/stub.py``: the captured status line and headers, chunked
 bodies). The request's JSON body picks
 what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
@@ -27,7 +28,21 @@ import time
 
 import trio
 
-from tests.stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, read_request, token_event
+from tests.stub import (
+    LAST_CHUNK,
+    MODELS,
+    PROPS,
+    SLOTS,
+    STREAM_HEAD,
+    chunked,
+    final_event,
+    raw_json_response,
+    read_request,
+    token_event,
+)
+
+# What the captured server answered to these, for a client that asks (AdapterHost does).
+CAPTURED = {"/props": PROPS, "/slots": SLOTS, "/v1/models": MODELS, "/health": b'{"status":"ok"}'}
 
 CONTENTS = [" the", " model", " streams", " token", "s", " at", " a", " steady", " pace", "."]
 WRITE_BYTES = 65536
@@ -44,7 +59,10 @@ _burst_cache: dict[int, bytes] = {}
 
 async def serve(stream: trio.SocketStream) -> None:
     try:
-        _, body = await read_request(stream)
+        path, body = await read_request(stream)
+        if path in CAPTURED:
+            await stream.send_all(raw_json_response(200, "OK", CAPTURED[path]))
+            return
         request = json.loads(body) if body else {}
         mode = request.get("bench_mode", "burst")
         await stream.send_all(STREAM_HEAD)

@@ -80,6 +80,7 @@ class LlamaCppHttpAdapter:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.base_url = _check_base_url(base_url)
+        self._safe_url = redact_secrets(self.base_url)  # for log lines
         if isinstance(buffer, bool) or not isinstance(buffer, int):
             raise TypeError("buffer must be an int")
         if buffer < _MIN_BUFFER_EVENTS:
@@ -97,7 +98,7 @@ class LlamaCppHttpAdapter:
 
     def __repr__(self) -> str:
         key = "" if self._key_mask is None else f", api_key={self._key_mask}"
-        return f"{type(self).__name__}({redact_secrets(self.base_url)!r}{key})"
+        return f"{type(self).__name__}({self._safe_url!r}{key})"
 
     async def __aenter__(self) -> LlamaCppHttpAdapter:
         return self
@@ -221,7 +222,7 @@ class LlamaCppHttpAdapter:
             raise
         logger.debug(
             "stream opened",
-            extra={"job_id": request.job_id, "engine": ENGINE, "url": self.base_url},
+            extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
         )
         return response
 

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import time
+from bisect import bisect_left as _bisect
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from ._exceptions import (
     PoolUnavailable,
     WorkerError,
 )
-from ._metrics import HostMetrics
+from ._metrics import HostMetrics, LatencySeries
 from ._redact import redact_secrets
 from ._stream import EventStream
 from ._types import End, Started, TaskRequest, Token, TokenEvent
@@ -41,6 +42,7 @@ from ._types import End, Started, TaskRequest, Token, TokenEvent
 __all__ = ["AdapterHost", "HostStream", "ReplicaStatus", "RetryPolicy"]
 
 logger = logging.getLogger("llamacpp_adapter")
+_monotonic = time.monotonic
 
 ENV_URL = "ORCHD_LLAMACPP_URL"
 ENV_POOL = "ORCHD_LLAMACPP_POOL"
@@ -148,7 +150,9 @@ class _ReplicaMetrics:
         self.family.retries.labels(*self.labels, reason).inc()
 
     def remove(self) -> None:
+        # Its gauges go with it; its counters and histograms keep what they counted.
         self.family.replica_healthy.remove(*self.labels)
+        self.family.in_flight.remove(*self.labels)
 
 
 class _Watch:
@@ -349,7 +353,7 @@ class AdapterHost:
         bound.metrics.healthy.set(1)
         if self._task_group is not None:
             self._start_watch(bound)
-        logger.info("replica bound", extra=bound.log_fields(url=adapter.base_url))
+        logger.info("replica bound", extra=bound.log_fields(url=redact_secrets(adapter.base_url)))
         self._notify()
 
     def unbind(self, pool: str, replica: str) -> LlamaCppHttpAdapter:
@@ -679,6 +683,7 @@ class HostStream:
         self._retry_deadline = min(self._deadline, now + host.retry.deadline_s)
         self._submitted_at = time.monotonic()
         self._last_token_at = 0.0
+        self._token_latency = LatencySeries(())  # the replica's, from the first token
         self._tokens = 0
         self._min_context = 0
         self._failed_on: set[_Replica] = set()  # replicas this task failed on
@@ -698,7 +703,18 @@ class HostStream:
         return self
 
     async def __anext__(self) -> TokenEvent:
-        if not self._started_sent:
+        events = self._events
+        if events is not None and events._index < len(events._batch) and self._started_sent:
+            # The fast path: an event of the replica's last read, already decoded.
+            event = events._batch[events._index]
+            events._index += 1
+            if type(event) is Token:
+                self._on_token()
+                return event
+            if type(event) is not Started:
+                self._ended = self._ended or type(event) is End
+                return event
+        elif not self._started_sent:
             self._started_sent = True
             return Started(self.job_id)
         while True:
@@ -729,14 +745,19 @@ class HostStream:
             return event
 
     def _on_token(self) -> None:
-        now = time.monotonic()
-        replica = self._current
-        assert replica is not None
-        if self._tokens == 0:
+        now = _monotonic()
+        if self._tokens:
+            # Inlined LatencySeries.observe: this runs for every token.
+            series = self._token_latency
+            gap = now - self._last_token_at
+            series.counts[_bisect(series.bounds, gap)] += 1
+            series.total += gap
+        else:
+            replica = self._current
+            assert replica is not None
             replica.metrics.time_to_first_token.observe(now - self._submitted_at)
             replica.failures = 0
-        else:
-            replica.metrics.token_latency.observe(now - self._last_token_at)
+            self._token_latency = replica.metrics.token_latency
         self._last_token_at = now
         self._tokens += 1
 

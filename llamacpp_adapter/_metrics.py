@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
+from collections.abc import Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = ["HostMetrics"]
 
@@ -15,6 +20,59 @@ _LABELS = ("engine", "pool", "replica")
 # decode step, milliseconds on a real model.
 _TTFT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _TOKEN_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class LatencySeries:
+    """One label set of a :class:`LatencyHistogram`: plain counts per bucket."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation (buckets are "less or equal", as Prometheus's)."""
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+
+class LatencyHistogram(Collector):
+    """A Prometheus histogram that costs about a tenth of ``prometheus_client``'s own to
+    observe (it is observed for every token): counts are kept per bucket and made
+    cumulative only when the registry is scraped. Observe from one thread (the event
+    loop's); a scrape from the metrics server's thread reads a copy."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = list(labels)
+        self._bounds = tuple(sorted(buckets))
+        self._series: dict[tuple[str, ...], LatencySeries] = {}
+
+    def labels(self, *values: str) -> LatencySeries:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = LatencySeries(self._bounds)
+        return series
+
+    def remove(self, *values: str) -> None:
+        self._series.pop(values, None)
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labels)]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        edges = [repr(float(bound)) for bound in self._bounds] + ["+Inf"]
+        for values, series in list(self._series.items()):
+            cumulative = itertools.accumulate(list(series.counts))
+            buckets = [(edge, float(count)) for edge, count in zip(edges, cumulative, strict=True)]
+            family.add_metric(list(values), buckets, series.total)
+        yield family
 
 
 class HostMetrics:
@@ -47,20 +105,20 @@ class HostMetrics:
         self.tokens_out = Counter(
             f"{_PREFIX}_tokens_out", "Tokens delivered to consumers.", _LABELS, registry=reg
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = LatencyHistogram(
             f"{_PREFIX}_time_to_first_token_seconds",
             "From the request to its first token.",
             _LABELS,
-            buckets=_TTFT_BUCKETS_S,
-            registry=reg,
+            _TTFT_BUCKETS_S,
         )
-        self.token_latency = Histogram(
+        self.token_latency = LatencyHistogram(
             f"{_PREFIX}_token_latency_seconds",
             "Between one token of a stream and the next.",
             _LABELS,
-            buckets=_TOKEN_BUCKETS_S,
-            registry=reg,
+            _TOKEN_BUCKETS_S,
         )
+        reg.register(self.time_to_first_token)
+        reg.register(self.token_latency)
         self.in_flight = Gauge(
             f"{_PREFIX}_in_flight_streams", "Streams open on the replica.", _LABELS, registry=reg
         )

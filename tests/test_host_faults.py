@@ -5,6 +5,7 @@ MockClock where a test waits."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import socket
 import time
@@ -373,3 +374,29 @@ async def test_submit_outside_the_block_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="async with"):
         async with host.submit("pool", TaskRequest("x")):
             pass
+
+
+# --- Secrets -----------------------------------------------------------------------------
+
+
+async def test_no_secret_reaches_a_log_record(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, password = "sk-host-log-7d1e93b2c4", "pw-host-log-55a0f1"
+    caplog.set_level(logging.DEBUG, logger="llamacpp_adapter")
+    engine = Engine(answer(503, "Service Unavailable", LOADING), cut_after(1))
+    url = await start_stub(nursery, replica(engine))
+    with_password = url.replace("http://", f"http://user:{password}@")
+    policy = RetryPolicy(initial_backoff_s=0.0)
+    async with (
+        host_for_test(retry=policy) as host,
+        LlamaCppHttpAdapter(with_password, api_key=key) as adapter,
+    ):
+        host.bind("pool", "r0", adapter)
+        with pytest.raises(WorkerReset):
+            await run_task(host)
+    assert len(caplog.records) >= 4  # bound, retried, failed, ...
+    for record in caplog.records:
+        shown = record.getMessage() + repr(vars(record))
+        assert key not in shown
+        assert password not in shown
