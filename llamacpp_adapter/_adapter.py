@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import logging
@@ -24,7 +25,7 @@ from ._exceptions import (
     WorkerError,
 )
 from ._mapping import completion_body
-from ._redact import redact_secrets, secret_mask
+from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets, secret_mask
 from ._responses import (
     close_response,
     error_message,
@@ -37,7 +38,7 @@ from ._responses import (
 from ._sse import DEFAULT_MAX_EVENT_BYTES
 from ._stream import EXTRA_EVENTS_PER_SLICE, EventStream
 from ._types import TaskRequest, WorkerHealth, WorkerProps
-from .http_util import default_client, with_bearer
+from .http_util import default_client, register_secret, with_bearer
 
 __all__ = ["LlamaCppHttpAdapter"]
 
@@ -79,7 +80,9 @@ class LlamaCppHttpAdapter:
         buffer: int = 64,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
-        self.base_url = _check_base_url(base_url)
+        base_url, basic_auth = _split_credentials(_check_base_url(base_url))
+        #: The server's address, without any user or password it was given with.
+        self.base_url = base_url
         self._safe_url = redact_secrets(self.base_url)  # for log lines
         if isinstance(buffer, bool) or not isinstance(buffer, int):
             raise TypeError("buffer must be an int")
@@ -87,7 +90,10 @@ class LlamaCppHttpAdapter:
             raise ValueError(f"buffer must be at least {_MIN_BUFFER_EVENTS} events")
         if client is not None and timeouts is not None:
             raise ValueError("give timeouts to your own client, not to the adapter")
-        self._headers = with_bearer({"Accept": "application/json"}, api_key)
+        headers = {"Accept": "application/json"}
+        if basic_auth is not None and api_key is None:
+            headers["Authorization"] = basic_auth
+        self._headers = with_bearer(headers, api_key)
         self._key_mask = None if api_key is None else secret_mask(api_key)
         self._owns_client = client is None
         self._client = client if client is not None else default_client(timeouts=timeouts)
@@ -408,6 +414,20 @@ class LlamaCppHttpAdapter:
 
 
 # --- Helpers ---------------------------------------------------------------------------
+
+
+def _split_credentials(base_url: str) -> tuple[str, str | None]:
+    """*base_url* without its user and password, and those as a Basic ``Authorization``
+    value (None when it has none). httpx would send them the same way, but it would
+    also write the URL, password and all, into its log lines."""
+    url = httpx.URL(base_url)
+    if not url.userinfo:
+        return base_url, None
+    credentials = base64.b64encode(url.userinfo).decode("ascii")
+    password = url.password
+    if password and len(password) >= MIN_REGISTERED_SECRET_CHARS:
+        register_secret(password)
+    return str(url.copy_with(userinfo=b"")), f"Basic {credentials}"
 
 
 def _check_base_url(base_url: str) -> str:

@@ -379,3 +379,20 @@ async def test_cancel_from_another_task_ends_a_pending_read(
         assert trio.current_time() - cancelled_at < 1.0
     await closed.wait()  # the server saw the connection close
     assert tokens_of(events) == [0, 1, 2]
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth_and_kept_out_of_it() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        adapter = LlamaCppHttpAdapter("http://ops:s3cret-pass-91@127.0.0.1:8080", client=client)
+        assert (await adapter.health()).ready
+    assert adapter.base_url == "http://127.0.0.1:8080"
+    [request] = seen
+    assert request.url.userinfo == b""
+    assert request.headers["authorization"] == "Basic b3BzOnMzY3JldC1wYXNzLTkx"
+    assert "s3cret-pass-91" not in repr(adapter)
