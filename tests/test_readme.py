@@ -28,3 +28,20 @@ def test_readme_example_runs(llama_server: LocalLlamaServer, backend: str) -> No
     assert result.returncode == 0, result.stderr
     assert re.search(r"\n\d+ tokens, stop: (eos|limit)\n$", result.stdout)
     assert "failed:" not in result.stdout
+
+
+HOST_EXAMPLE = re.search(
+    r"### Pools of replicas: `AdapterHost`\n\n```python\n(.*?)```", README, re.S
+)
+
+
+def test_readme_host_example_runs(llama_server: LocalLlamaServer) -> None:
+    assert HOST_EXAMPLE is not None
+    source = HOST_EXAMPLE.group(1)
+    for port in ("8080", "8081"):  # two replicas of the one test server
+        source = source.replace(f"http://127.0.0.1:{port}", llama_server.base_url)
+    result = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\nserved by r[01]\n$", result.stdout)
