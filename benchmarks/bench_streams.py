@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest
+from llamacpp_adapter import AdapterHost, HostStream, LlamaCppHttpAdapter, TaskRequest, Token
 
 from ._common import Table, Target, adapter_tokens, httpx_sse_tokens, peer_client, request
 from ._floors import h11_tokens, socket_tokens
 
 ADAPTER = "llamacpp-adapter"
+HOST = "llamacpp-adapter via AdapterHost"
 PEER = "httpx + httpx-sse"
 H11_FLOOR = "floor: h11 on a Trio socket"
 SOCKET_FLOOR = "floor: Trio socket, no parsing"
@@ -45,12 +46,29 @@ async def _drain(tokens: AsyncIterator[str], on_token: TokenSink) -> None:
         on_token(text)
 
 
+async def _host_tokens(host: AdapterHost, task: TaskRequest) -> AsyncIterator[str]:
+    events: HostStream
+    async with host.submit("bench", task) as events:
+        async for event in events:
+            if type(event) is Token:
+                yield event.text
+
+
 async def run_clients(client: str, url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
     """Run every task concurrently through *client*."""
     if client == ADAPTER:
         async with LlamaCppHttpAdapter(url) as adapter, trio.open_nursery() as nursery:
             for task in tasks:
                 nursery.start_soon(_drain, adapter_tokens(adapter, task), on_token)
+    elif client == HOST:
+        async with (
+            LlamaCppHttpAdapter(url) as adapter,
+            AdapterHost() as host,
+            trio.open_nursery() as nursery,
+        ):
+            host.bind("bench", "r0", adapter)
+            for task in tasks:
+                nursery.start_soon(_drain, _host_tokens(host, task), on_token)
     elif client in FLOORS:
         async with trio.open_nursery() as nursery:
             for task in tasks:
@@ -64,7 +82,7 @@ async def run_clients(client: str, url: str, tasks: list[TaskRequest], on_token:
 def throughput(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
     events = 50_000 if quick else 200_000
     rounds = 3 if quick else 5
-    rates: dict[str, list[float]] = {ADAPTER: [], PEER: []}
+    rates: dict[str, list[float]] = {ADAPTER: [], HOST: [], PEER: []}
 
     async def one(client: str) -> None:
         count = 0
@@ -83,17 +101,20 @@ def throughput(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
         await one(ADAPTER)  # warm-up: the server builds and caches the body
         rates[ADAPTER].clear()
         for _ in range(rounds):
-            for client in (ADAPTER, PEER):
+            for client in (ADAPTER, HOST, PEER):
                 await one(client)
 
     trio.run(main)
     table = Table(
         f"Loopback throughput: one stream of {events:,} events, as fast as the socket takes it",
         ["client", "events/s (median)", "ratio"],
-        notes=[f"Median of {rounds} rounds, alternating clients."],
+        notes=[
+            f"Median of {rounds} rounds, alternating clients. Through AdapterHost, the "
+            "adapter's stream also passes the host's dispatch and per-token metrics."
+        ],
     )
     base = statistics.median(rates[PEER])
-    for client in (ADAPTER, PEER):
+    for client in (ADAPTER, HOST, PEER):
         rate = statistics.median(rates[client])
         table.add(client, rate, f"{rate / base:.2f}x")
     ratio = statistics.median(rates[ADAPTER]) / base
