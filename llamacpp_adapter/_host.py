@@ -381,6 +381,20 @@ class AdapterHost:
         """What the host knows of each replica of *pool* (none if the pool is unknown)."""
         return [replica.status() for replica in self._pools.get(pool, {}).values()]
 
+    async def cancel(self, job_id: str) -> bool:
+        """End the streams of *job_id* open through this host, best effort (see
+        :meth:`LlamaCppHttpAdapter.cancel`); their consumers get :class:`JobCancelled`,
+        which is not retried.
+
+        Returns:
+            whether a stream of that job was open.
+        """
+        adapters = {id(r.adapter): r.adapter for p in self._pools.values() for r in p.values()}
+        found = False
+        for adapter in adapters.values():
+            found = await adapter.cancel(job_id) or found
+        return found
+
     async def wait_ready(self, pool: str, replica: str | None = None) -> None:
         """Wait until *replica* of *pool* (or, without *replica*, any replica of it) is
         healthy and its slots are known. Bound the wait with a cancel scope."""

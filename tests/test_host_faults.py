@@ -20,6 +20,7 @@ from llamacpp_adapter import (
     AdapterError,
     AdapterHost,
     End,
+    JobCancelled,
     LlamaCppHttpAdapter,
     Metrics,
     PoolUnavailable,
@@ -94,7 +95,7 @@ async def add_replica(
 ) -> LlamaCppHttpAdapter:
     url = await start_stub(nursery, replica(engine, slots=slots))
     adapter = LlamaCppHttpAdapter(url)
-    host.bind("pool", name, adapter)
+    host.bind("pool", name, adapter, _owned=True)  # the host closes it
     return adapter
 
 
@@ -104,7 +105,8 @@ async def run_task(host: AdapterHost, request: TaskRequest | None = None) -> lis
 
 
 def host_for_test(**options: object) -> AdapterHost:
-    return AdapterHost(rng=random.Random(7), refresh_interval_s=3600, **options)  # type: ignore[arg-type]
+    options.setdefault("refresh_interval_s", 3600.0)
+    return AdapterHost(rng=random.Random(7), **options)  # type: ignore[arg-type]
 
 
 def unused_port() -> int:
@@ -405,3 +407,75 @@ async def test_no_secret_reaches_a_log_record(
         shown = record.getMessage() + repr(vars(record))
         assert key not in shown
         assert password not in shown
+
+
+# --- What the host learns, and unbinding ---------------------------------------------------
+
+
+async def test_slots_other_clients_take_are_read_again_from_slots(
+    nursery: trio.Nursery, mock_clock: MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0
+    captured = json.loads(SLOTS)
+    answers = {"slots": SLOTS}
+
+    async def completion(stream: trio.SocketStream, path: str) -> None:
+        await stream_tokens(stream, 1)
+
+    async def handle(stream: trio.SocketStream, path: str) -> None:
+        await replica(completion, slots=answers["slots"])(stream, path)
+
+    url = await start_stub(nursery, handle)
+    async with (
+        host_for_test(slot_wait_s=1.0, refresh_interval_s=5.0) as host,
+        LlamaCppHttpAdapter(url) as adapter,
+    ):
+        host.bind("pool", "r0", adapter)
+        await host.wait_ready("pool")
+        assert host.replicas("pool")[0].free_slots == 2
+        # Another client takes both slots; the next refresh sees it.
+        answers["slots"] = json.dumps([dict(s, is_processing=True) for s in captured]).encode()
+        await trio.sleep(5.5)
+        assert host.replicas("pool")[0].free_slots == 0
+        with pytest.raises(PoolUnavailable, match="free slot"):
+            await run_task(host)
+        answers["slots"] = SLOTS
+        await trio.sleep(5.5)
+        assert host.replicas("pool")[0].free_slots == 2
+        assert len(await run_task(host)) == 4  # Started, Token, Metrics, End
+
+
+async def test_an_unbound_replica_gets_no_new_work(nursery: trio.Nursery) -> None:
+    kept, dropped = Engine(tokens(1)), Engine(tokens(1))
+    async with host_for_test() as host:
+        await add_replica(nursery, host, "kept", kept)
+        adapter = await add_replica(nursery, host, "dropped", dropped)
+        assert host.unbind("pool", "dropped") is adapter
+        for _ in range(4):
+            await run_task(host)
+        assert (len(kept.times), len(dropped.times)) == (4, 0)
+        await host.unbind("pool", "kept").aclose()
+        await assert_fast_pool_unavailable(host, TaskRequest("x"), "no replica is bound")
+        await adapter.aclose()
+
+
+async def test_cancel_ends_the_job_on_its_replica_without_a_retry(nursery: trio.Nursery) -> None:
+    async def endless(stream: trio.SocketStream, _: str) -> None:
+        await stream.send_all(STREAM_HEAD + chunked(token_event(1)))
+        await trio.sleep_forever()
+
+    engine = Engine(endless)
+    async with host_for_test() as host:
+        await add_replica(nursery, host, "r0", engine)
+        task = TaskRequest("x", job_id="job-7")
+        got: list[TokenEvent] = []
+        with pytest.raises(JobCancelled):
+            async with host.submit("pool", task) as events:
+                async for event in events:
+                    got.append(event)
+                    if isinstance(event, Token):
+                        assert await host.cancel("job-7")
+        assert not await host.cancel("job-7")
+        assert [type(e) for e in got] == [Started, Token]
+        assert len(engine.times) == 1
+        assert host.replicas("pool")[0].in_flight == 0

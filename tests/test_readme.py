@@ -35,11 +35,15 @@ HOST_EXAMPLE = re.search(
 )
 
 
-def test_readme_host_example_runs(llama_server: LocalLlamaServer) -> None:
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_readme_host_example_runs(llama_server: LocalLlamaServer, backend: str) -> None:
     assert HOST_EXAMPLE is not None
     source = HOST_EXAMPLE.group(1)
     for port in ("8080", "8081"):  # two replicas of the one test server
         source = source.replace(f"http://127.0.0.1:{port}", llama_server.base_url)
+    if backend == "asyncio":
+        source = source.replace("import trio\n", "import asyncio\n")
+        source = source.replace("trio.run(main)", "asyncio.run(main())")
     result = subprocess.run(
         [sys.executable, "-c", source], capture_output=True, text=True, timeout=60, check=False
     )
