@@ -16,6 +16,7 @@ from ._exceptions import (
 from ._host import AdapterHost, HostStream, ReplicaStatus, RetryPolicy
 from ._mapping import CompletionStreamDecoder, completion_body
 from ._metrics import HostMetrics
+from ._relay import Relay, RelayStream, open_relay_stream
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
 from ._types import (
@@ -49,6 +50,8 @@ __all__ = [
     "Metrics",
     "PoolUnavailable",
     "ProtocolError",
+    "Relay",
+    "RelayStream",
     "ReplicaStatus",
     "RetryPolicy",
     "SSEDecoder",
@@ -63,6 +66,7 @@ __all__ = [
     "WorkerReset",
     "completion_body",
     "default_client",
+    "open_relay_stream",
     "redact_secrets",
     "register_secret",
     "stream_decode",

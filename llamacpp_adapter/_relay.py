@@ -1,0 +1,540 @@
+"""A WebSocket relay: task streams served to consumers across a network.
+
+A client opens a WebSocket, sends one JSON task, and receives the task's events as JSON
+messages, in order::
+
+    {"type": "started", "job_id": "..."}
+    {"type": "token", "i": 0, "t": "Once"}            (one per token)
+    {"type": "metrics", "prompt_tokens": 5, ...}
+    {"type": "end", "tokens_out": 16, "stop_reason": "limit", ...}
+    {"type": "error", "code": "WORKER_RESET", "message": "...", "retriable": true}
+
+then the relay closes the connection (1000 after ``end``, 1011 after ``error``). The relay
+serves this library's task streams, never llama.cpp's own endpoints.
+
+Backpressure runs end to end: the relay takes the next event from the adapter only when
+the last one has been written to the socket, the adapter reads the engine only when its
+events are taken, so a client that reads slowly slows the read from the engine. A
+client that closes its socket cancels the task at once, which frees the engine's slot.
+
+Built on ``trio-websocket``, so the relay and :func:`open_relay_stream` run under Trio.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import math
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import msgspec
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+    wrap_client_stream,
+)
+
+from . import _exceptions
+from ._adapter import LlamaCppHttpAdapter
+from ._exceptions import AdapterError, ProtocolError, WorkerError, WorkerReset
+from ._host import AdapterHost
+from ._redact import redact_secrets
+from ._types import End, Metrics, Started, TaskRequest, Token, TokenEvent
+
+__all__ = ["Relay", "RelayStream", "open_relay_stream"]
+
+logger = logging.getLogger("llamacpp_adapter")
+
+#: The largest message a client may send (its task), in bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
+#: The most WebSocket connections served at once; more are refused with HTTP 503.
+DEFAULT_MAX_CONNECTIONS = 256
+#: How long the relay waits for a client's task, and for one message to be written to a
+#: client that does not read; then it closes the connection.
+DEFAULT_IDLE_TIMEOUT_S = 30.0
+
+#: WebSocket close codes the relay uses.
+CLOSE_NORMAL: Final = 1000  # the task ended
+CLOSE_BAD_TASK: Final = 1008  # the task was not valid (policy violation)
+CLOSE_TOO_BIG: Final = 1009  # the message was larger than the relay takes
+CLOSE_TASK_FAILED: Final = 1011  # the task failed: see the error message before it
+CLOSE_IDLE: Final = 4000  # no task, or a client that stopped reading, within the timeout
+
+_TASK_FIELDS = frozenset(
+    {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
+    | {"job_id", "extra", "pool"}
+)
+_ERRORS_BY_CODE: dict[str, type[WorkerError]] = {
+    cls.code: cls
+    for cls in vars(_exceptions).values()
+    if isinstance(cls, type) and issubclass(cls, WorkerError)
+}
+_encode = msgspec.json.encode
+# How long the client waits for the relay's answer to its close.
+_DISCONNECT_TIMEOUT_S = 5.0
+
+
+class BadTask(ValueError):
+    """A client's task message that the relay cannot run; the message says why."""
+
+
+class Relay:
+    """Serve task streams over WebSocket.
+
+    ::
+
+        relay = Relay(adapter)          # or Relay(host, pool="chat")
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(relay.serve, "127.0.0.1", 8765)
+
+    Args:
+        target: a :class:`LlamaCppHttpAdapter`, or an :class:`AdapterHost` with
+            *pool*, the pool tasks go to unless a task names its own.
+        pool: the default pool, with a host.
+        token: a bearer token every client must send in ``Authorization`` (compared in
+            constant time, never logged); ``None`` lets any client in.
+        max_message_bytes: the largest task message; a larger one closes the
+            connection with 1009.
+        max_connections: connections served at once; more are refused (HTTP 503).
+        idle_timeout_s: how long to wait for a client's task, and for one message to
+            be written to a client that does not read.
+        allow_extra: whether a task may carry ``extra`` llama.cpp fields (off: a remote
+            client then cannot reach settings the orchestrator did not mean to expose).
+    """
+
+    def __init__(
+        self,
+        target: LlamaCppHttpAdapter | AdapterHost,
+        *,
+        pool: str | None = None,
+        token: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        allow_extra: bool = False,
+    ) -> None:
+        if isinstance(target, AdapterHost):
+            if pool is None:
+                raise ValueError("a relay over an AdapterHost needs a default pool")
+        elif not isinstance(target, LlamaCppHttpAdapter):
+            raise TypeError("target must be a LlamaCppHttpAdapter or an AdapterHost")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty str")
+        for name, value in (
+            ("max_message_bytes", max_message_bytes),
+            ("max_connections", max_connections),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int")
+        if not 0 < idle_timeout_s < math.inf:
+            raise ValueError("idle_timeout_s must be positive and finite")
+        self._target = target
+        self._pool = pool
+        self._expected = None if token is None else f"Bearer {token}".encode()
+        self._max_message_bytes = max_message_bytes
+        self._max_connections = max_connections
+        self._idle_timeout_s = idle_timeout_s
+        self._allow_extra = allow_extra
+        self.active_connections = 0
+        #: The streams being relayed now, by job id (to watch the backpressure).
+        self.streams: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        auth = "token" if self._expected is not None else "open"
+        return f"{type(self).__name__}({self._target!r}, {auth})"
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on *host*:*port* (``0``: a free port) until cancelled. With
+        ``nursery.start``, returns the relay's ``ws://`` URL once it listens."""
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(
+                    serve_websocket,
+                    self._handle,
+                    host,
+                    port,
+                    None,
+                    # A client sends one message, its task: nothing queues behind it.
+                    message_queue_size=1,
+                    max_message_size=self._max_message_bytes,
+                )
+            )
+            task_status.started(f"ws://{host}:{server.port}")
+
+    # --- One connection ----------------------------------------------------------------
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        if self._expected is not None and not self._authorized(request.headers):
+            await request.reject(401, body=b"a valid bearer token is required")
+            return
+        if self.active_connections >= self._max_connections:
+            await request.reject(503, body=b"too many connections; try again later")
+            return
+        self.active_connections += 1
+        try:
+            ws = await request.accept()
+            await self._serve_connection(ws)
+        except ConnectionClosed:
+            pass  # the client went away; its task, if any, was cancelled
+        except Exception:
+            # One connection's fault must not stop the relay serving the others.
+            logger.exception("unexpected failure while relaying a connection")
+        finally:
+            self.active_connections -= 1
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        assert self._expected is not None
+        given = b""
+        for name, value in headers:
+            if name.lower() == b"authorization":
+                given = value
+        return hmac.compare_digest(given, self._expected)
+
+    async def _serve_connection(self, ws: WebSocketConnection) -> None:
+        message: str | bytes | None = None
+        with trio.move_on_after(self._idle_timeout_s):
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed:
+                return  # gone before its task (or its task was too big: 1009)
+        if message is None:
+            await ws.aclose(CLOSE_IDLE, "no task within the idle timeout")
+            return
+        try:
+            task, pool = self._parse_task(message)
+        except BadTask as exc:
+            await _send_quietly(ws, _error_message("BAD_TASK", str(exc), retriable=False))
+            await ws.aclose(CLOSE_BAD_TASK, "bad task")
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_when_closed, ws, nursery.cancel_scope)
+            code, reason = await self._relay(ws, task, pool)
+            nursery.cancel_scope.cancel()
+        if code is not None:
+            await ws.aclose(code, reason)
+
+    async def _relay(
+        self, ws: WebSocketConnection, task: TaskRequest, pool: str | None
+    ) -> tuple[int | None, str]:
+        """Stream *task* to *ws*; return the close code and reason (None: closed)."""
+        fields = {"job_id": task.job_id, "engine": "llama.cpp", "remote": _peer(ws)}
+        try:
+            async with self._submit(task, pool) as events:
+                self.streams[task.job_id] = events
+                try:
+                    async for event in events:
+                        with trio.move_on_after(self._idle_timeout_s) as idle:
+                            await ws.send_message(_event_message(event))
+                        if idle.cancelled_caught:
+                            logger.info("relay client stopped reading", extra=fields)
+                            return CLOSE_IDLE, "the client stopped reading"
+                finally:
+                    self.streams.pop(task.job_id, None)
+        except ConnectionClosed:
+            logger.info("relay client went away", extra=fields)
+            return None, ""
+        except WorkerError as exc:
+            status = exc.status if isinstance(exc, AdapterError) else None
+            await _send_quietly(ws, _error_message(exc.code, exc.message, exc.retriable, status))
+            return CLOSE_TASK_FAILED, exc.code
+        return CLOSE_NORMAL, "end"
+
+    def _submit(self, task: TaskRequest, pool: str | None) -> Any:
+        if isinstance(self._target, AdapterHost):
+            return self._target.submit(pool or self._pool or "", task)
+        return self._target.submit(task)
+
+    def _parse_task(self, message: str | bytes) -> tuple[TaskRequest, str | None]:
+        try:
+            fields = msgspec.json.decode(message)
+        except msgspec.DecodeError:
+            raise BadTask("the task is not JSON") from None
+        if not isinstance(fields, dict):
+            raise BadTask("the task must be a JSON object")
+        unknown = sorted(set(fields) - _TASK_FIELDS)
+        if unknown:
+            raise BadTask(f"unknown task fields: {', '.join(map(repr, unknown))[:200]}")
+        pool = fields.pop("pool", None)
+        if pool is not None and (not isinstance(pool, str) or not pool):
+            raise BadTask("pool must be a non-empty string")
+        if pool is not None and not isinstance(self._target, AdapterHost):
+            raise BadTask("this relay serves one engine: a task may not name a pool")
+        if "extra" in fields and not self._allow_extra:
+            raise BadTask("this relay does not take extra llama.cpp fields")
+        if isinstance(fields.get("stop"), list):
+            fields["stop"] = tuple(fields["stop"])
+        try:
+            return TaskRequest(**fields), pool
+        except (TypeError, ValueError) as exc:
+            raise BadTask(redact_secrets(str(exc))[:500]) from None
+
+
+async def _cancel_when_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+    """Cancel the task as soon as the client closes (it has nothing more to send)."""
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed:
+        scope.cancel()
+
+
+async def _send_quietly(ws: WebSocketConnection, message: str) -> None:
+    with suppress(ConnectionClosed):
+        await ws.send_message(message)
+
+
+def _peer(ws: WebSocketConnection) -> str:
+    remote = ws.remote
+    return str(remote)
+
+
+def _error_message(code: str, message: str, retriable: bool, status: int | None = None) -> str:
+    fields: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    fields["retriable"] = retriable
+    if status is not None:
+        fields["status"] = status
+    return _encode(fields).decode()
+
+
+def _event_message(event: TokenEvent) -> str:
+    kind = type(event)
+    if kind is Token:
+        assert isinstance(event, Token)
+        return f'{{"type":"token","i":{event.i},"t":{_encode(event.text).decode()}}}'
+    if kind is Started:
+        assert isinstance(event, Started)
+        return _encode({"type": "started", "job_id": event.job_id}).decode()
+    if kind is Metrics:
+        return _encode({"type": "metrics", **msgspec.structs.asdict(event)}).decode()
+    assert isinstance(event, End)
+    return _encode({"type": "end", **msgspec.structs.asdict(event)}).decode()
+
+
+# --- The client ------------------------------------------------------------------------
+
+
+class RelayStream:
+    """The events of a task streamed through a relay, typed as the adapter's:
+    :class:`Started`, :class:`Token`\\ s, :class:`Metrics`, :class:`End`. A failure is
+    raised as the :class:`WorkerError` the relay reported, after the events before it."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self._ws = ws
+        self._done = False
+
+    def __aiter__(self) -> RelayStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            message = await self._ws.get_message()
+        except ConnectionClosed as exc:
+            self._done = True
+            raise WorkerReset(
+                f"the relay closed the connection before the end ({exc.reason})"
+            ) from None
+        try:
+            fields = msgspec.json.decode(message)
+            kind = fields.pop("type")
+        except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
+            self._done = True
+            raise ProtocolError("the relay sent a message that is not an event") from None
+        try:
+            if kind == "token":
+                return Token(fields["i"], fields["t"])
+            if kind == "started":
+                return Started(fields["job_id"])
+            if kind == "metrics":
+                return Metrics(**fields)
+            if kind == "end":
+                self._done = True
+                return End(**fields)
+            if kind == "error":
+                self._done = True
+                error_class = _ERRORS_BY_CODE.get(fields.get("code", ""), WorkerError)
+                raise _rebuild_error(error_class, fields)
+        except (KeyError, TypeError) as exc:
+            self._done = True
+            raise ProtocolError(f"the relay sent a malformed {kind!r} event") from exc
+        self._done = True
+        raise ProtocolError(f"the relay sent an unknown event type {kind!r}"[:200])
+
+
+def _rebuild_error(error_class: type[WorkerError], fields: Mapping[str, Any]) -> WorkerError:
+    message = str(fields.get("message", ""))
+    error: WorkerError
+    if error_class is AdapterError:
+        status = fields.get("status")
+        error = AdapterError(message, status=status if isinstance(status, int) else 0)
+    else:
+        try:
+            error = error_class(message)
+        except TypeError:  # pragma: no cover - every class takes a message alone
+            error = WorkerError(message)
+    error.retriable = bool(fields.get("retriable", False))
+    return error
+
+
+@asynccontextmanager
+async def open_relay_stream(
+    url: str,
+    request: TaskRequest,
+    *,
+    token: str | None = None,
+    pool: str | None = None,
+    connect_timeout_s: float = 10.0,
+) -> AsyncIterator[RelayStream]:
+    """Send *request* to the relay at *url*; the block receives its events.
+
+    ::
+
+        async with open_relay_stream("ws://10.0.0.2:8765", TaskRequest("Hi")) as events:
+            async for event in events:
+                ...
+
+    Leaving the block closes the connection, which cancels the task at the relay.
+
+    Raises:
+        AdapterError: the relay refused the connection (``status`` 401 for a missing or
+            wrong token, 503 when it is full).
+        WorkerReset: the relay could not be reached, or closed before the end.
+        WorkerError: the error the relay reported, after the events before it.
+    """
+    headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
+    async with connect(url, headers, connect_timeout_s=connect_timeout_s) as ws:
+        try:
+            await ws.send_message(_encode(_task_fields(request, pool)).decode())
+        except ConnectionClosed as exc:
+            raise WorkerReset(f"the relay closed the connection ({exc.reason})") from None
+        yield RelayStream(ws)
+
+
+@asynccontextmanager
+async def connect(
+    url: str, headers: list[tuple[bytes, bytes]], *, connect_timeout_s: float = 10.0
+) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket client connection to *url* whose socket is always closed on the way
+    out. (``trio_websocket.open_websocket_url`` leaves the socket of a connection the
+    server closed first to the garbage collector.)
+
+    Raises:
+        AdapterError: the server refused the handshake (``status``).
+        WorkerReset: the server could not be reached in time.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {redact_secrets(url)!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    connected = False  # past the handshake: errors from then on are not ours to change
+    try:
+        async with trio.open_nursery() as nursery:
+            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+            ws: WebSocketConnection | None = None
+            try:
+                with trio.fail_after(connect_timeout_s):
+                    if secure:
+                        stream = await trio.open_ssl_over_tcp_stream(
+                            parts.hostname, port, ssl_context=ssl.create_default_context()
+                        )
+                    else:
+                        stream = await trio.open_tcp_stream(parts.hostname, port)
+                    ws = await wrap_client_stream(
+                        nursery, stream, parts.hostname, resource, extra_headers=headers
+                    )
+            finally:
+                if ws is None:
+                    nursery.cancel_scope.cancel()
+                    if stream is not None:
+                        await stream.aclose()
+            assert stream is not None
+            connected = True
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(_DISCONNECT_TIMEOUT_S) as cleanup:
+                    cleanup.shield = True
+                    await ws.aclose()
+                    await stream.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The connection's reader runs in the nursery, so a refusal (and anything
+        # raised in the caller's block) comes out as a group: raise the one error.
+        error = _single(group)
+        if error is group:
+            raise
+        raise (error if connected else _connect_error(error)) from error.__cause__
+    except (ConnectionRejected, HandshakeError, OSError, trio.TooSlowError) as exc:
+        if connected:
+            raise
+        raise _connect_error(exc) from None
+    except trio.BrokenResourceError as exc:
+        if connected:
+            raise
+        raise _connect_error(exc) from None
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception in *group* that is not a cancellation; the group otherwise."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        elif not isinstance(error, trio.Cancelled):
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _connect_error(error: BaseException) -> BaseException:
+    """Our error for a failure to connect; other errors as they are."""
+    if isinstance(error, ConnectionRejected):
+        return AdapterError(
+            f"the relay refused the connection with {error.status_code}",
+            status=error.status_code,
+        )
+    if isinstance(error, HandshakeError | OSError | trio.TooSlowError | trio.BrokenResourceError):
+        return WorkerReset(f"could not reach the relay: {type(error).__name__}")
+    return error
+
+
+def _task_fields(request: TaskRequest, pool: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "seed": request.seed,
+        "stop": list(request.stop),
+        "job_id": request.job_id,
+    }
+    if request.prompt is not None:
+        prompt = request.prompt
+        fields["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+    else:
+        fields["messages"] = [dict(m) for m in request.messages or ()]
+    if request.extra:
+        fields["extra"] = dict(request.extra)
+    if pool is not None:
+        fields["pool"] = pool
+    return fields

@@ -1,0 +1,298 @@
+"""The WebSocket relay: the same tokens as a direct submit, backpressure from a slow
+client back to the engine read, a slot freed when a client leaves, 200 clients at once,
+and bad input refused without harm to the others."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from llamacpp_adapter import (
+    AdapterError,
+    End,
+    EngineError,
+    LlamaCppHttpAdapter,
+    Relay,
+    Started,
+    TaskRequest,
+    Token,
+    TokenEvent,
+    open_relay_stream,
+)
+from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._relay import connect
+
+from .stub import (
+    LAST_CHUNK,
+    STREAM_HEAD,
+    chunked,
+    final_event,
+    read_request,
+    token_event,
+)
+
+TOKEN = "relay-token-3b8e0c17f4d2"
+
+
+@asynccontextmanager
+async def relay_over(url: str, **options: object) -> AsyncIterator[tuple[str, Relay]]:
+    """A relay in front of the engine at *url*; yields its ws:// URL and itself."""
+    async with LlamaCppHttpAdapter(url) as adapter, trio.open_nursery() as nursery:
+        relay = Relay(adapter, **options)  # type: ignore[arg-type]
+        relay_url = await nursery.start(relay.serve)
+        yield relay_url, relay
+        nursery.cancel_scope.cancel()
+
+
+async def collect(url: str, request: TaskRequest, **options: object) -> list[TokenEvent]:
+    async with open_relay_stream(url, request, **options) as events:  # type: ignore[arg-type]
+        return [event async for event in events]
+
+
+def texts(events: list[TokenEvent]) -> list[str]:
+    return [e.text for e in events if isinstance(e, Token)]
+
+
+# --- Against a real llama-server -----------------------------------------------------------
+
+
+async def test_a_relay_client_gets_the_tokens_of_a_direct_submit(
+    llama_server: LocalLlamaServer,
+) -> None:
+    request = TaskRequest("once upon a time", max_tokens=40, seed=5)
+    async with (
+        LlamaCppHttpAdapter(llama_server.base_url) as adapter,
+        adapter.submit(request) as direct,
+    ):
+        expected = [event async for event in direct]
+    async with relay_over(llama_server.base_url, token=TOKEN) as (url, _):
+        relayed = await collect(url, request, token=TOKEN)
+    assert texts(relayed) == texts(expected)
+    assert len(texts(relayed)) > 0
+    assert [e.i for e in relayed if isinstance(e, Token)] == list(range(len(texts(expected))))
+    assert relayed[0] == Started(request.job_id)
+    assert isinstance(relayed[-1], End)
+    assert relayed[-1] == expected[-1]
+
+
+async def poll_until(read: Callable[[], Awaitable[int]], wanted: int) -> None:
+    """Read *read* until it gives *wanted*: for state in another process or behind a
+    socket, which has no event to wait on."""
+    while await read() != wanted:  # noqa: ASYNC110 - nothing to wait on but the answer
+        await trio.sleep(0.02)
+
+
+async def relay_connections(relay: Relay) -> int:
+    return relay.active_connections
+
+
+async def slots_busy(server: LocalLlamaServer) -> int:
+    async with LlamaCppHttpAdapter(server.base_url) as adapter:
+        return sum(1 for slot in await adapter.slots() if slot["is_processing"])
+
+
+async def test_a_client_that_leaves_mid_stream_frees_the_slot_within_a_second(
+    llama_server: LocalLlamaServer,
+) -> None:
+    long_task = TaskRequest("a long one", max_tokens=30000, extra={"ignore_eos": True})
+    async with relay_over(llama_server.base_url, allow_extra=True) as (url, relay):
+        async with open_relay_stream(url, long_task) as events:
+            async for event in events:
+                if isinstance(event, Token) and event.i == 5:
+                    break
+            assert await slots_busy(llama_server) == 1
+        left = time.monotonic()
+        with trio.fail_after(1.0):
+            await poll_until(lambda: slots_busy(llama_server), 0)
+        assert time.monotonic() - left < 1.0
+        assert relay.streams == {}
+
+
+# --- Against a stub engine ---------------------------------------------------------------
+
+
+async def start_engine(nursery: trio.Nursery, *, tokens: int, text_bytes: int = 0) -> str:
+    """A stub engine whose n-th token's text is the task's prompt, ":", n (and
+    *text_bytes* more bytes), written as fast as the socket takes them."""
+    padding = "x" * text_bytes
+
+    async def serve(stream: trio.SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(trio.BrokenResourceError):  # the relay went away
+                await answer(stream)
+
+    async def answer(stream: trio.SocketStream) -> None:
+        _, body = await read_request(stream)
+        prompt = json.loads(body)["prompt"]
+        await stream.send_all(STREAM_HEAD)
+        batch = b""
+        for n in range(1, tokens + 1):
+            batch += token_event(n, f"{prompt}:{n}{padding}")
+            if len(batch) > 16384 or n == tokens:
+                await stream.send_all(chunked(batch))
+                batch = b""
+        await stream.send_all(chunked(final_event(tokens)) + LAST_CHUNK)
+
+    listeners = await nursery.start(trio.serve_tcp, serve, 0)
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+async def test_a_slow_client_holds_back_the_engine_read(nursery: trio.Nursery) -> None:
+    tokens, text_bytes = 20_000, 1000  # a 20 MB stream: more than any socket buffers
+    engine = await start_engine(nursery, tokens=tokens, text_bytes=text_bytes)
+    async with relay_over(engine) as (url, relay):
+        request = TaskRequest("slow")
+        async with open_relay_stream(url, request) as events:
+            received: list[int] = []
+            async for event in events:
+                if isinstance(event, Token):
+                    stream = relay.streams[request.job_id]
+                    assert stream.buffered <= 64  # the adapter's bound
+                    received.append(stream.bytes_received)
+                    if len(received) == 30:
+                        break
+                await trio.sleep(0.05)  # one message per 50 ms
+    # The engine read advanced with the client, not to the end of the 20 MB body.
+    assert received[-1] < 0.5 * tokens * text_bytes
+    assert received[-1] - received[9] < 0.25 * tokens * text_bytes
+
+
+async def test_two_hundred_clients_at_once_get_their_own_tokens(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=20)
+    results: dict[int, list[str]] = {}
+    async with relay_over(engine) as (url, relay):
+
+        async def client(n: int) -> None:
+            results[n] = texts(await collect(url, TaskRequest(f"c{n}")))
+
+        async with trio.open_nursery() as clients:
+            for n in range(200):
+                clients.start_soon(client, n)
+        assert relay.active_connections == 0
+    assert sorted(results) == list(range(200))
+    for n, got in results.items():
+        assert got == [f"c{n}:{i}" for i in range(1, 21)]
+
+
+# --- Bad input ---------------------------------------------------------------------------
+
+
+async def raw_exchange(
+    url: str, message: str | bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[list[str], int]:
+    """Send *message*; return what came back and the close code."""
+    got: list[str] = []
+    async with connect(url, headers) as ws:
+        await ws.send_message(message)
+        try:
+            while True:
+                got.append(str(await ws.get_message()))
+        except ConnectionClosed as exc:
+            return got, exc.reason.code
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ("not json", "not JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"prompt": "x", "max_tokens": "ten"}', "max_tokens"),
+        ('{"prompt": "x", "temperature": -1}', "temperature"),
+        ('{"prompt": "x", "nope": 1}', "unknown task fields"),
+        ('{"prompt": "x", "extra": {"n_probs": 5}}', "extra"),
+        ('{"prompt": "x", "pool": "p"}', "pool"),
+        ("{}", "prompt"),
+    ],
+)
+async def test_a_bad_task_gets_its_error_and_1008(
+    nursery: trio.Nursery, message: str, says: str
+) -> None:
+    engine = await start_engine(nursery, tokens=3)
+    async with relay_over(engine, token=TOKEN) as (url, _):
+        headers = [(b"Authorization", f"Bearer {TOKEN}".encode())]
+        got, code = await raw_exchange(url, message, headers)
+        assert code == 1008
+        [error] = [json.loads(m) for m in got]
+        assert error["type"] == "error"
+        assert error["code"] == "BAD_TASK"
+        assert says in error["message"]
+        # The relay goes on serving others.
+        assert texts(await collect(url, TaskRequest("ok"), token=TOKEN)) == ["ok:1", "ok:2", "ok:3"]
+
+
+async def test_a_huge_message_is_closed_with_1009(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, max_message_bytes=1024) as (url, _):
+        got, code = await raw_exchange(url, json.dumps({"prompt": "x" * 5000}))
+        assert (got, code) == ([], 1009)
+        assert texts(await collect(url, TaskRequest("ok"))) == ["ok:1", "ok:2"]
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token-000000", TOKEN + "x"])
+async def test_a_missing_or_wrong_token_is_refused_with_401(
+    nursery: trio.Nursery, token: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, token=TOKEN) as (url, _):
+        with pytest.raises(AdapterError) as info:
+            await collect(url, TaskRequest("x"), token=token)
+        assert info.value.status == 401
+        assert texts(await collect(url, TaskRequest("ok"), token=TOKEN)) == ["ok:1", "ok:2"]
+    assert TOKEN not in caplog.text
+
+
+async def test_connections_past_the_limit_are_refused_with_503(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, max_connections=1) as (url, relay):
+        async with connect(url, []):  # holds the one connection, sends nothing
+            with trio.fail_after(5):
+                await poll_until(lambda: relay_connections(relay), 1)
+            with pytest.raises(AdapterError) as info:
+                await collect(url, TaskRequest("x"))
+            assert info.value.status == 503
+        assert texts(await collect(url, TaskRequest("ok"))) == ["ok:1", "ok:2"]
+
+
+async def test_a_client_that_sends_no_task_is_closed_after_the_idle_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, idle_timeout_s=0.2) as (url, _), connect(url, []) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+        assert info.value.reason.code == 4000
+
+
+async def test_an_engine_failure_reaches_the_client_typed_after_its_tokens(
+    nursery: trio.Nursery,
+) -> None:
+    async def failing(stream: trio.SocketStream) -> None:
+        async with stream:
+            await read_request(stream)
+            error = (
+                b'data: {"error":{"code":500,"message":"out of memory","type":"server_error"}}\n\n'
+            )
+            body = token_event(1, "a") + token_event(2, "b") + error
+            await stream.send_all(STREAM_HEAD + chunked(body) + LAST_CHUNK)
+
+    listeners = await nursery.start(trio.serve_tcp, failing, 0)
+    engine = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    async with relay_over(engine) as (url, _):
+        got: list[TokenEvent] = []
+        with pytest.raises(EngineError, match="out of memory"):
+            async with open_relay_stream(url, TaskRequest("x")) as events:
+                async for event in events:
+                    got.append(event)
+        assert texts(got) == ["a", "b"]
+        # An error of the client's own comes out of the block as it is.
+        with pytest.raises(KeyError):
+            async with open_relay_stream(url, TaskRequest("y")):
+                raise KeyError("mine")
