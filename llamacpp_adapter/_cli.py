@@ -4,6 +4,8 @@
   then a one-line summary. Without ``--url`` it starts a real llama-server with a tiny
   model it writes itself, and stops it afterwards.
 * ``llamacpp-adapter health --url URL`` and ``llamacpp-adapter props --url URL``.
+* ``llamacpp-adapter relay --url URL``: serve task streams over WebSocket (see
+  :class:`Relay`) until interrupted.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import msgspec
 
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import WorkerError
+from ._relay import DEFAULT_MAX_CONNECTIONS, Relay
 from ._types import End, Metrics, TaskRequest, Token
 
 _API_KEY_VARIABLE = "LLAMACPP_ADAPTER_API_KEY"
+_RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
 # Model output may hold control characters, escape sequences among them: show them as
 # escapes rather than let them drive the terminal. Newline and tab pass.
 _TERMINAL_SAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c not in (0x09, 0x0A)}
@@ -123,6 +127,50 @@ def health(url: str | None, api_key: str | None, backend: str) -> None:
 def props(url: str | None, api_key: str | None, backend: str) -> None:
     """Print what the server says about itself (GET /props and /slots) as JSON."""
     _print_query(url, api_key, backend, "props")
+
+
+@main.command()
+@url_option
+@api_key_option
+@click.option("--listen", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--token",
+    envvar=_RELAY_TOKEN_VARIABLE,
+    show_envvar=True,
+    help="Bearer token every client must send (better given in the environment).",
+)
+@click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONNECTIONS)
+@click.option("--allow-extra", is_flag=True, help="Let tasks carry extra llama.cpp fields.")
+def relay(
+    url: str | None,
+    api_key: str | None,
+    listen: str,
+    port: int,
+    token: str | None,
+    max_connections: int,
+    allow_extra: bool,
+) -> None:
+    """Serve task streams from the llama-server over WebSocket until interrupted.
+
+    A client sends one JSON task and receives its events as JSON messages. Without
+    --url, start a local llama-server with a tiny model first.
+    """
+    options = {"token": token, "max_connections": max_connections, "allow_extra": allow_extra}
+    with _server(url) as base_url, contextlib.suppress(KeyboardInterrupt):
+        _run(_relay, base_url, api_key, listen, port, options, backend="trio")
+
+
+async def _relay(
+    base_url: str, api_key: str | None, listen: str, port: int, options: dict[str, Any]
+) -> None:
+    async with (
+        LlamaCppHttpAdapter(base_url, api_key=api_key) as adapter,
+        anyio.create_task_group() as tasks,
+    ):
+        relay = Relay(adapter, **options)
+        address = await tasks.start(relay.serve, listen, port)
+        click.echo(f"-- relay listening on {address}", err=True)
 
 
 def _print_query(url: str | None, api_key: str | None, backend: str, method: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -10,8 +11,10 @@ import sys
 import threading
 from pathlib import Path
 
+import trio
 from click.testing import CliRunner
 
+from llamacpp_adapter import End, TaskRequest, Token, TokenEvent, open_relay_stream
 from llamacpp_adapter._cli import _TERMINAL_SAFE, main
 from llamacpp_adapter._local_server import LocalLlamaServer
 
@@ -108,3 +111,34 @@ def test_stream_without_engine_timings_still_prints_a_summary() -> None:
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].startswith("-- 2 tokens,")
     assert result.output.splitlines()[-1].endswith("stop: eos")
+
+
+def test_relay_serves_the_engine_over_websocket(llama_server: LocalLlamaServer) -> None:
+    token = "cli-relay-token-8c2d41"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llamacpp_adapter", "relay", "--url", llama_server.base_url,
+         "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LLAMACPP_ADAPTER_RELAY_TOKEN": token},
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline()
+        assert line.startswith("-- relay listening on ws://127.0.0.1:"), line
+        url = line.split()[-1]
+
+        async def stream() -> list[TokenEvent]:
+            request = TaskRequest("hello the", max_tokens=8, seed=1)
+            async with open_relay_stream(url, request, token=token) as events:
+                return [event async for event in events]
+
+        events = trio.run(stream)
+        assert any(isinstance(e, Token) for e in events)
+        assert isinstance(events[-1], End)
+        assert events[-1].tokens_out == 8
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
