@@ -80,8 +80,9 @@ _ERRORS_BY_CODE: dict[str, type[WorkerError]] = {
     if isinstance(cls, type) and issubclass(cls, WorkerError)
 }
 _encode = msgspec.json.encode
-# How long the client waits for the relay's answer to its close.
+# How long either side waits for the other's answer to its close.
 _DISCONNECT_TIMEOUT_S = 5.0
+_CLOSE_TIMEOUT_S = _DISCONNECT_TIMEOUT_S
 
 
 class BadTask(ValueError):
@@ -173,6 +174,8 @@ class Relay:
                     # A client sends one message, its task: nothing queues behind it.
                     message_queue_size=1,
                     max_message_size=self._max_message_bytes,
+                    connect_timeout=self._idle_timeout_s,
+                    disconnect_timeout=_DISCONNECT_TIMEOUT_S,
                 )
             )
             task_status.started(f"ws://{host}:{server.port}")
@@ -214,7 +217,8 @@ class Relay:
             except ConnectionClosed:
                 return  # gone before its task (or its task was too big: 1009)
         if message is None:
-            await ws.aclose(CLOSE_IDLE, "no task within the idle timeout")
+            with trio.move_on_after(_CLOSE_TIMEOUT_S):
+                await ws.aclose(CLOSE_IDLE, "no task within the idle timeout")
             return
         try:
             task, pool = self._parse_task(message)
@@ -227,7 +231,8 @@ class Relay:
             code, reason = await self._relay(ws, task, pool)
             nursery.cancel_scope.cancel()
         if code is not None:
-            await ws.aclose(code, reason)
+            with trio.move_on_after(_CLOSE_TIMEOUT_S):  # when it runs out, the socket closes
+                await ws.aclose(code, reason)
 
     async def _relay(
         self, ws: WebSocketConnection, task: TaskRequest, pool: str | None
@@ -243,7 +248,8 @@ class Relay:
                             await ws.send_message(_event_message(event))
                         if idle.cancelled_caught:
                             logger.info("relay client stopped reading", extra=fields)
-                            return CLOSE_IDLE, "the client stopped reading"
+                            await _abort(ws)
+                            return None, ""
                 finally:
                     self.streams.pop(task.job_id, None)
         except ConnectionClosed:
@@ -292,6 +298,15 @@ async def _cancel_when_closed(ws: WebSocketConnection, scope: trio.CancelScope) 
             await ws.get_message()
     except ConnectionClosed:
         scope.cancel()
+
+
+async def _abort(ws: WebSocketConnection) -> None:
+    """Close the TCP connection at once, with no closing handshake: a send cancelled
+    half-way may have left a frame unfinished, and the client does not read anyway.
+    (``aclose`` cancelled before it can send closes the socket and nothing more.)"""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await ws.aclose(CLOSE_IDLE, "the client stopped reading")
 
 
 async def _send_quietly(ws: WebSocketConnection, message: str) -> None:

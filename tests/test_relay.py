@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
@@ -296,3 +297,33 @@ async def test_an_engine_failure_reaches_the_client_typed_after_its_tokens(
         with pytest.raises(KeyError):
             async with open_relay_stream(url, TaskRequest("y")):
                 raise KeyError("mine")
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_its_task_cancelled(
+    nursery: trio.Nursery,
+) -> None:
+    engine = await start_engine(nursery, tokens=20_000, text_bytes=1000)
+    async with relay_over(engine, idle_timeout_s=0.5) as (url, relay), connect(url, []) as ws:
+        await ws.send_message(json.dumps({"prompt": "stalled"}))
+        with trio.fail_after(10):
+            await poll_until(lambda: relay_connections(relay), 0)
+        assert relay.streams == {}  # the task upstream was cancelled
+
+
+async def test_memory_per_idle_connection_is_bounded(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=1)
+    connections = 100
+    async with relay_over(engine) as (url, relay), AsyncExitStack() as held:
+        await held.enter_async_context(connect(url, []))  # warm: first-use allocations
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(connections):
+                await held.enter_async_context(connect(url, []))
+            with trio.fail_after(10):
+                await poll_until(lambda: relay_connections(relay), connections + 1)
+            per_connection = (tracemalloc.get_traced_memory()[0] - before) / connections
+        finally:
+            tracemalloc.stop()
+    # Both ends of each connection are in this process; together about 36 KiB here.
+    assert per_connection < 96 * 1024
