@@ -17,9 +17,11 @@ from trio_websocket import ConnectionClosed
 
 from llamacpp_adapter import (
     AdapterError,
+    AdapterHost,
     End,
     EngineError,
     LlamaCppHttpAdapter,
+    PoolUnavailable,
     Relay,
     Started,
     TaskRequest,
@@ -36,6 +38,9 @@ from .stub import (
     chunked,
     final_event,
     read_request,
+    replica,
+    start_stub,
+    stream_tokens,
     token_event,
 )
 
@@ -327,3 +332,22 @@ async def test_memory_per_idle_connection_is_bounded(nursery: trio.Nursery) -> N
             tracemalloc.stop()
     # Both ends of each connection are in this process; together about 36 KiB here.
     assert per_connection < 96 * 1024
+
+
+async def test_a_relay_over_a_host_places_tasks_in_pools(nursery: trio.Nursery) -> None:
+    async def two_tokens(stream: trio.SocketStream, _: str) -> None:
+        await stream_tokens(stream, 2)
+
+    url = await start_stub(nursery, replica(two_tokens))
+    async with (
+        LlamaCppHttpAdapter(url) as adapter,
+        AdapterHost() as host,
+        trio.open_nursery() as relays,
+    ):
+        host.bind("chat", "r0", adapter)
+        relay_url = await relays.start(Relay(host, pool="chat").serve)
+        assert len(texts(await collect(relay_url, TaskRequest("x")))) == 2
+        assert len(texts(await collect(relay_url, TaskRequest("x"), pool="chat"))) == 2
+        with pytest.raises(PoolUnavailable):
+            await collect(relay_url, TaskRequest("x"), pool="other")
+        relays.cancel_scope.cancel()
