@@ -28,7 +28,7 @@ import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -47,8 +47,9 @@ from trio_websocket import (
 from . import _exceptions
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import AdapterError, ProtocolError, WorkerError, WorkerReset
-from ._host import AdapterHost
+from ._host import AdapterHost, HostStream
 from ._redact import redact_secrets
+from ._stream import EventStream
 from ._types import End, Metrics, Started, TaskRequest, Token, TokenEvent
 
 __all__ = ["Relay", "RelayStream", "open_relay_stream"]
@@ -148,7 +149,7 @@ class Relay:
         self._allow_extra = allow_extra
         self.active_connections = 0
         #: The streams being relayed now, by job id (to watch the backpressure).
-        self.streams: dict[str, Any] = {}
+        self.streams: dict[str, EventStream | HostStream] = {}
 
     def __repr__(self) -> str:
         auth = "token" if self._expected is not None else "open"
@@ -261,7 +262,9 @@ class Relay:
             return CLOSE_TASK_FAILED, exc.code
         return CLOSE_NORMAL, "end"
 
-    def _submit(self, task: TaskRequest, pool: str | None) -> Any:
+    def _submit(
+        self, task: TaskRequest, pool: str | None
+    ) -> AbstractAsyncContextManager[EventStream | HostStream]:
         if isinstance(self._target, AdapterHost):
             return self._target.submit(pool or self._pool or "", task)
         return self._target.submit(task)

@@ -46,6 +46,10 @@ def test_the_names_the_design_promises_are_public() -> None:
         "WorkerProps",
         "redact_secrets",
         "with_bearer",
+        "LlamaCppHttpAdapter",
+        "AdapterHost",
+        "Relay",
+        "open_relay_stream",
     ]
     assert set(promised) <= set(llamacpp_adapter.__all__)
 
