@@ -3,6 +3,7 @@ the tiny model the tests write, on a free port on 127.0.0.1."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 
 import pytest
@@ -28,3 +29,18 @@ def llama_server_with_key() -> Iterator[LocalLlamaServer]:
     """A real llama-server that requires the bearer token ``API_KEY``."""
     with LocalLlamaServer(context=4096, parallel=1, extra_args=["--api-key", API_KEY]) as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """An async test runs on Trio (pytest-trio, with Trio's own tools: MockClock,
+    wait_all_tasks_blocked, trio-websocket) unless it is marked ``anyio``, in which case
+    anyio's plugin runs it on every backend of its ``anyio_backend`` fixture. (Not
+    pytest-trio's trio_mode, which would claim the anyio tests too.)"""
+    for item in items:
+        function = getattr(item, "function", None)
+        hypothesis = getattr(function, "hypothesis", None)  # a @given test wraps its own
+        is_async = inspect.iscoroutinefunction(
+            function if hypothesis is None else hypothesis.inner_test
+        )
+        if is_async and item.get_closest_marker("anyio") is None:
+            item.add_marker(pytest.mark.trio)

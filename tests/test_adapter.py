@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 import pytest
-import trio
+import sniffio
 
 from llamacpp_adapter import (
     AdapterError,
@@ -29,6 +29,16 @@ from llamacpp_adapter import (
 from llamacpp_adapter._local_server import LocalLlamaServer
 
 from .conftest import API_KEY, CONTEXT, SLOTS
+
+# The adapter's own tests run on both backends, through anyio's pytest plugin.
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
+
 
 # A long stream: no max_tokens and no end of sequence, so it runs until the slot's
 # context is full (32,768 tokens, seconds of work) unless it is stopped.
@@ -64,7 +74,7 @@ async def wait_until_idle(adapter: LlamaCppHttpAdapter, within_s: float) -> floa
     while time.monotonic() - start < within_s:
         if not any(slot["is_processing"] for slot in await adapter.slots()):
             return time.monotonic() - start
-        await trio.sleep(0.01)
+        await anyio.sleep(0.01)
     raise AssertionError(f"a slot was still processing after {within_s} s")
 
 
@@ -159,7 +169,7 @@ async def leave_by_exception(adapter: LlamaCppHttpAdapter) -> float:
 
 
 async def leave_by_outer_cancel(adapter: LlamaCppHttpAdapter) -> float:
-    with trio.CancelScope() as scope:
+    with anyio.CancelScope() as scope:
         async with adapter.submit(ENDLESS) as events:
             KEPT.append(events)
             async for event in events:
@@ -194,7 +204,7 @@ async def test_leaving_after_5_tokens_frees_the_slot_within_1s(
     adapter: LlamaCppHttpAdapter, leave: object
 ) -> None:
     await wait_until_idle(adapter, 5.0)
-    with trio.fail_after(10):  # a reader that is not stopped would hang the block
+    with anyio.fail_after(10):  # a reader that is not stopped would hang the block
         left = await leave(adapter)  # type: ignore[operator]
     await wait_until_idle(adapter, STOP_WITHIN_S)
     assert time.monotonic() - left < STOP_WITHIN_S
@@ -434,3 +444,8 @@ def test_cancel_from_another_task_under_asyncio(llama_server: LocalLlamaServer) 
 
     left = anyio.run(main, backend="asyncio")
     assert time.monotonic() - left < STOP_WITHIN_S
+
+
+async def test_each_backend_runs_its_own_tests(anyio_backend: str) -> None:
+    # pytest-trio must not claim the asyncio runs: this one runs where it says.
+    assert sniffio.current_async_library() == anyio_backend
