@@ -59,11 +59,24 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
     if isinstance(exc, httpx.ReadTimeout):
         error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
     elif isinstance(exc, httpx.TransportError):
-        error = WorkerReset(f"the connection to the engine failed {when}: {exc}")
+        error = WorkerReset(f"the connection to the engine failed {when}: {_reason(exc)}")
     else:
         error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
     error.__cause__ = exc
     return error
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, from *exc* or, when its own message is empty (as httpx's is for
+    a refused TLS certificate), from what it wraps."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if str(current):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    return type(exc).__name__
 
 
 async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
