@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator
 
 import anyio
@@ -347,8 +348,20 @@ async def test_api_key_is_sent_as_bearer_and_never_shown(
             with pytest.raises(AdapterError) as wrong_info:
                 await wrong.props()
         assert "wrong-key-0123456789" not in repr(wrong_info.value)
+        shown = "".join(traceback.format_exception(wrong_info.value))
+        assert "wrong-key-0123456789" not in shown
+
+        # A failure mid-stream, with the right key: its formatted traceback and chain.
+        async with LlamaCppHttpAdapter(url, api_key=API_KEY) as adapter:
+            with pytest.raises(DeadlineUnmet) as late:
+                async with adapter.submit(ENDLESS, timeout=0.2) as events:
+                    async for _ in events:
+                        pass
+        assert API_KEY not in "".join(traceback.format_exception(late.value))
     assert caplog.records
-    assert all(API_KEY not in record.getMessage() for record in caplog.records)
+    for record in caplog.records:
+        assert API_KEY not in record.getMessage()
+        assert API_KEY not in repr(vars(record))
     assert API_KEY not in caplog.text
 
 
