@@ -329,35 +329,34 @@ async def test_api_key_is_sent_as_bearer_and_never_shown(
     llama_server_with_key: LocalLlamaServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = llama_server_with_key.base_url
-    with caplog.at_level(logging.DEBUG):
-        for name in ("llamacpp_adapter", "httpx", "httpcore"):
-            logging.getLogger(name).setLevel(logging.DEBUG)
-        async with LlamaCppHttpAdapter(url) as anonymous:
-            with pytest.raises(AdapterError) as info:
-                async with anonymous.submit(TaskRequest("hi", max_tokens=2)):
+    for name in ("llamacpp_adapter", "httpx", "httpcore"):  # restored after the test
+        caplog.set_level(logging.DEBUG, logger=name)
+    async with LlamaCppHttpAdapter(url) as anonymous:
+        with pytest.raises(AdapterError) as info:
+            async with anonymous.submit(TaskRequest("hi", max_tokens=2)):
+                pass
+    assert info.value.status == 401
+    assert not info.value.retriable
+
+    async with LlamaCppHttpAdapter(url, api_key=API_KEY) as adapter:
+        events = await collect(adapter, TaskRequest("hi", max_tokens=2))
+        assert API_KEY not in repr(adapter)
+    assert isinstance(events[-1], End)
+
+    async with LlamaCppHttpAdapter(url, api_key="wrong-key-0123456789") as wrong:
+        with pytest.raises(AdapterError) as wrong_info:
+            await wrong.props()
+    assert "wrong-key-0123456789" not in repr(wrong_info.value)
+    shown = "".join(traceback.format_exception(wrong_info.value))
+    assert "wrong-key-0123456789" not in shown
+
+    # A failure mid-stream, with the right key: its formatted traceback and chain.
+    async with LlamaCppHttpAdapter(url, api_key=API_KEY) as adapter:
+        with pytest.raises(DeadlineUnmet) as late:
+            async with adapter.submit(ENDLESS, timeout=0.2) as events:
+                async for _ in events:
                     pass
-        assert info.value.status == 401
-        assert not info.value.retriable
-
-        async with LlamaCppHttpAdapter(url, api_key=API_KEY) as adapter:
-            events = await collect(adapter, TaskRequest("hi", max_tokens=2))
-            assert API_KEY not in repr(adapter)
-        assert isinstance(events[-1], End)
-
-        async with LlamaCppHttpAdapter(url, api_key="wrong-key-0123456789") as wrong:
-            with pytest.raises(AdapterError) as wrong_info:
-                await wrong.props()
-        assert "wrong-key-0123456789" not in repr(wrong_info.value)
-        shown = "".join(traceback.format_exception(wrong_info.value))
-        assert "wrong-key-0123456789" not in shown
-
-        # A failure mid-stream, with the right key: its formatted traceback and chain.
-        async with LlamaCppHttpAdapter(url, api_key=API_KEY) as adapter:
-            with pytest.raises(DeadlineUnmet) as late:
-                async with adapter.submit(ENDLESS, timeout=0.2) as events:
-                    async for _ in events:
-                        pass
-        assert API_KEY not in "".join(traceback.format_exception(late.value))
+    assert API_KEY not in "".join(traceback.format_exception(late.value))
     assert caplog.records
     for record in caplog.records:
         assert API_KEY not in record.getMessage()
