@@ -89,16 +89,9 @@ class RetryPolicy:
     max_backoff_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise TypeError("max_attempts must be an int")
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        _check_count("max_attempts", self.max_attempts)
         for name in ("deadline_s", "initial_backoff_s", "max_backoff_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number")
-            if not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and not negative")
+            _check_seconds(name, getattr(self, name))
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """The wait before retry number *retry* (1, 2, ...): full jitter."""
@@ -258,20 +251,14 @@ class AdapterHost:
         rng: random.Random | None = None,
     ) -> None:
         self.retry = RetryPolicy() if retry is None else retry
-        if isinstance(unhealthy_after, bool) or not isinstance(unhealthy_after, int):
-            raise TypeError("unhealthy_after must be an int")
-        if unhealthy_after < 1:
-            raise ValueError("unhealthy_after must be at least 1")
+        _check_count("unhealthy_after", unhealthy_after)
         for name, value in (
             ("slot_wait_s", slot_wait_s),
             ("probe_interval_s", probe_interval_s),
             ("refresh_interval_s", refresh_interval_s),
             ("call_timeout_s", call_timeout_s),
         ):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number")
-            if not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and not negative")
+            _check_seconds(name, value)
         self._slot_wait_s = float(slot_wait_s)
         self._unhealthy_after = unhealthy_after
         self._probe_interval_s = float(probe_interval_s)
@@ -692,7 +679,6 @@ class HostStream:
         self._host = host
         self._request = request
         now = anyio.current_time()
-        self._timeout = timeout
         self._deadline = math.inf if timeout is None else now + timeout
         self._retry_deadline = min(self._deadline, now + host.retry.deadline_s)
         self._submitted_at = time.monotonic()
@@ -717,38 +703,32 @@ class HostStream:
         return self
 
     async def __anext__(self) -> TokenEvent:
-        events = self._events
-        if events is not None and events._index < len(events._batch) and self._started_sent:
-            # The fast path: an event of the replica's last read, already decoded.
-            event = events._batch[events._index]
-            events._index += 1
-            if type(event) is Token:
-                self._on_token()
-                return event
-            if type(event) is not Started:
-                self._ended = self._ended or type(event) is End
-                return event
-        elif not self._started_sent:
+        if not self._started_sent:
             self._started_sent = True
             return Started(self.job_id)
         while True:
             events = self._events
             if events is None:
                 raise StopAsyncIteration
-            try:
-                event = await events.__anext__()
-            except StopAsyncIteration:
-                await self._close_attempt()
-                raise
-            except WorkerError as exc:
-                # The replica's response is closed already; free its slot and count the
-                # failure now, not when the consumer leaves the block.
-                self._failure = exc
-                await self._close_attempt()
-                if self._tokens == 0 and await self._may_retry(exc):
-                    await self._open(last=exc)
-                    continue
-                raise
+            if events._index < len(events._batch):
+                # An event of the replica's last read, already decoded: no await.
+                event = events._batch[events._index]
+                events._index += 1
+            else:
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    await self._close_attempt()
+                    raise
+                except WorkerError as exc:
+                    # The replica's response is closed already; free its slot and count
+                    # the failure now, not when the consumer leaves the block.
+                    self._failure = exc
+                    await self._close_attempt()
+                    if self._tokens == 0 and await self._may_retry(exc):
+                        await self._open(last=exc)
+                        continue
+                    raise
             kind = type(event)
             if kind is Token:
                 self._on_token()
@@ -818,7 +798,7 @@ class HostStream:
         attempt = AsyncExitStack()
         attempt.callback(host._release, replica)
         self._attempt = attempt
-        remaining = None if self._timeout is None else self._deadline - anyio.current_time()
+        remaining = None if self._deadline == math.inf else self._deadline - anyio.current_time()
         try:
             self._events = await attempt.enter_async_context(
                 replica.adapter.submit(self._request, timeout=remaining)
@@ -883,6 +863,20 @@ class HostStream:
             "replica_id": self.replica,
             "tokens_out": self._tokens,
         }
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be finite and not negative")
 
 
 def _check_name(what: str, name: object) -> None:

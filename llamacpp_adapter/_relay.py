@@ -239,7 +239,7 @@ class Relay:
         self, ws: WebSocketConnection, task: TaskRequest, pool: str | None
     ) -> tuple[int | None, str]:
         """Stream *task* to *ws*; return the close code and reason (None: closed)."""
-        fields = {"job_id": task.job_id, "engine": "llama.cpp", "remote": _peer(ws)}
+        fields = {"job_id": task.job_id, "engine": "llama.cpp", "remote": str(ws.remote)}
         try:
             async with self._submit(task, pool) as events:
                 self.streams[task.job_id] = events
@@ -286,8 +286,6 @@ class Relay:
             raise BadTask("this relay serves one engine: a task may not name a pool")
         if "extra" in fields and not self._allow_extra:
             raise BadTask("this relay does not take extra llama.cpp fields")
-        if isinstance(fields.get("stop"), list):
-            fields["stop"] = tuple(fields["stop"])
         try:
             return TaskRequest(**fields), pool
         except (TypeError, ValueError) as exc:
@@ -315,11 +313,6 @@ async def _abort(ws: WebSocketConnection) -> None:
 async def _send_quietly(ws: WebSocketConnection, message: str) -> None:
     with suppress(ConnectionClosed):
         await ws.send_message(message)
-
-
-def _peer(ws: WebSocketConnection) -> str:
-    remote = ws.remote
-    return str(remote)
 
 
 def _error_message(code: str, message: str, retriable: bool, status: int | None = None) -> str:
@@ -501,14 +494,11 @@ async def connect(
         if error is group:
             raise
         raise (error if connected else _connect_error(error)) from error.__cause__
-    except (ConnectionRejected, HandshakeError, OSError, trio.TooSlowError) as exc:
-        if connected:
+    except Exception as exc:
+        error = exc if connected else _connect_error(exc)
+        if error is exc:
             raise
-        raise _connect_error(exc) from None
-    except trio.BrokenResourceError as exc:
-        if connected:
-            raise
-        raise _connect_error(exc) from None
+        raise error from None
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
