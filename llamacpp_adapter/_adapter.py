@@ -60,8 +60,9 @@ class LlamaCppHttpAdapter:
         client: an ``httpx.AsyncClient`` to use (the caller keeps owning it); by default
             the adapter makes one with :func:`default_client` and closes it in
             :meth:`aclose`.
-        timeouts: the default client's timeouts. The read timeout bounds the wait for
-            each piece of the stream: no token within it raises :class:`DecodeTimeout`.
+        timeouts: the default client's timeouts. The read timeout (the client's own,
+            with *client*) bounds each wait on the stream, and the time an event may
+            take to arrive once its first bytes have: past it, :class:`DecodeTimeout`.
         buffer: the most events decoded but not yet taken by the consumer, per stream
             (at least 8). A slower consumer makes the adapter stop reading the socket.
         max_event_bytes: the bound on one SSE event from the server.
@@ -99,6 +100,8 @@ class LlamaCppHttpAdapter:
         self._client = client if client is not None else default_client(timeouts=timeouts)
         self._blank_lines_per_read = buffer - EXTRA_EVENTS_PER_SLICE
         self._max_event_bytes = max_event_bytes
+        read_timeout = self._client.timeout.read
+        self._event_timeout_s = math.inf if read_timeout is None else read_timeout
         self._streams: dict[str, set[EventStream]] = {}
         self._closed = False
 
@@ -169,6 +172,7 @@ class LlamaCppHttpAdapter:
             max_event_bytes=self._max_event_bytes,
             blank_lines_per_read=self._blank_lines_per_read,
             deadline=deadline,
+            event_timeout_s=self._event_timeout_s,
             on_end=functools.partial(self._log_end, started=time.monotonic()),
         )
         self._streams.setdefault(request.job_id, set()).add(stream)

@@ -4,8 +4,9 @@ where httpx's exceptions become ours, and where bodies are read with a bound."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 #: How long closing a response may take during clean-up, even when cancelled.
 CLOSE_TIMEOUT_S = 5.0
 _CONTEXT_ERROR_TYPE = "exceed_context_size_error"
+_PEER_CLOSED_MARKS = ("peer closed", "peer unexpectedly closed", "disconnected")
 
 __all__ = [
     "CLOSE_TIMEOUT_S",
@@ -58,25 +60,50 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
     error: WorkerError
     if isinstance(exc, httpx.ReadTimeout):
         error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
+    elif isinstance(exc, httpx.RemoteProtocolError) and not _peer_closed(exc):
+        # Malformed HTTP (a bad chunk header, a bad status line): the engine's fault,
+        # not the network's.
+        error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
     elif isinstance(exc, httpx.TransportError):
-        error = WorkerReset(f"the connection to the engine failed {when}: {_reason(exc)}")
+        # A certificate that is not trusted will not be trusted on a second try.
+        error = WorkerReset(
+            f"the connection to the engine failed {when}: {_reason(exc)}",
+            retriable=not _caused_by(exc, ssl.SSLCertVerificationError),
+        )
     else:
         error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
     error.__cause__ = exc
     return error
 
 
+def _peer_closed(exc: httpx.RemoteProtocolError) -> bool:
+    """Whether *exc* says the engine closed the connection (rather than sent bad HTTP):
+    h11's and httpcore's messages for a connection closed early."""
+    message = str(exc)
+    return any(mark in message for mark in _PEER_CLOSED_MARKS)
+
+
 def _reason(exc: BaseException) -> str:
     """What went wrong, from *exc* or, when its own message is empty (as httpx's is for
     a refused TLS certificate), from what it wraps."""
+    for current in _chain(exc):
+        if str(current):
+            return str(current)
+    return type(exc).__name__
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    return any(isinstance(current, kind) for current in _chain(exc))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """*exc*, then what caused it, and so on."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if str(current):
-            return str(current)
+        yield current
         current = current.__cause__ or current.__context__
-    return type(exc).__name__
 
 
 async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import anyio
 import httpx
 
-from ._exceptions import DeadlineUnmet, InternalError, WorkerError
+from ._exceptions import DeadlineUnmet, DecodeTimeout, InternalError, WorkerError
 from ._mapping import CompletionStreamDecoder
 from ._responses import CLOSE_TIMEOUT_S, as_generator, close_response, http_error
 from ._types import Started, TokenEvent
@@ -38,6 +38,10 @@ class EventStream:
 
     A failure is raised from the iteration, as a :class:`WorkerError`, after every event
     that arrived before it; the response is closed at once.
+
+    A read that waits longer than the read timeout fails with :class:`DecodeTimeout`,
+    and so does an event that keeps arriving a few bytes at a time: once a read brings
+    bytes but no whole event, the event must be whole within ``event_timeout_s``.
     """
 
     __slots__ = (
@@ -49,6 +53,7 @@ class EventStream:
         "_deadline",
         "_decoder",
         "_done",
+        "_event_timeout_s",
         "_index",
         "_on_end",
         "_pieces",
@@ -66,6 +71,7 @@ class EventStream:
         max_event_bytes: int,
         blank_lines_per_read: int,
         deadline: float,
+        event_timeout_s: float,
         on_end: Callable[[EventStream, WorkerError | None], None],
     ) -> None:
         self.job_id = job_id
@@ -74,6 +80,7 @@ class EventStream:
         self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
         self._blank_lines = blank_lines_per_read
         self._deadline = deadline
+        self._event_timeout_s = event_timeout_s
         self._on_end = on_end
         self._pieces: Iterator[bytes] = iter(())
         self._batch: list[TokenEvent] = [Started(job_id)]
@@ -142,6 +149,8 @@ class EventStream:
     async def _next_batch(self) -> list[TokenEvent]:
         """The events of the next slice of the body that has any; [] at its clean end."""
         decoder = self._decoder
+        read = False
+        partial_since = math.inf  # when a read first brought bytes but no whole event
         while True:
             if decoder.pending_error is not None:
                 raise decoder.pending_error
@@ -151,6 +160,15 @@ class EventStream:
                 events = decoder.feed(piece)
                 if events:
                     return events
+            if read and self._event_timeout_s != math.inf:
+                # Only here, on a read that completed nothing, is the clock read.
+                now = anyio.current_time()
+                partial_since = min(partial_since, now)
+                if now - partial_since > self._event_timeout_s:
+                    raise DecodeTimeout(
+                        f"no whole event within the read timeout ({self._event_timeout_s} s) "
+                        f"after {decoder.tokens_delivered} tokens; the engine sends too slowly"
+                    )
             if self._deadline == math.inf:
                 # No cancel scope: around every read it costs as much as the rest of a
                 # paced read. cancel() interrupts a read by closing the response.
@@ -167,6 +185,7 @@ class EventStream:
             if raw is None:
                 decoder.close()  # WorkerReset if the final chunk never came
                 return []
+            read = True
             self._bytes_received += len(raw)
             self._pieces = event_slices(raw, self._blank_lines)
 

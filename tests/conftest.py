@@ -31,6 +31,13 @@ def llama_server_with_key() -> Iterator[LocalLlamaServer]:
         yield server
 
 
+@pytest.fixture(params=["trio", "asyncio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The backends a test marked ``anyio`` runs on: each of them."""
+    backend: str = request.param
+    return backend
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """An async test runs on Trio (pytest-trio, with Trio's own tools: MockClock,
     wait_all_tasks_blocked, trio-websocket) unless it is marked ``anyio``, in which case

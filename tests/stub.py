@@ -67,9 +67,15 @@ def raw_json_response(status: int, reason: str, payload: bytes, headers: str = "
 
 async def read_request(stream: trio.SocketStream) -> tuple[str, bytes]:
     """Read one request (head and body); return its path and its body."""
+    return await read_request_from(stream.receive_some)
+
+
+async def read_request_from(receive: Callable[[], Awaitable[bytes]]) -> tuple[str, bytes]:
+    """Read one request with *receive* (which gives b"" at the end of the stream);
+    return its path and its body, or ``("", b"")`` if the client hung up first."""
     data = bytearray()
     while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some()
+        chunk = await receive()
         if not chunk or len(data) > _MAX_REQUEST_HEAD_BYTES:
             return "", b""
         data += chunk
@@ -80,7 +86,10 @@ async def read_request(stream: trio.SocketStream) -> tuple[str, bytes]:
         if name.strip().lower() == b"content-length":
             length = int(value)
     while len(body) < length:
-        body += await stream.receive_some()
+        chunk = await receive()
+        if not chunk:
+            return "", b""
+        body += chunk
     return head.split(b" ")[1].decode(), body
 
 

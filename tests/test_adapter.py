@@ -35,12 +35,6 @@ from .conftest import API_KEY, CONTEXT, SLOTS
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
-
-
 # A long stream: no max_tokens and no end of sequence, so it runs until the slot's
 # context is full (32,768 tokens, seconds of work) unless it is stopped.
 ENDLESS = TaskRequest("once upon a time", extra={"ignore_eos": True})

@@ -1,0 +1,325 @@
+"""The fault matrix: every fault of the scripted fault server, read by a fast and by a
+slow consumer, on Trio and on asyncio. For each, the caller gets exactly the error the
+row names (or a clean ``End`` where the fault is harmless), after every token that came
+before the fault, within the read timeout plus 1 s; traced memory stays under its bound;
+file descriptors and tasks are back where they were.
+
+    LLAMACPP_ADAPTER_FAULT_REPORT=faults.jsonl pytest tests/test_fault_matrix.py
+
+also writes what each run measured, one JSON line per run (``RELIABILITY.md``'s table).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import ssl
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+import httpx
+import pytest
+import trustme
+
+from llamacpp_adapter import (
+    AdapterError,
+    DecodeTimeout,
+    End,
+    EngineError,
+    LlamaCppHttpAdapter,
+    Metrics,
+    ProtocolError,
+    Started,
+    TaskRequest,
+    Token,
+    TokenEvent,
+    WorkerError,
+    WorkerReset,
+)
+
+from .faultserver import Connection, Script, fault_server
+from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, json_response, token_event
+
+pytestmark = pytest.mark.anyio
+
+READ_TIMEOUT_S = 1.0
+#: How much later than the read timeout an error may come.
+TIME_TO_ERROR_SLACK_S = 1.0
+MAX_EVENT_BYTES = 256 * 1024
+#: The most memory one faulty stream may trace, from the request to its error.
+PEAK_MEMORY_BOUND_BYTES = 2 * 1024 * 1024
+SLOW_CONSUMER_PAUSE_S = 0.02
+#: Passes of the event loop in which finalizer tasks must end.
+FINALIZER_PASSES = 100
+SLOWLORIS_BYTE_INTERVAL_S = 0.1
+#: What a hostile stub offers at most (the adapter must give up long before).
+HOSTILE_BYTES = 64 * 1024 * 1024
+#: Tokens a mid-stream fault lets through before it strikes.
+BEFORE = 3
+LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+BUSY = {"error": {"code": 429, "message": "too many requests", "type": "rate_limit"}}
+
+
+def tokens(first: int, last: int) -> bytes:
+    """The chunks of tokens *first* to *last* (from 1), as llama-server writes them."""
+    return b"".join(chunked(token_event(n)) for n in range(first, last + 1))
+
+
+PRELUDE = STREAM_HEAD + tokens(1, BEFORE)
+
+
+def sent(data: bytes) -> Script:
+    """A fault that sends *data* and closes the connection cleanly."""
+
+    async def script(connection: Connection) -> None:
+        await connection.send(data)
+
+    return script
+
+
+def stalled(data: bytes) -> Script:
+    """A fault that sends *data*, then nothing more until the client hangs up."""
+
+    async def script(connection: Connection) -> None:
+        await connection.send(data)
+        await connection.wait_for_hang_up()
+
+    return script
+
+
+async def reset_after_tokens(connection: Connection) -> None:
+    await connection.send(PRELUDE + b"7f\r\ndata: {")
+    connection.reset_on_close()
+
+
+async def slowloris(connection: Connection) -> None:
+    # A whole, valid stream, but after the first tokens one byte per 100 ms: an event
+    # now takes longer than the read timeout, although no read ever waits that long.
+    await connection.send(PRELUDE)
+    rest = tokens(BEFORE + 1, 20) + chunked(final_event(20)) + LAST_CHUNK
+    for i in range(len(rest)):
+        await connection.send(rest[i : i + 1])
+        await anyio.sleep(SLOWLORIS_BYTE_INTERVAL_S)
+
+
+async def endless_line(connection: Connection) -> None:
+    await connection.send(PRELUDE + chunked(b"data: "))
+    piece = chunked(b"x" * 65536)
+    for _ in range(HOSTILE_BYTES // len(piece)):
+        await connection.send(piece)
+
+
+def huge_event() -> bytes:
+    content = b"x" * (4 * MAX_EVENT_BYTES)
+    event = b'data: {"content":"' + content + b'","tokens":[5],"stop":false}\n\n'
+    return PRELUDE + chunked(event) + chunked(final_event(BEFORE + 1)) + LAST_CHUNK
+
+
+def invalid_utf8() -> bytes:
+    # Raw bytes that are not UTF-8 inside the JSON: the SSE standard decodes them as
+    # U+FFFD, and the token's text says so.
+    event = (
+        b'data: {"index":0,"content":" \xff\xfe","tokens":[5],"stop":false,'
+        b'"id_slot":-1,"tokens_predicted":4,"tokens_evaluated":3}\n\n'
+    )
+    return PRELUDE + chunked(event) + chunked(final_event(BEFORE + 1)) + LAST_CHUNK
+
+
+def html_page() -> bytes:
+    page = b"<html>proxy login</html>"
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (len(page), page)
+    )
+
+
+async def close_at_once(connection: Connection) -> None:
+    return  # the server closes the connection without a word
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One row of the matrix: what the server does, and what the caller must get."""
+
+    name: str
+    script: Script
+    error: type[WorkerError] | None  # None: the stream ends with End
+    kept: int  # tokens delivered before the error (or in all, with End)
+    retriable: bool | None = None
+    check: Callable[[WorkerError | None, list[TokenEvent]], None] | None = None
+    tls: bool = False
+
+
+def retry_after_7(error: WorkerError | None, _: list[TokenEvent]) -> None:
+    assert isinstance(error, AdapterError)
+    assert (error.status, error.retry_after) == (429, 7.0)
+
+
+def status_503(error: WorkerError | None, _: list[TokenEvent]) -> None:
+    assert isinstance(error, AdapterError)
+    assert error.status == 503
+    assert "Loading model" in str(error)
+
+
+def replacement_characters(_: WorkerError | None, events: list[TokenEvent]) -> None:
+    texts = [e.text for e in events if isinstance(e, Token)]
+    assert texts[BEFORE] == " \ufffd\ufffd"
+
+
+def says(text: str) -> Callable[[WorkerError | None, list[TokenEvent]], None]:
+    def check(error: WorkerError | None, _: list[TokenEvent]) -> None:
+        assert text in str(error)
+
+    return check
+
+
+ENGINE_FAILURE = b'data: {"error":{"code":500,"message":"slot failed","type":"server_error"}}\n\n'
+
+FAULTS = [
+    Fault("whole stream (control)", sent(PRELUDE + chunked(final_event(BEFORE)) + LAST_CHUNK),
+          None, BEFORE),
+    Fault("connection reset after N tokens", reset_after_tokens, WorkerReset, BEFORE, True),
+    Fault("clean close mid-event", sent(PRELUDE + b"7f\r\ndata: {"), WorkerReset, BEFORE, True),
+    Fault("body ends mid-event", sent(PRELUDE + chunked(b'data: {"cont') + LAST_CHUNK),
+          WorkerReset, BEFORE, True, says("before its final chunk")),
+    Fault("stall after the headers", stalled(STREAM_HEAD), DecodeTimeout, 0, True),
+    Fault("stall mid-stream", stalled(PRELUDE), DecodeTimeout, BEFORE, True),
+    Fault("slowloris, 1 byte per 100 ms", slowloris, DecodeTimeout, BEFORE, True),
+    Fault("endless line", endless_line, ProtocolError, BEFORE, False, says(str(MAX_EVENT_BYTES))),
+    Fault("one huge event", sent(huge_event()), ProtocolError, BEFORE, False,
+          says(str(MAX_EVENT_BYTES))),
+    Fault("invalid UTF-8", sent(invalid_utf8()), None, BEFORE + 1, None, replacement_characters),
+    Fault("invalid JSON in data", sent(PRELUDE + chunked(b"data: {not json}\n\n") + LAST_CHUNK),
+          ProtocolError, BEFORE, False, says("bad JSON")),
+    Fault("chunk with missing fields",
+          sent(PRELUDE + chunked(b'data: {"tokens":[5],"tokens_predicted":4}\n\n') + LAST_CHUNK),
+          ProtocolError, BEFORE, False, says("no 'stop' field")),
+    Fault("non-monotonic index", sent(PRELUDE + chunked(token_event(2)) + LAST_CHUNK),
+          ProtocolError, BEFORE, False, says("token count went from 3 to 2")),
+    Fault("error inside the stream", sent(PRELUDE + chunked(ENGINE_FAILURE) + LAST_CHUNK),
+          EngineError, BEFORE, False, says("slot failed")),
+    Fault("429 with Retry-After",
+          sent(json_response(429, "Too Many Requests", BUSY, "Retry-After: 7\r\n")),
+          AdapterError, 0, True, retry_after_7),
+    Fault("503 while loading", sent(json_response(503, "Service Unavailable", LOADING)),
+          AdapterError, 0, True, status_503),
+    Fault("200 with text/html", sent(html_page()), ProtocolError, 0, False, says("text/html")),
+    Fault("broken chunked encoding", stalled(PRELUDE + b"zz\r\ngarbage\r\n"),
+          ProtocolError, BEFORE, False),
+    Fault("close before the headers", close_at_once, WorkerReset, 0, True),
+    Fault("untrusted TLS certificate", sent(PRELUDE), WorkerReset, 0, False,
+          says("certificate"), tls=True),
+]  # fmt: skip
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def settled_task_count(baseline: int) -> int:
+    """The number of tasks, once the event loop has finalized what was left to it.
+
+    A stream left before its end leaves httpcore's body generators suspended; when they
+    are collected, Trio and asyncio each close them in a short task of their own. Those
+    end within a few passes of the loop; a leaked task does not.
+    """
+    gc.collect()
+    for _ in range(FINALIZER_PASSES):
+        count = len(anyio.get_running_tasks())
+        if count <= baseline:
+            return count
+        await anyio.lowlevel.checkpoint()
+    return len(anyio.get_running_tasks())
+
+
+@pytest.mark.parametrize("consumer", ["fast", "slow"])
+@pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
+async def test_fault(fault: Fault, consumer: str, anyio_backend: str) -> None:
+    ssl_context = None
+    if fault.tls:
+        ssl_context = ssl_server_context()
+    fds, tasks = open_fds(), len(anyio.get_running_tasks())
+    async with fault_server(fault.script, ssl_context=ssl_context) as server:
+        adapter = LlamaCppHttpAdapter(
+            server.url,
+            timeouts=httpx.Timeout(5.0, read=READ_TIMEOUT_S),
+            max_event_bytes=MAX_EVENT_BYTES,
+        )
+        events: list[TokenEvent] = []
+        error: WorkerError | None = None
+        tracemalloc.start()
+        start = anyio.current_time()
+        try:
+            async with adapter.submit(TaskRequest("x")) as stream:
+                async for event in stream:
+                    events.append(event)
+                    if consumer == "slow":
+                        await anyio.sleep(SLOW_CONSUMER_PAUSE_S)
+        except WorkerError as exc:
+            error = exc
+        finally:
+            elapsed = anyio.current_time() - start
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            await adapter.aclose()
+        await server.wait_idle()  # the server saw the client close its connection
+    fds_after, tasks_after = open_fds(), await settled_task_count(tasks)
+
+    report(fault, consumer, anyio_backend, error, events, elapsed, peak)
+    if fault.error is None:
+        assert error is None, f"expected a clean End, got {error!r}"
+        assert isinstance(events[-2], Metrics)
+        assert isinstance(events[-1], End)
+    else:
+        assert type(error) is fault.error, f"expected {fault.error.__name__}, got {error!r}"
+        assert error.retriable is fault.retriable
+    # Every token sent before the fault, in order, with its text; nothing after it.
+    token_events = [e for e in events if isinstance(e, Token)]
+    assert [t.i for t in token_events] == list(range(fault.kept))
+    assert all(t.text == " word" for t in token_events[:BEFORE])
+    if events or fault.kept:
+        assert isinstance(events[0], Started)
+    if fault.check is not None:
+        fault.check(error, events)
+    assert elapsed <= READ_TIMEOUT_S + TIME_TO_ERROR_SLACK_S
+    assert peak <= PEAK_MEMORY_BOUND_BYTES
+    assert (fds_after, tasks_after) == (fds, tasks)
+    if fault.tls:
+        assert server.requests == 0  # the request (and so any key) was never sent
+
+
+def ssl_server_context() -> ssl.SSLContext:
+    """A server certificate from a CA that no client trusts."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+def report(
+    fault: Fault,
+    consumer: str,
+    backend: str,
+    error: WorkerError | None,
+    events: list[TokenEvent],
+    elapsed: float,
+    peak: int,
+) -> None:
+    path = os.environ.get("LLAMACPP_ADAPTER_FAULT_REPORT")
+    if not path:
+        return
+    row = {
+        "fault": fault.name,
+        "consumer": consumer,
+        "backend": backend,
+        "error": "End" if error is None else type(error).__name__,
+        "tokens": sum(isinstance(e, Token) for e in events),
+        "seconds": round(elapsed, 3),
+        "peak_bytes": peak,
+    }
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(row) + "\n")
