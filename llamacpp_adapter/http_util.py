@@ -18,6 +18,7 @@ from ._redact import redact_secrets, register_secret
 from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 __all__ = [
+    "DEFAULT_KEEPALIVE_EXPIRY_S",
     "DEFAULT_TIMEOUTS",
     "default_client",
     "redact_secrets",
@@ -29,6 +30,11 @@ __all__ = [
 #: Seconds allowed to connect, to wait between two reads (which bounds the wait for the
 #: next token), to write the request, and to wait for a pooled connection.
 DEFAULT_TIMEOUTS = httpx.Timeout(connect=5.0, read=60.0, write=10.0, pool=10.0)
+#: How long an idle pooled connection is kept: less than llama-server keeps it (its
+#: answers say ``Keep-Alive: timeout=5``, and it closes an idle connection after 5 s).
+#: Were the two equal, a request sent on a connection just as the server closed it
+#: would fail with no answer.
+DEFAULT_KEEPALIVE_EXPIRY_S = 4.0
 _DEFAULT_MAX_CONNECTIONS = 1000
 _DEFAULT_MAX_KEEPALIVE_CONNECTIONS = 100
 
@@ -54,6 +60,7 @@ def default_client(
         limits=httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=min(max_connections, _DEFAULT_MAX_KEEPALIVE_CONNECTIONS),
+            keepalive_expiry=DEFAULT_KEEPALIVE_EXPIRY_S,
         ),
         follow_redirects=False,
     )

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from llamacpp_adapter import ProtocolError, SSEEvent, stream_decode
+from llamacpp_adapter.http_util import DEFAULT_KEEPALIVE_EXPIRY_S, default_client
 
 
 async def pieces(*chunks: bytes) -> AsyncIterator[bytes]:
@@ -54,3 +55,13 @@ async def test_leaving_early_with_aclosing_stops_reading_the_source() -> None:
             break
     assert reads == 1
     await source.aclose()
+
+
+# llama-server's answers say `Keep-Alive: timeout=5`; it closes idle connections then.
+LLAMA_SERVER_KEEPALIVE_S = 5.0
+
+
+async def test_the_default_pool_drops_idle_connections_before_llama_server_does() -> None:
+    async with default_client() as client:
+        pool = client._transport._pool  # type: ignore[attr-defined]
+        assert pool._keepalive_expiry == DEFAULT_KEEPALIVE_EXPIRY_S < LLAMA_SERVER_KEEPALIVE_S
