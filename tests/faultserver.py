@@ -27,13 +27,20 @@ IDLE_WAIT_S = 10.0
 
 @dataclass
 class Connection:
-    """One accepted connection, as a script sees it."""
+    """One accepted connection, as a script sees it: the request it is answering."""
 
     stream: anyio.abc.ByteStream
     path: str
+    body: bytes
 
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
+
+    async def next_request(self) -> bool:
+        """Read the next request on this connection (keep-alive); False if the client
+        closed it instead."""
+        self.path, self.body = await read_request_from(lambda: _receive_or_empty(self.stream))
+        return bool(self.path)
 
     async def wait_for_hang_up(self) -> None:
         """Return once the client has closed the connection (whatever it sends first)."""
@@ -72,10 +79,10 @@ class FaultServer:
         try:
             if self.ssl_context is not None:
                 stream = await TLSStream.wrap(client, ssl_context=self.ssl_context)
-            path, _ = await read_request_from(lambda: _receive_or_empty(stream))
-            if path:
+            connection = Connection(stream, "", b"")
+            if await connection.next_request():
                 self.requests += 1
-                await self.script(Connection(stream, path))
+                await self.script(connection)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError):
             pass  # the client went away (or refused the certificate)
         finally:

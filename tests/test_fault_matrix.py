@@ -11,7 +11,6 @@ also writes what each run measured, one JSON line per run (``RELIABILITY.md``'s 
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import ssl
@@ -20,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
-import anyio.lowlevel
 import httpx
 import pytest
 import trustme
@@ -42,6 +40,7 @@ from llamacpp_adapter import (
 )
 
 from .faultserver import Connection, Script, fault_server
+from .resources import open_fds, running_tasks, settled_task_count
 from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, json_response, token_event
 
 pytestmark = pytest.mark.anyio
@@ -53,8 +52,6 @@ MAX_EVENT_BYTES = 256 * 1024
 #: The most memory one faulty stream may trace, from the request to its error.
 PEAK_MEMORY_BOUND_BYTES = 2 * 1024 * 1024
 SLOW_CONSUMER_PAUSE_S = 0.02
-#: Passes of the event loop in which finalizer tasks must end.
-FINALIZER_PASSES = 100
 SLOWLORIS_BYTE_INTERVAL_S = 0.1
 #: What a hostile stub offers at most (the adapter must give up long before).
 HOSTILE_BYTES = 64 * 1024 * 1024
@@ -216,33 +213,13 @@ FAULTS = [
 ]  # fmt: skip
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def settled_task_count(baseline: int) -> int:
-    """The number of tasks, once the event loop has finalized what was left to it.
-
-    A stream left before its end leaves httpcore's body generators suspended; when they
-    are collected, Trio and asyncio each close them in a short task of their own. Those
-    end within a few passes of the loop; a leaked task does not.
-    """
-    gc.collect()
-    for _ in range(FINALIZER_PASSES):
-        count = len(anyio.get_running_tasks())
-        if count <= baseline:
-            return count
-        await anyio.lowlevel.checkpoint()
-    return len(anyio.get_running_tasks())
-
-
 @pytest.mark.parametrize("consumer", ["fast", "slow"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
 async def test_fault(fault: Fault, consumer: str, anyio_backend: str) -> None:
     ssl_context = None
     if fault.tls:
         ssl_context = ssl_server_context()
-    fds, tasks = open_fds(), len(anyio.get_running_tasks())
+    fds, tasks = open_fds(), running_tasks()
     async with fault_server(fault.script, ssl_context=ssl_context) as server:
         adapter = LlamaCppHttpAdapter(
             server.url,

@@ -1,5 +1,6 @@
 """A leak soak: many streams, each ended at a random point in a random way; afterwards
-file descriptors, Trio tasks and memory are back where they were.
+file descriptors, tasks and memory are back where they were. It runs on Trio and on
+asyncio.
 
     pytest tests/test_soak.py                      # the quick soak (CI)
     LLAMACPP_ADAPTER_SOAK=10 pytest tests/test_soak.py   # ten times as many streams
@@ -13,11 +14,13 @@ import logging
 import os
 import random
 import resource
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
-import trio
-from trio.testing import wait_all_tasks_blocked
 
 from llamacpp_adapter import (
     DeadlineUnmet,
@@ -28,7 +31,11 @@ from llamacpp_adapter import (
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
 
-from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, read_request, token_event
+from .faultserver import Connection, FaultServer, fault_server
+from .resources import open_fds, running_tasks, settled_task_count
+from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
+
+pytestmark = pytest.mark.anyio
 
 SCALE = int(os.environ.get("LLAMACPP_ADAPTER_SOAK", "1"))
 STUB_STREAMS = 10_000 * SCALE
@@ -37,14 +44,12 @@ AT_ONCE = 50
 WARM_UP_STREAMS = 500
 RSS_GROWTH_BOUND_MB = 10
 WAYS = ("end", "break", "raise", "cancel", "timeout", "cut")
+#: How long the engine's slots may take to all go idle once the last stream is left.
+SLOTS_IDLE_WITHIN_S = 10.0
 
 
 class Left(Exception):
     """The consumer's own exception, one of the ways a stream is left."""
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def rss_mb() -> float:
@@ -54,35 +59,28 @@ def rss_mb() -> float:
     return pages * resource.getpagesize() / 1e6
 
 
-async def engine_stub(nursery: trio.Nursery) -> str:
+async def answer(connection: Connection) -> None:
     """Streams ``tokens`` tokens then the final chunk, or cuts the connection after
     ``cut`` tokens, as the task's extra fields say. Like llama-server, it keeps a
     connection open for the next request."""
-
-    async def answer(stream: trio.SocketStream, task: dict[str, int]) -> bool:
-        """Answer one request; whether the connection is still good."""
-        await stream.send_all(STREAM_HEAD)
+    while True:
+        task = json.loads(connection.body)
+        await connection.send(STREAM_HEAD)
         cut = task.get("cut")
         count = task.get("tokens", 10)
         for n in range(1, count + 1):
             if cut is not None and n > cut:
-                return False  # the connection closes mid-stream
-            await stream.send_all(chunked(token_event(n)))
-        await stream.send_all(chunked(final_event(count)) + LAST_CHUNK)
-        return True
+                return  # the connection closes mid-stream
+            await connection.send(chunked(token_event(n)))
+        await connection.send(chunked(final_event(count)) + LAST_CHUNK)
+        if not await connection.next_request():
+            return
 
-    async def serve(stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                while True:
-                    _, body = await read_request(stream)
-                    if not body or not await answer(stream, json.loads(body)):
-                        return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
 
-    listeners = await nursery.start(trio.serve_tcp, serve, 0)
-    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+@asynccontextmanager
+async def engine_stub() -> AsyncIterator[FaultServer]:
+    async with fault_server(answer) as server:
+        yield server
 
 
 async def one_stream(adapter: LlamaCppHttpAdapter, rng: random.Random, *, stub: bool) -> str:
@@ -95,7 +93,7 @@ async def one_stream(adapter: LlamaCppHttpAdapter, rng: random.Random, *, stub: 
     request = TaskRequest("soak", max_tokens=rng.randint(1, 30), seed=1, extra=extra)
     timeout = 0.01 if way == "timeout" else None
     try:
-        with trio.CancelScope() as scope:
+        with anyio.CancelScope() as scope:
             async with adapter.submit(request, timeout=timeout) as events:
                 async for event in events:
                     if isinstance(event, Token) and event.i >= stop_at:
@@ -105,7 +103,7 @@ async def one_stream(adapter: LlamaCppHttpAdapter, rng: random.Random, *, stub: 
                             raise Left
                         if way == "cancel":
                             scope.cancel()
-                            await trio.lowlevel.checkpoint()
+                            await anyio.lowlevel.checkpoint()
     except (Left, DeadlineUnmet):
         pass
     except WorkerError:
@@ -127,46 +125,70 @@ async def soak(adapter: LlamaCppHttpAdapter, streams: int, *, stub: bool) -> dic
             way = await one_stream(adapter, rng, stub=stub)
             ways[way] = ways.get(way, 0) + 1
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as group:
         for _ in range(AT_ONCE):
-            nursery.start_soon(worker)
+            group.start_soon(worker)
     return ways
 
 
 async def test_a_soak_against_a_stub_leaks_nothing(
-    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture, anyio_backend: str
 ) -> None:
     # The failed streams' warnings would pile up in pytest's log capture, not ours.
     caplog.set_level(logging.ERROR, logger="llamacpp_adapter")
-    url = await engine_stub(nursery)
-    fds, tasks = open_fds(), trio.lowlevel.current_statistics().tasks_living
-    async with LlamaCppHttpAdapter(url) as adapter:
-        await soak(adapter, WARM_UP_STREAMS, stub=True)  # first-use allocations
-        rss = rss_mb()
-        ways = await soak(adapter, STUB_STREAMS, stub=True)
-        await wait_all_tasks_blocked()
-        # Only the pool's idle connections are left, each with the stub's end of it.
-        assert open_fds() - fds <= 2 * AT_ONCE
-        assert adapter._streams == {}  # no stream is kept for cancel() once it ended
+    fds, tasks = open_fds(), running_tasks()
+    async with engine_stub() as server:
+        async with LlamaCppHttpAdapter(server.url) as adapter:
+            await soak(adapter, WARM_UP_STREAMS, stub=True)  # first-use allocations
+            rss = rss_mb()
+            ways = await soak(adapter, STUB_STREAMS, stub=True)
+            # Only the pool's idle connections are open, each with the stub's end.
+            assert server.open_connections <= AT_ONCE
+            assert open_fds() - fds <= 1 + 2 * server.open_connections  # and the listener
+            assert adapter._streams == {}  # no stream is kept for cancel() once it ended
+            pooled = server.open_connections
+        await server.wait_idle()  # closing the adapter closed every pooled connection
     assert sum(ways.values()) == STUB_STREAMS
     assert set(ways) == set(WAYS)
-    await wait_all_tasks_blocked()  # the stub's side of the last connections ends
-    assert open_fds() == fds  # every connection closed, the pool's too
-    assert trio.lowlevel.current_statistics().tasks_living == tasks
+    assert open_fds() == fds
+    assert await settled_task_count(tasks) == tasks
     assert rss_mb() - rss < RSS_GROWTH_BOUND_MB
+    report("stub", anyio_backend, STUB_STREAMS, fds, rss, pooled)
 
 
 async def test_a_soak_against_the_real_engine_leaves_every_slot_idle(
-    llama_server: LocalLlamaServer,
+    llama_server: LocalLlamaServer, anyio_backend: str
 ) -> None:
-    fds, tasks = open_fds(), trio.lowlevel.current_statistics().tasks_living
+    fds, tasks = open_fds(), running_tasks()
     async with LlamaCppHttpAdapter(llama_server.base_url) as adapter:
+        rss = rss_mb()
         ways = await soak(adapter, ENGINE_STREAMS, stub=False)
         assert sum(ways.values()) == ENGINE_STREAMS
-        assert open_fds() - fds <= AT_ONCE  # the pool's idle connections, no more
+        pooled = open_fds() - fds
+        assert pooled <= AT_ONCE  # the pool's idle connections, no more
         assert adapter._streams == {}  # no stream is kept for cancel() once it ended
-        with trio.fail_after(10):
+        with anyio.fail_after(SLOTS_IDLE_WITHIN_S):
             while any(slot["is_processing"] for slot in await adapter.slots()):  # noqa: ASYNC110 - another process
-                await trio.sleep(0.05)
+                await anyio.sleep(0.05)
     assert open_fds() == fds
-    assert trio.lowlevel.current_statistics().tasks_living == tasks
+    assert await settled_task_count(tasks) == tasks
+    assert rss_mb() - rss < RSS_GROWTH_BOUND_MB
+    report("llama-server", anyio_backend, ENGINE_STREAMS, fds, rss, pooled)
+
+
+def report(engine: str, backend: str, streams: int, fds: int, rss: float, pooled: int) -> None:
+    """With LLAMACPP_ADAPTER_SOAK_REPORT set, append what the soak measured to that file."""
+    path = os.environ.get("LLAMACPP_ADAPTER_SOAK_REPORT")
+    if not path:
+        return
+    row = {
+        "engine": engine,
+        "backend": backend,
+        "streams": streams,
+        "fds_before": fds,
+        "fds_after": open_fds(),
+        "pooled_while_open": pooled,
+        "rss_growth_mb": round(rss_mb() - rss, 2),
+    }
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(row) + "\n")
