@@ -1,5 +1,7 @@
 """Sessions a newcomer runs with one command: ``nox -s tests``, ``lint``, ``typecheck``."""
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -49,6 +51,25 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install(MYPY, "-e", ".[model]")
     session.run("mypy", "llamacpp_adapter")
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """The fault matrix and the leak soak, then their figures as RELIABILITY.md's tables
+    (``-- N`` for a soak N times as long)."""
+    session.install("-e", ".[test,engine]", env=ENGINE_BUILD_ENV)
+    scale = session.posargs[0] if session.posargs else "1"
+    faults = Path(session.create_tmp()) / "faults.jsonl"
+    soak = Path(session.create_tmp()) / "soak.jsonl"
+    for report in (faults, soak):
+        report.unlink(missing_ok=True)
+    env = {
+        "LLAMACPP_ADAPTER_FAULT_REPORT": str(faults),
+        "LLAMACPP_ADAPTER_SOAK_REPORT": str(soak),
+        "LLAMACPP_ADAPTER_SOAK": scale,
+    }
+    session.run("pytest", "tests/test_fault_matrix.py", "tests/test_soak.py", env=env)
+    session.run("python", "-m", "tests.reliability_report", str(faults), str(soak))
 
 
 @nox.session
