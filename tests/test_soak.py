@@ -35,9 +35,10 @@ from .faultserver import Connection, FaultServer, fault_server
 from .resources import open_fds, running_tasks, settled_task_count
 from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
 
-pytestmark = pytest.mark.anyio
-
 SCALE = int(os.environ.get("LLAMACPP_ADAPTER_SOAK", "1"))
+# The suite's per-test time limit, for as many streams as the soak runs.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120 * SCALE)]
+
 STUB_STREAMS = 10_000 * SCALE
 ENGINE_STREAMS = 500 * SCALE
 AT_ONCE = 50
