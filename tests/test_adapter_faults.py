@@ -1,11 +1,8 @@
-"""The adapter against a stub server: backpressure, and the faults a real llama-server
-cannot be made to show. Time is Trio's MockClock where a test waits."""
+"""The adapter against a stub server: backpressure, error statuses, health, timeouts to
+the mock clock's second, and cancellation. Time is Trio's MockClock where a test waits.
+Each fault of the fault matrix, on both backends, is in ``test_fault_matrix``."""
 
 from __future__ import annotations
-
-import socket
-import struct
-import tracemalloc
 
 import httpx
 import pytest
@@ -15,24 +12,17 @@ from trio.testing import MockClock, wait_all_tasks_blocked
 from llamacpp_adapter import (
     AdapterError,
     DecodeTimeout,
-    End,
-    EngineError,
     JobCancelled,
     LlamaCppHttpAdapter,
-    ProtocolError,
-    Started,
     TaskRequest,
     Token,
     TokenEvent,
     WorkerError,
-    WorkerReset,
 )
 
 from .stub import (
-    LAST_CHUNK,
     STREAM_HEAD,
     chunked,
-    final_event,
     json_response,
     start_stub,
     token_event,
@@ -134,22 +124,6 @@ async def test_buffer_bound_holds_for_the_smallest_events(
 # --- Errors before the stream --------------------------------------------------------
 
 
-async def test_429_is_retriable_and_carries_retry_after(nursery: trio.Nursery) -> None:
-    busy = {"error": {"code": 429, "message": "too many requests", "type": "rate_limit"}}
-
-    async def refuse(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(json_response(429, "Too Many Requests", busy, "Retry-After: 7\r\n"))
-
-    url = await start_stub(nursery, refuse)
-    events, error = await stream_until_error(url, expect=AdapterError)
-    assert events == []
-    assert isinstance(error, AdapterError)
-    assert error.status == 429
-    assert error.retriable
-    assert error.retry_after == 7.0
-    assert error.error_type == "rate_limit"
-
-
 @pytest.mark.parametrize(("status", "retriable"), [(500, True), (503, True), (404, False)])
 async def test_error_status_is_an_adapter_error(
     nursery: trio.Nursery, status: int, retriable: bool
@@ -185,28 +159,6 @@ async def test_health_while_loading_then_ready(nursery: trio.Nursery) -> None:
         assert (health.live, health.ready, health.status) == (True, True, "ok")
 
 
-async def test_wrong_content_type_is_a_protocol_error(nursery: trio.Nursery) -> None:
-    async def html(stream: trio.SocketStream, path: str) -> None:
-        page = b"<html>proxy login</html>"
-        await stream.send_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (len(page), page)
-        )
-
-    url = await start_stub(nursery, html)
-    _, error = await stream_until_error(url, expect=ProtocolError)
-    assert "text/html" in str(error)
-
-
-async def test_close_before_the_headers_is_a_worker_reset(nursery: trio.Nursery) -> None:
-    async def hang_up(stream: trio.SocketStream, path: str) -> None:
-        await stream.aclose()
-
-    url = await start_stub(nursery, hang_up)
-    _, error = await stream_until_error(url, expect=WorkerReset)
-    assert error.retriable
-
-
 # --- Errors inside the stream --------------------------------------------------------
 
 
@@ -238,103 +190,6 @@ async def test_stall_before_the_headers_is_a_decode_timeout(
 
     url = await start_stub(nursery, stall)
     await stream_until_error(url, expect=DecodeTimeout, timeouts=httpx.Timeout(5.0, read=2.0))
-
-
-async def test_connection_reset_mid_stream_is_a_worker_reset_after_the_tokens(
-    nursery: trio.Nursery,
-) -> None:
-    async def reset(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens() + b"7f\r\ndata: {")
-        # SO_LINGER 0: close with a reset, not a clean FIN.
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        stream.socket.close()
-
-    url = await start_stub(nursery, reset)
-    events, error = await stream_until_error(url, expect=WorkerReset)
-    assert events[0] == Started(events[0].job_id)  # type: ignore[union-attr]
-    assert tokens_of(events) == [0, 1, 2]
-    assert error.retriable
-
-
-async def test_close_mid_chunk_is_a_worker_reset(nursery: trio.Nursery) -> None:
-    async def cut(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens() + b"7f\r\ndata: {")
-
-    url = await start_stub(nursery, cut)
-    events, _ = await stream_until_error(url, expect=WorkerReset)
-    assert tokens_of(events) == [0, 1, 2]
-
-
-async def test_clean_end_before_the_final_chunk_is_a_worker_reset(nursery: trio.Nursery) -> None:
-    async def short(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens() + LAST_CHUNK)
-
-    url = await start_stub(nursery, short)
-    events, error = await stream_until_error(url, expect=WorkerReset)
-    assert tokens_of(events) == [0, 1, 2]
-    assert "before its final chunk" in str(error)
-
-
-async def test_error_inside_the_stream_is_an_engine_error_after_the_tokens(
-    nursery: trio.Nursery,
-) -> None:
-    failure = b'data: {"error":{"code":500,"message":"slot failed","type":"server_error"}}\n\n'
-
-    async def fail(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens() + chunked(failure) + LAST_CHUNK)
-
-    url = await start_stub(nursery, fail)
-    events, error = await stream_until_error(url, expect=EngineError)
-    assert tokens_of(events) == [0, 1, 2]
-    assert isinstance(error, EngineError)
-    assert error.error_type == "server_error"
-
-
-async def test_bad_json_is_a_protocol_error_after_the_tokens(nursery: trio.Nursery) -> None:
-    async def bad(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens() + chunked(b"data: {not json}\n\n") + LAST_CHUNK)
-
-    url = await start_stub(nursery, bad)
-    events, _ = await stream_until_error(url, expect=ProtocolError)
-    assert tokens_of(events) == [0, 1, 2]
-
-
-async def test_endless_line_cannot_grow_memory_past_the_bound(nursery: trio.Nursery) -> None:
-    offered = 0
-
-    async def endless_line(stream: trio.SocketStream, path: str) -> None:
-        nonlocal offered
-        await stream.send_all(three_tokens() + chunked(b"data: "))
-        piece = chunked(b"x" * 65536)
-        while offered < 64 * 1024 * 1024:  # a bounded stub: at most 64 MB
-            await stream.send_all(piece)
-            offered += len(piece)
-
-    url = await start_stub(nursery, endless_line)
-    tracemalloc.start()
-    try:
-        events, error = await stream_until_error(
-            url, expect=ProtocolError, max_event_bytes=256 * 1024
-        )
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert tokens_of(events) == [0, 1, 2]
-    assert "256" in str(error) or "262144" in str(error)
-    assert peak < 4 * 1024 * 1024
-    assert offered < 64 * 1024 * 1024  # the adapter gave up long before the stub did
-
-
-async def test_a_whole_stream_from_the_stub_ends_cleanly(nursery: trio.Nursery) -> None:
-    async def whole(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens() + chunked(final_event(3)) + LAST_CHUNK)
-
-    url = await start_stub(nursery, whole)
-    async with LlamaCppHttpAdapter(url) as adapter, adapter.submit(TaskRequest("x")) as events:
-        seen = [event async for event in events]
-    assert tokens_of(seen) == [0, 1, 2]
-    assert isinstance(seen[-1], End)
-    assert seen[-1].tokens_out == 3
 
 
 async def test_health_of_a_failing_server(nursery: trio.Nursery) -> None:

@@ -153,7 +153,18 @@ class Fault:
 
 def retry_after_7(error: WorkerError | None, _: list[TokenEvent]) -> None:
     assert isinstance(error, AdapterError)
-    assert (error.status, error.retry_after) == (429, 7.0)
+    assert (error.status, error.retry_after, error.error_type) == (429, 7.0, "rate_limit")
+
+
+def ends_with_its_count(_: WorkerError | None, events: list[TokenEvent]) -> None:
+    end = events[-1]
+    assert isinstance(end, End)
+    assert (end.tokens_out, end.stop_reason) == (BEFORE, "limit")
+
+
+def engine_failure(error: WorkerError | None, _: list[TokenEvent]) -> None:
+    assert isinstance(error, EngineError)
+    assert (error.message, error.error_type) == ("slot failed", "server_error")
 
 
 def status_503(error: WorkerError | None, _: list[TokenEvent]) -> None:
@@ -178,7 +189,7 @@ ENGINE_FAILURE = b'data: {"error":{"code":500,"message":"slot failed","type":"se
 
 FAULTS = [
     Fault("whole stream (control)", sent(PRELUDE + chunked(final_event(BEFORE)) + LAST_CHUNK),
-          None, BEFORE),
+          None, BEFORE, None, ends_with_its_count),
     Fault("connection reset after N tokens", reset_after_tokens, WorkerReset, BEFORE, True),
     Fault("clean close mid-event", sent(PRELUDE + b"7f\r\ndata: {"), WorkerReset, BEFORE, True),
     Fault("body ends mid-event", sent(PRELUDE + chunked(b'data: {"cont') + LAST_CHUNK),
@@ -198,7 +209,7 @@ FAULTS = [
     Fault("non-monotonic index", sent(PRELUDE + chunked(token_event(2)) + LAST_CHUNK),
           ProtocolError, BEFORE, False, says("token count went from 3 to 2")),
     Fault("error inside the stream", sent(PRELUDE + chunked(ENGINE_FAILURE) + LAST_CHUNK),
-          EngineError, BEFORE, False, says("slot failed")),
+          EngineError, BEFORE, False, engine_failure),
     Fault("429 with Retry-After",
           sent(json_response(429, "Too Many Requests", BUSY, "Retry-After: 7\r\n")),
           AdapterError, 0, True, retry_after_7),
