@@ -9,11 +9,13 @@ import contextlib
 import socket
 import ssl
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
+import trustme
 from anyio.streams.tls import TLSStream
 
 from .stub import read_request_from
@@ -62,8 +64,8 @@ class FaultServer:
     script: Script
     ssl_context: ssl.SSLContext | None = None
     open_connections: int = 0
-    accepted: int = 0
-    requests: int = 0
+    #: The paths of the requests that opened connections, and how many of each.
+    requests: Counter[str] = field(default_factory=Counter)
     _idle: anyio.Event = field(default_factory=anyio.Event)
 
     async def wait_idle(self) -> None:
@@ -74,14 +76,13 @@ class FaultServer:
 
     async def _serve(self, client: anyio.abc.SocketStream) -> None:
         self.open_connections += 1
-        self.accepted += 1
         stream: anyio.abc.ByteStream = client
         try:
             if self.ssl_context is not None:
                 stream = await TLSStream.wrap(client, ssl_context=self.ssl_context)
             connection = Connection(stream, "", b"")
             if await connection.next_request():
-                self.requests += 1
+                self.requests[connection.path] += 1
                 await self.script(connection)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError):
             pass  # the client went away (or refused the certificate)
@@ -91,6 +92,13 @@ class FaultServer:
             if not self.open_connections:
                 self._idle.set()
                 self._idle = anyio.Event()
+
+
+def tls_server_context(authority: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1 issued by *authority*."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    return context
 
 
 async def _receive_or_empty(stream: anyio.abc.ByteStream) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 
-from .faultserver import Connection, Script, fault_server
+from .faultserver import Connection, Script, fault_server, tls_server_context
 from .resources import open_fds, running_tasks, settled_task_count
 from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, json_response, token_event
 
@@ -227,9 +226,8 @@ FAULTS = [
 @pytest.mark.parametrize("consumer", ["fast", "slow"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
 async def test_fault(fault: Fault, consumer: str, anyio_backend: str) -> None:
-    ssl_context = None
-    if fault.tls:
-        ssl_context = ssl_server_context()
+    # The TLS fault's certificate comes from an authority no client trusts.
+    ssl_context = tls_server_context(trustme.CA()) if fault.tls else None
     fds, tasks = open_fds(), running_tasks()
     async with fault_server(fault.script, ssl_context=ssl_context) as server:
         adapter = LlamaCppHttpAdapter(
@@ -277,15 +275,7 @@ async def test_fault(fault: Fault, consumer: str, anyio_backend: str) -> None:
     assert peak <= PEAK_MEMORY_BOUND_BYTES
     assert (fds_after, tasks_after) == (fds, tasks)
     if fault.tls:
-        assert server.requests == 0  # the request (and so any key) was never sent
-
-
-def ssl_server_context() -> ssl.SSLContext:
-    """A server certificate from a CA that no client trusts."""
-    authority = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
-    return context
+        assert not server.requests  # the request (and so any key) was never sent
 
 
 def report(
