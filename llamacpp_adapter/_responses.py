@@ -60,11 +60,7 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
     error: WorkerError
     if isinstance(exc, httpx.ReadTimeout):
         error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
-    elif isinstance(exc, httpx.RemoteProtocolError) and not _peer_closed(exc):
-        # Malformed HTTP (a bad chunk header, a bad status line): the engine's fault,
-        # not the network's.
-        error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
-    elif isinstance(exc, httpx.TransportError):
+    elif isinstance(exc, httpx.TransportError) and not _malformed(exc):
         # A certificate that is not trusted will not be trusted on a second try.
         error = WorkerReset(
             f"the connection to the engine failed {when}: {_reason(exc)}",
@@ -76,11 +72,14 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
     return error
 
 
-def _peer_closed(exc: httpx.RemoteProtocolError) -> bool:
-    """Whether *exc* says the engine closed the connection (rather than sent bad HTTP):
-    h11's and httpcore's messages for a connection closed early."""
+def _malformed(exc: httpx.TransportError) -> bool:
+    """Whether *exc* says the engine sent malformed HTTP (a bad chunk header, a bad
+    status line): its fault, not the network's. httpx raises the same error when the
+    engine closed the connection early; h11's and httpcore's messages tell them apart."""
+    if not isinstance(exc, httpx.RemoteProtocolError):
+        return False
     message = str(exc)
-    return any(mark in message for mark in _PEER_CLOSED_MARKS)
+    return not any(mark in message for mark in _PEER_CLOSED_MARKS)
 
 
 def _reason(exc: BaseException) -> str:
