@@ -24,6 +24,12 @@ from ._exceptions import (
     ProtocolError,
     WorkerError,
 )
+from ._keepalive import (
+    NOT_KEPT,
+    SENDS_PER_IDEMPOTENT_REQUEST,
+    ConnectionTrace,
+    may_send_again,
+)
 from ._mapping import completion_body
 from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets, secret_mask
 from ._responses import (
@@ -213,6 +219,7 @@ class LlamaCppHttpAdapter:
             content=body,
             headers={
                 **self._headers,
+                **NOT_KEPT,  # llama-server closes it after the stream, unannounced
                 "Accept": "text/event-stream",
                 "Content-Type": "application/json",
             },
@@ -379,19 +386,33 @@ class LlamaCppHttpAdapter:
     async def _fetch(
         self, method: str, path: str, json: Any = None
     ) -> tuple[httpx.Response, bytes]:
-        """Send a request and read at most ``_MAX_JSON_BODY_BYTES`` of its answer."""
+        """Send an idempotent request and read at most ``_MAX_JSON_BODY_BYTES`` of its
+        answer. Every request but the streamed completion is idempotent, so one that met
+        a kept connection the server had closed is sent once more (see ``_keepalive``).
+        """
         content = None if json is None else msgspec.json.encode(json)
         headers = dict(self._headers)
         if content is not None:
             headers["Content-Type"] = "application/json"
-        request = self._client.build_request(
-            method, self._url(path), content=content, headers=headers
-        )
         doing = f"{method} {path}"
-        try:
-            response = await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise http_error(exc, f"during {doing}") from exc
+        for send in range(1, SENDS_PER_IDEMPOTENT_REQUEST + 1):
+            trace = ConnectionTrace()
+            request = self._client.build_request(
+                method, self._url(path), content=content, headers=headers,
+                extensions={"trace": trace},
+            )  # fmt: skip
+            try:
+                response = await self._client.send(request, stream=True)
+                break
+            except httpx.HTTPError as exc:
+                if send < SENDS_PER_IDEMPOTENT_REQUEST and may_send_again(exc, trace):
+                    logger.debug(
+                        "%s met a kept connection the engine had closed; sending it again",
+                        doing,
+                        extra={"engine": ENGINE, "url": self._safe_url},
+                    )
+                    continue
+                raise http_error(exc, f"during {doing}") from exc
         try:
             if response.status_code != 200:
                 return response, await read_error_body(response)

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_ERROR_BODY_BYTES",
     "as_generator",
     "close_response",
+    "closed_early",
     "error_message",
     "http_error",
     "json_or_none",
@@ -74,12 +75,16 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
 
 def _malformed(exc: httpx.TransportError) -> bool:
     """Whether *exc* says the engine sent malformed HTTP (a bad chunk header, a bad
-    status line): its fault, not the network's. httpx raises the same error when the
-    engine closed the connection early; h11's and httpcore's messages tell them apart."""
-    if not isinstance(exc, httpx.RemoteProtocolError):
-        return False
+    status line): its fault, not the network's."""
+    return isinstance(exc, httpx.RemoteProtocolError) and not closed_early(exc)
+
+
+def closed_early(exc: httpx.RemoteProtocolError) -> bool:
+    """Whether *exc* says the engine closed the connection before its answer was whole.
+    httpx raises the same error for malformed HTTP; h11's and httpcore's messages tell
+    the two apart."""
     message = str(exc)
-    return not any(mark in message for mark in _PEER_CLOSED_MARKS)
+    return any(mark in message for mark in _PEER_CLOSED_MARKS)
 
 
 def _reason(exc: BaseException) -> str:

@@ -16,6 +16,11 @@ import trio
 GOLDEN = Path(__file__).parent / "golden"
 # The real stream response's status line and headers, up to and with the blank line.
 STREAM_HEAD = (GOLDEN / "short.http").read_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+#: What llama-server says of keep-alive when the request did not ask it to close. After
+#: a streamed response it closes the connection all the same.
+KEEP_ALIVE = b"Keep-Alive: timeout=5, max=100\r\n"
+#: The stream's head as it comes to a request that did not ask to close.
+KEPT_STREAM_HEAD = STREAM_HEAD.replace(b"Connection: close\r\n", KEEP_ALIVE)
 LAST_CHUNK = b"0\r\n\r\n"
 _MAX_REQUEST_HEAD_BYTES = 64 * 1024
 
@@ -49,20 +54,31 @@ def final_event(n: int) -> bytes:
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
-def json_response(status: int, reason: str, body: object, headers: str = "") -> bytes:
-    """A JSON answer shaped like llama-server's."""
+def json_response(
+    status: int, reason: str, body: object, headers: str = "", *, kept: bool = False
+) -> bytes:
+    """A JSON answer shaped like llama-server's (see :func:`raw_json_response`)."""
     return raw_json_response(
-        status, reason, json.dumps(body, separators=(",", ":")).encode(), headers
+        status, reason, json.dumps(body, separators=(",", ":")).encode(), headers, kept=kept
     )
 
 
-def raw_json_response(status: int, reason: str, payload: bytes, headers: str = "") -> bytes:
-    """A JSON answer shaped like llama-server's, with *payload* as its body, unchanged."""
+def raw_json_response(
+    status: int, reason: str, payload: bytes, headers: str = "", *, kept: bool = False
+) -> bytes:
+    """A JSON answer shaped like llama-server's, with *payload* as its body, unchanged:
+    closing the connection, or (*kept*) keeping it for the next request."""
+    connection = KEEP_ALIVE if kept else b"Connection: close\r\n"
     return (
-        f"HTTP/1.1 {status} {reason}\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\n"
-        f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(payload)}\r\n"
-        f"{headers}Connection: close\r\n\r\n"
-    ).encode() + payload
+        (
+            f"HTTP/1.1 {status} {reason}\r\nServer: llama.cpp\r\nAccess-Control-Allow-Origin: \r\n"
+            f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(payload)}\r\n"
+            f"{headers}"
+        ).encode()
+        + connection
+        + b"\r\n"
+        + payload
+    )
 
 
 async def read_request(stream: trio.SocketStream) -> tuple[str, bytes]:
