@@ -21,6 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from ._common import Table, Target, stub_server
+from .bench_connections import connections
 from .bench_decode import decode
 from .bench_engine import engine
 from .bench_memory import idle_streams, slow_consumer
@@ -54,6 +55,7 @@ def main() -> int:
         for case in (throughput, paced_cpu, latency, slow_consumer, idle_streams):
             record(case(url, quick=args.quick))
     record(engine(quick=args.quick))
+    record(connections(quick=args.quick))
 
     elapsed = time.monotonic() - started
     summary = Table("Targets", ["target", "measured", "met"])

@@ -23,12 +23,14 @@ _SERVER_START_TIMEOUT_S = 20.0
 
 
 @contextlib.contextmanager
-def stub_server() -> Iterator[str]:
-    """Run ``benchmarks._server`` in its own process; yield its base URL."""
+def stub_server(cert_and_key: Path | None = None) -> Iterator[str]:
+    """Run ``benchmarks._server`` in its own process (over TLS with *cert_and_key*, a PEM
+    file); yield its base URL."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
+        tls = [] if cert_and_key is None else [str(cert_and_key)]
         process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._server", str(port_file)],
+            [sys.executable, "-m", "benchmarks._server", str(port_file), *tls],
             cwd=Path(__file__).parents[1],
         )
         try:
@@ -37,7 +39,8 @@ def stub_server() -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the benchmark server did not start")
                 time.sleep(0.01)
-            yield f"http://127.0.0.1:{port_file.read_text()}"
+            scheme = "http" if cert_and_key is None else "https"
+            yield f"{scheme}://127.0.0.1:{port_file.read_text()}"
         finally:
             process.terminate()
             process.wait(timeout=10)

@@ -1,10 +1,12 @@
 """A llama.cpp-shaped stream server for the benchmarks, run in its own process so that
 it does not share the measured client's core.
 
-    python -m benchmarks._server PORT_FILE
+    python -m benchmarks._server PORT_FILE [CERT_AND_KEY_PEM]
 
-It listens on 127.0.0.1 (a free port, written to PORT_FILE), answers ``/props``,
-``/slots``, ``/v1/models`` and ``/health`` as the captured server did, and answers every
+It listens on 127.0.0.1 (a free port, written to PORT_FILE; over TLS with a certificate
+and key file), answers ``/props``, ``/slots``, ``/v1/models`` and ``/health`` as the
+captured server did, keeping the connection for the next request as llama-server does
+(it closes it after a stream, and when the client asks), and answers every
 other request with a streamed SSE body in llama-server's wire format, built with the test suite's
 stub helpers (``tests/stub.py``: the captured status line and headers, chunked
 bodies). The request's JSON body picks
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import ssl
 import sys
 import time
 
@@ -37,7 +40,7 @@ from tests.stub import (
     chunked,
     final_event,
     raw_json_response,
-    read_request,
+    read_request_from,
     token_event,
 )
 
@@ -57,12 +60,14 @@ def burst_body(events: int) -> bytes:
 _burst_cache: dict[int, bytes] = {}
 
 
-async def serve(stream: trio.SocketStream) -> None:
+async def serve(stream: trio.abc.Stream) -> None:
     try:
-        path, body = await read_request(stream)
-        if path in CAPTURED:
-            await stream.send_all(raw_json_response(200, "OK", CAPTURED[path]))
-            return
+        path, body = await read_request_from(stream.receive_some)
+        while path in CAPTURED:
+            await stream.send_all(raw_json_response(200, "OK", CAPTURED[path], kept=True))
+            path, body = await read_request_from(stream.receive_some)
+        if not path:
+            return  # the client closed the connection
         request = json.loads(body) if body else {}
         mode = request.get("bench_mode", "burst")
         await stream.send_all(STREAM_HEAD)
@@ -99,13 +104,21 @@ async def serve(stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def main(port_file: trio.Path) -> None:
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1", backlog=4096)
+async def main(port_file: trio.Path, cert_and_key: str | None) -> None:
+    if cert_and_key is None:
+        start = functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1", backlog=4096)
+    else:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert_and_key)
+        start = functools.partial(
+            trio.serve_ssl_over_tcp, serve, 0, context, host="127.0.0.1", backlog=4096
         )
-        await port_file.write_text(str(listeners[0].socket.getsockname()[1]))
+    async with trio.open_nursery() as nursery:
+        listener = (await nursery.start(start))[0]
+        if isinstance(listener, trio.SSLListener):
+            listener = listener.transport_listener
+        await port_file.write_text(str(listener.socket.getsockname()[1]))
 
 
 if __name__ == "__main__":
-    trio.run(main, trio.Path(sys.argv[1]))
+    trio.run(main, trio.Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)

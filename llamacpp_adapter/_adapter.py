@@ -65,7 +65,9 @@ class LlamaCppHttpAdapter:
         api_key: sent as a bearer token; it is masked in every log line, error and repr.
         client: an ``httpx.AsyncClient`` to use (the caller keeps owning it); by default
             the adapter makes one with :func:`default_client` and closes it in
-            :meth:`aclose`.
+            :meth:`aclose`. Either way a stream's connection is closed with the stream
+            (llama-server closes it), and a request other than a stream that meets a
+            kept connection the server had closed is sent once more.
         timeouts: the default client's timeouts. The read timeout (the client's own,
             with *client*) bounds each wait on the stream, and the time an event may
             take to arrive once its first bytes have: past it, :class:`DecodeTimeout`.

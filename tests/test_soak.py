@@ -62,20 +62,17 @@ def rss_mb() -> float:
 
 async def answer(connection: Connection) -> None:
     """Streams ``tokens`` tokens then the final chunk, or cuts the connection after
-    ``cut`` tokens, as the task's extra fields say. Like llama-server, it keeps a
-    connection open for the next request."""
-    while True:
-        task = json.loads(connection.body)
-        await connection.send(STREAM_HEAD)
-        cut = task.get("cut")
-        count = task.get("tokens", 10)
-        for n in range(1, count + 1):
-            if cut is not None and n > cut:
-                return  # the connection closes mid-stream
-            await connection.send(chunked(token_event(n)))
-        await connection.send(chunked(final_event(count)) + LAST_CHUNK)
-        if not await connection.next_request():
-            return
+    ``cut`` tokens, as the task's extra fields say. Like llama-server, it closes the
+    connection after a stream."""
+    task = json.loads(connection.body)
+    await connection.send(STREAM_HEAD)
+    cut = task.get("cut")
+    count = task.get("tokens", 10)
+    for n in range(1, count + 1):
+        if cut is not None and n > cut:
+            return  # the connection closes mid-stream
+        await connection.send(chunked(token_event(n)))
+    await connection.send(chunked(final_event(count)) + LAST_CHUNK)
 
 
 @asynccontextmanager
