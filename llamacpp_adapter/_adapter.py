@@ -24,12 +24,7 @@ from ._exceptions import (
     ProtocolError,
     WorkerError,
 )
-from ._keepalive import (
-    NOT_KEPT,
-    SENDS_PER_IDEMPOTENT_REQUEST,
-    ConnectionTrace,
-    may_send_again,
-)
+from ._keepalive import NOT_KEPT, ConnectionTrace, may_send_again
 from ._mapping import completion_body
 from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets, secret_mask
 from ._responses import (
@@ -397,24 +392,7 @@ class LlamaCppHttpAdapter:
         if content is not None:
             headers["Content-Type"] = "application/json"
         doing = f"{method} {path}"
-        for send in range(1, SENDS_PER_IDEMPOTENT_REQUEST + 1):
-            trace = ConnectionTrace()
-            request = self._client.build_request(
-                method, self._url(path), content=content, headers=headers,
-                extensions={"trace": trace},
-            )  # fmt: skip
-            try:
-                response = await self._client.send(request, stream=True)
-                break
-            except httpx.HTTPError as exc:
-                if send < SENDS_PER_IDEMPOTENT_REQUEST and may_send_again(exc, trace):
-                    logger.debug(
-                        "%s met a kept connection the engine had closed; sending it again",
-                        doing,
-                        extra={"engine": ENGINE, "url": self._safe_url},
-                    )
-                    continue
-                raise http_error(exc, f"during {doing}") from exc
+        response = await self._send_idempotent(method, path, content, headers, doing)
         try:
             if response.status_code != 200:
                 return response, await read_error_body(response)
@@ -426,6 +404,35 @@ class LlamaCppHttpAdapter:
             raise http_error(exc, f"during {doing}") from exc
         finally:
             await close_response(response)
+
+    async def _send_idempotent(
+        self, method: str, path: str, content: bytes | None, headers: dict[str, str], doing: str
+    ) -> httpx.Response:
+        """Send an idempotent request; its answer's head is read, its body not yet. One
+        that met a kept connection the engine had closed unseen goes once more."""
+        trace = ConnectionTrace()
+        request = self._client.build_request(
+            method, self._url(path), content=content, headers=headers,
+            extensions={"trace": trace},
+        )  # fmt: skip
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            if not may_send_again(exc, trace):
+                raise http_error(exc, f"during {doing}") from exc
+        logger.debug(
+            "%s met a kept connection the engine had closed; sending it again",
+            doing,
+            extra={"engine": ENGINE, "url": self._safe_url},
+        )
+        request = self._client.build_request(
+            method, self._url(path), content=content, headers=headers
+        )
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            again = f"during {doing}, sent again after a kept connection closed"
+            raise http_error(exc, again) from exc
 
     async def _request(self, method: str, path: str, json: Any = None) -> bytes:
         response, content = await self._fetch(method, path, json)

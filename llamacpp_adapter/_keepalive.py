@@ -25,13 +25,10 @@ import httpx
 
 from ._responses import closed_early
 
-__all__ = ["NOT_KEPT", "SENDS_PER_IDEMPOTENT_REQUEST", "ConnectionTrace", "may_send_again"]
+__all__ = ["NOT_KEPT", "ConnectionTrace", "may_send_again"]
 
 #: The header that keeps a request's connection out of httpx's pool.
 NOT_KEPT: Final = {"Connection": "close"}
-#: How many times an idempotent request is sent at most: once, and once more after a
-#: stale kept connection.
-SENDS_PER_IDEMPOTENT_REQUEST: Final = 2
 
 
 class ConnectionTrace:

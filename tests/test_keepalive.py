@@ -120,6 +120,21 @@ async def test_an_idempotent_request_on_a_connection_closed_unseen_is_sent_once_
     assert answered == ["/health", "/health", "/tokenize"]
 
 
+async def test_a_request_sent_again_is_sent_only_once_more() -> None:
+    async def script(connection: Connection) -> None:
+        if connection.path == "/health":
+            await connection.send(HEALTHY)
+            await connection.next_request()
+        # Any other request that opens a connection: closed unanswered.
+
+    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+        assert (await adapter.health()).ready
+        with pytest.raises(WorkerReset, match="GET /metrics, sent again after") as info:
+            await adapter.metrics()
+    assert info.value.retriable
+    assert server.requests == {"/health": 1, "/metrics": 1}
+
+
 async def test_a_streamed_completion_is_never_sent_again() -> None:
     async def script(connection: Connection) -> None:
         await connection.send(HEALTHY)
