@@ -16,6 +16,7 @@ from ._exceptions import (
 from ._host import AdapterHost, HostStream, ReplicaStatus, RetryPolicy
 from ._mapping import CompletionStreamDecoder, completion_body
 from ._metrics import HostMetrics
+from ._receive import EventReceiveStream
 from ._relay import Relay, RelayStream, open_relay_stream
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
@@ -41,6 +42,7 @@ __all__ = [
     "DecodeTimeout",
     "End",
     "EngineError",
+    "EventReceiveStream",
     "EventStream",
     "HostMetrics",
     "HostStream",

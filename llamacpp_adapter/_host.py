@@ -35,6 +35,7 @@ from ._exceptions import (
     WorkerError,
 )
 from ._metrics import HostMetrics, LatencySeries
+from ._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
 from ._redact import redact_secrets
 from ._stream import EventStream
 from ._types import End, Started, TaskRequest, Token, TokenEvent
@@ -459,7 +460,7 @@ class AdapterHost:
             await stream._open()
             yield stream
         finally:
-            await stream._close_attempt()
+            await stream.aclose()
 
     # --- Placement (called by HostStream) ------------------------------------------------
 
@@ -653,10 +654,11 @@ class AdapterHost:
             self._mark_healthy(replica)
 
 
-class HostStream:
+class HostStream(EventReceiveStream):
     """The events of one task placed by an :class:`AdapterHost`: :class:`Started`,
-    then the replica's :class:`Token`\\ s, :class:`Metrics` and :class:`End`. Iterate
-    it with ``async for``.
+    then the replica's :class:`Token`\\ s, :class:`Metrics` and :class:`End`. It is an
+    :class:`EventReceiveStream`: ``async for``, ``receive()``, ``receive_nowait()``,
+    ``aclose()``.
 
     Until the first token, a retriable failure sends the task to another replica (the
     consumer sees nothing of it); after the first token, a failure is raised after the
@@ -693,11 +695,18 @@ class HostStream:
         self._attempt: AsyncExitStack | None = None
         self._failure: WorkerError | None = None
         self._ended = False
+        self._closed = False
+        self._turn = ReadTurn()
 
     @property
     def tokens_delivered(self) -> int:
         """Tokens handed to the consumer so far."""
         return self._tokens
+
+    @property
+    def buffered(self) -> int:
+        events = self._events
+        return (not self._started_sent) + (0 if events is None else events.buffered)
 
     def __aiter__(self) -> HostStream:
         return self
@@ -709,34 +718,87 @@ class HostStream:
         while True:
             events = self._events
             if events is None:
+                if self._closed:
+                    raise anyio.ClosedResourceError(CLOSED_MESSAGE)
                 raise StopAsyncIteration
-            if events._index < len(events._batch):
+            if events.buffered:
                 # An event of the replica's last read, already decoded: no await.
-                event = events._batch[events._index]
-                events._index += 1
+                event = self._delivered(events.receive_nowait())
+            elif self._turn.taken:
+                await self._turn.wait()  # another task is reading
+                continue
             else:
+                self._turn.take()
                 try:
-                    event = await events.__anext__()
-                except StopAsyncIteration:
-                    await self._close_attempt()
-                    raise
-                except WorkerError as exc:
-                    # The replica's response is closed already; free its slot and count
-                    # the failure now, not when the consumer leaves the block.
-                    self._failure = exc
-                    await self._close_attempt()
-                    if self._tokens == 0 and await self._may_retry(exc):
-                        await self._open(last=exc)
-                        continue
-                    raise
-            kind = type(event)
-            if kind is Token:
-                self._on_token()
-            elif kind is Started:
-                continue  # the host sent its own
-            elif kind is End:
-                self._ended = True
-            return event
+                    read = await self._read(events)
+                finally:
+                    self._turn.give_back()
+                if read is None:
+                    continue  # the task went to another replica
+                event = self._delivered(read)
+            if event is not None:
+                return event
+
+    def _delivered(self, event: TokenEvent) -> TokenEvent | None:
+        """Count *event* as handed to the consumer; None for the replica's own Started
+        (the host sent its own)."""
+        kind = type(event)
+        if kind is Token:
+            self._on_token()
+        elif kind is Started:
+            return None
+        elif kind is End:
+            self._ended = True
+        return event
+
+    async def _read(self, events: EventStream) -> TokenEvent | None:
+        """The replica's next event; None when its failure sent the task to another."""
+        try:
+            return await events.__anext__()
+        except (StopAsyncIteration, anyio.ClosedResourceError):
+            await self._close_attempt()
+            raise
+        except WorkerError as exc:
+            # The replica's response is closed already; free its slot and count the
+            # failure now, not when the consumer leaves the block.
+            self._failure = exc
+            await self._close_attempt()
+            if self._tokens == 0 and await self._may_retry(exc):
+                await self._open(last=exc)
+                return None
+            raise
+
+    async def receive(self) -> TokenEvent:
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise anyio.EndOfStream from None
+
+    def receive_nowait(self) -> TokenEvent:
+        if not self._started_sent:
+            self._started_sent = True
+            return Started(self.job_id)
+        while True:
+            events = self._events
+            if events is None:
+                if self._closed:
+                    raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+                raise anyio.EndOfStream
+            if not events.buffered:
+                raise anyio.WouldBlock
+            event = self._delivered(events.receive_nowait())
+            if event is not None:
+                return event
+
+    async def aclose(self) -> None:
+        """Close the stream now: the replica's response closes and its slot is freed.
+        A task waiting in :meth:`receive` gets ``anyio.ClosedResourceError``."""
+        self._closed = True
+        events = self._events
+        if self._turn.taken and events is not None:
+            await events.aclose()  # the reading task then frees the slot
+        else:
+            await self._close_attempt()
 
     def _on_token(self) -> None:
         now = _monotonic()

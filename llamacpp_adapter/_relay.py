@@ -32,6 +32,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import anyio
 import msgspec
 import trio
 from trio_websocket import (
@@ -47,9 +48,9 @@ from trio_websocket import (
 from . import _exceptions
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import AdapterError, ProtocolError, WorkerError, WorkerReset
-from ._host import AdapterHost, HostStream
+from ._host import AdapterHost
+from ._receive import CLOSED_MESSAGE, EventReceiveStream
 from ._redact import redact_secrets
-from ._stream import EventStream
 from ._types import End, Metrics, Started, TaskRequest, Token, TokenEvent
 
 __all__ = ["Relay", "RelayStream", "open_relay_stream"]
@@ -149,7 +150,7 @@ class Relay:
         self._allow_extra = allow_extra
         self.active_connections = 0
         #: The streams being relayed now, by job id (to watch the backpressure).
-        self.streams: dict[str, EventStream | HostStream] = {}
+        self.streams: dict[str, EventReceiveStream] = {}
 
     def __repr__(self) -> str:
         auth = "token" if self._expected is not None else "open"
@@ -264,7 +265,7 @@ class Relay:
 
     def _submit(
         self, task: TaskRequest, pool: str | None
-    ) -> AbstractAsyncContextManager[EventStream | HostStream]:
+    ) -> AbstractAsyncContextManager[EventReceiveStream]:
         if isinstance(self._target, AdapterHost):
             return self._target.submit(pool or self._pool or "", task)
         return self._target.submit(task)
@@ -340,21 +341,50 @@ def _event_message(event: TokenEvent) -> str:
 # --- The client ------------------------------------------------------------------------
 
 
-class RelayStream:
+class RelayStream(EventReceiveStream):
     """The events of a task streamed through a relay, typed as the adapter's:
     :class:`Started`, :class:`Token`\\ s, :class:`Metrics`, :class:`End`. A failure is
-    raised as the :class:`WorkerError` the relay reported, after the events before it."""
+    raised as the :class:`WorkerError` the relay reported, after the events before it.
+    It is an :class:`EventReceiveStream`; each event is decoded when it is received, so
+    ``receive_nowait()`` has none waiting."""
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    def __init__(self, ws: WebSocketConnection, job_id: str) -> None:
+        self.job_id = job_id
         self._ws = ws
         self._done = False
+        self._closed = False
+
+    @property
+    def buffered(self) -> int:
+        return 0
 
     def __aiter__(self) -> RelayStream:
         return self
 
+    async def receive(self) -> TokenEvent:
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise anyio.EndOfStream from None
+
+    def receive_nowait(self) -> TokenEvent:
+        if self._closed:
+            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+        if self._done:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def aclose(self) -> None:
+        """Close the connection now, which cancels the task at the relay."""
+        self._closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
+            await self._ws.aclose()
+
     async def __anext__(self) -> TokenEvent:
         if self._done:
             raise StopAsyncIteration
+        if self._closed:
+            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
         try:
             message = await self._ws.get_message()
         except ConnectionClosed as exc:
@@ -435,7 +465,7 @@ async def open_relay_stream(
             await ws.send_message(_encode(_task_fields(request, pool)).decode())
         except ConnectionClosed as exc:
             raise WorkerReset(f"the relay closed the connection ({exc.reason})") from None
-        yield RelayStream(ws)
+        yield RelayStream(ws, request.job_id)
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ import httpx
 
 from ._exceptions import DeadlineUnmet, DecodeTimeout, InternalError, WorkerError
 from ._mapping import CompletionStreamDecoder
+from ._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
 from ._responses import CLOSE_TIMEOUT_S, as_generator, close_response, http_error
 from ._types import Started, TokenEvent
 
@@ -27,9 +28,11 @@ MIN_EVENT_BYTES = 34
 EXTRA_EVENTS_PER_SLICE = 3
 
 
-class EventStream:
+class EventStream(EventReceiveStream):
     """The events of one task, in order: :class:`Started`, :class:`Token`\\ s,
-    :class:`Metrics`, :class:`End`. Iterate it with ``async for``.
+    :class:`Metrics`, :class:`End`, read from one streamed response. It is an
+    :class:`EventReceiveStream`: ``async for``, ``receive()``, ``receive_nowait()``,
+    ``aclose()``.
 
     Reading is driven by the consumer: when the events of the last read are all taken,
     the next ``__anext__`` reads from the network, decodes that read, and hands its
@@ -57,9 +60,9 @@ class EventStream:
         "_index",
         "_on_end",
         "_pieces",
-        "_reading",
         "_reads",
         "_response",
+        "_turn",
         "job_id",
     )
 
@@ -88,8 +91,10 @@ class EventStream:
         self._bytes_received = 0
         self._done = False
         self._closed = False
-        self._reading = False
-        self._cancel_reason: WorkerError | None = None
+        self._turn = ReadTurn()
+        # Why the stream was ended from outside its reading task: cancel(job_id), or
+        # aclose() while another task was reading.
+        self._cancel_reason: WorkerError | anyio.ClosedResourceError | None = None
 
     @property
     def buffered(self) -> int:
@@ -117,27 +122,18 @@ class EventStream:
             return event
         if self._done:
             raise StopAsyncIteration
+        if self._turn.taken:
+            # Another task is reading: its read may bring the next event.
+            await self._turn.wait()
+            return await self.__anext__()
         if self._closed and self._cancel_reason is None:
-            raise RuntimeError("the stream was used after its submit() block ended")
+            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
         try:
             batch = await self._next_batch()
-        except WorkerError as exc:
-            await self._finish(self._cancel_reason or exc)
-            if self._cancel_reason is not None and self._cancel_reason is not exc:
-                raise self._cancel_reason from exc
-            raise
-        except httpx.HTTPError as exc:
-            # cancel() closes the response under a pending read, which then fails.
-            error = self._cancel_reason or http_error(exc, f"after {self.tokens_delivered} tokens")
-            await self._finish(error)
-            raise error from exc
         except Exception as exc:
-            if self._cancel_reason is None:
-                logger.exception("unexpected failure while reading a stream")
-            error = self._cancel_reason or InternalError(
-                f"unexpected {type(exc).__name__} while reading the stream"
-            )
-            await self._finish(error)
+            error = await self._failed(exc)
+            if error is exc:
+                raise
             raise error from exc
         if not batch:
             await self._finish(None)
@@ -145,6 +141,51 @@ class EventStream:
         self._batch = batch
         self._index = 1
         return batch[0]
+
+    async def receive(self) -> TokenEvent:
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise anyio.EndOfStream from None
+
+    def receive_nowait(self) -> TokenEvent:
+        if self._index < len(self._batch):
+            event = self._batch[self._index]
+            self._index += 1
+            return event
+        if self._done:
+            raise anyio.EndOfStream
+        if self._closed and self._cancel_reason is None:
+            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+        raise anyio.WouldBlock
+
+    async def aclose(self) -> None:
+        """Close the stream now: its response closes, and the engine frees the slot.
+        A task waiting in :meth:`receive` gets ``anyio.ClosedResourceError``."""
+        if self._done or self._closed:
+            return
+        if self._turn.taken:
+            await self._cancel(anyio.ClosedResourceError(CLOSED_MESSAGE))
+        else:
+            self._batch, self._index = [], 0
+            await self._close()
+
+    async def _failed(self, exc: Exception) -> Exception:
+        """End the stream after *exc*, which its read raised; return what the reader
+        gets: why the stream was ended from outside, when it was (the read then fails
+        under it), else our error for *exc*."""
+        error: Exception
+        if self._cancel_reason is not None:
+            error = self._cancel_reason
+        elif isinstance(exc, WorkerError):
+            error = exc
+        elif isinstance(exc, httpx.HTTPError):
+            error = http_error(exc, f"after {self.tokens_delivered} tokens")
+        else:
+            logger.exception("unexpected failure while reading a stream")
+            error = InternalError(f"unexpected {type(exc).__name__} while reading the stream")
+        await self._finish(error if isinstance(error, WorkerError) else None)
+        return error
 
     async def _next_batch(self) -> list[TokenEvent]:
         """The events of the next slice of the body that has any; [] at its clean end."""
@@ -191,22 +232,22 @@ class EventStream:
 
     async def _read(self) -> bytes | None:
         """The next read of the body, or None at its end."""
-        self._reading = True
+        self._turn.take()
         try:
             return await self._reads.__anext__()
         except StopAsyncIteration:
             return None
         finally:
-            self._reading = False
+            self._turn.give_back()
 
-    async def _cancel(self, reason: WorkerError) -> None:
+    async def _cancel(self, reason: WorkerError | anyio.ClosedResourceError) -> None:
         """End the stream with *reason*: close its response now, so that the engine
         frees the slot; the consumer gets *reason* from its next (or pending) read."""
         if self._done:
             return
         if self._cancel_reason is None:
             self._cancel_reason = reason
-        if not self._reading:
+        if not self._turn.taken:
             await self._close()
         elif not self._response.is_closed:
             # The body's reader is running in the consumer's task; close only the

@@ -71,3 +71,14 @@ def test_sans_io_modules_import_nothing_async() -> None:
         }
         assert not imported & {"trio", "anyio", "asyncio", "httpx", "socket"}, module
         importlib.import_module(f"llamacpp_adapter.{module}")
+
+
+def test_every_stream_shares_one_receive_interface() -> None:
+    from anyio.abc import ObjectReceiveStream
+
+    from llamacpp_adapter import EventReceiveStream, EventStream, HostStream, RelayStream
+
+    for stream in (EventStream, HostStream, RelayStream):
+        assert issubclass(stream, EventReceiveStream), stream
+        assert issubclass(stream, ObjectReceiveStream), stream  # stands where a channel does
+        assert not stream.__abstractmethods__, stream
