@@ -20,6 +20,7 @@ from ._receive import EventReceiveStream
 from ._relay import Relay, RelayStream, open_relay_stream
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
+from ._task_form import JobItem, JobItemSendStream
 from ._types import (
     End,
     Metrics,
@@ -48,6 +49,8 @@ __all__ = [
     "HostStream",
     "InternalError",
     "JobCancelled",
+    "JobItem",
+    "JobItemSendStream",
     "LlamaCppHttpAdapter",
     "Metrics",
     "PoolUnavailable",

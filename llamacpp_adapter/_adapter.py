@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import httpx
 import msgspec
 
@@ -38,6 +39,7 @@ from ._responses import (
 )
 from ._sse import DEFAULT_MAX_EVENT_BYTES
 from ._stream import EXTRA_EVENTS_PER_SLICE, EventStream
+from ._task_form import JobItemSendStream, feed_channel
 from ._types import TaskRequest, WorkerHealth, WorkerProps
 from .http_util import default_client, register_secret, with_bearer
 
@@ -184,6 +186,48 @@ class LlamaCppHttpAdapter:
         finally:
             self._forget(stream)
             await stream._close()
+
+    async def stream_into(
+        self,
+        request: TaskRequest,
+        send_stream: JobItemSendStream,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
+        task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run *request* as a task that sends its events into *send_stream*, the send end
+        of a bounded memory channel, as ``(job_id, event)`` items; start it with
+        ``start``, which returns the job id once the stream has opened::
+
+            send, receive = anyio.create_memory_object_stream[JobItem](64)
+            async with anyio.create_task_group() as group:
+                await group.start(adapter.stream_into, request, send)
+                async with receive:
+                    async for job_id, event in receive:
+                        ...
+
+        The items are ``Started``, the ``Token``\\ s, ``Metrics`` and ``End``, in order.
+        The stream is read only once the last read's events are sent, so a receiver
+        that falls behind (the channel is full) holds the engine back.
+
+        * A failure before the stream opens (refused, unreachable, a prompt larger than
+          the context) is raised by ``start``, as ``submit()`` raises it.
+        * A failure after the stream opened is sent as ``(job_id, error)``, the
+          :class:`WorkerError` itself, after the job's earlier events: its last item. It
+          never cancels the other tasks of the group.
+        * *send_stream* is closed when the job ends, so that the receiver sees the end
+          once every task feeding it is done: give each task its own ``clone()``.
+        * A receiver that closes its end, or a cancelled task group, ends the task
+          quietly: the response closes, and the engine frees the slot.
+
+        Args:
+            request: the task.
+            send_stream: anyio's ``MemoryObjectSendStream`` or Trio's
+                ``MemorySendChannel``.
+            timeout: an overall deadline in seconds, as for :meth:`submit`.
+        """
+        opening = self.submit(request, timeout=timeout)
+        await feed_channel(opening, request.job_id, send_stream, task_status)
 
     async def cancel(self, job_id: str) -> bool:
         """End the streams of *job_id* open on this adapter, best effort: their

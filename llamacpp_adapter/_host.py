@@ -38,6 +38,7 @@ from ._metrics import HostMetrics, LatencySeries
 from ._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
 from ._redact import redact_secrets
 from ._stream import EventStream
+from ._task_form import JobItemSendStream, feed_channel
 from ._types import End, Started, TaskRequest, Token, TokenEvent
 
 __all__ = ["AdapterHost", "HostStream", "ReplicaStatus", "RetryPolicy"]
@@ -461,6 +462,28 @@ class AdapterHost:
             yield stream
         finally:
             await stream.aclose()
+
+    async def stream_into(
+        self,
+        pool: str,
+        request: TaskRequest,
+        send_stream: JobItemSendStream,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
+        task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run *request* on a replica of *pool* as a task that sends its events into
+        *send_stream* as ``(job_id, event)`` items: the task form of :meth:`submit`,
+        with the contract of :meth:`LlamaCppHttpAdapter.stream_into`::
+
+            await group.start(host.stream_into, "chat", request, send)
+
+        ``start`` raises what ``submit()`` raises on entering its block
+        (``PoolUnavailable`` when no replica can take the task, the last failure when
+        retries run out); a failure after the first token is sent in-band.
+        """
+        opening = self.submit(pool, request, timeout=timeout)
+        await feed_channel(opening, request.job_id, send_stream, task_status)
 
     # --- Placement (called by HostStream) ------------------------------------------------
 

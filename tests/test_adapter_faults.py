@@ -13,6 +13,7 @@ from llamacpp_adapter import (
     AdapterError,
     DecodeTimeout,
     JobCancelled,
+    JobItem,
     LlamaCppHttpAdapter,
     TaskRequest,
     Token,
@@ -119,6 +120,47 @@ async def test_buffer_bound_holds_for_the_smallest_events(
             await events.__anext__()
             await wait_all_tasks_blocked()
             assert events.buffered <= 8
+
+
+async def test_a_slow_receiver_of_the_task_form_stops_the_read_and_the_server(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    written = 0
+
+    async def endless(stream: trio.SocketStream, path: str) -> None:
+        nonlocal written
+        await stream.send_all(STREAM_HEAD)
+        n = 0
+        while True:
+            n += 1
+            data = chunked(token_event(n))
+            await stream.send_all(data)
+            written += len(data)
+
+    url = await start_stub(nursery, endless)
+    channel_items, bound = 4, 16
+    send, receive = trio.open_memory_channel[JobItem](channel_items)
+    async with LlamaCppHttpAdapter(url, buffer=bound) as adapter, receive:
+        await nursery.start(adapter.stream_into, TaskRequest("x", job_id="slow"), send)
+        taken = [await receive.receive() for _ in range(200)]  # at once, then one per 10 ms
+        for _ in range(200):
+            taken.append(await receive.receive())
+            await trio.sleep(0.01)
+        assert [event.i for _, event in taken if isinstance(event, Token)] == list(range(399))
+
+        # The receiver pauses. Once everything has settled, the server's writes stop:
+        # the task waits to send, so it reads nothing, and TCP holds the server back.
+        await wait_all_tasks_blocked()
+        sent = written
+        assert receive.statistics().current_buffer_used == channel_items
+        await trio.sleep(5)
+        await wait_all_tasks_blocked()
+        assert written == sent
+        # Taking items again lets the stream go on where it stopped.
+        job_id, following = await receive.receive()
+        assert job_id == "slow"
+        assert isinstance(following, Token)
+        assert following.i == 399
 
 
 # --- Errors before the stream --------------------------------------------------------

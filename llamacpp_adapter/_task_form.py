@@ -1,0 +1,98 @@
+"""The task form of a stream: a task, in the caller's task group, that reads a stream and
+sends its events into the caller's bounded memory channel as ``(job_id, event)`` items.
+
+The send waits while the channel is full, and the stream is read only when the last
+read's events are sent, so the receiver's pace throttles the read from the engine. A
+failure after the stream opened is sent in-band as ``(job_id, error)``, its job's last
+item, and never cancels the caller's other tasks.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, TypeAlias
+
+import anyio
+import anyio.abc
+import trio
+
+from ._exceptions import WorkerError
+from ._receive import EventReceiveStream
+from ._types import TokenEvent
+
+__all__ = ["JobItem", "JobItemSendStream", "feed_channel"]
+
+#: One item of the task form: a job's id, and its next event or the failure that ended it.
+JobItem: TypeAlias = tuple[str, TokenEvent | WorkerError]
+
+# What a send raises once every receiver is gone or the send end is closed: anyio's
+# memory object streams, and Trio's own memory channels.
+_RECEIVER_GONE = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+# What ``send_nowait`` raises when the channel is full.
+_FULL = (anyio.WouldBlock, trio.WouldBlock)
+
+
+class JobItemSendStream(Protocol):
+    """The send end of a memory channel: anyio's ``MemoryObjectSendStream`` (from
+    ``anyio.create_memory_object_stream``) or Trio's ``MemorySendChannel`` (from
+    ``trio.open_memory_channel``)."""
+
+    async def send(self, item: JobItem, /) -> None: ...
+
+    def send_nowait(self, item: JobItem, /) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def feed_channel(
+    opening: AbstractAsyncContextManager[EventReceiveStream],
+    job_id: str,
+    send_stream: JobItemSendStream,
+    task_status: anyio.abc.TaskStatus[str],
+) -> None:
+    """Open the stream (*opening* is a ``submit(...)`` block), report *job_id* to
+    ``start``, and send each event into *send_stream*; close *send_stream* at the end.
+
+    A failure to open is raised, so that ``start`` raises it. A receiver that went away
+    ends the task quietly, and leaving the block closes the stream's response.
+    """
+    try:
+        async with opening as events:
+            task_status.started(job_id)
+            await _send_events(events, job_id, send_stream)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await send_stream.aclose()
+
+
+async def _send_events(
+    events: EventReceiveStream, job_id: str, send_stream: JobItemSendStream
+) -> None:
+    try:
+        while True:
+            try:
+                item: JobItem = (job_id, await events.receive())
+            except anyio.EndOfStream:
+                return
+            except WorkerError as exc:
+                await send_stream.send((job_id, exc))
+                return
+            await send_stream.send(item)
+            # The rest of that read's events, decoded already: handed over without a
+            # pass through the scheduler while the channel has room.
+            while events.buffered:
+                try:
+                    item = (job_id, events.receive_nowait())
+                except anyio.WouldBlock:
+                    break  # what was counted was not the consumer's (a replica's Started)
+                try:
+                    send_stream.send_nowait(item)
+                except _FULL:
+                    await send_stream.send(item)
+    except _RECEIVER_GONE:
+        return  # the receiver closed its end: nobody wants the rest
