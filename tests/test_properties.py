@@ -6,16 +6,25 @@
 * ordering through the whole pipeline: a llama.cpp stream cut anywhere and delivered
   with pauses through the real adapter (only the transport replaced), read by a
   consumer that pauses too, always gives Started, the tokens 0..N-1 with their texts,
-  Metrics, End, and never holds more events than its bound.
+  Metrics, End, and never holds more events than its bound;
+* the same through the task form, on Trio and asyncio: several such streams fanned
+  into one channel, a receiver that pauses, one stream perhaps reset at an event's end.
+  Each job is whole and in order, the failed one ends with its error in-band after
+  exactly the tokens before the reset, and the events waiting anywhere never exceed
+  the channel's size plus each stream's buffer.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import httpx
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +32,7 @@ from hypothesis import strategies as st
 from llamacpp_adapter import (
     CompletionStreamDecoder,
     End,
+    JobItem,
     LlamaCppHttpAdapter,
     Metrics,
     SSEDecoder,
@@ -31,6 +41,7 @@ from llamacpp_adapter import (
     Token,
     TokenEvent,
     WorkerError,
+    WorkerReset,
 )
 
 from .stub import STREAM_HEAD, final_event
@@ -145,6 +156,11 @@ BUFFER = 8  # the adapter's smallest bound, so that slicing is exercised
 
 
 def llama_stream(texts: list[str]) -> bytes:
+    return token_chunks(texts) + final_event(len(texts))
+
+
+def token_chunks(texts: list[str]) -> bytes:
+    """The token events of *texts*, as llama-server writes them."""
     out = []
     for n, text in enumerate(texts, start=1):
         chunk = {
@@ -157,7 +173,7 @@ def llama_stream(texts: list[str]) -> bytes:
             "tokens_evaluated": 3,
         }
         out.append(b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n")
-    return b"".join(out) + final_event(len(texts))
+    return b"".join(out)
 
 
 class PausingBody(httpx.AsyncByteStream):
@@ -215,3 +231,118 @@ async def test_events_come_in_order_however_the_stream_is_cut_and_paced(
     assert [type(e) for e in events[len(tokens) + 1 :]] == [Metrics, End]
     assert isinstance(events[-1], End)
     assert events[-1].tokens_out == len(texts)
+
+
+# --- The task form: fan-in of several streams into one channel ---------------------------
+
+CHANNEL = 4
+STREAMS = st.integers(1, 4)
+
+
+class ResettingBody(httpx.AsyncByteStream):
+    """A stream's body in pieces, with pauses; it fails with a reset after its last
+    piece if told to."""
+
+    def __init__(self, parts: list[bytes], pauses: list[int], *, reset: bool) -> None:
+        self.parts, self.pauses, self.reset = parts, pauses, reset
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part, pause in zip(self.parts, self.pauses, strict=True):
+            for _ in range(pause):
+                await anyio.lowlevel.checkpoint()
+            yield part
+        if self.reset:
+            raise httpx.ReadError("[Errno 104] Connection reset by peer")
+
+
+@dataclass
+class Scenario:
+    """Streams, each with its texts, its pieces and pauses, and which one fails."""
+
+    jobs: list[list[str]]
+    bodies: list[tuple[list[bytes], list[int]]]
+    failing: int | None
+    tokens_before_failure: int
+    receiver_pauses: list[int]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    count = draw(STREAMS, label="streams")
+    jobs = [draw(st.lists(TEXTS, max_size=40), label=f"texts {j}") for j in range(count)]
+    failing = draw(st.one_of(st.none(), st.integers(0, count - 1)), label="failing")
+    tokens_before_failure = 0
+    bodies = []
+    for j, texts in enumerate(jobs):
+        wire = llama_stream(texts)
+        if j == failing:
+            # Cut at an event's end: the tokens before it are delivered, then a reset.
+            tokens_before_failure = draw(st.integers(0, len(texts)), label="cut at")
+            wire = token_chunks(texts[:tokens_before_failure])
+        parts = draw(pieces(wire)) if wire else []
+        pauses = draw(st.lists(st.integers(0, 3), min_size=len(parts), max_size=len(parts)))
+        bodies.append((parts, pauses))
+    receiver_pauses = draw(st.lists(st.integers(0, 3), min_size=1, max_size=30))
+    return Scenario(jobs, bodies, failing, tokens_before_failure, receiver_pauses)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_the_task_form_keeps_each_jobs_order_and_the_bound_and_a_failure_in_band(
+    backend: str, scenario: Scenario
+) -> None:
+    # A fresh event loop for each example, with every choice drawn before it starts.
+    received = anyio.run(fan_in, scenario, backend=backend)
+    for j, texts in enumerate(scenario.jobs):
+        items = received[f"job-{j}"]
+        assert items[0] == Started(f"job-{j}")
+        tokens = [item for item in items if isinstance(item, Token)]
+        assert [t.i for t in tokens] == list(range(len(tokens)))
+        if j == scenario.failing:
+            assert [t.text for t in tokens] == texts[: scenario.tokens_before_failure]
+            assert len(items) == len(tokens) + 2
+            assert isinstance(items[-1], WorkerReset)  # in-band, its job's last item
+        else:
+            assert [t.text for t in tokens] == texts
+            assert [type(item) for item in items[len(tokens) + 1 :]] == [Metrics, End]
+
+
+async def fan_in(scenario: Scenario) -> dict[str, list[TokenEvent | WorkerError]]:
+    """Every stream of *scenario* started into one channel of CHANNEL items, through the
+    real adapter (only the transport replaced), taken by a receiver that pauses."""
+    count = len(scenario.jobs)
+    bodies = [
+        ResettingBody(parts, pauses, reset=j == scenario.failing)
+        for j, (parts, pauses) in enumerate(scenario.bodies)
+    ]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = bodies[json.loads(request.content)["case"]]
+        return httpx.Response(200, headers=HEADERS, stream=body)
+
+    received: dict[str, list[TokenEvent | WorkerError]] = {f"job-{j}": [] for j in range(count)}
+    send, receive = anyio.create_memory_object_stream[JobItem](CHANNEL)
+    transport = httpx.MockTransport(answer)
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        LlamaCppHttpAdapter("http://engine.test", client=client, buffer=BUFFER) as adapter,
+        anyio.create_task_group() as group,
+    ):
+        async with send:
+            for j in range(count):
+                request = TaskRequest("x", job_id=f"job-{j}", extra={"case": j})
+                await group.start(adapter.stream_into, request, send.clone())
+        async with receive:
+            taken = 0
+            async for job_id, item in receive:
+                received[job_id].append(item)
+                taken += 1
+                # Waiting anywhere: in the channel, decoded in each stream, and the one
+                # item each task may hold while it waits to send.
+                decoded = sum(s.buffered for streams in adapter._streams.values() for s in streams)
+                in_channel = receive.statistics().current_buffer_used
+                assert in_channel + decoded <= CHANNEL + count * (BUFFER + 1)
+                for _ in range(scenario.receiver_pauses[taken % len(scenario.receiver_pauses)]):
+                    await anyio.lowlevel.checkpoint()
+    return received
