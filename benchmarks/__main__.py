@@ -26,6 +26,7 @@ from .bench_decode import decode
 from .bench_engine import engine
 from .bench_memory import idle_streams, slow_consumer
 from .bench_streams import latency, paced_cpu, throughput
+from .bench_task_form import task_form
 
 HERE = Path(__file__).parent
 PACKAGES = ["llamacpp-adapter", "httpx", "httpx-sse", "openai", "msgspec", "trio", "anyio"]
@@ -54,6 +55,7 @@ def main() -> int:
     with stub_server() as url:
         for case in (throughput, paced_cpu, latency, slow_consumer, idle_streams):
             record(case(url, quick=args.quick))
+    record(task_form(quick=args.quick))
     record(engine(quick=args.quick))
     record(connections(quick=args.quick))
 

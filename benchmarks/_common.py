@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,33 @@ from httpx_sse import aconnect_sse
 from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token
 
 _SERVER_START_TIMEOUT_S = 20.0
+#: The core the stub server runs on, and the one each measured client runs on.
+SERVER_CORE = 0
+CLIENT_CORE = 1
+
+
+@contextlib.contextmanager
+def pinned(core: int) -> Iterator[None]:
+    """Pin this process, and so the processes it starts, to *core* for the block (where
+    the machine has it)."""
+    before = os.sched_getaffinity(0)
+    if core in before:
+        os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run_client(module: str, *args: str) -> Any:
+    """Run ``python -m module args...`` in a fresh process on the client's core; return
+    the JSON it prints."""
+    with pinned(CLIENT_CORE):
+        output = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=Path(__file__).parents[1], check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    return json.loads(output)
 
 
 @contextlib.contextmanager

@@ -15,9 +15,7 @@ process pinned to the other, and reports wall time and its own CPU time per requ
 from __future__ import annotations
 
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,10 +27,17 @@ import trio
 
 from llamacpp_adapter import LlamaCppHttpAdapter
 
-from ._common import Table, Target, request, stub_server
+from ._common import (
+    CLIENT_CORE,
+    SERVER_CORE,
+    Table,
+    Target,
+    pinned,
+    request,
+    run_client,
+    stub_server,
+)
 
-SERVER_CORE = 0
-CLIENT_CORE = 1
 STREAM_TOKENS = 100
 KEPT = "GET /health, kept connection"
 NEW = "GET /health, new connection"
@@ -49,7 +54,7 @@ def connections(*, quick: bool) -> tuple[Table, list[Target]]:
     with tempfile.TemporaryDirectory() as tmp:
         ca_file, cert_and_key = _certificates(Path(tmp))
         for transport, tls in (("loopback", None), ("TLS", cert_and_key)):
-            with _pinned(SERVER_CORE), stub_server(tls) as url:
+            with pinned(SERVER_CORE), stub_server(tls) as url:
                 figures = {mode: _client(url, mode, requests, ca_file) for mode in MODES}
             for mode in MODES:
                 table.add(transport, mode, *figures[mode])
@@ -81,31 +86,9 @@ def _certificates(folder: Path) -> tuple[Path, Path]:
     return ca_file, cert_and_key
 
 
-class _pinned:
-    """Pin this process (and so the processes it starts) to one core for the block."""
-
-    def __init__(self, core: int) -> None:
-        self._core = core
-        self._before: set[int] = set()
-
-    def __enter__(self) -> None:
-        self._before = os.sched_getaffinity(0)
-        if self._core in self._before:
-            os.sched_setaffinity(0, {self._core})
-
-    def __exit__(self, *exc: object) -> None:
-        os.sched_setaffinity(0, self._before)
-
-
 def _client(url: str, mode: str, requests: int, ca_file: Path) -> tuple[float, float]:
     """Run *mode* in a fresh process on the client's core: (wall µs, CPU µs) a request."""
-    with _pinned(CLIENT_CORE):
-        output = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_connections", url, mode, str(requests),
-             str(ca_file)],
-            cwd=Path(__file__).parents[1], check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-    wall, cpu = json.loads(output)
+    wall, cpu = run_client("benchmarks.bench_connections", url, mode, str(requests), str(ca_file))
     return wall, cpu
 
 

@@ -76,23 +76,30 @@ async def _send_events(
     try:
         while True:
             try:
-                item: JobItem = (job_id, await events.receive())
+                event: TokenEvent | WorkerError = await events.receive()
             except anyio.EndOfStream:
                 return
             except WorkerError as exc:
-                await send_stream.send((job_id, exc))
+                event = exc
+            await _send(send_stream, (job_id, event))
+            if isinstance(event, WorkerError):
                 return
-            await send_stream.send(item)
-            # The rest of that read's events, decoded already: handed over without a
-            # pass through the scheduler while the channel has room.
+            # The rest of that read's events, decoded already.
             while events.buffered:
                 try:
-                    item = (job_id, events.receive_nowait())
+                    event = events.receive_nowait()
                 except anyio.WouldBlock:
                     break  # what was counted was not the consumer's (a replica's Started)
-                try:
-                    send_stream.send_nowait(item)
-                except _FULL:
-                    await send_stream.send(item)
+                await _send(send_stream, (job_id, event))
     except _RECEIVER_GONE:
         return  # the receiver closed its end: nobody wants the rest
+
+
+async def _send(send_stream: JobItemSendStream, item: JobItem) -> None:
+    """Send *item*, waiting only while the channel is full. The read that brought the
+    event was a checkpoint already: a send that has room needs no pass through the
+    scheduler (an awaited ``send`` takes one before it looks)."""
+    try:
+        send_stream.send_nowait(item)
+    except _FULL:
+        await send_stream.send(item)
