@@ -15,8 +15,9 @@ what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
 * ``bench_mode: "burst"``, ``bench_events: N``: N token chunks and the final chunk, as
   fast as the socket takes them (written in 64 KiB pieces).
 * ``bench_mode: "paced"``, ``bench_events: N``, ``bench_interval_ms: T``: one token per
-  write, every T ms; each token's content is the server's ``time.monotonic_ns()`` at
-  the write, so a client can tell how long it took to reach it.
+  write, every T ms, on one grid for every stream (as a batched engine writes them);
+  each token's content is the server's ``time.monotonic_ns()`` at the write, so a
+  client can tell how long it took to reach it.
 * ``bench_mode: "bytes"``, ``bench_bytes: B``: token chunks up to B bytes of body.
 * ``bench_mode: "idle"``: one token, then nothing until the client goes away.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import ssl
 import sys
 import time
@@ -79,7 +81,9 @@ async def serve(stream: trio.abc.Stream) -> None:
         elif mode == "paced":
             events = int(request.get("bench_events", 100))  # type: ignore[call-overload]
             interval = float(request.get("bench_interval_ms", 50)) / 1000  # type: ignore[arg-type]
-            next_at = trio.current_time()
+            # Every stream writes on one grid of the interval, whenever it began: as
+            # llama-server, whose slots decode in one batch a step, sends their tokens.
+            next_at = math.floor(trio.current_time() / interval) * interval
             for n in range(1, events + 1):
                 next_at += interval
                 await trio.sleep_until(next_at)

@@ -49,3 +49,15 @@ def test_readme_host_example_runs(llama_server: LocalLlamaServer, backend: str) 
         source = source.replace(f"http://127.0.0.1:{port}", llama_server.base_url)
     result = run_example(source, backend)
     assert re.search(r"\nserved by r[01]\n$", result.stdout)
+
+
+FAN_IN_EXAMPLE = re.search(r"A fan-in of several streams.*?```python\n(.*?)```", README, re.S)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_readme_fan_in_example_runs(llama_server: LocalLlamaServer, backend: str) -> None:
+    assert FAN_IN_EXAMPLE is not None
+    source = FAN_IN_EXAMPLE.group(1).replace("http://127.0.0.1:8080", llama_server.base_url)
+    result = run_example(source, backend)
+    ends = re.findall(r"^(\w+): 24 tokens$", result.stdout, re.M)
+    assert len(set(ends)) == 6, result.stdout  # every job, each once, each whole
