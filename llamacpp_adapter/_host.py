@@ -735,30 +735,26 @@ class HostStream(EventReceiveStream):
         return self
 
     async def __anext__(self) -> TokenEvent:
-        if not self._started_sent:
-            self._started_sent = True
-            return Started(self.job_id)
         while True:
-            events = self._events
-            if events is None:
-                if self._closed:
-                    raise anyio.ClosedResourceError(CLOSED_MESSAGE)
-                raise StopAsyncIteration
-            if events.buffered:
+            try:
                 # An event of the replica's last read, already decoded: no await.
-                event = self._delivered(events.receive_nowait())
-            elif self._turn.taken:
+                return self.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+            events = self._events
+            assert events is not None  # else receive_nowait() ended the stream
+            if self._turn.taken:
                 await self._turn.wait()  # another task is reading
                 continue
-            else:
-                self._turn.take()
-                try:
-                    read = await self._read(events)
-                finally:
-                    self._turn.give_back()
-                if read is None:
-                    continue  # the task went to another replica
-                event = self._delivered(read)
+            self._turn.take()
+            try:
+                read = await self._read(events)
+            finally:
+                self._turn.give_back()
+            # None: the task went to another replica, or the replica's own Started.
+            event = None if read is None else self._delivered(read)
             if event is not None:
                 return event
 
@@ -790,12 +786,6 @@ class HostStream(EventReceiveStream):
                 await self._open(last=exc)
                 return None
             raise
-
-    async def receive(self) -> TokenEvent:
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise anyio.EndOfStream from None
 
     def receive_nowait(self) -> TokenEvent:
         if not self._started_sent:

@@ -43,7 +43,14 @@ class EventReceiveStream(ObjectReceiveStream[TokenEvent]):
 
     job_id: str
 
+    def __aiter__(self) -> EventReceiveStream:
+        return self
+
     @abstractmethod
+    async def __anext__(self) -> TokenEvent:
+        """The next event; ``StopAsyncIteration`` after the last (each stream's own fast
+        path: ``receive()`` is built on it)."""
+
     async def receive(self) -> TokenEvent:
         """The next event.
 
@@ -52,6 +59,10 @@ class EventReceiveStream(ObjectReceiveStream[TokenEvent]):
             WorkerError: the failure that ended the stream, after the events before it.
             anyio.ClosedResourceError: once the stream was closed.
         """
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise anyio.EndOfStream from None
 
     @abstractmethod
     def receive_nowait(self) -> TokenEvent:

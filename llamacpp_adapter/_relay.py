@@ -361,12 +361,6 @@ class RelayStream(EventReceiveStream):
     def __aiter__(self) -> RelayStream:
         return self
 
-    async def receive(self) -> TokenEvent:
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise anyio.EndOfStream from None
-
     def receive_nowait(self) -> TokenEvent:
         if self._closed:
             raise anyio.ClosedResourceError(CLOSED_MESSAGE)

@@ -142,12 +142,6 @@ class EventStream(EventReceiveStream):
         self._index = 1
         return batch[0]
 
-    async def receive(self) -> TokenEvent:
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise anyio.EndOfStream from None
-
     def receive_nowait(self) -> TokenEvent:
         if self._index < len(self._batch):
             event = self._batch[self._index]

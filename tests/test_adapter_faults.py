@@ -52,22 +52,27 @@ def tokens_of(events: list[TokenEvent]) -> list[int]:
 # --- Backpressure --------------------------------------------------------------------
 
 
-async def test_slow_consumer_stops_the_read_and_the_server(
-    nursery: trio.Nursery, autojump_clock: MockClock
-) -> None:
-    written = 0
+class EndlessWriter:
+    """A stub that writes tokens as fast as the socket takes them, counting the bytes."""
 
-    async def endless(stream: trio.SocketStream, path: str) -> None:
-        nonlocal written
+    def __init__(self) -> None:
+        self.written = 0
+
+    async def serve(self, stream: trio.SocketStream, path: str) -> None:
         await stream.send_all(STREAM_HEAD)
         n = 0
         while True:
             n += 1
             data = chunked(token_event(n))
             await stream.send_all(data)
-            written += len(data)
+            self.written += len(data)
 
-    url = await start_stub(nursery, endless)
+
+async def test_slow_consumer_stops_the_read_and_the_server(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    writer = EndlessWriter()
+    url = await start_stub(nursery, writer.serve)
     bound = 16
     async with (
         LlamaCppHttpAdapter(url, buffer=bound) as adapter,
@@ -85,14 +90,14 @@ async def test_slow_consumer_stops_the_read_and_the_server(
         # The consumer pauses. Once everything has settled, neither the client's reads
         # nor the server's writes move: TCP flow control holds the server back.
         await wait_all_tasks_blocked()
-        read, sent = events.bytes_received, written
+        read, sent = events.bytes_received, writer.written
         # Not for lack of data: the server has written more than the client has read,
         # and what it has written waits in the kernel's buffers.
         assert sent > read
         await trio.sleep(5)
         await wait_all_tasks_blocked()
         assert events.bytes_received == read
-        assert written == sent
+        assert writer.written == sent
         assert events.buffered <= bound
         # Taking events again lets the stream go on where it stopped.
         following = await events.__anext__()
@@ -125,19 +130,8 @@ async def test_buffer_bound_holds_for_the_smallest_events(
 async def test_a_slow_receiver_of_the_task_form_stops_the_read_and_the_server(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
-    written = 0
-
-    async def endless(stream: trio.SocketStream, path: str) -> None:
-        nonlocal written
-        await stream.send_all(STREAM_HEAD)
-        n = 0
-        while True:
-            n += 1
-            data = chunked(token_event(n))
-            await stream.send_all(data)
-            written += len(data)
-
-    url = await start_stub(nursery, endless)
+    writer = EndlessWriter()
+    url = await start_stub(nursery, writer.serve)
     channel_items, bound = 4, 16
     send, receive = trio.open_memory_channel[JobItem](channel_items)
     async with LlamaCppHttpAdapter(url, buffer=bound) as adapter, receive:
@@ -151,11 +145,11 @@ async def test_a_slow_receiver_of_the_task_form_stops_the_read_and_the_server(
         # The receiver pauses. Once everything has settled, the server's writes stop:
         # the task waits to send, so it reads nothing, and TCP holds the server back.
         await wait_all_tasks_blocked()
-        sent = written
+        sent = writer.written
         assert receive.statistics().current_buffer_used == channel_items
         await trio.sleep(5)
         await wait_all_tasks_blocked()
-        assert written == sent
+        assert writer.written == sent
         # Taking items again lets the stream go on where it stopped.
         job_id, following = await receive.receive()
         assert job_id == "slow"
