@@ -121,11 +121,8 @@ async def test_a_fan_in_of_six_streams_from_a_four_slot_server(
         assert [t.text for t in tokens] == expected[job_id]  # the same as a direct submit
 
 
-async def test_a_trio_memory_channel_works_the_same(
-    adapter: LlamaCppHttpAdapter, anyio_backend: str
-) -> None:
-    if anyio_backend != "trio":
-        pytest.skip("Trio's own channels need Trio")
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # Trio's own channels need Trio
+async def test_a_trio_memory_channel_works_the_same(adapter: LlamaCppHttpAdapter) -> None:
     request = TaskRequest("hello the", max_tokens=12, seed=3, job_id="job-trio")
     send, receive = trio.open_memory_channel[JobItem](CHANNEL_ITEMS)
     async with trio.open_nursery() as nursery:
