@@ -25,18 +25,27 @@ from typing import Any
 import anyio
 import httpx
 import trio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 from httpx_sse import aconnect_sse
 
-from llamacpp_adapter import JobItem, LlamaCppHttpAdapter, TaskRequest, Token, completion_body
+from llamacpp_adapter import (
+    JobItem,
+    LlamaCppHttpAdapter,
+    TaskRequest,
+    Token,
+    completion_body,
+    create_job_channel,
+)
 
 from ._common import SERVER_CORE, Table, Target, peer_client, pinned, request, run_client
 from ._common import stub_server as _stub_server
 
 PULL = "pull form (submit)"
 TASK = "task form (stream_into)"
+OWN = "task form, create_job_channel"
 PUMP = "httpx + httpx-sse pump"
-CLIENTS = (PULL, TASK, PUMP)
+CLIENTS = (PULL, TASK, OWN, PUMP)
 #: Items the memory channel holds, for the task form and the pump alike.
 CHANNEL_ITEMS = 64
 PACED_STREAMS = 100
@@ -79,7 +88,9 @@ def _throughput(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
             f"Median of {rounds} runs, each a fresh process, the clients alternating; "
             f"channels of {CHANNEL_ITEMS} items. The pull form hands events to its "
             "consumer; the task form and the pump send each into a memory channel, "
-            "read by one receiving task."
+            "read by one receiving task: anyio's memory object stream, or (the third "
+            "row) create_job_channel's, whose receive hands over a waiting item without "
+            "a pass through the scheduler."
         ],
     )
     base = figures[PUMP]["rate"]
@@ -88,7 +99,7 @@ def _throughput(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
     ratio = figures[TASK]["rate"] / base
     return table, [
         Target(
-            "task form loopback >= 1.2x an httpx + httpx-sse pump",
+            "task form (anyio's channel) loopback >= 1.2x an httpx + httpx-sse pump",
             f"{ratio:.2f}x",
             ratio >= 1.2,
             factor=ratio,
@@ -105,7 +116,7 @@ def _paced(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
         "events": 24 if quick else 50,
         "interval_ms": PACED_INTERVAL_MS,
     }
-    figures = _runs(url, spec, (PULL, TASK), rounds)
+    figures = _runs(url, spec, (PULL, TASK, OWN), rounds)
     table = Table(
         f"The two shapes, paced: {PACED_STREAMS} streams, a token every {PACED_INTERVAL_MS} ms",
         ["client", "CPU s / 1,000 tokens", "ratio to the pull form"],
@@ -115,13 +126,13 @@ def _paced(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
         ],
     )
     base = figures[PULL]["cpu_per_1000"]
-    for client in (PULL, TASK):
+    for client in (PULL, TASK, OWN):
         cost = figures[client]["cpu_per_1000"]
         table.add(client, cost, f"{cost / base:.2f}x")
     ratio = figures[TASK]["cpu_per_1000"] / base
     return table, [
         Target(
-            f"task form paced CPU at N={PACED_STREAMS} <= 1.15x the pull form",
+            f"task form (anyio's channel) paced CPU at N={PACED_STREAMS} <= 1.15x the pull form",
             f"{ratio:.2f}x",
             ratio <= 1.15,
             factor=1.15 / ratio,
@@ -138,7 +149,7 @@ def _fan_in(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
         "events": 24 if quick else 50,
         "interval_ms": PACED_INTERVAL_MS,
     }
-    figures = _runs(url, spec, (TASK, PUMP), rounds)
+    figures = _runs(url, spec, (TASK, OWN, PUMP), rounds)
     table = Table(
         f"Fan-in: {PACED_STREAMS} paced streams into one receiver",
         ["client", "CPU s / 1,000 tokens", "p50 µs", "p99 µs", "CPU ratio to the pump"],
@@ -149,7 +160,7 @@ def _fan_in(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
         ],
     )
     base = figures[PUMP]["cpu_per_1000"]
-    for client in (TASK, PUMP):
+    for client in (TASK, OWN, PUMP):
         row = figures[client]
         table.add(client, row["cpu_per_1000"], row["p50_us"], row["p99_us"],
                   f"{row['cpu_per_1000'] / base:.2f}x")  # fmt: skip
@@ -210,7 +221,7 @@ async def _pull(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None
             nursery.start_soon(one, adapter, task)
 
 
-async def _receive(receive: MemoryObjectReceiveStream[Any], on_token: TokenSink) -> None:
+async def _receive(receive: ObjectReceiveStream[Any], on_token: TokenSink) -> None:
     async with receive:
         async for _, event in receive:
             if type(event) is Token:
@@ -218,7 +229,20 @@ async def _receive(receive: MemoryObjectReceiveStream[Any], on_token: TokenSink)
 
 
 async def _task_form(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
-    send, receive = anyio.create_memory_object_stream[JobItem](CHANNEL_ITEMS)
+    await _feed(url, tasks, on_token, *anyio.create_memory_object_stream[JobItem](CHANNEL_ITEMS))
+
+
+async def _own_channel(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
+    await _feed(url, tasks, on_token, *create_job_channel(CHANNEL_ITEMS))
+
+
+async def _feed(
+    url: str,
+    tasks: list[TaskRequest],
+    on_token: TokenSink,
+    send: MemoryObjectSendStream[JobItem],
+    receive: ObjectReceiveStream[JobItem],
+) -> None:
     async with LlamaCppHttpAdapter(url) as adapter, trio.open_nursery() as nursery:
         nursery.start_soon(_receive, receive, on_token)
         async with send:
@@ -255,7 +279,7 @@ async def _pump(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None
                 nursery.start_soon(_pump_task, client, url, task, send.clone())
 
 
-_CLIENTS = {PULL: _pull, TASK: _task_form, PUMP: _pump}
+_CLIENTS = {PULL: _pull, TASK: _task_form, OWN: _own_channel, PUMP: _pump}
 
 
 if __name__ == "__main__":

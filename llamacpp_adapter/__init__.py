@@ -20,7 +20,7 @@ from ._receive import EventReceiveStream
 from ._relay import Relay, RelayStream, open_relay_stream
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
-from ._task_form import JobItem, JobItemSendStream
+from ._task_form import JobItem, JobItemReceiveStream, JobItemSendStream, create_job_channel
 from ._types import (
     End,
     Metrics,
@@ -50,6 +50,7 @@ __all__ = [
     "InternalError",
     "JobCancelled",
     "JobItem",
+    "JobItemReceiveStream",
     "JobItemSendStream",
     "LlamaCppHttpAdapter",
     "Metrics",
@@ -70,6 +71,7 @@ __all__ = [
     "WorkerProps",
     "WorkerReset",
     "completion_body",
+    "create_job_channel",
     "default_client",
     "open_relay_stream",
     "redact_secrets",

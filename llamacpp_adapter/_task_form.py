@@ -14,13 +14,26 @@ from typing import Protocol, TypeAlias
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import trio
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import (
+    MemoryObjectReceiveStream,
+    MemoryObjectSendStream,
+    MemoryObjectStreamStatistics,
+)
 
 from ._exceptions import WorkerError
 from ._receive import EventReceiveStream
 from ._types import TokenEvent
 
-__all__ = ["JobItem", "JobItemSendStream", "feed_channel"]
+__all__ = [
+    "JobItem",
+    "JobItemReceiveStream",
+    "JobItemSendStream",
+    "create_job_channel",
+    "feed_channel",
+]
 
 #: One item of the task form: a job's id, and its next event or the failure that ended it.
 JobItem: TypeAlias = tuple[str, TokenEvent | WorkerError]
@@ -47,6 +60,71 @@ class JobItemSendStream(Protocol):
     def send_nowait(self, item: JobItem, /) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+def create_job_channel(
+    max_items: int,
+) -> tuple[MemoryObjectSendStream[JobItem], JobItemReceiveStream]:
+    """A bounded memory channel made for the task form: anyio's memory object stream,
+    whose receive end hands over an item that is already waiting without a pass
+    through the scheduler.
+
+    ::
+
+        send, receive = create_job_channel(64)
+
+    It behaves as ``anyio.create_memory_object_stream[JobItem](max_items)`` in every
+    other way. A receive on anyio's or Trio's own channels yields to the scheduler even
+    when an item waits, so a receiver pays one scheduler pass for each event; this one
+    only checks for cancellation then, and yields only when it has to wait. A receiver
+    therefore runs through at most *max_items* waiting items before other tasks run.
+    """
+    send, receive = anyio.create_memory_object_stream[JobItem](max_items)
+    return send, JobItemReceiveStream(receive)
+
+
+class JobItemReceiveStream(ObjectReceiveStream[JobItem]):
+    """The receive end of :func:`create_job_channel`."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: MemoryObjectReceiveStream[JobItem]) -> None:
+        self._items = items
+
+    async def receive(self) -> JobItem:
+        """The next item: at once, with no pass through the scheduler, when one waits
+        (a cancelled scope still raises); else once a sender sends one.
+
+        Raises:
+            anyio.EndOfStream: once every send end is closed and no item waits.
+            anyio.ClosedResourceError: once this end is closed.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        try:
+            return self._items.receive_nowait()
+        except anyio.WouldBlock:
+            return await self._items.receive()
+
+    async def __anext__(self) -> JobItem:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def receive_nowait(self) -> JobItem:
+        return self._items.receive_nowait()
+
+    def clone(self) -> JobItemReceiveStream:
+        return JobItemReceiveStream(self._items.clone())
+
+    def close(self) -> None:
+        self._items.close()
+
+    async def aclose(self) -> None:
+        self._items.close()
+
+    def statistics(self) -> MemoryObjectStreamStatistics:
+        return self._items.statistics()
 
 
 async def feed_channel(

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
 import anyio.lowlevel
 import pytest
 import trio
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from llamacpp_adapter import (
     AdapterHost,
@@ -28,6 +29,7 @@ from llamacpp_adapter import (
     TokenEvent,
     WorkerError,
     WorkerReset,
+    create_job_channel,
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
 
@@ -64,7 +66,7 @@ async def direct(adapter: LlamaCppHttpAdapter, request: TaskRequest) -> list[Tok
 
 
 async def gather(
-    receive: MemoryObjectReceiveStream[JobItem],
+    receive: ObjectReceiveStream[JobItem],
 ) -> dict[str, list[TokenEvent | WorkerError]]:
     """Every item of the channel until its end, by job."""
     by_job: dict[str, list[TokenEvent | WorkerError]] = defaultdict(list)
@@ -253,13 +255,22 @@ async def cut_or_whole(connection: Connection) -> None:
     await connection.send(chunked(events) + LAST_CHUNK)
 
 
-async def test_a_stream_reset_midway_arrives_in_band_while_the_others_complete() -> None:
+def anyio_channel(
+    items: int,
+) -> tuple[MemoryObjectSendStream[JobItem], ObjectReceiveStream[JobItem]]:
+    return anyio.create_memory_object_stream[JobItem](items)
+
+
+@pytest.mark.parametrize("channel", [anyio_channel, create_job_channel])
+async def test_a_stream_reset_midway_arrives_in_band_while_the_others_complete(
+    channel: Callable[[int], tuple[MemoryObjectSendStream[JobItem], ObjectReceiveStream[JobItem]]],
+) -> None:
     requests = [
         TaskRequest("a", job_id="whole-1"),
         TaskRequest("b", job_id="cut", extra={"cut": True}),
         TaskRequest("c", job_id="whole-2"),
     ]
-    send, receive = anyio.create_memory_object_stream[JobItem](CHANNEL_ITEMS)
+    send, receive = channel(CHANNEL_ITEMS)
     async with (
         fault_server(cut_or_whole) as server,
         LlamaCppHttpAdapter(server.url) as adapter,
@@ -276,3 +287,46 @@ async def test_a_stream_reset_midway_arrives_in_band_while_the_others_complete()
     assert [e.i for e in cut[1:-1] if isinstance(e, Token)] == list(range(CUT_AFTER))
     assert len(cut) == CUT_AFTER + 2
     assert type(cut[-1]) is WorkerReset  # the error itself, its job's last item
+
+
+# --- create_job_channel ------------------------------------------------------------------
+
+
+async def test_the_job_channel_hands_over_waiting_items_without_a_scheduler_pass() -> None:
+    send, receive = create_job_channel(4)
+    ran = False
+
+    async def other() -> None:
+        nonlocal ran
+        ran = True
+
+    async with send, receive, anyio.create_task_group() as group:
+        for n in range(3):
+            send.send_nowait((f"job-{n}", Started(f"job-{n}")))
+        group.start_soon(other)  # runnable, not yet run
+        taken = [await receive.receive() for _ in range(3)]
+        assert not ran  # three receives, and no other task ran in between
+        with anyio.move_on_after(0.01):
+            await receive.receive()  # nothing waits: this one yields
+        assert ran
+    assert [job_id for job_id, _ in taken] == ["job-0", "job-1", "job-2"]
+
+
+async def test_the_job_channel_still_honours_cancellation_and_its_ends() -> None:
+    send, receive = create_job_channel(4)
+    item = ("job", Started("job"))
+    send.send_nowait(item)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await receive.receive()  # an item waits, but the scope is cancelled
+    assert scope.cancelled_caught
+    assert receive.statistics().current_buffer_used == 1  # nothing was taken
+    clone = receive.clone()
+    assert await clone.receive() == item
+    await clone.aclose()
+    send.close()
+    with pytest.raises(anyio.EndOfStream):  # every send end closed, nothing waits
+        await receive.receive()
+    await receive.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        receive.receive_nowait()
