@@ -108,14 +108,19 @@ def _throughput(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
     ]
 
 
-def _paced(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
-    rounds = 1 if quick else 3
-    spec = {
+def _paced_spec(*, quick: bool) -> dict[str, Any]:
+    """N streams, one token per write on the server's grid."""
+    return {
         "mode": "paced",
         "streams": PACED_STREAMS,
         "events": 24 if quick else 50,
         "interval_ms": PACED_INTERVAL_MS,
     }
+
+
+def _paced(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
+    rounds = 1 if quick else 3
+    spec = _paced_spec(quick=quick)
     figures = _runs(url, spec, (PULL, TASK, OWN), rounds)
     table = Table(
         f"The two shapes, paced: {PACED_STREAMS} streams, a token every {PACED_INTERVAL_MS} ms",
@@ -143,12 +148,7 @@ def _paced(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
 
 def _fan_in(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
     rounds = 1 if quick else 3
-    spec = {
-        "mode": "paced",
-        "streams": PACED_STREAMS,
-        "events": 24 if quick else 50,
-        "interval_ms": PACED_INTERVAL_MS,
-    }
+    spec = _paced_spec(quick=quick)
     figures = _runs(url, spec, (TASK, OWN, PUMP), rounds)
     table = Table(
         f"Fan-in: {PACED_STREAMS} paced streams into one receiver",
