@@ -719,6 +719,7 @@ class HostStream(EventReceiveStream):
         self._failure: WorkerError | None = None
         self._ended = False
         self._closed = False
+        self._finished = False  # its end or its failure was handed out
         self._turn = ReadTurn()
 
     @property
@@ -751,6 +752,9 @@ class HostStream(EventReceiveStream):
             self._turn.take()
             try:
                 read = await self._read(events)
+            except (StopAsyncIteration, WorkerError):
+                self._finished = True  # its end, or the failure that ended it
+                raise
             finally:
                 self._turn.give_back()
             # None: the task went to another replica, or the replica's own Started.
@@ -794,7 +798,7 @@ class HostStream(EventReceiveStream):
         while True:
             events = self._events
             if events is None:
-                if self._closed:
+                if self._closed and not self._finished:
                     raise anyio.ClosedResourceError(CLOSED_MESSAGE)
                 raise anyio.EndOfStream
             if not events.buffered:

@@ -116,6 +116,7 @@ class EventStream(EventReceiveStream):
         return self
 
     async def __anext__(self) -> TokenEvent:
+        # receive_nowait()'s first lines, inlined: this runs for every event.
         if self._index < len(self._batch):
             event = self._batch[self._index]
             self._index += 1

@@ -10,6 +10,7 @@ import random
 import socket
 import time
 
+import anyio
 import httpx
 import pytest
 import trio
@@ -491,3 +492,22 @@ async def test_cancel_ends_the_job_on_its_replica_without_a_retry(nursery: trio.
         assert [type(e) for e in got] == [Started, Token]
         assert len(engine.times) == 1
         assert host.replicas("pool")[0].in_flight == 0
+
+
+# --- The receive interface -------------------------------------------------------------
+
+
+async def test_a_host_stream_used_after_its_block_ends_or_says_closed_as_an_event_stream(
+    nursery: trio.Nursery,
+) -> None:
+    async with host_for_test() as host:
+        await add_replica(nursery, host, "r0", Engine(tokens(2)))
+        async with host.submit("pool", TaskRequest("whole")) as whole:
+            events = [event async for event in whole]
+        async with host.submit("pool", TaskRequest("left")) as left:
+            await left.receive()
+    assert isinstance(events[-1], End)
+    with pytest.raises(anyio.EndOfStream):  # it had ended: its end, as EventStream says
+        await whole.receive()
+    with pytest.raises(anyio.ClosedResourceError):  # it was left before its end
+        await left.receive()
