@@ -148,9 +148,25 @@ async def feed_channel(
             await send_stream.aclose()
 
 
+#: Sends in a row that found the channel full, after which the rest of a read's events
+#: wait in an awaited send without trying send_nowait first.
+_FULL_BEFORE_WAITING = 2
+
+
 async def _send_events(
     events: EventReceiveStream, job_id: str, send_stream: JobItemSendStream
 ) -> None:
+    """Send each event of *events*, in order, and the failure that ends it.
+
+    The read that brought an event was a checkpoint already, so an event goes over with
+    ``send_nowait`` while the channel has room (an awaited ``send`` takes a pass through
+    the scheduler before it looks). When the channel is full, ``send`` waits. A receiver
+    that takes one item a pass (anyio's and Trio's own receive) then keeps the channel
+    full: once two sends in a row found it so, the rest of that read's events go
+    straight to ``send``, sparing a ``send_nowait`` that fails each time. A receiver
+    that empties the channel in one pass (:func:`create_job_channel`'s) never gets there.
+    """
+    send_nowait, send = send_stream.send_nowait, send_stream.send
     try:
         while True:
             try:
@@ -159,25 +175,26 @@ async def _send_events(
                 return
             except WorkerError as exc:
                 event = exc
-            await _send(send_stream, (job_id, event))
-            if isinstance(event, WorkerError):
-                return
-            # The rest of that read's events, decoded already.
-            while events.buffered:
+            full = 0  # sends in a row of this read that found the channel full
+            while True:
+                item = (job_id, event)
+                if full < _FULL_BEFORE_WAITING:
+                    try:
+                        send_nowait(item)
+                        full = 0
+                    except _FULL:
+                        full += 1
+                        await send(item)
+                else:
+                    await send(item)
+                if isinstance(event, WorkerError):
+                    return
+                if not events.buffered:
+                    break
+                # The rest of that read's events, decoded already.
                 try:
                     event = events.receive_nowait()
                 except anyio.WouldBlock:
                     break  # what was counted was not the consumer's (a replica's Started)
-                await _send(send_stream, (job_id, event))
     except _RECEIVER_GONE:
         return  # the receiver closed its end: nobody wants the rest
-
-
-async def _send(send_stream: JobItemSendStream, item: JobItem) -> None:
-    """Send *item*, waiting only while the channel is full. The read that brought the
-    event was a checkpoint already: a send that has room needs no pass through the
-    scheduler (an awaited ``send`` takes one before it looks)."""
-    try:
-        send_stream.send_nowait(item)
-    except _FULL:
-        await send_stream.send(item)

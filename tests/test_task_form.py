@@ -8,6 +8,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import anyio
 import anyio.lowlevel
@@ -19,6 +20,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from llamacpp_adapter import (
     AdapterHost,
     End,
+    EventReceiveStream,
     JobItem,
     LlamaCppHttpAdapter,
     Metrics,
@@ -32,6 +34,7 @@ from llamacpp_adapter import (
     create_job_channel,
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._task_form import feed_channel
 
 from .faultserver import Connection, fault_server
 from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
@@ -330,3 +333,89 @@ async def test_the_job_channel_still_honours_cancellation_and_its_ends() -> None
     await receive.aclose()
     with pytest.raises(anyio.ClosedResourceError):
         receive.receive_nowait()
+
+
+# --- How the task sends, without sockets --------------------------------------------------
+
+READ_EVENTS = 100
+
+
+class OneRead(EventReceiveStream):
+    """Started and READ_EVENTS tokens, all decoded by one read (a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.job_id = "job"
+        self._events: list[TokenEvent] = []
+        self._read = False
+
+    async def __anext__(self) -> TokenEvent:
+        if not self._events and not self._read:
+            await anyio.lowlevel.checkpoint()
+            self._read = True
+            self._events = [Started("job"), *(Token(i, "x") for i in range(READ_EVENTS))]
+        if not self._events:
+            raise StopAsyncIteration
+        return self._events.pop(0)
+
+    def receive_nowait(self) -> TokenEvent:
+        if not self._events:
+            raise anyio.WouldBlock
+        return self._events.pop(0)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._events)
+
+    async def aclose(self) -> None:
+        self._events = []
+
+
+class CountingSend:
+    """A channel's send end that counts how each item was offered."""
+
+    def __init__(self, inner: MemoryObjectSendStream[JobItem]) -> None:
+        self.inner = inner
+        self.nowait = 0
+        self.awaited = 0
+
+    def send_nowait(self, item: JobItem) -> None:
+        self.nowait += 1
+        self.inner.send_nowait(item)
+
+    async def send(self, item: JobItem) -> None:
+        self.awaited += 1
+        await self.inner.send(item)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def send_one_read(
+    send: MemoryObjectSendStream[JobItem], receive: ObjectReceiveStream[JobItem]
+) -> tuple[CountingSend, list[TokenEvent | WorkerError]]:
+    @asynccontextmanager
+    async def opening() -> AsyncIterator[EventReceiveStream]:
+        yield OneRead()
+
+    counting = CountingSend(send)
+    async with anyio.create_task_group() as group:
+        await group.start(feed_channel, opening(), "job", counting)
+        by_job = await gather(receive)
+    return counting, by_job["job"]
+
+
+async def test_a_receiver_taking_one_item_a_pass_is_not_offered_send_nowait_each_time() -> None:
+    # anyio's receive yields to the scheduler before each item: the channel stays full
+    # while the task sends, so each send_nowait would fail.
+    counting, items = await send_one_read(*anyio.create_memory_object_stream[JobItem](4))
+    assert items == [Started("job"), *(Token(i, "x") for i in range(READ_EVENTS))]
+    assert counting.nowait <= 4 + 2  # the room there was, then two that found it full
+    assert counting.nowait + counting.awaited >= READ_EVENTS + 1
+
+
+async def test_a_receiver_emptying_the_channel_at_once_gets_items_without_a_pass_each() -> None:
+    # create_job_channel's receive takes every waiting item in one pass: after each wait
+    # the channel has room again, and send_nowait fills it.
+    counting, items = await send_one_read(*create_job_channel(4))
+    assert items == [Started("job"), *(Token(i, "x") for i in range(READ_EVENTS))]
+    assert counting.awaited <= (READ_EVENTS + 1) // 4 + 1  # one wait a full channel
