@@ -138,6 +138,11 @@ class JobItemReceiveStream(ObjectReceiveStream[JobItem]):
         return self._items.statistics()
 
 
+#: Sends in a row that found the channel full, after which the rest of a read's events
+#: wait in an awaited send without trying send_nowait first.
+_FULL_BEFORE_WAITING = 2
+
+
 async def feed_channel(
     opening: AbstractAsyncContextManager[EventReceiveStream],
     job_id: str,
@@ -145,29 +150,11 @@ async def feed_channel(
     task_status: anyio.abc.TaskStatus[str],
 ) -> None:
     """Open the stream (*opening* is a ``submit(...)`` block), report *job_id* to
-    ``start``, and send each event into *send_stream*; close *send_stream* at the end.
+    ``start``, and send each event into *send_stream*, then the failure that ended it;
+    close *send_stream* at the end.
 
     A failure to open is raised, so that ``start`` raises it. A receiver that went away
     ends the task quietly, and leaving the block closes the stream's response.
-    """
-    try:
-        async with opening as events:
-            task_status.started(job_id)
-            await _send_events(events, job_id, send_stream)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await send_stream.aclose()
-
-
-#: Sends in a row that found the channel full, after which the rest of a read's events
-#: wait in an awaited send without trying send_nowait first.
-_FULL_BEFORE_WAITING = 2
-
-
-async def _send_events(
-    events: EventReceiveStream, job_id: str, send_stream: JobItemSendStream
-) -> None:
-    """Send each event of *events*, in order, and the failure that ends it.
 
     The read that brought an event was a checkpoint already, so an event goes over with
     ``send_nowait`` while the channel has room (an awaited ``send`` takes a pass through
@@ -179,33 +166,33 @@ async def _send_events(
     """
     send_nowait, send = send_stream.send_nowait, send_stream.send
     try:
-        while True:
+        async with opening as events:
+            task_status.started(job_id)
             try:
-                event: TokenEvent | WorkerError = await events.receive()
-            except anyio.EndOfStream:
-                return
+                async for event in events:
+                    full = 0  # sends in a row of this read that found the channel full
+                    while True:
+                        item = (job_id, event)
+                        if full < _FULL_BEFORE_WAITING:
+                            try:
+                                send_nowait(item)
+                                full = 0
+                            except _FULL:
+                                full += 1
+                                await send(item)
+                        else:
+                            await send(item)
+                        if not events.buffered:
+                            break
+                        # The rest of that read's events, decoded already: no await.
+                        try:
+                            event = events.receive_nowait()
+                        except anyio.WouldBlock:
+                            break  # what was counted was not for the consumer (a replica's Started)
             except WorkerError as exc:
-                event = exc
-            full = 0  # sends in a row of this read that found the channel full
-            while True:
-                item = (job_id, event)
-                if full < _FULL_BEFORE_WAITING:
-                    try:
-                        send_nowait(item)
-                        full = 0
-                    except _FULL:
-                        full += 1
-                        await send(item)
-                else:
-                    await send(item)
-                if isinstance(event, WorkerError):
-                    return
-                if not events.buffered:
-                    break
-                # The rest of that read's events, decoded already.
-                try:
-                    event = events.receive_nowait()
-                except anyio.WouldBlock:
-                    break  # what was counted was not the consumer's (a replica's Started)
+                await send((job_id, exc))
     except _RECEIVER_GONE:
-        return  # the receiver closed its end: nobody wants the rest
+        pass  # the receiver closed its end: nobody wants the rest
+    finally:
+        with anyio.CancelScope(shield=True):
+            await send_stream.aclose()

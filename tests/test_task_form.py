@@ -409,7 +409,10 @@ async def test_a_receiver_taking_one_item_a_pass_is_not_offered_send_nowait_each
     # while the task sends, so each send_nowait would fail.
     counting, items = await send_one_read(*anyio.create_memory_object_stream[JobItem](4))
     assert items == [Started("job"), *(Token(i, "x") for i in range(READ_EVENTS))]
-    assert counting.nowait <= 4 + 2  # the room there was, then two that found it full
+    # The room there was, then two tries that found it full; now and then the receiver
+    # takes two items in a row (Trio orders each pass at random), and the room it leaves
+    # costs two more tries. Without the rule, every item is offered to send_nowait.
+    assert counting.nowait <= READ_EVENTS // 2
     assert counting.nowait + counting.awaited >= READ_EVENTS + 1
 
 
