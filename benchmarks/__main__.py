@@ -24,12 +24,23 @@ from ._common import Table, Target, stub_server
 from .bench_connections import connections
 from .bench_decode import decode
 from .bench_engine import engine
+from .bench_loops import loops
 from .bench_memory import idle_streams, slow_consumer
 from .bench_streams import latency, paced_cpu, throughput
 from .bench_task_form import task_form
 
 HERE = Path(__file__).parent
-PACKAGES = ["llamacpp-adapter", "httpx", "httpx-sse", "openai", "msgspec", "trio", "anyio"]
+PACKAGES = [
+    "llamacpp-adapter",
+    "httpx",
+    "httpx-sse",
+    "openai",
+    "aiohttp",
+    "uvloop",
+    "msgspec",
+    "trio",
+    "anyio",
+]
 
 
 def main() -> int:
@@ -56,6 +67,7 @@ def main() -> int:
         for case in (throughput, paced_cpu, latency, slow_consumer, idle_streams):
             record(case(url, quick=args.quick))
     record(task_form(quick=args.quick))
+    record(loops(quick=args.quick))
     record(engine(quick=args.quick))
     record(connections(quick=args.quick))
 

@@ -1,0 +1,261 @@
+"""The adapter on every event loop it runs on (Trio, asyncio, asyncio with uvloop), beside
+the peers on the same loops: httpx + httpx-sse, and aiohttp reading lines and parsing
+each with ``json.loads`` (the client of vLLM's serving benchmark).
+
+* per-token CPU when paced: N streams, one token per write on the server's grid;
+* bulk throughput: one stream of many events, as fast as the socket takes them.
+
+The stub server runs in its own process on one core; each client run is a fresh process
+on the other, and prints what it measured.
+
+    python -m benchmarks.bench_loops [--quick]   # this case alone
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token, completion_body
+
+from ._common import SERVER_CORE, Table, Target, httpx_sse_tokens, peer_client, pinned, request
+from ._common import run_client as _run_client
+from ._common import stub_server as _stub_server
+
+ADAPTER = "llamacpp-adapter"
+HTTPX = "httpx + httpx-sse"
+AIOHTTP = "aiohttp, lines + json.loads"
+TRIO, ASYNCIO, UVLOOP = "Trio", "asyncio", "asyncio + uvloop"
+#: Every (client, loop) measured, in the tables' order.
+RUNS = (
+    (ADAPTER, TRIO),
+    (ADAPTER, ASYNCIO),
+    (ADAPTER, UVLOOP),
+    (HTTPX, TRIO),
+    (HTTPX, ASYNCIO),
+    (AIOHTTP, ASYNCIO),
+    (AIOHTTP, UVLOOP),
+)
+#: (streams, interval ms, tokens each): the pace keeps the slowest client under a core.
+PACED = ((100, 50, 50), (1000, 250, 20))
+QUICK_PACED = ((100, 50, 24), (1000, 250, 12))
+
+
+def loops(*, quick: bool) -> tuple[list[Table], list[Target]]:
+    with pinned(SERVER_CORE), _stub_server() as url:
+        paced, paced_targets = _paced(url, quick=quick)
+        bulk, bulk_targets = _bulk(url, quick=quick)
+    return [paced, bulk], paced_targets + bulk_targets
+
+
+def _run(url: str, spec: dict[str, Any], client: str, loop: str) -> dict[str, float]:
+    args = json.dumps({**spec, "client": client, "loop": loop, "url": url})
+    result: dict[str, float] = _run_client("benchmarks.bench_loops", args)
+    return result
+
+
+def _rounds(url: str, spec: dict[str, Any], rounds: int) -> dict[tuple[str, str], list[float]]:
+    """CPU per 1,000 tokens of each (client, loop), round by round, in alternating order."""
+    costs: dict[tuple[str, str], list[float]] = {run: [] for run in RUNS}
+    for round_ in range(rounds):
+        for run in RUNS if round_ % 2 == 0 else RUNS[::-1]:
+            costs[run].append(_run(url, spec, *run)["cpu_per_1000"])
+    return costs
+
+
+def _ratio(
+    costs: dict[tuple[str, str], list[float]], run: tuple[str, str], base: tuple[str, str]
+) -> float:
+    """The median of the rounds' ratios of *run* to *base*."""
+    return statistics.median(a / b for a, b in zip(costs[run], costs[base], strict=True))
+
+
+def _paced(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
+    rounds = 3 if quick else 5
+    table = Table(
+        "Per-token CPU on each event loop, paced",
+        ["N", "interval", "client", "loop", "CPU s / 1,000 tokens", "ratio to the peer"],
+        notes=[
+            "Client CPU (user + system) once every stream has delivered two tokens; the "
+            f"median of {rounds} rounds, each run a fresh process. The peer is aiohttp on "
+            "the same loop on asyncio and uvloop, httpx + httpx-sse on Trio; the ratio is "
+            "the median of the rounds' ratios."
+        ],
+    )
+    targets = []
+    for streams, interval_ms, events in QUICK_PACED if quick else PACED:
+        spec = {"mode": "paced", "streams": streams, "events": events, "interval_ms": interval_ms}
+        costs = _rounds(url, spec, rounds)
+        peers = {TRIO: (HTTPX, TRIO), ASYNCIO: (AIOHTTP, ASYNCIO), UVLOOP: (AIOHTTP, UVLOOP)}
+        for client, loop in RUNS:
+            ratio = _ratio(costs, (client, loop), peers[loop])
+            table.add(f"{streams:,}", f"{interval_ms} ms", client, loop,
+                      f"{statistics.median(costs[client, loop]):.3f}", f"{ratio:.2f}x")  # fmt: skip
+        for loop, goal in ((ASYNCIO, 1.0), (UVLOOP, 1.0), (TRIO, 0.7)):
+            peer = peers[loop]
+            ratio = _ratio(costs, (ADAPTER, loop), peer)
+            targets.append(
+                Target(
+                    f"paced CPU at N={streams} on {loop} <= {goal}x {peer[0]}",
+                    f"{ratio:.2f}x",
+                    ratio <= goal,
+                    factor=goal / ratio,
+                    goal=1.0,
+                )
+            )
+    return table, targets
+
+
+def _bulk(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
+    events = 50_000 if quick else 200_000
+    rounds = 3 if quick else 5
+    spec = {"mode": "burst", "streams": 1, "events": events}
+    rates: dict[tuple[str, str], list[float]] = {run: [] for run in RUNS}
+    for round_ in range(rounds):
+        for run in RUNS if round_ % 2 == 0 else RUNS[::-1]:
+            rates[run].append(_run(url, spec, *run)["rate"])
+    table = Table(
+        f"Bulk throughput on each event loop: one stream of {events:,} events",
+        ["client", "loop", "events/s", "ratio to httpx + httpx-sse"],
+        notes=[f"The median of {rounds} rounds, each run a fresh process."],
+    )
+    targets = []
+    for client, loop in RUNS:
+        base = (HTTPX, loop if loop != UVLOOP else ASYNCIO)
+        ratio = statistics.median(
+            a / b for a, b in zip(rates[client, loop], rates[base], strict=True)
+        )
+        table.add(client, loop, statistics.median(rates[client, loop]), f"{ratio:.2f}x")
+        if client == ADAPTER:
+            targets.append(
+                Target(
+                    f"bulk throughput on {loop} >= 3x httpx + httpx-sse",
+                    f"{ratio:.2f}x",
+                    ratio >= 3,
+                    factor=ratio,
+                    goal=3.0,
+                )
+            )
+    return table, targets
+
+
+# --- One client run, in its own process -------------------------------------------------
+
+TokenSink = Callable[[str, str], None]
+
+
+async def _measure(spec: dict[str, Any]) -> dict[str, float]:
+    streams, events = int(spec["streams"]), int(spec["events"])
+    paced = spec["mode"] == "paced"
+    fields: dict[str, Any] = {"bench_mode": spec["mode"], "bench_events": events}
+    if paced:
+        fields["bench_interval_ms"] = spec["interval_ms"]
+    tasks = [request(**fields) for _ in range(streams)]
+    # The measure starts once every stream has delivered two tokens: all are open.
+    tokens_of: dict[str, int] = {}
+    under_way = 0
+    warm: int | None = None
+    count = 0
+    cpu_at_warm = time.process_time()
+
+    def on_token(job_id: str, _: str) -> None:
+        nonlocal count, under_way, warm, cpu_at_warm
+        count += 1
+        if warm is None:
+            tokens_of[job_id] = tokens_of.get(job_id, 0) + 1
+            if tokens_of[job_id] == 2:
+                under_way += 1
+                if under_way == streams:
+                    warm = count
+                    cpu_at_warm = time.process_time()
+
+    started = time.perf_counter()
+    await _CLIENTS[spec["client"]](spec["url"], tasks, on_token)
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu_at_warm
+    assert count == streams * events, (spec["client"], count)
+    assert warm is not None
+    return {"rate": count / elapsed, "cpu_per_1000": cpu / (count - warm) * 1000}
+
+
+async def _adapter(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
+    async def one(adapter: LlamaCppHttpAdapter, task: TaskRequest) -> None:
+        async with adapter.submit(task) as events:
+            async for event in events:
+                if type(event) is Token:
+                    on_token(task.job_id, event.text)
+
+    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
+        for task in tasks:
+            group.start_soon(one, adapter, task)
+
+
+async def _httpx(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
+    async def one(task: TaskRequest) -> None:
+        async for text in httpx_sse_tokens(client, url, task):
+            on_token(task.job_id, text)
+
+    async with peer_client() as client, anyio.create_task_group() as group:
+        for task in tasks:
+            group.start_soon(one, task)
+
+
+async def _aiohttp(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
+    """As vLLM's serving benchmark reads a stream: line by line, each ``data:`` line
+    parsed with ``json.loads``."""
+    import aiohttp
+
+    async def one(session: aiohttp.ClientSession, task: TaskRequest) -> None:
+        async with session.post(f"{url}/completion", json=completion_body(task)) as response:
+            async for line in response.content:
+                line = line.strip()
+                if not line:
+                    continue
+                chunk = json.loads(line.decode().removeprefix("data: "))
+                if not chunk["stop"]:
+                    on_token(task.job_id, chunk["content"])
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        asyncio.TaskGroup() as group,
+    ):
+        for task in tasks:
+            group.create_task(one(session, task))
+
+
+_CLIENTS: dict[str, Callable[[str, list[TaskRequest], TokenSink], Awaitable[None]]] = {
+    ADAPTER: _adapter,
+    HTTPX: _httpx,
+    AIOHTTP: _aiohttp,
+}
+
+
+def _client_process(spec: dict[str, Any]) -> dict[str, float]:
+    from .bench_streams import raise_fd_limit
+
+    raise_fd_limit()
+    if spec["loop"] == TRIO:
+        return anyio.run(_measure, spec, backend="trio")
+    return anyio.run(
+        _measure, spec, backend="asyncio", backend_options={"use_uvloop": spec["loop"] == UVLOOP}
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a client process
+        print(json.dumps(_client_process(json.loads(sys.argv[1]))))
+    else:
+        tables, targets = loops(quick="--quick" in sys.argv)
+        for table in tables:
+            print(table.markdown())
+        for target in targets:
+            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
