@@ -18,6 +18,7 @@ import anyio.abc
 import httpx
 import msgspec
 
+from ._body import HttpxBody
 from ._exceptions import (
     AdapterError,
     DeadlineUnmet,
@@ -173,7 +174,7 @@ class LlamaCppHttpAdapter:
             raise DeadlineUnmet(f"the stream did not open within {timeout} s")
         stream = EventStream(
             request.job_id,
-            response,
+            HttpxBody(response),
             max_event_bytes=self._max_event_bytes,
             blank_lines_per_read=self._blank_lines_per_read,
             deadline=deadline,

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 import anyio
 import httpx
 
+from ._body import BodySource
 from ._exceptions import DeadlineUnmet, DecodeTimeout, InternalError, WorkerError
 from ._mapping import CompletionStreamDecoder
 from ._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
-from ._responses import CLOSE_TIMEOUT_S, as_generator, close_response, http_error
+from ._responses import http_error
 from ._types import Started, TokenEvent
 
 __all__ = ["EventStream", "event_slices"]
@@ -30,7 +31,7 @@ EXTRA_EVENTS_PER_SLICE = 3
 
 class EventStream(EventReceiveStream):
     """The events of one task, in order: :class:`Started`, :class:`Token`\\ s,
-    :class:`Metrics`, :class:`End`, read from one streamed response. It is an
+    :class:`Metrics`, :class:`End`, read from one streamed answer's body. It is an
     :class:`EventReceiveStream`: ``async for``, ``receive()``, ``receive_nowait()``,
     ``aclose()``.
 
@@ -60,8 +61,7 @@ class EventStream(EventReceiveStream):
         "_index",
         "_on_end",
         "_pieces",
-        "_reads",
-        "_response",
+        "_source",
         "_turn",
         "job_id",
     )
@@ -69,7 +69,7 @@ class EventStream(EventReceiveStream):
     def __init__(
         self,
         job_id: str,
-        response: httpx.Response,
+        source: BodySource,
         *,
         max_event_bytes: int,
         blank_lines_per_read: int,
@@ -78,8 +78,7 @@ class EventStream(EventReceiveStream):
         on_end: Callable[[EventStream, WorkerError | None], None],
     ) -> None:
         self.job_id = job_id
-        self._response = response
-        self._reads = as_generator(response.aiter_raw())
+        self._source = source
         self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
         self._blank_lines = blank_lines_per_read
         self._deadline = deadline
@@ -229,9 +228,7 @@ class EventStream(EventReceiveStream):
         """The next read of the body, or None at its end."""
         self._turn.take()
         try:
-            return await self._reads.__anext__()
-        except StopAsyncIteration:
-            return None
+            return await self._source.read()
         finally:
             self._turn.give_back()
 
@@ -244,10 +241,10 @@ class EventStream(EventReceiveStream):
             self._cancel_reason = reason
         if not self._turn.taken:
             await self._close()
-        elif not self._response.is_closed:
-            # The body's reader is running in the consumer's task; close only the
-            # response under it, and leave closing the reader to the consumer.
-            await close_response(self._response)
+        else:
+            # The body is being read in the consumer's task: closing the connection
+            # under it makes that read fail, and the consumer closes the rest.
+            await self._source.aclose()
 
     async def _finish(self, failure: WorkerError | None) -> None:
         self._done = True
@@ -256,13 +253,11 @@ class EventStream(EventReceiveStream):
         self._on_end(self, failure)
 
     async def _close(self) -> None:
-        """Close the response (and so free the engine's slot). Shielded and bounded."""
+        """Close the connection (and so free the engine's slot). Shielded and bounded."""
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
-            await self._reads.aclose()
-            await self._response.aclose()
+        await self._source.aclose()
 
 
 def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
