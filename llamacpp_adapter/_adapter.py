@@ -8,8 +8,10 @@ import hashlib
 import logging
 import math
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
@@ -18,7 +20,8 @@ import anyio.abc
 import httpx
 import msgspec
 
-from ._body import HttpxBody
+from ._body import BodySource, HttpxBody
+from ._direct import Endpoint, StreamTimeouts, open_direct
 from ._exceptions import (
     AdapterError,
     DeadlineUnmet,
@@ -26,10 +29,12 @@ from ._exceptions import (
     ProtocolError,
     WorkerError,
 )
+from ._http11 import request_bytes
 from ._keepalive import NOT_KEPT, ConnectionTrace, may_send_again
 from ._mapping import completion_body
 from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets, secret_mask
 from ._responses import (
+    MAX_ERROR_BODY_BYTES,
     close_response,
     error_message,
     http_error,
@@ -108,6 +113,10 @@ class LlamaCppHttpAdapter:
         self._max_event_bytes = max_event_bytes
         read_timeout = self._client.timeout.read
         self._event_timeout_s = math.inf if read_timeout is None else read_timeout
+        # Streams take the direct path, with no HTTP client between the socket and the
+        # parser, unless the caller brought a client (proxies, its own TLS or auth: what
+        # it does, httpx does) or the environment names a proxy for the server.
+        self._direct = None if client is not None else _direct_route(base_url, self._client.timeout)
         self._streams: dict[str, set[EventStream]] = {}
         self._closed = False
 
@@ -169,12 +178,12 @@ class LlamaCppHttpAdapter:
             raise RuntimeError("the adapter is closed")
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         with anyio.CancelScope(deadline=deadline) as opening:
-            response = await self._open_stream(request)
+            source = await self._open_stream(request)
         if opening.cancelled_caught:
             raise DeadlineUnmet(f"the stream did not open within {timeout} s")
         stream = EventStream(
             request.job_id,
-            HttpxBody(response),
+            source,
             max_event_bytes=self._max_event_bytes,
             blank_lines_per_read=self._blank_lines_per_read,
             deadline=deadline,
@@ -250,21 +259,52 @@ class LlamaCppHttpAdapter:
             if not streams:
                 del self._streams[stream.job_id]
 
-    async def _open_stream(self, request: TaskRequest) -> httpx.Response:
+    async def _open_stream(self, request: TaskRequest) -> BodySource:
         prompt = None
         if request.messages is not None:
             prompt = await self.apply_template(request.messages)
         body = msgspec.json.encode(completion_body(request, prompt=prompt))
+        headers = {
+            **self._headers,
+            **NOT_KEPT,  # llama-server closes it after the stream, unannounced
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+        }
+        if self._direct is not None:
+            source = await self._open_direct(body, headers, self._direct)
+        else:
+            source = HttpxBody(await self._open_through_httpx(body, headers))
+        logger.debug(
+            "stream opened",
+            extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
+        )
+        return source
+
+    async def _open_direct(
+        self, body: bytes, headers: dict[str, str], route: _DirectRoute
+    ) -> BodySource:
+        data = request_bytes("POST", f"{route.path}/completion", route.host, headers, body)
+        source = await open_direct(route.endpoint, data, route.timeouts)
+        head = source.parser
+        try:
+            if head.status != 200:
+                answer = httpx.Response(
+                    head.status,
+                    headers=list(head.headers.items()),
+                    extensions={"reason_phrase": head.reason.encode("latin-1")},
+                )
+                raise status_error(answer, await _read_error_body(source))
+            content_type = head.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
+        except BaseException:
+            await source.aclose()
+            raise
+        return source
+
+    async def _open_through_httpx(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         http_request = self._client.build_request(
-            "POST",
-            self._url("/completion"),
-            content=body,
-            headers={
-                **self._headers,
-                **NOT_KEPT,  # llama-server closes it after the stream, unannounced
-                "Accept": "text/event-stream",
-                "Content-Type": "application/json",
-            },
+            "POST", self._url("/completion"), content=body, headers=headers
         )
         try:
             response = await self._client.send(http_request, stream=True)
@@ -279,10 +319,6 @@ class LlamaCppHttpAdapter:
         except BaseException:
             await close_response(response)
             raise
-        logger.debug(
-            "stream opened",
-            extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
-        )
         return response
 
     def _log_end(self, stream: EventStream, failure: WorkerError | None, *, started: float) -> None:
@@ -493,6 +529,52 @@ class LlamaCppHttpAdapter:
 
 
 # --- Helpers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DirectRoute:
+    """How a stream reaches the server on the direct path."""
+
+    endpoint: Endpoint
+    host: str  # the Host header
+    path: str  # the base URL's path, before "/completion"
+    timeouts: StreamTimeouts
+
+
+def _direct_route(base_url: str, timeouts: httpx.Timeout) -> _DirectRoute | None:
+    """The direct path to *base_url*, or None where httpx must go (a proxy named by the
+    environment, as httpx would use it)."""
+    url = httpx.URL(base_url)
+    proxies = urllib.request.getproxies_environment()
+    if (url.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(url.host):
+        return None
+    tls = httpx.create_ssl_context() if url.scheme == "https" else None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return _DirectRoute(
+        Endpoint(url.host, port, tls),
+        url.netloc.decode("ascii"),
+        url.raw_path.decode("ascii").rstrip("/"),
+        StreamTimeouts(
+            connect=_seconds(timeouts.connect),
+            write=_seconds(timeouts.write),
+            read=_seconds(timeouts.read),
+        ),
+    )
+
+
+def _seconds(value: float | None) -> float:
+    return math.inf if value is None else value
+
+
+async def _read_error_body(source: BodySource) -> bytes:
+    """As much of an error answer's body as it takes to find its message."""
+    body = bytearray()
+    try:
+        while len(body) <= MAX_ERROR_BODY_BYTES and (data := await source.read()) is not None:
+            body += data
+    except WorkerError:
+        pass  # the status says enough
+    return bytes(body[:MAX_ERROR_BODY_BYTES])
 
 
 def _split_credentials(base_url: str) -> tuple[str, str | None]:

@@ -48,6 +48,8 @@ class ResponseParser:
     framing. Once the head is whole, :attr:`status` and :attr:`headers` (names in lower
     case) are set; once the body is whole, :attr:`complete` is true. ``feed_eof()``
     says the connection closed: an answer whose body runs to the close is then whole.
+    Malformed HTTP after some body bytes: they are returned, :attr:`error` holds the
+    error, and the next ``feed`` (or :meth:`raise_pending`) raises it.
 
     Raises:
         ProtocolError: from ``feed``, for malformed HTTP, or a head over
@@ -60,6 +62,7 @@ class ResponseParser:
         "_pieces",
         "_reason",
         "complete",
+        "error",
         "head_complete",
         "headers",
         "status",
@@ -77,6 +80,7 @@ class ResponseParser:
         self.headers: dict[str, str] = {}
         self.head_complete = False
         self.complete = False
+        self.error: ProtocolError | None = None
 
     @property
     def reason(self) -> str:
@@ -84,6 +88,7 @@ class ResponseParser:
         return self._reason.decode("latin-1")
 
     def feed(self, data: bytes) -> bytes:
+        self.raise_pending()
         if self.complete:
             return b""  # the answer is whole: nothing after it belongs to it
         if not self.head_complete:
@@ -91,11 +96,13 @@ class ResponseParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            raise ProtocolError("the engine switched protocols") from None
+            self.error = ProtocolError("the engine switched protocols")
         except httptools.HttpParserError as exc:
             if not self.complete:
-                raise ProtocolError(f"bad HTTP from the engine: {exc}") from None
+                self.error = ProtocolError(f"bad HTTP from the engine: {exc}")
             # llhttp refuses bytes after a whole answer; they are not this answer's.
+        if self.error is not None and not self._pieces:
+            self.raise_pending()
         if not self.head_complete and self._head_bytes > MAX_HEAD_BYTES:
             raise ProtocolError(f"the engine's answer head is over {MAX_HEAD_BYTES} bytes")
         pieces = self._pieces
@@ -103,6 +110,11 @@ class ResponseParser:
             return b""
         self._pieces = []
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def raise_pending(self) -> None:
+        """Raise the error that the last :meth:`feed` met after body bytes it gave."""
+        if self.error is not None:
+            raise self.error
 
     def feed_eof(self) -> None:
         """The connection closed. An answer framed by neither ``Content-Length`` nor

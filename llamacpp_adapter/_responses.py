@@ -34,6 +34,7 @@ __all__ = [
     "CLOSE_TIMEOUT_S",
     "MAX_ERROR_BODY_BYTES",
     "as_generator",
+    "caused_by",
     "close_response",
     "closed_early",
     "error_message",
@@ -41,6 +42,7 @@ __all__ = [
     "json_or_none",
     "read_at_most",
     "read_error_body",
+    "reason_of",
     "status_error",
 ]
 
@@ -64,8 +66,8 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
     elif isinstance(exc, httpx.TransportError) and not _malformed(exc):
         # A certificate that is not trusted will not be trusted on a second try.
         error = WorkerReset(
-            f"the connection to the engine failed {when}: {_reason(exc)}",
-            retriable=not _caused_by(exc, ssl.SSLCertVerificationError),
+            f"the connection to the engine failed {when}: {reason_of(exc)}",
+            retriable=not caused_by(exc, ssl.SSLCertVerificationError),
         )
     else:
         error = ProtocolError(f"bad HTTP from the engine {when}: {exc}")
@@ -87,7 +89,7 @@ def closed_early(exc: httpx.RemoteProtocolError) -> bool:
     return any(mark in message for mark in _PEER_CLOSED_MARKS)
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException) -> str:
     """What went wrong, from *exc* or, when its own message is empty (as httpx's is for
     a refused TLS certificate), from what it wraps."""
     for current in _chain(exc):
@@ -96,7 +98,7 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return any(isinstance(current, kind) for current in _chain(exc))
 
 

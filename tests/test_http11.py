@@ -127,3 +127,14 @@ def test_the_request_bytes() -> None:
 def test_a_header_with_a_line_break_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="line break"):
         request_bytes("POST", "/", "h", {"X": value}, b"")
+
+
+def test_the_body_before_malformed_http_is_given_first() -> None:
+    parser = ResponseParser()
+    body = parser.feed(STREAM_HEAD + chunked(token_event(1)) + b"zz\r\n")
+    assert body == token_event(1)
+    assert isinstance(parser.error, ProtocolError)
+    with pytest.raises(ProtocolError):
+        parser.raise_pending()
+    with pytest.raises(ProtocolError):
+        parser.feed(b"more")

@@ -17,6 +17,7 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 from llamacpp_adapter._keepalive import ConnectionTrace, may_send_again
+from llamacpp_adapter.http_util import default_client
 
 from .faultserver import Connection, fault_server
 from .stub import KEPT_STREAM_HEAD, LAST_CHUNK, chunked, final_event, json_response, token_event
@@ -136,17 +137,38 @@ async def test_a_request_sent_again_is_sent_only_once_more() -> None:
 
 
 async def test_a_streamed_completion_is_never_sent_again() -> None:
+    # Through the caller's own client, a stream may go out on a kept connection.
     async def script(connection: Connection) -> None:
         await connection.send(HEALTHY)
         await connection.next_request()  # the completion, on the kept connection: closed
 
-    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with (
+        fault_server(script) as server,
+        default_client() as client,
+        LlamaCppHttpAdapter(server.url, client=client) as adapter,
+    ):
         assert (await adapter.health()).ready
         with pytest.raises(WorkerReset, match="while opening the stream") as info:
             async with adapter.submit(TaskRequest("hi")):
                 raise AssertionError("the block must not run")
     assert info.value.retriable  # the caller (or the host) may choose to
     assert server.requests == {"/health": 1}  # no connection was opened to send it again
+
+
+async def test_a_streamed_completion_on_the_direct_path_has_a_connection_of_its_own() -> None:
+    async def script(connection: Connection) -> None:
+        if connection.path == "/health":
+            await connection.send(HEALTHY)
+            await connection.next_request()
+        # The completion: closed unanswered, on the connection it opened for itself.
+
+    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+        assert (await adapter.health()).ready
+        with pytest.raises(WorkerReset, match="while opening the stream") as info:
+            async with adapter.submit(TaskRequest("hi")):
+                raise AssertionError("the block must not run")
+    assert info.value.retriable
+    assert server.requests == {"/health": 1, "/completion": 1}  # sent once, never again
 
 
 async def test_a_request_that_fails_on_a_fresh_connection_is_not_sent_again() -> None:
