@@ -18,6 +18,7 @@ import math
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import cast
 
 import anyio
 import trio
@@ -249,8 +250,8 @@ class _AsyncioBody(asyncio.Protocol, DirectBody):
     # The transport's callbacks.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's is not an asyncio.Transport subclass).
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
