@@ -25,7 +25,7 @@ import trio
 
 from ._exceptions import DecodeTimeout, ProtocolError, WorkerError, WorkerReset
 from ._http11 import ResponseParser
-from ._responses import caused_by, reason_of
+from ._responses import CLOSE_TIMEOUT_S, caused_by, reason_of
 
 __all__ = ["DirectBody", "Endpoint", "StreamTimeouts", "open_direct"]
 
@@ -220,6 +220,8 @@ class _AsyncioBody(asyncio.Protocol, DirectBody):
         self._error: WorkerError | None = None
         self._ended = False  # the connection is closed, or its reading end
         self._drained: asyncio.Future[None] | None = None
+        self._lost = False  # connection_lost was called: the socket is closed
+        self._gone: asyncio.Future[None] | None = None  # for aclose(), until then
 
     @classmethod
     async def open(
@@ -282,6 +284,9 @@ class _AsyncioBody(asyncio.Protocol, DirectBody):
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._error is None and not self.parser.complete:
             self._error = _failed(exc, "while reading the stream")
+        self._lost = True
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
         self._end()
         drained = self._drained
         if drained is not None and not drained.done():
@@ -378,12 +383,19 @@ class _AsyncioBody(asyncio.Protocol, DirectBody):
             await self._wait("while reading the stream")
 
     async def aclose(self) -> None:
+        """Close the connection at once (it is never kept), and return once the event
+        loop has closed its socket (uvloop does so an iteration or two later)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.abort()  # at once: a stream's connection is never kept
         self._ended = True
         if self._error is None and not self.parser.complete:
             self._error = WorkerReset("the stream was closed")
         self._wake()
+        if self._transport is None or self._lost:
+            return
+        self._transport.abort()
+        if self._gone is None:
+            self._gone = self._loop.create_future()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
+            await asyncio.shield(self._gone)

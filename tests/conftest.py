@@ -3,8 +3,10 @@ the tiny model the tests write, on a free port on 127.0.0.1."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -31,11 +33,28 @@ def llama_server_with_key() -> Iterator[LocalLlamaServer]:
         yield server
 
 
-@pytest.fixture(params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
+#: The event loops a test marked ``anyio`` runs on: Trio, asyncio's own, and uvloop's
+#: (where it is installed), through anyio's ``anyio_backend``.
+BACKENDS: list[Any] = [
+    pytest.param("trio", id="trio"),
+    pytest.param("asyncio", id="asyncio"),
+]
+if importlib.util.find_spec("uvloop") is not None:
+    BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """The backends a test marked ``anyio`` runs on: each of them."""
-    backend: str = request.param
-    return backend
+    return request.param
+
+
+def backend_name(anyio_backend: Any) -> str:
+    """``trio``, ``asyncio`` or ``uvloop``: the event loop an ``anyio_backend`` runs."""
+    if isinstance(anyio_backend, str):
+        return anyio_backend
+    name, options = anyio_backend
+    return "uvloop" if options.get("use_uvloop") else str(name)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import traceback
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import httpx
@@ -29,7 +31,7 @@ from llamacpp_adapter import (
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
 
-from .conftest import API_KEY, CONTEXT, SLOTS
+from .conftest import API_KEY, CONTEXT, SLOTS, backend_name
 from .cpuload import busy_processes
 
 # The adapter's own tests run on both backends, through anyio's pytest plugin.
@@ -482,6 +484,11 @@ def test_cancel_from_another_task_under_asyncio(llama_server: LocalLlamaServer) 
     assert time.monotonic() - left < STOP_WITHIN_S
 
 
-async def test_each_backend_runs_its_own_tests(anyio_backend: str) -> None:
+async def test_each_backend_runs_its_own_tests(anyio_backend: Any) -> None:
     # pytest-trio must not claim the asyncio runs: this one runs where it says.
-    assert sniffio.current_async_library() == anyio_backend
+    name = backend_name(anyio_backend)
+    assert sniffio.current_async_library() == ("asyncio" if name == "uvloop" else name)
+    if name == "uvloop":
+        import uvloop
+
+        assert isinstance(asyncio.get_running_loop(), uvloop.Loop)

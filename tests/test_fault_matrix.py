@@ -16,6 +16,7 @@ import os
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx
@@ -38,6 +39,7 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 
+from .conftest import backend_name
 from .faultserver import Connection, Script, fault_server, tls_server_context
 from .resources import open_fds, running_tasks, settled_task_count
 from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, json_response, token_event
@@ -225,7 +227,7 @@ FAULTS = [
 
 @pytest.mark.parametrize("consumer", ["fast", "slow"])
 @pytest.mark.parametrize("fault", FAULTS, ids=[fault.name for fault in FAULTS])
-async def test_fault(fault: Fault, consumer: str, anyio_backend: str) -> None:
+async def test_fault(fault: Fault, consumer: str, anyio_backend: Any) -> None:
     # The TLS fault's certificate comes from an authority no client trusts.
     ssl_context = tls_server_context(trustme.CA()) if fault.tls else None
     fds, tasks = open_fds(), running_tasks()
@@ -255,7 +257,7 @@ async def test_fault(fault: Fault, consumer: str, anyio_backend: str) -> None:
         await server.wait_idle()  # the server saw the client close its connection
     fds_after, tasks_after = open_fds(), await settled_task_count(tasks)
 
-    report(fault, consumer, anyio_backend, error, events, elapsed, peak)
+    report(fault, consumer, backend_name(anyio_backend), error, events, elapsed, peak)
     if fault.error is None:
         assert error is None, f"expected a clean End, got {error!r}"
         assert isinstance(events[-2], Metrics)

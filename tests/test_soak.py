@@ -17,6 +17,7 @@ import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -31,6 +32,7 @@ from llamacpp_adapter import (
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
 
+from .conftest import backend_name
 from .faultserver import Connection, FaultServer, fault_server
 from .resources import open_fds, running_tasks, settled_task_count
 from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
@@ -130,7 +132,7 @@ async def soak(adapter: LlamaCppHttpAdapter, streams: int, *, stub: bool) -> dic
 
 
 async def test_a_soak_against_a_stub_leaks_nothing(
-    caplog: pytest.LogCaptureFixture, anyio_backend: str
+    caplog: pytest.LogCaptureFixture, anyio_backend: Any
 ) -> None:
     # The failed streams' warnings would pile up in pytest's log capture, not ours.
     caplog.set_level(logging.ERROR, logger="llamacpp_adapter")
@@ -151,11 +153,11 @@ async def test_a_soak_against_a_stub_leaks_nothing(
     assert open_fds() == fds
     assert await settled_task_count(tasks) == tasks
     assert rss_mb() - rss < RSS_GROWTH_BOUND_MB
-    report("stub", anyio_backend, STUB_STREAMS, fds, rss, pooled)
+    report("stub", backend_name(anyio_backend), STUB_STREAMS, fds, rss, pooled)
 
 
 async def test_a_soak_against_the_real_engine_leaves_every_slot_idle(
-    llama_server: LocalLlamaServer, anyio_backend: str
+    llama_server: LocalLlamaServer, anyio_backend: Any
 ) -> None:
     fds, tasks = open_fds(), running_tasks()
     async with LlamaCppHttpAdapter(llama_server.base_url) as adapter:
@@ -171,7 +173,7 @@ async def test_a_soak_against_the_real_engine_leaves_every_slot_idle(
     assert open_fds() == fds
     assert await settled_task_count(tasks) == tasks
     assert rss_mb() - rss < RSS_GROWTH_BOUND_MB
-    report("llama-server", anyio_backend, ENGINE_STREAMS, fds, rss, pooled)
+    report("llama-server", backend_name(anyio_backend), ENGINE_STREAMS, fds, rss, pooled)
 
 
 def report(engine: str, backend: str, streams: int, fds: int, rss: float, pooled: int) -> None:
