@@ -334,33 +334,33 @@ class _AsyncioBody(asyncio.Protocol, DirectBody):
             raise self._error
 
     async def _wait(self, when: str) -> None:
-        """Raise what the connection failed with, if it did; else wait until something
-        comes (body bytes, the body's end, the connection's end, a failure)."""
+        await self._waiting(when)
+
+    def _waiting(self, when: str) -> asyncio.Future[None]:
+        """Raise what the connection failed with, if it did; else a future that is done
+        once something comes (body bytes, the body's end, the connection's end, a
+        failure). The caller then looks at what came: body bytes before any error."""
         if self._error is not None:
             raise self._error
         if self._ended:
             raise _closed_early(when)
-        waiter = self._loop.create_future()
-        self._waiter = waiter
-        self._wait_began = self._loop.time()
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        self._wait_began = loop.time()
         if self._timer is None and self._read_timeout != math.inf:
-            self._timer = self._loop.call_at(
+            self._timer = loop.call_at(
                 self._wait_began + self._read_timeout, self._check_timeout, when
             )
-        try:
-            await waiter
-        finally:
-            if self._waiter is waiter:
-                self._waiter = None
-        # What came is looked at by the caller: body bytes before any error.
+        return waiter
 
     def _check_timeout(self, when: str) -> None:
         """The read timeout's timer: armed once a wait begins, it checks, when it
         fires, whether a wait has gone on that long; else it is armed again for the
         wait in progress, or left off until the next one."""
         self._timer = None
-        if self._waiter is None:
-            return
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no wait in progress: the next one arms the timer again
         due = self._wait_began + self._read_timeout
         if self._loop.time() >= due:
             self._fail(_timed_out(when))
@@ -380,7 +380,7 @@ class _AsyncioBody(asyncio.Protocol, DirectBody):
                 return pieces[0] if len(pieces) == 1 else b"".join(pieces)
             if self.parser.complete:
                 return None
-            await self._wait("while reading the stream")
+            await self._waiting("while reading the stream")
 
     async def aclose(self) -> None:
         """Close the connection at once (it is never kept), and return once the event

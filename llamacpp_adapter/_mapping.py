@@ -192,7 +192,10 @@ class CompletionStreamDecoder:
         # with "{" inside a container, which JSON forbids, and a string cannot hold a
         # bare CR.
         try:
-            chunks = _chunk_decoder.decode_lines(run)
+            if count == 1:
+                chunks = [_chunk_decoder.decode(run)]
+            else:
+                chunks = _chunk_decoder.decode_lines(run)
         except (msgspec.DecodeError, UnicodeDecodeError):
             pass  # decoded one at a time below, to find which payload is bad
         else:

@@ -168,6 +168,23 @@ class SSEDecoder:
             ProtocolError: as :meth:`feed`.
         """
         held = self._held
+        if objects:
+            prefix, separator, joiner = _OBJECT_EVENT_PREFIX, _OBJECT_SEPARATOR, _OBJECT_JOINER
+        else:
+            prefix, separator, joiner = _FAST_EVENT_PREFIX, _FAST_EVENT_SEPARATOR, b"\r"
+        if (
+            not held
+            and data.endswith(b"\n\n")
+            and data.count(b"\n") == 2
+            and b"\r" not in data
+            and len(data) - 2 < self._max_event_bytes
+            and data.startswith(prefix)
+            and (not objects or data[-3] == _CLOSE_BRACE)
+            and self._at_event_boundary()
+        ):
+            # One whole one-line event and nothing else: the run below, for one event
+            # (a paced stream's read, a token at a time).
+            return [(data[_DATA_PREFIX_BYTES:-2], 1)]
         if b"\r" in data or not (held or self._at_event_boundary()):
             return self._feed_general(data)
         # Between events, bytes are held back unprocessed until a blank line completes a
@@ -180,10 +197,6 @@ class SSEDecoder:
                 return []
             return self._feed_general(b"")  # the general path judges it
         run = bytes(held[:end])
-        if objects:
-            prefix, separator, joiner = _OBJECT_EVENT_PREFIX, _OBJECT_SEPARATOR, _OBJECT_JOINER
-        else:
-            prefix, separator, joiner = _FAST_EVENT_PREFIX, _FAST_EVENT_SEPARATOR, b"\r"
         joined = b""
         if (
             end < self._max_event_bytes

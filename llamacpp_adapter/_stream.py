@@ -63,6 +63,7 @@ class EventStream(EventReceiveStream):
         "_pieces",
         "_source",
         "_turn",
+        "_whole_read_bytes",
         "job_id",
     )
 
@@ -81,6 +82,7 @@ class EventStream(EventReceiveStream):
         self._source = source
         self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
         self._blank_lines = blank_lines_per_read
+        self._whole_read_bytes = blank_lines_per_read * MIN_EVENT_BYTES
         self._deadline = deadline
         self._event_timeout_s = event_timeout_s
         self._on_end = on_end
@@ -222,7 +224,12 @@ class EventStream(EventReceiveStream):
                 return []
             read = True
             self._bytes_received += len(raw)
-            self._pieces = event_slices(raw, self._blank_lines)
+            if len(raw) <= self._whole_read_bytes:
+                # Too short to complete more events than a slice may: one piece (the
+                # paced case, a token a read, skips the slicing).
+                self._pieces = iter((raw,))
+            else:
+                self._pieces = event_slices(raw, self._blank_lines)
 
     async def _read(self) -> bytes | None:
         """The next read of the body, or None at its end."""

@@ -360,6 +360,12 @@ def flatten_message_data(items: MessageData) -> list[str]:
 @st.composite
 def mostly_simple_streams(draw: st.DrawFn) -> bytes:
     """Runs of llama.cpp-like one-line events, now and then broken by other shapes."""
+    return b"".join(draw(mostly_simple_events()))
+
+
+@st.composite
+def mostly_simple_events(draw: st.DrawFn) -> list[bytes]:
+    """The events (and other shapes) of :func:`mostly_simple_streams`, one by one."""
     parts: list[bytes] = []
     for _ in range(draw(st.integers(1, 30))):
         kind = draw(st.sampled_from(["simple"] * 6 + ["crlf", "multi", "typed", "comment", "raw"]))
@@ -376,7 +382,7 @@ def mostly_simple_streams(draw: st.DrawFn) -> bytes:
             parts.append(b": ping\n")
         else:
             parts.append(draw(st.binary(max_size=10)))
-    return b"".join(parts)
+    return parts
 
 
 @given(mostly_simple_streams(), st.data(), st.booleans())
@@ -394,6 +400,18 @@ def test_feed_message_data_matches_feed(stream: bytes, data: st.DataObject, obje
         for item in items:
             if not isinstance(item, str):
                 assert all(p[:1] == b"{" and p[-1:] == b"}" for p in item[0].split(b"\r"))
+
+
+@given(mostly_simple_events(), st.booleans())
+def test_feed_message_data_matches_feed_an_event_a_read(parts: list[bytes], objects: bool) -> None:
+    # The paced case: each read is one whole event (or another shape), as it was sent.
+    reference = [e.data for e in feed_pieces(parts) if e.event == "message"]
+    decoder = SSEDecoder()
+    items: MessageData = []
+    for part in parts:
+        items += decoder.feed_message_data(part, objects=objects)
+    decoder.close()
+    assert flatten_message_data(items) == reference
 
 
 def test_feed_message_data_batches_a_run_of_simple_events() -> None:
