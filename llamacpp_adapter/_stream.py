@@ -282,15 +282,15 @@ def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
         for start in range(0, len(data), size):
             yield data[start : start + size]
         return
-    start = 0
-    find = data.find
-    while start < len(data):
-        end = start
-        for _ in range(blank_lines):
-            found = find(b"\n\n", end)
-            if found < 0:
-                end = len(data)
-                break
-            end = found + 2
-        yield data[start:end]
-        start = end
+    # Split at every blank line (C speed; the same blank lines a scan from the start
+    # finds), and join them back a group of blank_lines at a time.
+    parts = data.split(b"\n\n")
+    if len(parts) - 1 <= blank_lines:
+        yield data
+        return
+    last = len(parts) - 1  # parts[last] is what follows the last blank line
+    first = 0
+    while first + blank_lines < last:
+        yield b"\n\n".join(parts[first : first + blank_lines]) + b"\n\n"
+        first += blank_lines
+    yield b"\n\n".join(parts[first:])  # the last group, and what follows it
