@@ -74,6 +74,20 @@ def stub_server(cert_and_key: Path | None = None) -> Iterator[str]:
             process.wait(timeout=10)
 
 
+def warm_burst(url: str, events: int) -> None:
+    """Have the stub server build and cache the body of a burst of *events* events (a
+    second or so of its time), so that no measured run pays for it."""
+    from llamacpp_adapter import completion_body
+
+    body = completion_body(request(bench_mode="burst", bench_events=events))
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{url}/completion", json=body) as answer,
+    ):
+        for _ in answer.iter_raw():
+            pass
+
+
 def request(**fields: Any) -> TaskRequest:
     """A task whose ``extra`` tells the stub server what to stream."""
     return TaskRequest("bench", extra=fields)

@@ -25,7 +25,16 @@ import anyio
 
 from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token, completion_body
 
-from ._common import SERVER_CORE, Table, Target, httpx_sse_tokens, peer_client, pinned, request
+from ._common import (
+    SERVER_CORE,
+    Table,
+    Target,
+    httpx_sse_tokens,
+    peer_client,
+    pinned,
+    request,
+    warm_burst,
+)
 from ._common import run_client as _run_client
 from ._common import stub_server as _stub_server
 
@@ -117,6 +126,7 @@ def _bulk(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
     events = 50_000 if quick else 200_000
     rounds = 3 if quick else 5
     spec = {"mode": "burst", "streams": 1, "events": events}
+    warm_burst(url, events)
     rates: dict[tuple[str, str], list[float]] = {run: [] for run in RUNS}
     for round_ in range(rounds):
         for run in RUNS if round_ % 2 == 0 else RUNS[::-1]:

@@ -38,7 +38,16 @@ from llamacpp_adapter import (
     create_job_channel,
 )
 
-from ._common import SERVER_CORE, Table, Target, peer_client, pinned, request, run_client
+from ._common import (
+    SERVER_CORE,
+    Table,
+    Target,
+    peer_client,
+    pinned,
+    request,
+    run_client,
+    warm_burst,
+)
 from ._common import stub_server as _stub_server
 
 PULL = "pull form (submit)"
@@ -97,6 +106,7 @@ def _throughput(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
     events = 50_000 if quick else 200_000
     rounds = 3 if quick else 5
     spec = {"mode": "burst", "streams": 1, "events": events, "channel": CHANNEL_ITEMS}
+    warm_burst(url, events)
     runs = _runs(url, spec, CLIENTS, rounds)
     table = Table(
         f"The two shapes, loopback: one stream of {events:,} events",
