@@ -68,9 +68,15 @@ class LlamaCppHttpAdapter:
         api_key: sent as a bearer token; it is masked in every log line, error and repr.
         client: an ``httpx.AsyncClient`` to use (the caller keeps owning it); by default
             the adapter makes one with :func:`default_client` and closes it in
-            :meth:`aclose`. Either way a stream's connection is closed with the stream
-            (llama-server closes it), and a request other than a stream that meets a
-            kept connection the server had closed is sent once more.
+            :meth:`aclose`. Without *client*, a stream takes the direct path: a
+            connection of its own, read with nothing between the socket and the parser
+            (the default client's timeouts and TLS verification apply; a proxy named by
+            the environment sends streams through httpx instead). With *client*,
+            streams go through it as every other request does, so its proxies, TLS
+            settings, auth and transports apply, at httpx's cost per read. Either way a
+            stream's connection is closed with the stream (llama-server closes it), and
+            a request other than a stream that meets a kept connection the server had
+            closed is sent once more.
         timeouts: the default client's timeouts. The read timeout (the client's own,
             with *client*) bounds each wait on the stream, and the time an event may
             take to arrive once its first bytes have: past it, :class:`DecodeTimeout`.
