@@ -17,6 +17,7 @@ import asyncio
 import math
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -114,6 +115,7 @@ class _TrioBody(DirectBody):
     ) -> None:
         self._stream = stream
         self._read_timeout = read_timeout
+        self._recv: Callable[[int], Awaitable[bytes]]
         if isinstance(stream, trio.SocketStream):
             self._recv = stream.socket.recv  # the socket itself: no layer in between
         else:
@@ -130,7 +132,6 @@ class _TrioBody(DirectBody):
             raise _failed(exc, _OPENING) from None
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
-        body = None
         try:
             if endpoint.tls is not None:
                 stream = trio.SSLStream(tcp, endpoint.tls, server_hostname=endpoint.host)
@@ -162,11 +163,9 @@ class _TrioBody(DirectBody):
         timeout = self._read_timeout
         if timeout == math.inf:
             return await self._recv(READ_BYTES)
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+        with trio.move_on_after(timeout):
             return await self._recv(READ_BYTES)
-        if scope.cancelled_caught:
-            raise _timed_out(when)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise _timed_out(when)  # the read was cancelled at the timeout
 
     async def read(self) -> bytes | None:
         if self._waiting:
@@ -193,7 +192,9 @@ class _TrioBody(DirectBody):
         await trio.aclose_forcefully(self._stream)
 
 
-def _ssl_receiver(stream: trio.SSLStream[trio.SocketStream]):  # type: ignore[no-untyped-def]
+def _ssl_receiver(
+    stream: trio.SSLStream[trio.SocketStream],
+) -> Callable[[int], Awaitable[bytes]]:
     async def receive(max_bytes: int) -> bytes:
         return bytes(await stream.receive_some(max_bytes))
 
