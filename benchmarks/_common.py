@@ -74,6 +74,42 @@ def stub_server(cert_and_key: Path | None = None) -> Iterator[str]:
             process.wait(timeout=10)
 
 
+class TokenMeter:
+    """A run's token sink: it counts tokens, and measures the client's CPU (user +
+    system) per token from the moment every one of *streams* streams has delivered two
+    tokens: all are open and under way. (A count of tokens alone would start the measure
+    while a client that opens its streams one after another still opens the last
+    ones, and charge their opening to the tokens.) With *latency*, each token's text is
+    the server's ``time.monotonic_ns()`` at its write, and the delay to here is kept."""
+
+    def __init__(self, streams: int, *, latency: bool = False) -> None:
+        self.streams = streams
+        self.latency = latency
+        self.count = 0
+        self.warm: int | None = None  # tokens before the measure started
+        self.delays_us: list[float] = []
+        self._tokens_of: dict[str, int] = {}
+        self._under_way = 0
+        self._cpu_at_warm = time.process_time()
+
+    def __call__(self, job_id: str, text: str) -> None:
+        self.count += 1
+        if self.warm is None:
+            tokens = self._tokens_of[job_id] = self._tokens_of.get(job_id, 0) + 1
+            if tokens == 2:
+                self._under_way += 1
+                if self._under_way == self.streams:
+                    self.warm = self.count
+                    self._cpu_at_warm = time.process_time()
+        elif self.latency:
+            self.delays_us.append((time.monotonic_ns() - int(text)) / 1000)
+
+    def cpu_per_1000(self) -> float:
+        """Client CPU seconds per 1,000 tokens since the measure started."""
+        assert self.warm is not None, "not every stream delivered two tokens"
+        return (time.process_time() - self._cpu_at_warm) / (self.count - self.warm) * 1000
+
+
 def warm_burst(url: str, events: int) -> None:
     """Have the stub server build and cache the body of a burst of *events* events (a
     second or so of its time), so that no measured run pays for it."""

@@ -29,6 +29,7 @@ from ._common import (
     SERVER_CORE,
     Table,
     Target,
+    TokenMeter,
     httpx_sse_tokens,
     peer_client,
     pinned,
@@ -168,31 +169,13 @@ async def _measure(spec: dict[str, Any]) -> dict[str, float]:
     if paced:
         fields["bench_interval_ms"] = spec["interval_ms"]
     tasks = [request(**fields) for _ in range(streams)]
-    # The measure starts once every stream has delivered two tokens: all are open.
-    tokens_of: dict[str, int] = {}
-    under_way = 0
-    warm: int | None = None
-    count = 0
-    cpu_at_warm = time.process_time()
-
-    def on_token(job_id: str, _: str) -> None:
-        nonlocal count, under_way, warm, cpu_at_warm
-        count += 1
-        if warm is None:
-            tokens_of[job_id] = tokens_of.get(job_id, 0) + 1
-            if tokens_of[job_id] == 2:
-                under_way += 1
-                if under_way == streams:
-                    warm = count
-                    cpu_at_warm = time.process_time()
-
+    meter = TokenMeter(streams)
     started = time.perf_counter()
-    await _CLIENTS[spec["client"]](spec["url"], tasks, on_token)
+    await _CLIENTS[spec["client"]](spec["url"], tasks, meter)
     elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_at_warm
-    assert count == streams * events, (spec["client"], count)
-    assert warm is not None
-    return {"rate": count / elapsed, "cpu_per_1000": cpu / (count - warm) * 1000}
+    cpu_per_1000 = meter.cpu_per_1000()
+    assert meter.count == streams * events, (spec["client"], meter.count)
+    return {"rate": meter.count / elapsed, "cpu_per_1000": cpu_per_1000}
 
 
 async def _adapter(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:

@@ -42,6 +42,7 @@ from ._common import (
     SERVER_CORE,
     Table,
     Target,
+    TokenMeter,
     peer_client,
     pinned,
     request,
@@ -212,40 +213,15 @@ async def _measure(spec: dict[str, Any]) -> dict[str, float]:
             for _ in range(streams)
         ]
     paced = spec["mode"] == "paced"
-    # The measure starts once every stream has delivered two tokens: all are open, and
-    # under way. (The task form opens its streams one after another, each `start`
-    # waiting for its stream to open; a count of tokens alone would start the measure
-    # while the last streams still open, and charge their opening to the tokens.)
-    tokens_of: dict[str, int] = {}
-    under_way = 0
-    warm: int | None = None  # tokens before the measure started
-    count = 0
-    cpu_at_warm = time.process_time()
-    delays: list[float] = []
-
-    def on_token(job_id: str, text: str) -> None:
-        nonlocal count, under_way, warm, cpu_at_warm
-        count += 1
-        if warm is None:
-            tokens_of[job_id] = tokens_of.get(job_id, 0) + 1
-            if tokens_of[job_id] == 2:
-                under_way += 1
-                if under_way == streams:
-                    warm = count
-                    cpu_at_warm = time.process_time()
-        elif paced:
-            delays.append((time.monotonic_ns() - int(text)) / 1000)
-
+    meter = TokenMeter(streams, latency=paced)
     started = time.perf_counter()
     channel = CHANNEL_ITEMS if spec["client"] == SMALL else int(spec["channel"])
-    await _CLIENTS[spec["client"]](spec["url"], tasks, on_token, channel)
+    await _CLIENTS[spec["client"]](spec["url"], tasks, meter, channel)
     elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_at_warm
-    assert count == streams * events, (spec["client"], count)
-    assert warm is not None
-    result = {"rate": count / elapsed, "cpu_per_1000": cpu / (count - warm) * 1000}
-    if delays:
-        delays.sort()
+    result = {"rate": meter.count / elapsed, "cpu_per_1000": meter.cpu_per_1000()}
+    assert meter.count == streams * events, (spec["client"], meter.count)
+    if meter.delays_us:
+        delays = sorted(meter.delays_us)
         result["p50_us"] = delays[len(delays) // 2]
         result["p99_us"] = delays[int(len(delays) * 0.99) - 1]
     return result
