@@ -13,7 +13,8 @@ It follows the WHATWG HTML standard's "event stream interpretation" rules:
   without a colon is a field with an empty value; one space after the colon is dropped;
 * ``data`` values are joined with LF; ``event`` sets the type (``"message"`` when unset);
   ``id`` sets the last event ID unless it holds U+0000 (it persists between events);
-  ``retry`` is taken only when it is all ASCII digits; other fields are ignored;
+  ``retry`` is taken only when it is all ASCII digits (a value past
+  :data:`MAX_RETRY_MS` is taken as it); other fields are ignored;
 * an event with an empty data buffer is not dispatched, and an unterminated last event is
   dropped at the end of the stream.
 
@@ -30,12 +31,15 @@ import msgspec
 
 from ._exceptions import ProtocolError
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "SSEEvent"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "MAX_RETRY_MS", "SSEDecoder", "SSEEvent"]
 
 #: The default bound on one event: its data lines plus the line being read, in bytes.
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 
 _BOM = b"\xef\xbb\xbf"
+#: The largest reconnection time kept, in milliseconds; a longer ``retry`` is taken as it.
+MAX_RETRY_MS = 10**18 - 1
+_RETRY_DIGITS = len(str(MAX_RETRY_MS))
 _FAST_EVENT_PREFIX = b"data: "
 _FAST_EVENT_SEPARATOR = b"\n\ndata: "
 _OBJECT_EVENT_PREFIX = b"data: {"
@@ -330,7 +334,10 @@ class SSEDecoder:
             if "\x00" not in value:
                 self._last_id = value
         elif name == "retry" and value.isascii() and value.isdigit():
-            self._retry = int(value)
+            digits = value.lstrip("0")
+            # Converting a long run of digits costs time quadratic in its length (and
+            # Python refuses past 4,300): a value past the cap is taken as the cap.
+            self._retry = int(digits or "0") if len(digits) <= _RETRY_DIGITS else MAX_RETRY_MS
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         if self._data:

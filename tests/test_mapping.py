@@ -24,6 +24,8 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 
+from .stub import token_event
+
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_CASES = sorted(p.name.removesuffix(".sse") for p in GOLDEN.glob("*.sse"))
 
@@ -333,3 +335,10 @@ def test_payload_spilling_into_the_next_is_not_accepted_by_the_batch() -> None:
     events, error = outcome(sse(chunk("first", 1)), sse(*payloads))
     assert error is ProtocolError
     assert events == [Token(0, "first", (101,))]
+
+
+def test_a_long_retry_field_is_no_failure_of_the_stream() -> None:
+    decoder = CompletionStreamDecoder()
+    read = token_event(1) + b"retry: " + b"9" * 4301 + b"\n\n" + token_event(2)
+    events = decoder.feed(read)
+    assert [e.i for e in events if isinstance(e, Token)] == [0, 1]

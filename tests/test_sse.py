@@ -9,6 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from llamacpp_adapter import ProtocolError, SSEDecoder, SSEEvent
+from llamacpp_adapter._sse import MAX_RETRY_MS
 
 
 def feed_whole(data: bytes, decoder: SSEDecoder | None = None) -> list[SSEEvent]:
@@ -75,6 +76,17 @@ WHATWG_CASES: list[tuple[str, bytes, list[SSEEvent]]] = [
     ("retry with extra space ignored", b"retry:  1\ndata: x\n\n", [msg("x")]),
     ("retry with non-ASCII digit ignored", "retry: \u0661\ndata: x\n\n".encode(), [msg("x")]),
     ("retry empty ignored", b"retry: 3\n\nretry\ndata: x\n\n", [msg("x", retry=3)]),
+    # Past Python's limit on the digits of an int (4,300): capped, never an error.
+    (
+        "retry too long is capped",
+        b"retry: " + b"9" * 4301 + b"\ndata: x\n\n",
+        [msg("x", retry=MAX_RETRY_MS)],
+    ),
+    (
+        "retry long, leading zeros",
+        b"retry: " + b"0" * 5000 + b"12\ndata: x\n\n",
+        [msg("x", retry=12)],
+    ),
     ("unknown field ignored", b"foo: bar\ndata: x\n\n", [msg("x")]),
     ("field name with leading space is unknown", b" data: x\n\n", []),
     ("field names are case-sensitive", b"Data: x\n\n", []),
@@ -481,3 +493,9 @@ def test_a_trickle_of_one_simple_event_is_decoded_whole() -> None:
 def test_feed_message_data_skips_other_event_types() -> None:
     decoder = SSEDecoder()
     assert decoder.feed_message_data(b"event: ping\ndata: x\n\ndata: y\n\n") == ["y"]
+
+
+def test_a_long_retry_loses_no_event_of_its_read() -> None:
+    # The event before it, in the same read, comes out; the decoder raises nothing.
+    read = b"data: a\n\nretry: " + b"9" * 4301 + b"\ndata: b\n\n"
+    assert SSEDecoder().feed(read) == [msg("a"), msg("b", retry=MAX_RETRY_MS)]
