@@ -128,7 +128,8 @@ class CompletionStreamDecoder:
     __slots__ = ("_error", "_finished", "_last_predicted", "_next_i", "_sse")
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
-        self._sse = SSEDecoder(max_event_bytes)
+        # Older llama-server builds write a failure as an "error:" field.
+        self._sse = SSEDecoder(max_event_bytes, error_field=True)
         self._next_i = 0
         self._last_predicted = 0
         self._finished = False

@@ -81,12 +81,17 @@ class SSEDecoder:
 
     Args:
         max_event_bytes: the bound on one event's data lines plus the line being read.
+        error_field: also take an ``error`` field, as older llama-server builds write a
+            failure (``error: {...}``): its value becomes the event's data as
+            ``{"error": <value>}``, which is how newer builds write it in ``data``. The
+            standard ignores the field; so does the decoder by default.
     """
 
     __slots__ = (
         "_bom_done",
         "_data",
         "_data_bytes",
+        "_error_field",
         "_event_type",
         "_failed",
         "_head",
@@ -98,12 +103,15 @@ class SSEDecoder:
         "_skip_lf",
     )
 
-    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, *, error_field: bool = False
+    ) -> None:
         if isinstance(max_event_bytes, bool) or not isinstance(max_event_bytes, int):
             raise TypeError("max_event_bytes must be an int")
         if max_event_bytes < 1:
             raise ValueError("max_event_bytes must be at least 1")
         self._max_event_bytes = max_event_bytes
+        self._error_field = error_field
         self._reset()
 
     def _reset(self) -> None:
@@ -330,6 +338,9 @@ class SSEDecoder:
             self._data_bytes += len(raw) + 1
         elif name == "event":
             self._event_type = value
+        elif name == "error" and self._error_field:
+            self._data.append(f'{{"error":{value}}}')
+            self._data_bytes += len(raw) + 1
         elif name == "id":
             if "\x00" not in value:
                 self._last_id = value

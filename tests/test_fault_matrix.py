@@ -187,6 +187,8 @@ def says(text: str) -> Callable[[WorkerError | None, list[TokenEvent]], None]:
 
 
 ENGINE_FAILURE = b'data: {"error":{"code":500,"message":"slot failed","type":"server_error"}}\n\n'
+#: The same failure as older llama-server builds write it: an "error" field of its own.
+LEGACY_ENGINE_FAILURE = b'error: {"code":500,"message":"slot failed","type":"server_error"}\n\n'
 
 FAULTS = [
     Fault("whole stream (control)", sent(PRELUDE + chunked(final_event(BEFORE)) + LAST_CHUNK),
@@ -210,6 +212,9 @@ FAULTS = [
     Fault("non-monotonic index", sent(PRELUDE + chunked(token_event(2)) + LAST_CHUNK),
           ProtocolError, BEFORE, False, says("token count went from 3 to 2")),
     Fault("error inside the stream", sent(PRELUDE + chunked(ENGINE_FAILURE) + LAST_CHUNK),
+          EngineError, BEFORE, False, engine_failure),
+    Fault("error inside the stream, as older builds write it",
+          sent(PRELUDE + chunked(LEGACY_ENGINE_FAILURE) + LAST_CHUNK),
           EngineError, BEFORE, False, engine_failure),
     Fault("429 with Retry-After",
           sent(json_response(429, "Too Many Requests", BUSY, "Retry-After: 7\r\n")),

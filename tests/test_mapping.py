@@ -177,15 +177,6 @@ def test_error_as_a_plain_string_is_an_engine_error() -> None:
         CompletionStreamDecoder().feed(sse('{"error":"out of memory"}'))
 
 
-def test_old_style_error_line_is_ignored_so_the_stream_counts_as_cut() -> None:
-    decoder = CompletionStreamDecoder()
-    assert decoder.feed(sse(chunk("a", 1)) + b'error: {"message":"x"}\n\n') == [
-        Token(0, "a", (101,))
-    ]
-    with pytest.raises(WorkerReset, match="after 1 tokens"):
-        decoder.close()
-
-
 def test_stream_ending_before_final_chunk_is_a_worker_reset() -> None:
     decoder = CompletionStreamDecoder()
     decoder.feed(sse(chunk("a", 1), chunk("b", 2)))
@@ -342,3 +333,14 @@ def test_a_long_retry_field_is_no_failure_of_the_stream() -> None:
     read = token_event(1) + b"retry: " + b"9" * 4301 + b"\n\n" + token_event(2)
     events = decoder.feed(read)
     assert [e.i for e in events if isinstance(e, Token)] == [0, 1]
+
+
+def test_a_mid_stream_error_as_older_builds_send_it_is_an_engine_error() -> None:
+    # Older llama-server builds write a failure as an "error:" field, not in "data:".
+    decoder = CompletionStreamDecoder()
+    failure = b'error: {"code":500,"message":"slot failed","type":"server_error"}\n\n'
+    events = decoder.feed(token_event(1) + failure)
+    assert [type(e) for e in events] == [Token]
+    with pytest.raises(EngineError) as info:
+        decoder.feed(b"")
+    assert (info.value.message, info.value.error_type) == ("slot failed", "server_error")

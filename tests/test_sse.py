@@ -499,3 +499,9 @@ def test_a_long_retry_loses_no_event_of_its_read() -> None:
     # The event before it, in the same read, comes out; the decoder raises nothing.
     read = b"data: a\n\nretry: " + b"9" * 4301 + b"\ndata: b\n\n"
     assert SSEDecoder().feed(read) == [msg("a"), msg("b", retry=MAX_RETRY_MS)]
+
+
+def test_an_error_field_is_data_only_when_asked() -> None:
+    read = b'error: {"message":"x"}\n\n'
+    assert SSEDecoder().feed(read) == []  # the standard ignores the field
+    assert SSEDecoder(error_field=True).feed(read) == [msg('{"error":{"message":"x"}}')]
