@@ -82,7 +82,9 @@ class LlamaCppHttpAdapter:
             take to arrive once its first bytes have: past it, :class:`DecodeTimeout`.
         buffer: the most events decoded but not yet taken by the consumer, per stream
             (at least 8). A slower consumer makes the adapter stop reading the socket.
-        max_event_bytes: the bound on one SSE event from the server.
+        max_event_bytes: the bound on one SSE event from the server, beyond the room
+            made for what a stream's final chunk repeats of its request (llama-server
+            repeats the prompt there): up to six times the request's bytes.
 
     The adapter takes its configuration from its arguments only; it never reads the
     environment. Use it as an async context manager, or call :meth:`aclose`.
@@ -184,13 +186,14 @@ class LlamaCppHttpAdapter:
             raise RuntimeError("the adapter is closed")
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         with anyio.CancelScope(deadline=deadline) as opening:
-            source = await self._open_stream(request)
+            source, echoed = await self._open_stream(request)
         if opening.cancelled_caught:
             raise DeadlineUnmet(f"the stream did not open within {timeout} s")
         stream = EventStream(
             request.job_id,
             source,
-            max_event_bytes=self._max_event_bytes,
+            # The final chunk repeats what the request sent: the bound makes room for it.
+            max_event_bytes=self._max_event_bytes + echoed,
             blank_lines_per_read=self._blank_lines_per_read,
             deadline=deadline,
             event_timeout_s=self._event_timeout_s,
@@ -265,11 +268,14 @@ class LlamaCppHttpAdapter:
             if not streams:
                 del self._streams[stream.job_id]
 
-    async def _open_stream(self, request: TaskRequest) -> BodySource:
+    async def _open_stream(self, request: TaskRequest) -> tuple[BodySource, int]:
+        """Open the stream; return its body, and the most bytes the engine may send
+        back of what the request sent (llama-server's final chunk repeats the prompt)."""
         prompt = None
         if request.messages is not None:
             prompt = await self.apply_template(request.messages)
-        body = msgspec.json.encode(completion_body(request, prompt=prompt))
+        fields = completion_body(request, prompt=prompt)
+        body = msgspec.json.encode(fields)
         headers = {
             **self._headers,
             **NOT_KEPT,  # llama-server closes it after the stream, unannounced
@@ -284,7 +290,7 @@ class LlamaCppHttpAdapter:
             "stream opened",
             extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
         )
-        return source
+        return source, _echo_bytes(fields["prompt"], len(body))
 
     async def _open_direct(
         self, body: bytes, headers: dict[str, str], route: _DirectRoute
@@ -570,6 +576,22 @@ def _direct_route(base_url: str, timeouts: httpx.Timeout) -> _DirectRoute | None
 
 def _seconds(value: float | None) -> float:
     return math.inf if value is None else value
+
+
+#: What the engine's JSON may take for one byte the request sent: a control character
+#: comes back escaped as ``\u00XX``.
+_ESCAPED_BYTES_PER_BYTE = 6
+#: The most bytes of text one token of a prompt given as token ids may come back as.
+_MAX_TOKEN_TEXT_BYTES = 64
+
+
+def _echo_bytes(prompt: str | list[int], body_bytes: int) -> int:
+    """The most bytes an answer may spend repeating a request of *body_bytes* bytes
+    whose prompt is *prompt* (a prompt of token ids comes back as their text)."""
+    echoed = body_bytes
+    if not isinstance(prompt, str):
+        echoed += len(prompt) * _MAX_TOKEN_TEXT_BYTES
+    return _ESCAPED_BYTES_PER_BYTE * echoed
 
 
 async def _read_error_body(source: BodySource) -> bytes:

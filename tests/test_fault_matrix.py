@@ -200,9 +200,9 @@ FAULTS = [
     Fault("stall after the headers", stalled(STREAM_HEAD), DecodeTimeout, 0, True),
     Fault("stall mid-stream", stalled(PRELUDE), DecodeTimeout, BEFORE, True),
     Fault("slowloris, 1 byte per 100 ms", slowloris, DecodeTimeout, BEFORE, True),
-    Fault("endless line", endless_line, ProtocolError, BEFORE, False, says(str(MAX_EVENT_BYTES))),
+    Fault("endless line", endless_line, ProtocolError, BEFORE, False, says("exceeds the bound")),
     Fault("one huge event", sent(huge_event()), ProtocolError, BEFORE, False,
-          says(str(MAX_EVENT_BYTES))),
+          says("exceeds the bound")),
     Fault("invalid UTF-8", sent(invalid_utf8()), None, BEFORE + 1, None, replacement_characters),
     Fault("invalid JSON in data", sent(PRELUDE + chunked(b"data: {not json}\n\n") + LAST_CHUNK),
           ProtocolError, BEFORE, False, says("bad JSON")),
@@ -308,3 +308,41 @@ def report(
     }
     with open(path, "a", encoding="utf-8") as out:
         out.write(json.dumps(row) + "\n")
+
+
+#: A prompt larger than the default bound on one event (1 MiB).
+LONG_PROMPT = "word " * (300 * 1024)
+
+
+async def echoed_prompt(connection: Connection) -> None:
+    """llama-server's final chunk repeats the prompt: this one does too."""
+    prompt = json.loads(connection.body)["prompt"]
+    final = json.loads(final_event(1).removeprefix(b"data: "))
+    final["prompt"] = prompt
+    last = b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
+    await connection.send(STREAM_HEAD + chunked(token_event(1)) + chunked(last) + LAST_CHUNK)
+
+
+async def test_a_final_chunk_that_repeats_a_long_prompt_still_ends_the_stream() -> None:
+    async with (
+        fault_server(echoed_prompt) as server,
+        LlamaCppHttpAdapter(server.url) as adapter,
+        adapter.submit(TaskRequest(LONG_PROMPT)) as stream,
+    ):
+        events = [event async for event in stream]
+    assert [type(e) for e in events] == [Started, Token, Metrics, End]
+
+
+async def test_the_bound_still_holds_for_what_the_request_did_not_ask() -> None:
+    # A short prompt, and a final chunk past the bound all the same: refused.
+    async def bloated(connection: Connection) -> None:
+        final = json.loads(final_event(1).removeprefix(b"data: "))
+        final["prompt"] = LONG_PROMPT
+        last = b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
+        await connection.send(STREAM_HEAD + chunked(token_event(1)) + chunked(last) + LAST_CHUNK)
+
+    async with fault_server(bloated) as server, LlamaCppHttpAdapter(server.url) as adapter:
+        with pytest.raises(ProtocolError, match="exceeds the bound"):
+            async with adapter.submit(TaskRequest("short")) as stream:
+                async for _ in stream:
+                    pass
