@@ -1,10 +1,10 @@
 """A WebSocket relay: task streams served to consumers across a network.
 
 A client opens a WebSocket, sends one JSON task, and receives the task's events as JSON
-messages, in order::
+messages, in order (:mod:`llamacpp_adapter._relay_codec` has every field)::
 
     {"type": "started", "job_id": "..."}
-    {"type": "token", "i": 0, "t": "Once"}            (one per token)
+    {"type": "token", "i": 0, "t": "Once", "ids": [9038]}   (one per token)
     {"type": "metrics", "prompt_tokens": 5, ...}
     {"type": "end", "tokens_out": 16, "stop_reason": "limit", ...}
     {"type": "error", "code": "WORKER_RESET", "message": "...", "retriable": true}
@@ -27,7 +27,7 @@ import hmac
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -45,13 +45,13 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from . import _exceptions
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import AdapterError, ProtocolError, WorkerError, WorkerReset
 from ._host import AdapterHost
 from ._receive import CLOSED_MESSAGE, EventReceiveStream
 from ._redact import redact_secrets
-from ._types import End, Metrics, Started, TaskRequest, Token, TokenEvent
+from ._relay_codec import decode_event, encode_error, encode_event
+from ._types import End, TaskRequest, TokenEvent
 
 __all__ = ["Relay", "RelayStream", "open_relay_stream"]
 
@@ -76,12 +76,6 @@ _TASK_FIELDS = frozenset(
     {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
     | {"job_id", "extra", "pool"}
 )
-_ERRORS_BY_CODE: dict[str, type[WorkerError]] = {
-    cls.code: cls
-    for cls in vars(_exceptions).values()
-    if isinstance(cls, type) and issubclass(cls, WorkerError)
-}
-_encode = msgspec.json.encode
 # How long either side waits for the other's answer to its close.
 _DISCONNECT_TIMEOUT_S = 5.0
 _CLOSE_TIMEOUT_S = _DISCONNECT_TIMEOUT_S
@@ -225,7 +219,7 @@ class Relay:
         try:
             task, pool = self._parse_task(message)
         except BadTask as exc:
-            await _send_quietly(ws, _error_message("BAD_TASK", str(exc), retriable=False))
+            await _send_quietly(ws, encode_error("BAD_TASK", str(exc), retriable=False).decode())
             await ws.aclose(CLOSE_BAD_TASK, "bad task")
             return
         async with trio.open_nursery() as nursery:
@@ -247,7 +241,7 @@ class Relay:
                 try:
                     async for event in events:
                         with trio.move_on_after(self._idle_timeout_s) as idle:
-                            await ws.send_message(_event_message(event))
+                            await ws.send_message(encode_event(event).decode())
                         if idle.cancelled_caught:
                             logger.info("relay client stopped reading", extra=fields)
                             await _abort(ws)
@@ -259,7 +253,8 @@ class Relay:
             return None, ""
         except WorkerError as exc:
             status = exc.status if isinstance(exc, AdapterError) else None
-            await _send_quietly(ws, _error_message(exc.code, exc.message, exc.retriable, status))
+            message = encode_error(exc.code, exc.message, retriable=exc.retriable, status=status)
+            await _send_quietly(ws, message.decode())
             return CLOSE_TASK_FAILED, exc.code
         return CLOSE_NORMAL, "end"
 
@@ -316,28 +311,6 @@ async def _send_quietly(ws: WebSocketConnection, message: str) -> None:
         await ws.send_message(message)
 
 
-def _error_message(code: str, message: str, retriable: bool, status: int | None = None) -> str:
-    fields: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    fields["retriable"] = retriable
-    if status is not None:
-        fields["status"] = status
-    return _encode(fields).decode()
-
-
-def _event_message(event: TokenEvent) -> str:
-    kind = type(event)
-    if kind is Token:
-        assert isinstance(event, Token)
-        return f'{{"type":"token","i":{event.i},"t":{_encode(event.text).decode()}}}'
-    if kind is Started:
-        assert isinstance(event, Started)
-        return _encode({"type": "started", "job_id": event.job_id}).decode()
-    if kind is Metrics:
-        return _encode({"type": "metrics", **msgspec.structs.asdict(event)}).decode()
-    assert isinstance(event, End)
-    return _encode({"type": "end", **msgspec.structs.asdict(event)}).decode()
-
-
 # --- The client ------------------------------------------------------------------------
 
 
@@ -387,45 +360,16 @@ class RelayStream(EventReceiveStream):
                 f"the relay closed the connection before the end ({exc.reason})"
             ) from None
         try:
-            fields = msgspec.json.decode(message)
-            kind = fields.pop("type")
-        except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
+            event = decode_event(message)
+        except ProtocolError:
             self._done = True
-            raise ProtocolError("the relay sent a message that is not an event") from None
-        try:
-            if kind == "token":
-                return Token(fields["i"], fields["t"])
-            if kind == "started":
-                return Started(fields["job_id"])
-            if kind == "metrics":
-                return Metrics(**fields)
-            if kind == "end":
-                self._done = True
-                return End(**fields)
-            if kind == "error":
-                self._done = True
-                error_class = _ERRORS_BY_CODE.get(fields.get("code", ""), WorkerError)
-                raise _rebuild_error(error_class, fields)
-        except (KeyError, TypeError) as exc:
+            raise
+        if isinstance(event, WorkerError):
             self._done = True
-            raise ProtocolError(f"the relay sent a malformed {kind!r} event") from exc
-        self._done = True
-        raise ProtocolError(f"the relay sent an unknown event type {kind!r}"[:200])
-
-
-def _rebuild_error(error_class: type[WorkerError], fields: Mapping[str, Any]) -> WorkerError:
-    message = str(fields.get("message", ""))
-    error: WorkerError
-    if error_class is AdapterError:
-        status = fields.get("status")
-        error = AdapterError(message, status=status if isinstance(status, int) else 0)
-    else:
-        try:
-            error = error_class(message)
-        except TypeError:  # pragma: no cover - every class takes a message alone
-            error = WorkerError(message)
-    error.retriable = bool(fields.get("retriable", False))
-    return error
+            raise event
+        if type(event) is End:
+            self._done = True
+        return event
 
 
 @asynccontextmanager
@@ -456,7 +400,7 @@ async def open_relay_stream(
     headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
     async with connect(url, headers, connect_timeout_s=connect_timeout_s) as ws:
         try:
-            await ws.send_message(_encode(_task_fields(request, pool)).decode())
+            await ws.send_message(msgspec.json.encode(_task_fields(request, pool)).decode())
         except ConnectionClosed as exc:
             raise WorkerReset(f"the relay closed the connection ({exc.reason})") from None
         yield RelayStream(ws, request.job_id)

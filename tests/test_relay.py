@@ -82,6 +82,10 @@ async def test_a_relay_client_gets_the_tokens_of_a_direct_submit(
         relayed = await collect(url, request, token=TOKEN)
     assert texts(relayed) == texts(expected)
     assert len(texts(relayed)) > 0
+    # Every field of every token, its ids too.
+    assert [e for e in relayed if isinstance(e, Token)] == [
+        e for e in expected if isinstance(e, Token)
+    ]
     assert [e.i for e in relayed if isinstance(e, Token)] == list(range(len(texts(expected))))
     assert relayed[0] == Started(request.job_id)
     assert isinstance(relayed[-1], End)

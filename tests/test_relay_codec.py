@@ -1,0 +1,100 @@
+"""The relay's wire format, without a socket: every field of every event survives the
+round trip, and a client reads messages from a newer relay."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llamacpp_adapter import (
+    AdapterError,
+    End,
+    Metrics,
+    ProtocolError,
+    Started,
+    Token,
+    TokenEvent,
+    WorkerError,
+    WorkerReset,
+)
+from llamacpp_adapter._relay_codec import decode_event, encode_error, encode_event
+
+texts = st.text()
+counts = st.integers(min_value=0, max_value=2**53)
+times = st.floats(allow_nan=False, allow_infinity=False)
+events: st.SearchStrategy[TokenEvent] = st.one_of(
+    st.builds(Started, job_id=texts),
+    st.builds(Token, i=counts, text=texts, token_ids=st.tuples() | st.lists(counts).map(tuple)),
+    st.builds(
+        Metrics,
+        prompt_tokens=counts,
+        prompt_ms=times,
+        prompt_tokens_per_s=times,
+        predicted_tokens=counts,
+        predicted_ms=times,
+        predicted_tokens_per_s=times,
+        cached_tokens=st.none() | counts,
+    ),
+    st.builds(
+        End,
+        tokens_out=counts,
+        stop_reason=texts,
+        tokens_in=st.none() | counts,
+        truncated=st.booleans(),
+        stop_word=st.none() | texts,
+    ),
+)
+
+
+@given(events)
+def test_every_field_of_every_event_survives_the_round_trip(event: TokenEvent) -> None:
+    assert decode_event(encode_event(event)) == event
+
+
+def test_a_token_keeps_its_ids() -> None:
+    token = Token(3, " héllo", (101, 102))
+    wire = json.loads(encode_event(token))
+    assert wire == {"type": "token", "i": 3, "t": " héllo", "ids": [101, 102]}
+    assert decode_event(encode_event(token)) == token
+
+
+def test_the_wire_names_are_the_relays_own() -> None:
+    assert json.loads(encode_event(Started("job"))) == {"type": "started", "job_id": "job"}
+    assert json.loads(encode_event(Token(0, "a"))) == {"type": "token", "i": 0, "t": "a"}
+
+
+def test_a_client_reads_a_newer_relays_messages() -> None:
+    # Fields a newer relay adds are skipped, whatever the event.
+    newer = [
+        b'{"type":"token","i":0,"t":"a","ids":[5],"logprob":-0.5}',
+        b'{"type":"started","job_id":"j","replica":"r0"}',
+        b'{"type":"end","tokens_out":1,"stop_reason":"eos","energy_j":3.5}',
+    ]
+    assert [decode_event(message) for message in newer] == [
+        Token(0, "a", (5,)),
+        Started("j"),
+        End(1, "eos"),
+    ]
+
+
+def test_an_error_message_comes_back_as_its_error() -> None:
+    reset = decode_event(encode_error("WORKER_RESET", "cut", retriable=True))
+    assert isinstance(reset, WorkerReset)
+    assert (reset.message, reset.retriable) == ("cut", True)
+    status = decode_event(encode_error("ADAPTER_ERROR", "busy", retriable=True, status=429))
+    assert isinstance(status, AdapterError)
+    assert status.status == 429
+    unknown = decode_event(b'{"type":"error","code":"FROM_THE_FUTURE","message":"m"}')
+    assert type(unknown) is WorkerError
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"not json", b"[1]", b'{"i":0}', b'{"type":"telepathy"}', b'{"type":"token","i":"x","t":""}'],
+)
+def test_what_is_not_an_event_is_a_protocol_error(message: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_event(message)
