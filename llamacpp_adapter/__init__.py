@@ -1,5 +1,8 @@
 """Drive llama.cpp's HTTP server from Trio and asyncio: typed, ordered token streams."""
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import (
     AdapterError,
@@ -17,7 +20,6 @@ from ._host import AdapterHost, HostStream, ReplicaStatus, RetryPolicy
 from ._mapping import CompletionStreamDecoder, completion_body
 from ._metrics import HostMetrics
 from ._receive import EventReceiveStream
-from ._relay import Relay, RelayStream, open_relay_stream
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
 from ._task_form import JobItem, JobItemReceiveStream, JobItemSendStream, create_job_channel
@@ -33,7 +35,24 @@ from ._types import (
 )
 from .http_util import default_client, redact_secrets, register_secret, stream_decode, with_bearer
 
+if TYPE_CHECKING:
+    from ._relay import Relay, RelayStream, open_relay_stream
+
 __version__ = "0.1.0"
+
+#: Names imported when first used: the relay brings trio-websocket, which a program that
+#: only streams (on asyncio, say) need not load.
+_LAZY = {"Relay": "._relay", "RelayStream": "._relay", "open_relay_stream": "._relay"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AdapterError",

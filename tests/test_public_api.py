@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -82,3 +84,15 @@ def test_every_stream_shares_one_receive_interface() -> None:
         assert issubclass(stream, EventReceiveStream), stream
         assert issubclass(stream, ObjectReceiveStream), stream  # stands where a channel does
         assert not stream.__abstractmethods__, stream
+
+
+def test_importing_the_package_does_not_load_the_relay() -> None:
+    # A program that only streams (on asyncio, say) need not load trio-websocket; the
+    # relay's names still import from the package.
+    code = (
+        "import sys, llamacpp_adapter\n"
+        "assert 'trio_websocket' not in sys.modules, 'trio_websocket was loaded'\n"
+        "from llamacpp_adapter import Relay, RelayStream, open_relay_stream\n"
+        "assert 'trio_websocket' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
