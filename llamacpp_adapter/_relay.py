@@ -29,11 +29,10 @@ import math
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 import anyio
-import msgspec
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -50,7 +49,14 @@ from ._exceptions import AdapterError, ProtocolError, WorkerError, WorkerReset
 from ._host import AdapterHost
 from ._receive import CLOSED_MESSAGE, EventReceiveStream
 from ._redact import redact_secrets
-from ._relay_codec import decode_event, encode_error, encode_event
+from ._relay_codec import (
+    BadTask,
+    decode_event,
+    decode_task,
+    encode_error,
+    encode_event,
+    encode_task,
+)
 from ._types import End, TaskRequest, TokenEvent
 
 __all__ = ["Relay", "RelayStream", "open_relay_stream"]
@@ -72,17 +78,9 @@ CLOSE_TOO_BIG: Final = 1009  # the message was larger than the relay takes
 CLOSE_TASK_FAILED: Final = 1011  # the task failed: see the error message before it
 CLOSE_IDLE: Final = 4000  # no task, or a client that stopped reading, within the timeout
 
-_TASK_FIELDS = frozenset(
-    {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
-    | {"job_id", "extra", "pool"}
-)
 # How long either side waits for the other's answer to its close.
 _DISCONNECT_TIMEOUT_S = 5.0
 _CLOSE_TIMEOUT_S = _DISCONNECT_TIMEOUT_S
-
-
-class BadTask(ValueError):
-    """A client's task message that the relay cannot run; the message says why."""
 
 
 class Relay:
@@ -266,26 +264,12 @@ class Relay:
         return self._target.submit(task)
 
     def _parse_task(self, message: str | bytes) -> tuple[TaskRequest, str | None]:
-        try:
-            fields = msgspec.json.decode(message)
-        except msgspec.DecodeError:
-            raise BadTask("the task is not JSON") from None
-        if not isinstance(fields, dict):
-            raise BadTask("the task must be a JSON object")
-        unknown = sorted(set(fields) - _TASK_FIELDS)
-        if unknown:
-            raise BadTask(f"unknown task fields: {', '.join(map(repr, unknown))[:200]}")
-        pool = fields.pop("pool", None)
-        if pool is not None and (not isinstance(pool, str) or not pool):
-            raise BadTask("pool must be a non-empty string")
+        task, pool, fields = decode_task(message)
         if pool is not None and not isinstance(self._target, AdapterHost):
             raise BadTask("this relay serves one engine: a task may not name a pool")
         if "extra" in fields and not self._allow_extra:
             raise BadTask("this relay does not take extra llama.cpp fields")
-        try:
-            return TaskRequest(**fields), pool
-        except (TypeError, ValueError) as exc:
-            raise BadTask(redact_secrets(str(exc))[:500]) from None
+        return task, pool
 
 
 async def _cancel_when_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
@@ -400,7 +384,7 @@ async def open_relay_stream(
     headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
     async with connect(url, headers, connect_timeout_s=connect_timeout_s) as ws:
         try:
-            await ws.send_message(msgspec.json.encode(_task_fields(request, pool)).decode())
+            await ws.send_message(encode_task(request, pool).decode())
         except ConnectionClosed as exc:
             raise WorkerReset(f"the relay closed the connection ({exc.reason})") from None
         yield RelayStream(ws, request.job_id)
@@ -492,25 +476,3 @@ def _connect_error(error: BaseException) -> BaseException:
     if isinstance(error, HandshakeError | OSError | trio.TooSlowError | trio.BrokenResourceError):
         return WorkerReset(f"could not reach the relay: {type(error).__name__}")
     return error
-
-
-def _task_fields(request: TaskRequest, pool: str | None) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "top_k": request.top_k,
-        "seed": request.seed,
-        "stop": list(request.stop),
-        "job_id": request.job_id,
-    }
-    if request.prompt is not None:
-        prompt = request.prompt
-        fields["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
-    else:
-        fields["messages"] = [dict(m) for m in request.messages or ()]
-    if request.extra:
-        fields["extra"] = dict(request.extra)
-    if pool is not None:
-        fields["pool"] = pool
-    return fields

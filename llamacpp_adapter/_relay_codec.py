@@ -15,15 +15,23 @@ know, so a client reads the messages of a newer relay.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import msgspec
 
 from . import _exceptions
 from ._exceptions import AdapterError, ProtocolError, WorkerError
-from ._types import End, Metrics, Started, Token, TokenEvent
+from ._redact import redact_secrets
+from ._types import End, Metrics, Started, TaskRequest, Token, TokenEvent
 
-__all__ = ["decode_event", "encode_error", "encode_event"]
+__all__ = [
+    "BadTask",
+    "decode_event",
+    "decode_task",
+    "encode_error",
+    "encode_event",
+    "encode_task",
+]
 
 
 class _Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
@@ -165,3 +173,67 @@ def _error(message: _Error) -> WorkerError:
         error = error_class(message.message)
     error.retriable = message.retriable
     return error
+
+
+# --- The task a client sends -------------------------------------------------------------
+
+#: The fields of a task message, all of them: another is refused.
+TASK_FIELDS = frozenset(
+    {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
+    | {"job_id", "extra", "pool"}
+)
+
+
+class BadTask(ValueError):
+    """A client's task message that the relay cannot run; the message says why."""
+
+
+def encode_task(request: TaskRequest, pool: str | None = None) -> bytes:
+    """The message that asks a relay to run *request* (in *pool*, for a relay over a
+    host)."""
+    fields: dict[str, Any] = {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "seed": request.seed,
+        "stop": list(request.stop),
+        "job_id": request.job_id,
+    }
+    if request.prompt is not None:
+        prompt = request.prompt
+        fields["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+    else:
+        fields["messages"] = [dict(m) for m in request.messages or ()]
+    if request.extra:
+        fields["extra"] = dict(request.extra)
+    if pool is not None:
+        fields["pool"] = pool
+    return _encoder.encode(fields)
+
+
+def decode_task(data: str | bytes) -> tuple[TaskRequest, str | None, frozenset[str]]:
+    """The task in a client's message, the pool it names (or None), and the names of
+    the fields it gave.
+
+    Raises:
+        BadTask: if the message is not a task: not JSON, not an object, a field this
+            format does not have, or a value :class:`TaskRequest` refuses.
+    """
+    try:
+        fields = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        raise BadTask("the task is not JSON") from None
+    if not isinstance(fields, dict):
+        raise BadTask("the task must be a JSON object")
+    given = frozenset(fields)
+    unknown = sorted(given - TASK_FIELDS)
+    if unknown:
+        raise BadTask(f"unknown task fields: {', '.join(map(repr, unknown))[:200]}")
+    pool = fields.pop("pool", None)
+    if pool is not None and (not isinstance(pool, str) or not pool):
+        raise BadTask("pool must be a non-empty string")
+    try:
+        return TaskRequest(**fields), pool, given
+    except (TypeError, ValueError) as exc:
+        raise BadTask(redact_secrets(str(exc))[:500]) from None

@@ -15,12 +15,20 @@ from llamacpp_adapter import (
     Metrics,
     ProtocolError,
     Started,
+    TaskRequest,
     Token,
     TokenEvent,
     WorkerError,
     WorkerReset,
 )
-from llamacpp_adapter._relay_codec import decode_event, encode_error, encode_event
+from llamacpp_adapter._relay_codec import (
+    BadTask,
+    decode_event,
+    decode_task,
+    encode_error,
+    encode_event,
+    encode_task,
+)
 
 texts = st.text()
 counts = st.integers(min_value=0, max_value=2**53)
@@ -98,3 +106,42 @@ def test_an_error_message_comes_back_as_its_error() -> None:
 def test_what_is_not_an_event_is_a_protocol_error(message: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_event(message)
+
+
+tasks = st.builds(
+    TaskRequest,
+    st.one_of(st.text(min_size=1), st.lists(st.integers(0, 2**31 - 1), min_size=1)),
+    max_tokens=st.none() | st.integers(1, 10_000),
+    temperature=st.floats(0, 2),
+    top_p=st.floats(0, 1),
+    top_k=st.none() | st.integers(1, 100),
+    seed=st.none() | st.integers(0, 2**31 - 1),
+    stop=st.lists(st.text(min_size=1), max_size=3),
+    extra=st.dictionaries(st.sampled_from(["ignore_eos", "n_probs"]), st.integers(0, 5)),
+)
+
+
+@given(tasks, st.none() | st.text(min_size=1))
+def test_a_task_survives_the_round_trip(task: TaskRequest, pool: str | None) -> None:
+    decoded, decoded_pool, _ = decode_task(encode_task(task, pool))
+    assert (decoded, decoded_pool) == (task, pool)
+
+
+def test_a_task_given_as_messages_survives_the_round_trip() -> None:
+    task = TaskRequest(messages=[{"role": "user", "content": "hey"}], max_tokens=3)
+    assert decode_task(encode_task(task))[0] == task
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1]", "JSON object"),
+        (b'{"prompt": "x", "nope": 1}', "unknown task fields"),
+        (b'{"prompt": "x", "pool": ""}', "pool"),
+        (b'{"prompt": "x", "temperature": -1}', "temperature"),
+    ],
+)
+def test_what_is_not_a_task_is_a_bad_task(message: bytes, says: str) -> None:
+    with pytest.raises(BadTask, match=says):
+        decode_task(message)
