@@ -63,7 +63,6 @@ class EventStream(EventReceiveStream):
         "_pieces",
         "_source",
         "_turn",
-        "_whole_read_bytes",
         "job_id",
     )
 
@@ -82,7 +81,6 @@ class EventStream(EventReceiveStream):
         self._source = source
         self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
         self._blank_lines = blank_lines_per_read
-        self._whole_read_bytes = blank_lines_per_read * MIN_EVENT_BYTES
         self._deadline = deadline
         self._event_timeout_s = event_timeout_s
         self._on_end = on_end
@@ -224,12 +222,7 @@ class EventStream(EventReceiveStream):
                 return []
             read = True
             self._bytes_received += len(raw)
-            if len(raw) <= self._whole_read_bytes:
-                # Too short to complete more events than a slice may: one piece (the
-                # paced case, a token a read, skips the slicing).
-                self._pieces = iter((raw,))
-            else:
-                self._pieces = event_slices(raw, self._blank_lines)
+            self._pieces = event_slices(raw, self._blank_lines)
 
     async def _read(self) -> bytes | None:
         """The next read of the body, or None at its end."""
@@ -275,10 +268,15 @@ def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
     An event is dispatched by a blank line: where the read holds no CR, a slice ends
     just after its ``blank_lines``-th ``"\\n\\n"``, which holds real llama.cpp events
     whole. Otherwise (CR line ends) a slice is as many bytes as that many of the
-    smallest possible events.
+    smallest possible events; and a read no longer than that is one slice.
     """
+    size = blank_lines * MIN_EVENT_BYTES
+    if len(data) <= size:
+        # Too short to complete more events than a slice may (the paced case, a token
+        # a read): whole, with no search.
+        yield data
+        return
     if b"\r" in data:
-        size = blank_lines * MIN_EVENT_BYTES
         for start in range(0, len(data), size):
             yield data[start : start + size]
         return
