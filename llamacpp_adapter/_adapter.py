@@ -204,7 +204,7 @@ class LlamaCppHttpAdapter:
             yield stream
         finally:
             self._forget(stream)
-            await stream._close()
+            await stream.aclose()
 
     async def stream_into(
         self,
@@ -258,7 +258,7 @@ class LlamaCppHttpAdapter:
         """
         streams = list(self._streams.get(job_id, ()))
         for stream in streams:
-            await stream._cancel(JobCancelled(f"job {job_id!r} was cancelled"))
+            await stream.cancel(JobCancelled(f"job {job_id!r} was cancelled"))
         return bool(streams)
 
     def _forget(self, stream: EventStream) -> None:

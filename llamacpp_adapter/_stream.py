@@ -164,6 +164,12 @@ class EventStream(EventReceiveStream):
             self._batch, self._index = [], 0
             await self._close()
 
+    async def cancel(self, error: WorkerError) -> None:
+        """End the stream with *error* (the adapter's ``cancel(job_id)`` gives
+        :class:`JobCancelled`): its response closes now, so that the engine frees the
+        slot, and the consumer gets *error* from its next read, or the one it waits in."""
+        await self._cancel(error)
+
     async def _failed(self, exc: Exception) -> Exception:
         """End the stream after *exc*, which its read raised; return what the reader
         gets: why the stream was ended from outside, when it was (the read then fails
