@@ -12,14 +12,18 @@ from ._exceptions import (
     InternalError,
     JobCancelled,
     PoolUnavailable,
+    PromptTooLarge,
     ProtocolError,
     WorkerError,
     WorkerReset,
 )
-from ._host import AdapterHost, HostStream, ReplicaStatus, RetryPolicy
+from ._host import AdapterHost
+from ._host_stream import HostStream
 from ._mapping import CompletionStreamDecoder, completion_body
 from ._metrics import HostMetrics
 from ._receive import EventReceiveStream
+from ._replica import ReplicaStatus
+from ._retry import RetryPolicy
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
 from ._task_form import JobItem, JobItemReceiveStream, JobItemSendStream, create_job_channel
@@ -74,6 +78,7 @@ __all__ = [
     "LlamaCppHttpAdapter",
     "Metrics",
     "PoolUnavailable",
+    "PromptTooLarge",
     "ProtocolError",
     "Relay",
     "RelayStream",

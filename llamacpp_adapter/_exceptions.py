@@ -5,6 +5,7 @@
     WorkerError                  code            retriable
     ├── AdapterError             ADAPTER_ERROR   429 and 5xx
     ├── PoolUnavailable          POOL_UNAVAILABLE
+    │   └── PromptTooLarge       POOL_UNAVAILABLE
     ├── DeadlineUnmet            DEADLINE_UNMET
     ├── DecodeTimeout            DECODE_TIMEOUT  yes
     ├── WorkerReset              WORKER_RESET    yes
@@ -33,6 +34,7 @@ __all__ = [
     "InternalError",
     "JobCancelled",
     "PoolUnavailable",
+    "PromptTooLarge",
     "ProtocolError",
     "WorkerError",
     "WorkerReset",
@@ -113,6 +115,24 @@ class PoolUnavailable(WorkerError):
     or no replica can take it. Raised at once, never after waiting without bound."""
 
     code = "POOL_UNAVAILABLE"
+
+
+class PromptTooLarge(PoolUnavailable):
+    """The task does not fit the context: the engine said so, or the host knows no
+    replica of the pool with a context large enough. A host that hears it from one
+    replica tries a replica with a larger context, if its pool has one.
+
+    Attributes:
+        prompt_tokens: the prompt's tokens, when known.
+        context_size: the context it did not fit (tokens per slot), when known.
+    """
+
+    def __init__(
+        self, message: str, *, prompt_tokens: int | None = None, context_size: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_size = context_size
 
 
 class DeadlineUnmet(WorkerError):

@@ -17,7 +17,7 @@ import msgspec
 from ._exceptions import (
     AdapterError,
     DecodeTimeout,
-    PoolUnavailable,
+    PromptTooLarge,
     ProtocolError,
     WorkerError,
     WorkerReset,
@@ -134,9 +134,15 @@ async def read_error_body(response: httpx.Response) -> bytes:
 
 def status_error(response: httpx.Response, body: bytes) -> WorkerError:
     """The error for a non-success answer with *body*."""
-    message, error_type = error_message(json_or_none(body), response)
+    parsed = json_or_none(body)
+    message, error_type = error_message(parsed, response)
     if error_type == _CONTEXT_ERROR_TYPE:
-        return PoolUnavailable(f"the task does not fit the engine's context: {message}")
+        error = parsed["error"]  # error_message found its type there
+        return PromptTooLarge(
+            f"the task does not fit the engine's context: {message}",
+            prompt_tokens=_count(error.get("n_prompt_tokens")),
+            context_size=_count(error.get("n_ctx")),
+        )
     return AdapterError(
         f"the engine answered {response.status_code}: {message}",
         status=response.status_code,
@@ -177,3 +183,8 @@ def json_or_none(content: bytes) -> Any:
         return msgspec.json.decode(content)
     except msgspec.DecodeError:
         return None
+
+
+def _count(value: Any) -> int | None:
+    """*value* when it is a count (a JSON integer, not negative), else None."""
+    return value if type(value) is int and value >= 0 else None

@@ -1,0 +1,205 @@
+"""Where the host sends a task, and what it knows of a replica: pure logic, no sockets.
+
+``choose`` is a function of the replicas' state and the task; a ``Replica``'s state
+changes only through its methods. The clock is a number the test gives.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from llamacpp_adapter import (
+    AdapterError,
+    HostMetrics,
+    LlamaCppHttpAdapter,
+    PoolUnavailable,
+    PromptTooLarge,
+    TaskRequest,
+    WorkerProps,
+    WorkerReset,
+)
+from llamacpp_adapter._placement import Wait, choose
+from llamacpp_adapter._replica import Replica
+
+# Made once, never used: a replica needs an adapter, placement never touches it.
+ADAPTER = LlamaCppHttpAdapter("http://127.0.0.1:9")
+TEXT = TaskRequest("hello")
+
+
+class Changes:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def replica(
+    name: str,
+    *,
+    slots: int | None = 2,
+    context: int = 1024,
+    unhealthy_after: int = 2,
+    on_change: Changes | None = None,
+) -> Replica:
+    made = Replica(
+        "p",
+        name,
+        ADAPTER,
+        HostMetrics(),
+        unhealthy_after=unhealthy_after,
+        on_change=on_change or Changes(),
+    )
+    if slots is not None:
+        made.learned(WorkerProps(slots, None, context, "m.gguf"))
+    return made
+
+
+def pick(replicas: list[Replica], request: TaskRequest = TEXT, **options: object) -> object:
+    settings: dict[str, object] = {
+        "min_context": 0,
+        "avoid": (),
+        "now": 0.0,
+        "rng": random.Random(0),
+    }
+    settings.update(options)
+    return choose("p", replicas, request, **settings)  # type: ignore[arg-type]
+
+
+# --- choose ------------------------------------------------------------------------------
+
+
+def test_no_replica_is_unavailable_at_once() -> None:
+    with pytest.raises(PoolUnavailable, match="no replica is bound"):
+        pick([])
+
+
+def test_no_healthy_replica_with_known_slots_is_unavailable() -> None:
+    sick = replica("a")
+    sick.mark_unhealthy("test")
+    unknown = replica("b", slots=None)
+    with pytest.raises(PoolUnavailable, match="unhealthy") as raised:
+        pick([sick, unknown])
+    assert not isinstance(raised.value, PromptTooLarge)
+
+
+def test_a_prompt_larger_than_every_context_is_too_large() -> None:
+    small, larger = replica("a", context=8), replica("b", context=16)
+    with pytest.raises(PromptTooLarge) as raised:
+        pick([small, larger], TaskRequest(list(range(16))))
+    assert raised.value.context_size == 16
+    assert raised.value.prompt_tokens == 16
+    assert isinstance(raised.value, PoolUnavailable)  # a caller catching that still does
+
+
+def test_the_prompt_goes_where_it_fits() -> None:
+    small, larger = replica("a", context=8, slots=4), replica("b", context=16, slots=1)
+    assert pick([small, larger], TaskRequest(list(range(8)))) is larger
+    assert pick([small, larger], TaskRequest(list(range(7)))) is small  # more free slots
+
+
+def test_min_context_leaves_out_smaller_replicas() -> None:
+    small, larger = replica("a", context=8, slots=4), replica("b", context=16, slots=1)
+    assert pick([small, larger], min_context=9) is larger
+    with pytest.raises(PromptTooLarge):
+        pick([small, larger], min_context=17)
+
+
+def test_the_most_free_slots_wins() -> None:
+    one, three = replica("a", slots=1), replica("b", slots=3)
+    assert pick([one, three]) is three
+    three.take()
+    three.take()
+    assert three.free_slots() == 1
+    assert {pick([one, three], rng=random.Random(seed)) for seed in range(20)} == {one, three}
+
+
+def test_other_clients_use_of_slots_counts() -> None:
+    a, b = replica("a", slots=2), replica("b", slots=2)
+    a.saw_slots([{"is_processing": True}, {"is_processing": False}])
+    assert a.free_slots() == 1
+    assert pick([a, b]) is b
+
+
+def test_a_replica_the_task_failed_on_is_the_last_choice() -> None:
+    a, b = replica("a", slots=4), replica("b", slots=1)
+    assert pick([a, b], avoid={a}) is b
+    b.take()
+    assert pick([a, b], avoid={a}) is a  # the only one with a free slot
+
+
+def test_no_free_slot_means_wait_for_a_change() -> None:
+    a = replica("a", slots=1)
+    a.take()
+    assert pick([a]) == Wait(math.inf)
+    a.release()
+    assert pick([a]) is a
+
+
+def test_retry_after_keeps_a_replica_out_until_it_passes() -> None:
+    a, b = replica("a"), replica("b")
+    busy = AdapterError("busy", status=429, retry_after=3.0)
+    a.failed(busy, now=10.0, blamed=False)
+    b.failed(AdapterError("busy", status=429, retry_after=5.0), now=10.0, blamed=False)
+    assert pick([a, b], now=12.0) == Wait(13.0)
+    assert pick([a, b], now=13.0) is a
+    assert pick([a, b], now=15.0) in (a, b)
+
+
+def test_the_draw_among_equals_follows_the_rng() -> None:
+    replicas = [replica(name) for name in "abcd"]
+    first = [pick(replicas, rng=random.Random(7)) for _ in range(5)]
+    assert first == [pick(replicas, rng=random.Random(7)) for _ in range(5)]
+
+
+# --- Replica: its state and its transitions --------------------------------------------
+
+
+def test_a_run_of_blamed_failures_marks_a_replica_unhealthy() -> None:
+    changes = Changes()
+    a = replica("a", unhealthy_after=2, on_change=changes)
+    before = changes.count
+    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    assert a.healthy
+    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    assert not a.healthy
+    assert not a.placeable
+    assert changes.count > before  # a waiting task looks again
+    a.mark_healthy()
+    assert a.healthy
+    assert a.placeable
+
+
+def test_a_failure_not_blamed_and_a_first_token_keep_it_healthy() -> None:
+    a = replica("a", unhealthy_after=2)
+    for _ in range(5):
+        a.failed(AdapterError("busy", status=429), now=0.0, blamed=False)
+    assert a.healthy
+    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    a.first_token(0.01)  # ends the run
+    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    assert a.healthy
+
+
+def test_learned_props_count_what_other_clients_use() -> None:
+    a = replica("a", slots=None)
+    assert not a.placeable
+    assert a.free_slots() == 0
+    a.take()
+    a.learned(WorkerProps(4, 1, 2048, "m.gguf"))  # 3 busy: 1 ours, 2 others'
+    status = a.status()
+    assert (status.slots_total, status.context_size, status.in_flight) == (4, 2048, 1)
+    assert status.free_slots == 1
+
+
+def test_release_tells_waiting_tasks() -> None:
+    changes = Changes()
+    a = replica("a", on_change=changes)
+    a.take()
+    before = changes.count
+    a.release()
+    assert changes.count == before + 1
+    assert a.in_flight == 0
