@@ -23,6 +23,7 @@ from llamacpp_adapter import (
     LlamaCppHttpAdapter,
     Metrics,
     PoolUnavailable,
+    PromptTooLarge,
     Started,
     TaskRequest,
     Token,
@@ -224,15 +225,19 @@ async def test_deadline_raises_deadline_unmet_after_the_tokens_so_far(
     await wait_until_idle(adapter, STOP_WITHIN_S)
 
 
-async def test_prompt_larger_than_the_context_is_pool_unavailable(
+async def test_prompt_larger_than_the_context_is_prompt_too_large(
     adapter: LlamaCppHttpAdapter,
 ) -> None:
     too_long = TaskRequest([300] * (CONTEXT // SLOTS + 10), max_tokens=4)
-    with pytest.raises(PoolUnavailable, match="exceeds the available context size") as info:
+    with pytest.raises(PromptTooLarge, match="exceeds the available context size") as info:
         async with adapter.submit(too_long):
             pass
+    assert isinstance(info.value, PoolUnavailable)
     assert info.value.code == "POOL_UNAVAILABLE"
     assert not info.value.retriable
+    # The engine's own figures, which a host uses to pick a larger context.
+    assert info.value.context_size == CONTEXT // SLOTS
+    assert info.value.prompt_tokens == CONTEXT // SLOTS + 10
 
 
 # --- Health, props and the other endpoints ----------------------------------------------

@@ -162,3 +162,23 @@ async def test_a_prompt_larger_than_every_context_is_pool_unavailable_at_once(
             async with host.submit("pool", TaskRequest(prompt)):
                 pass
         assert time.perf_counter() - start < waits_s / 10
+
+
+async def test_a_prompt_too_large_for_one_replica_goes_to_a_larger_context() -> None:
+    # The host cannot count a text prompt's tokens: it places the task on the replica
+    # with the most free slots (the small one), which refuses it; the policy then sends
+    # it at once to a replica whose context is larger.
+    with (
+        LocalLlamaServer(context=512, parallel=2) as small,  # 256 tokens a slot
+        LocalLlamaServer(context=2048, parallel=1) as large,
+    ):
+        async with host_of(small, large) as host:
+            for name in ("r0", "r1"):
+                await host.wait_ready("pool", name)
+            prompt = " once upon a time" * 100  # over 256 tokens, under 2,048
+            async with host.submit("pool", TaskRequest(prompt, max_tokens=4)) as stream:
+                events = [event async for event in stream]
+            assert (stream.replica, stream.attempts) == ("r1", 2)
+            assert isinstance(events[-1], End)
+            # A refused prompt is the task's fault, not the replica's.
+            assert all(status.healthy for status in host.replicas("pool"))
