@@ -40,13 +40,18 @@ from ._types import (
 from .http_util import default_client, redact_secrets, register_secret, stream_decode, with_bearer
 
 if TYPE_CHECKING:
-    from ._relay import Relay, RelayStream, open_relay_stream
+    from ._relay_client import RelayStream, open_relay_stream
+    from ._relay_server import Relay
 
 __version__ = "0.1.0"
 
 #: Names imported when first used: the relay brings trio-websocket, which a program that
 #: only streams (on asyncio, say) need not load.
-_LAZY = {"Relay": "._relay", "RelayStream": "._relay", "open_relay_stream": "._relay"}
+_LAZY = {
+    "Relay": "._relay_server",
+    "RelayStream": "._relay_client",
+    "open_relay_stream": "._relay_client",
+}
 
 
 def __getattr__(name: str) -> Any:

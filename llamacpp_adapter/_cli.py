@@ -22,7 +22,7 @@ import msgspec
 
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import WorkerError
-from ._relay import DEFAULT_MAX_CONNECTIONS, Relay
+from ._relay_server import DEFAULT_MAX_CONNECTIONS, Relay
 from ._types import End, Metrics, TaskRequest, Token
 
 _API_KEY_VARIABLE = "LLAMACPP_ADAPTER_API_KEY"

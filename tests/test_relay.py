@@ -30,7 +30,7 @@ from llamacpp_adapter import (
     open_relay_stream,
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
-from llamacpp_adapter._relay import connect
+from llamacpp_adapter._ws_connect import connect
 
 from .stub import (
     LAST_CHUNK,

@@ -17,7 +17,8 @@ the last one has been written to the socket, the adapter reads the engine only w
 events are taken, so a client that reads slowly slows the read from the engine. A
 client that closes its socket cancels the task at once, which frees the engine's slot.
 
-Built on ``trio-websocket``, so the relay and :func:`open_relay_stream` run under Trio.
+This module is the relay's server; ``_relay_client`` its client; ``_relay_codec`` the
+messages both speak. Built on ``trio-websocket``, so both run under Trio.
 """
 
 from __future__ import annotations
@@ -26,40 +27,26 @@ import functools
 import hmac
 import logging
 import math
-import ssl
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from typing import Final
-from urllib.parse import urlsplit
 
-import anyio
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
     serve_websocket,
-    wrap_client_stream,
 )
 
 from ._adapter import LlamaCppHttpAdapter
-from ._exceptions import AdapterError, ProtocolError, WorkerError, WorkerReset
+from ._exceptions import AdapterError, WorkerError
 from ._host import AdapterHost
-from ._receive import CLOSED_MESSAGE, EventReceiveStream
-from ._redact import redact_secrets
-from ._relay_codec import (
-    BadTask,
-    decode_event,
-    decode_task,
-    encode_error,
-    encode_event,
-    encode_task,
-)
-from ._types import End, TaskRequest, TokenEvent
+from ._receive import EventReceiveStream
+from ._relay_codec import BadTask, decode_task, encode_error, encode_event
+from ._types import TaskRequest
+from ._ws_connect import CLOSE_TIMEOUT_S, DISCONNECT_TIMEOUT_S
 
-__all__ = ["Relay", "RelayStream", "open_relay_stream"]
+__all__ = ["Relay"]
 
 logger = logging.getLogger("llamacpp_adapter")
 
@@ -77,10 +64,6 @@ CLOSE_BAD_TASK: Final = 1008  # the task was not valid (policy violation)
 CLOSE_TOO_BIG: Final = 1009  # the message was larger than the relay takes
 CLOSE_TASK_FAILED: Final = 1011  # the task failed: see the error message before it
 CLOSE_IDLE: Final = 4000  # no task, or a client that stopped reading, within the timeout
-
-# How long either side waits for the other's answer to its close.
-_DISCONNECT_TIMEOUT_S = 5.0
-_CLOSE_TIMEOUT_S = _DISCONNECT_TIMEOUT_S
 
 
 class Relay:
@@ -169,7 +152,7 @@ class Relay:
                     message_queue_size=1,
                     max_message_size=self._max_message_bytes,
                     connect_timeout=self._idle_timeout_s,
-                    disconnect_timeout=_DISCONNECT_TIMEOUT_S,
+                    disconnect_timeout=DISCONNECT_TIMEOUT_S,
                 )
             )
             task_status.started(f"ws://{host}:{server.port}")
@@ -211,7 +194,7 @@ class Relay:
             except ConnectionClosed:
                 return  # gone before its task (or its task was too big: 1009)
         if message is None:
-            with trio.move_on_after(_CLOSE_TIMEOUT_S):
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
                 await ws.aclose(CLOSE_IDLE, "no task within the idle timeout")
             return
         try:
@@ -225,7 +208,7 @@ class Relay:
             code, reason = await self._relay(ws, task, pool)
             nursery.cancel_scope.cancel()
         if code is not None:
-            with trio.move_on_after(_CLOSE_TIMEOUT_S):  # when it runs out, the socket closes
+            with trio.move_on_after(CLOSE_TIMEOUT_S):  # when it runs out, the socket closes
                 await ws.aclose(code, reason)
 
     async def _relay(
@@ -293,186 +276,3 @@ async def _abort(ws: WebSocketConnection) -> None:
 async def _send_quietly(ws: WebSocketConnection, message: str) -> None:
     with suppress(ConnectionClosed):
         await ws.send_message(message)
-
-
-# --- The client ------------------------------------------------------------------------
-
-
-class RelayStream(EventReceiveStream):
-    """The events of a task streamed through a relay, typed as the adapter's:
-    :class:`Started`, :class:`Token`\\ s, :class:`Metrics`, :class:`End`. A failure is
-    raised as the :class:`WorkerError` the relay reported, after the events before it.
-    It is an :class:`EventReceiveStream`; each event is decoded when it is received, so
-    ``receive_nowait()`` has none waiting."""
-
-    def __init__(self, ws: WebSocketConnection, job_id: str) -> None:
-        self.job_id = job_id
-        self._ws = ws
-        self._done = False
-        self._closed = False
-
-    @property
-    def buffered(self) -> int:
-        return 0
-
-    def __aiter__(self) -> RelayStream:
-        return self
-
-    def receive_nowait(self) -> TokenEvent:
-        if self._closed:
-            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
-        if self._done:
-            raise anyio.EndOfStream
-        raise anyio.WouldBlock
-
-    async def aclose(self) -> None:
-        """Close the connection now, which cancels the task at the relay."""
-        self._closed = True
-        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT_S):
-            await self._ws.aclose()
-
-    async def __anext__(self) -> TokenEvent:
-        if self._done:
-            raise StopAsyncIteration
-        if self._closed:
-            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
-        try:
-            message = await self._ws.get_message()
-        except ConnectionClosed as exc:
-            self._done = True
-            raise WorkerReset(
-                f"the relay closed the connection before the end ({exc.reason})"
-            ) from None
-        try:
-            event = decode_event(message)
-        except ProtocolError:
-            self._done = True
-            raise
-        if isinstance(event, WorkerError):
-            self._done = True
-            raise event
-        if type(event) is End:
-            self._done = True
-        return event
-
-
-@asynccontextmanager
-async def open_relay_stream(
-    url: str,
-    request: TaskRequest,
-    *,
-    token: str | None = None,
-    pool: str | None = None,
-    connect_timeout_s: float = 10.0,
-) -> AsyncIterator[RelayStream]:
-    """Send *request* to the relay at *url*; the block receives its events.
-
-    ::
-
-        async with open_relay_stream("ws://10.0.0.2:8765", TaskRequest("Hi")) as events:
-            async for event in events:
-                ...
-
-    Leaving the block closes the connection, which cancels the task at the relay.
-
-    Raises:
-        AdapterError: the relay refused the connection (``status`` 401 for a missing or
-            wrong token, 503 when it is full).
-        WorkerReset: the relay could not be reached, or closed before the end.
-        WorkerError: the error the relay reported, after the events before it.
-    """
-    headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
-    async with connect(url, headers, connect_timeout_s=connect_timeout_s) as ws:
-        try:
-            await ws.send_message(encode_task(request, pool).decode())
-        except ConnectionClosed as exc:
-            raise WorkerReset(f"the relay closed the connection ({exc.reason})") from None
-        yield RelayStream(ws, request.job_id)
-
-
-@asynccontextmanager
-async def connect(
-    url: str, headers: list[tuple[bytes, bytes]], *, connect_timeout_s: float = 10.0
-) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket client connection to *url* whose socket is always closed on the way
-    out. (``trio_websocket.open_websocket_url`` leaves the socket of a connection the
-    server closed first to the garbage collector.)
-
-    Raises:
-        AdapterError: the server refused the handshake (``status``).
-        WorkerReset: the server could not be reached in time.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {redact_secrets(url)!r}")
-    secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connected = False  # past the handshake: errors from then on are not ours to change
-    try:
-        async with trio.open_nursery() as nursery:
-            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
-            ws: WebSocketConnection | None = None
-            try:
-                with trio.fail_after(connect_timeout_s):
-                    if secure:
-                        stream = await trio.open_ssl_over_tcp_stream(
-                            parts.hostname, port, ssl_context=ssl.create_default_context()
-                        )
-                    else:
-                        stream = await trio.open_tcp_stream(parts.hostname, port)
-                    ws = await wrap_client_stream(
-                        nursery, stream, parts.hostname, resource, extra_headers=headers
-                    )
-            finally:
-                if ws is None:
-                    nursery.cancel_scope.cancel()
-                    if stream is not None:
-                        await stream.aclose()
-            assert stream is not None
-            connected = True
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(_DISCONNECT_TIMEOUT_S) as cleanup:
-                    cleanup.shield = True
-                    await ws.aclose()
-                    await stream.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The connection's reader runs in the nursery, so a refusal (and anything
-        # raised in the caller's block) comes out as a group: raise the one error.
-        error = _single(group)
-        if error is group:
-            raise
-        raise (error if connected else _connect_error(error)) from error.__cause__
-    except Exception as exc:
-        error = exc if connected else _connect_error(exc)
-        if error is exc:
-            raise
-        raise error from None
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception in *group* that is not a cancellation; the group otherwise."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop()
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
-        elif not isinstance(error, trio.Cancelled):
-            leaves.append(error)
-    return leaves[0] if len(leaves) == 1 else group
-
-
-def _connect_error(error: BaseException) -> BaseException:
-    """Our error for a failure to connect; other errors as they are."""
-    if isinstance(error, ConnectionRejected):
-        return AdapterError(
-            f"the relay refused the connection with {error.status_code}",
-            status=error.status_code,
-        )
-    if isinstance(error, HandshakeError | OSError | trio.TooSlowError | trio.BrokenResourceError):
-        return WorkerReset(f"could not reach the relay: {type(error).__name__}")
-    return error
