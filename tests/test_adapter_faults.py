@@ -21,15 +21,8 @@ from llamacpp_adapter import (
     WorkerError,
 )
 
-from .stub import (
-    STREAM_HEAD,
-    chunked,
-    json_response,
-    start_stub,
-    token_event,
-)
-
-LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+from .scripted import Connection, start_server
+from .wire import LOADING, STREAM_HEAD, chunked, json_response, token_event
 
 
 async def stream_until_error(
@@ -58,13 +51,13 @@ class EndlessWriter:
     def __init__(self) -> None:
         self.written = 0
 
-    async def serve(self, stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(STREAM_HEAD)
+    async def serve(self, connection: Connection) -> None:
+        await connection.send(STREAM_HEAD)
         n = 0
         while True:
             n += 1
             data = chunked(token_event(n))
-            await stream.send_all(data)
+            await connection.send(data)
             self.written += len(data)
 
 
@@ -72,7 +65,7 @@ async def test_slow_consumer_stops_the_read_and_the_server(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
     writer = EndlessWriter()
-    url = await start_stub(nursery, writer.serve)
+    url = await start_server(nursery, writer.serve)
     bound = 16
     async with (
         LlamaCppHttpAdapter(url, buffer=bound) as adapter,
@@ -111,12 +104,12 @@ async def test_buffer_bound_holds_for_the_smallest_events(
     # The smallest events llama.cpp could send, many to one read: still within the bound.
     tiny = b'data:{"content":"","stop":false}\n\n'
 
-    async def flood(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(STREAM_HEAD)
+    async def flood(connection: Connection) -> None:
+        await connection.send(STREAM_HEAD)
         while True:
-            await stream.send_all(chunked(tiny * 2000))
+            await connection.send(chunked(tiny * 2000))
 
-    url = await start_stub(nursery, flood)
+    url = await start_server(nursery, flood)
     async with (
         LlamaCppHttpAdapter(url, buffer=8) as adapter,
         adapter.submit(TaskRequest("x")) as events,
@@ -131,7 +124,7 @@ async def test_a_slow_receiver_of_the_task_form_stops_the_read_and_the_server(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
     writer = EndlessWriter()
-    url = await start_stub(nursery, writer.serve)
+    url = await start_server(nursery, writer.serve)
     channel_items, bound = 4, 16
     send, receive = trio.open_memory_channel[JobItem](channel_items)
     async with LlamaCppHttpAdapter(url, buffer=bound) as adapter, receive:
@@ -164,10 +157,10 @@ async def test_a_slow_receiver_of_the_task_form_stops_the_read_and_the_server(
 async def test_error_status_is_an_adapter_error(
     nursery: trio.Nursery, status: int, retriable: bool
 ) -> None:
-    async def fail(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(json_response(status, "Error", LOADING))
+    async def fail(connection: Connection) -> None:
+        await connection.send(json_response(status, "Error", LOADING))
 
-    url = await start_stub(nursery, fail)
+    url = await start_server(nursery, fail)
     _, error = await stream_until_error(url, expect=AdapterError)
     assert isinstance(error, AdapterError)
     assert error.status == status
@@ -178,14 +171,14 @@ async def test_error_status_is_an_adapter_error(
 async def test_health_while_loading_then_ready(nursery: trio.Nursery) -> None:
     loading = True
 
-    async def server(stream: trio.SocketStream, path: str) -> None:
-        assert path == "/health"
+    async def server(connection: Connection) -> None:
+        assert connection.path == "/health"
         if loading:
-            await stream.send_all(json_response(503, "Service Unavailable", LOADING))
+            await connection.send(json_response(503, "Service Unavailable", LOADING))
         else:
-            await stream.send_all(json_response(200, "OK", {"status": "ok"}))
+            await connection.send(json_response(200, "OK", {"status": "ok"}))
 
-    url = await start_stub(nursery, server)
+    url = await start_server(nursery, server)
     async with LlamaCppHttpAdapter(url) as adapter:
         health = await adapter.health()
         assert (health.live, health.ready, health.status) == (True, False, "loading model")
@@ -205,11 +198,11 @@ def three_tokens() -> bytes:
 async def test_no_data_within_the_read_timeout_is_a_decode_timeout(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
-    async def stall(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens())
+    async def stall(connection: Connection) -> None:
+        await connection.send(three_tokens())
         await trio.sleep_forever()
 
-    url = await start_stub(nursery, stall)
+    url = await start_server(nursery, stall)
     timeouts = httpx.Timeout(5.0, read=2.0)
     start = trio.current_time()
     events, error = await stream_until_error(url, expect=DecodeTimeout, timeouts=timeouts)
@@ -221,20 +214,20 @@ async def test_no_data_within_the_read_timeout_is_a_decode_timeout(
 async def test_stall_before_the_headers_is_a_decode_timeout(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
-    async def stall(stream: trio.SocketStream, path: str) -> None:
+    async def stall(connection: Connection) -> None:
         await trio.sleep_forever()
 
-    url = await start_stub(nursery, stall)
+    url = await start_server(nursery, stall)
     await stream_until_error(url, expect=DecodeTimeout, timeouts=httpx.Timeout(5.0, read=2.0))
 
 
 async def test_health_of_a_failing_server(nursery: trio.Nursery) -> None:
     broken = {"error": {"code": 500, "message": "model failed to load", "type": "server_error"}}
 
-    async def server(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(json_response(500, "Internal Server Error", broken))
+    async def server(connection: Connection) -> None:
+        await connection.send(json_response(500, "Internal Server Error", broken))
 
-    url = await start_stub(nursery, server)
+    url = await start_server(nursery, server)
     async with LlamaCppHttpAdapter(url) as adapter:
         health = await adapter.health()
     assert (health.live, health.ready, health.status) == (True, False, "error")
@@ -246,12 +239,12 @@ async def test_cancel_from_another_task_ends_a_pending_read(
 ) -> None:
     closed = trio.Event()
 
-    async def stall(stream: trio.SocketStream, path: str) -> None:
-        await stream.send_all(three_tokens())
-        await stream.receive_some()  # returns when the client closes the connection
+    async def stall(connection: Connection) -> None:
+        await connection.send(three_tokens())
+        await connection.wait_for_hang_up()
         closed.set()
 
-    url = await start_stub(nursery, stall)
+    url = await start_server(nursery, stall)
     events: list[TokenEvent] = []
     async with LlamaCppHttpAdapter(url) as adapter:
 

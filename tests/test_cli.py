@@ -18,7 +18,7 @@ from llamacpp_adapter import End, TaskRequest, Token, TokenEvent, open_relay_str
 from llamacpp_adapter._cli import _TERMINAL_SAFE, main
 from llamacpp_adapter._local_server import LocalLlamaServer
 
-from .stub import LAST_CHUNK, STREAM_HEAD, chunked, token_event
+from .wire import LAST_CHUNK, STREAM_HEAD, chunked, token_event
 
 SUMMARY_PREFIX = "-- "
 

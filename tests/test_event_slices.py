@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from llamacpp_adapter import CompletionStreamDecoder, TokenEvent
 from llamacpp_adapter._stream import EXTRA_EVENTS_PER_SLICE, event_slices
 
-from .stub import final_event, token_event
+from .wire import final_event, token_event
 
 SMALLEST = b'data:{"content":"","stop":false}\n\n'
 

@@ -40,9 +40,19 @@ from llamacpp_adapter import (
 )
 
 from .conftest import backend_name
-from .faultserver import Connection, Script, fault_server, tls_server_context
 from .resources import open_fds, running_tasks, settled_task_count
-from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, json_response, token_event
+from .scripted import Connection, Script, scripted_server, tls_server_context
+from .wire import (
+    BUSY,
+    LAST_CHUNK,
+    LOADING,
+    STREAM_HEAD,
+    chunked,
+    error_event,
+    final_event,
+    json_response,
+    token_event,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -58,8 +68,6 @@ SLOWLORIS_BYTE_INTERVAL_S = 0.1
 HOSTILE_BYTES = 64 * 1024 * 1024
 #: Tokens a mid-stream fault lets through before it strikes.
 BEFORE = 3
-LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
-BUSY = {"error": {"code": 429, "message": "too many requests", "type": "rate_limit"}}
 
 
 def tokens(first: int, last: int) -> bytes:
@@ -186,9 +194,10 @@ def says(text: str) -> Callable[[WorkerError | None, list[TokenEvent]], None]:
     return check
 
 
-ENGINE_FAILURE = b'data: {"error":{"code":500,"message":"slot failed","type":"server_error"}}\n\n'
+SLOT_FAILED = {"error": {"code": 500, "message": "slot failed", "type": "server_error"}}
+ENGINE_FAILURE = error_event(SLOT_FAILED)
 #: The same failure as older llama-server builds write it: an "error" field of its own.
-LEGACY_ENGINE_FAILURE = b'error: {"code":500,"message":"slot failed","type":"server_error"}\n\n'
+LEGACY_ENGINE_FAILURE = error_event(SLOT_FAILED, older=True)
 
 FAULTS = [
     Fault("whole stream (control)", sent(PRELUDE + chunked(final_event(BEFORE)) + LAST_CHUNK),
@@ -236,7 +245,7 @@ async def test_fault(fault: Fault, consumer: str, anyio_backend: Any) -> None:
     # The TLS fault's certificate comes from an authority no client trusts.
     ssl_context = tls_server_context(trustme.CA()) if fault.tls else None
     fds, tasks = open_fds(), running_tasks()
-    async with fault_server(fault.script, ssl_context=ssl_context) as server:
+    async with scripted_server(fault.script, ssl_context=ssl_context) as server:
         adapter = LlamaCppHttpAdapter(
             server.url,
             timeouts=httpx.Timeout(5.0, read=READ_TIMEOUT_S),
@@ -325,7 +334,7 @@ async def echoed_prompt(connection: Connection) -> None:
 
 async def test_a_final_chunk_that_repeats_a_long_prompt_still_ends_the_stream() -> None:
     async with (
-        fault_server(echoed_prompt) as server,
+        scripted_server(echoed_prompt) as server,
         LlamaCppHttpAdapter(server.url) as adapter,
         adapter.submit(TaskRequest(LONG_PROMPT)) as stream,
     ):
@@ -341,7 +350,7 @@ async def test_the_bound_still_holds_for_what_the_request_did_not_ask() -> None:
         last = b"data: " + json.dumps(final, separators=(",", ":")).encode() + b"\n\n"
         await connection.send(STREAM_HEAD + chunked(token_event(1)) + chunked(last) + LAST_CHUNK)
 
-    async with fault_server(bloated) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with scripted_server(bloated) as server, LlamaCppHttpAdapter(server.url) as adapter:
         with pytest.raises(ProtocolError, match="exceeds the bound"):
             async with adapter.submit(TaskRequest("short")) as stream:
                 async for _ in stream:

@@ -33,60 +33,56 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 
-from .stub import (
+from .scripted import Connection, Script, replica, start_server, stream_tokens
+from .wire import (
+    BUSY,
+    LOADING,
     SLOTS,
     STREAM_HEAD,
-    Handler,
+    busy_slots,
     chunked,
     json_response,
-    replica,
-    start_stub,
-    stream_tokens,
     token_event,
 )
 
-LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
-BUSY = {"error": {"code": 429, "message": "too many requests", "type": "unavailable_error"}}
 # One of the captured server's two slots busy with another client's task.
-ONE_SLOT_BUSY = json.dumps(
-    [dict(slot, is_processing=i == 0) for i, slot in enumerate(json.loads(SLOTS))]
-).encode()
+ONE_SLOT_BUSY = busy_slots(0)
 
 
 class Engine:
     """A scripted replica: each /completion is answered by the next step of *script*,
     the last step repeating; the time of each is recorded."""
 
-    def __init__(self, *steps: Handler) -> None:
+    def __init__(self, *steps: Script) -> None:
         self.steps = list(steps)
         self.times: list[float] = []
 
-    async def __call__(self, stream: trio.SocketStream, path: str) -> None:
+    async def __call__(self, connection: Connection) -> None:
         self.times.append(trio.current_time())
         step = self.steps[min(len(self.times), len(self.steps)) - 1]
-        await step(stream, path)
+        await step(connection)
 
 
-def answer(status: int, reason: str, body: object, headers: str = "") -> Handler:
-    async def handle(stream: trio.SocketStream, _: str) -> None:
-        await stream.send_all(json_response(status, reason, body, headers))
-
-    return handle
-
-
-def tokens(count: int) -> Handler:
-    async def handle(stream: trio.SocketStream, _: str) -> None:
-        await stream_tokens(stream, count)
+def answer(status: int, reason: str, body: object, headers: str = "") -> Script:
+    async def handle(connection: Connection) -> None:
+        await connection.send(json_response(status, reason, body, headers))
 
     return handle
 
 
-def cut_after(count: int) -> Handler:
+def tokens(count: int) -> Script:
+    async def handle(connection: Connection) -> None:
+        await stream_tokens(connection, count)
+
+    return handle
+
+
+def cut_after(count: int) -> Script:
     """Headers and *count* tokens, then the connection closes mid-stream."""
 
-    async def handle(stream: trio.SocketStream, _: str) -> None:
+    async def handle(connection: Connection) -> None:
         body = b"".join(token_event(n) for n in range(1, count + 1))
-        await stream.send_all(STREAM_HEAD + (chunked(body) if body else b""))
+        await connection.send(STREAM_HEAD + (chunked(body) if body else b""))
 
     return handle
 
@@ -94,7 +90,7 @@ def cut_after(count: int) -> Handler:
 async def add_replica(
     nursery: trio.Nursery, host: AdapterHost, name: str, engine: Engine, *, slots: bytes = SLOTS
 ) -> LlamaCppHttpAdapter:
-    url = await start_stub(nursery, replica(engine, slots=slots))
+    url = await start_server(nursery, replica(engine, slots=slots))
     adapter = LlamaCppHttpAdapter(url)
     host.bind("pool", name, adapter, _owned=True)  # the host closes it
     return adapter
@@ -272,8 +268,8 @@ async def test_pool_unavailable_when_no_slot_frees_in_time(
 ) -> None:
     mock_clock.autojump_threshold = 0
 
-    async def endless(stream: trio.SocketStream, _: str) -> None:
-        await stream.send_all(STREAM_HEAD + chunked(token_event(1)))
+    async def endless(connection: Connection) -> None:
+        await connection.send(STREAM_HEAD + chunked(token_event(1)))
         await trio.sleep_forever()
 
     async with host_for_test(slot_wait_s=2.0) as host:
@@ -401,7 +397,7 @@ async def test_no_secret_reaches_a_log_record(
     for name in ("llamacpp_adapter", "httpx", "httpcore"):
         caplog.set_level(logging.DEBUG, logger=name)
     engine = Engine(answer(503, "Service Unavailable", LOADING), cut_after(1))
-    url = await start_stub(nursery, replica(engine))
+    url = await start_server(nursery, replica(engine))
     with_password = url.replace("http://", f"http://user:{password}@")
     policy = RetryPolicy(initial_backoff_s=0.0)
     async with (
@@ -432,13 +428,13 @@ async def test_slots_other_clients_take_are_read_again_from_slots(
     captured = json.loads(SLOTS)
     answers = {"slots": SLOTS}
 
-    async def completion(stream: trio.SocketStream, path: str) -> None:
-        await stream_tokens(stream, 1)
+    async def completion(connection: Connection) -> None:
+        await stream_tokens(connection, 1)
 
-    async def handle(stream: trio.SocketStream, path: str) -> None:
-        await replica(completion, slots=answers["slots"])(stream, path)
+    async def handle(connection: Connection) -> None:
+        await replica(completion, slots=answers["slots"])(connection)
 
-    url = await start_stub(nursery, handle)
+    url = await start_server(nursery, handle)
     async with (
         host_for_test(slot_wait_s=1.0, refresh_interval_s=5.0) as host,
         LlamaCppHttpAdapter(url) as adapter,
@@ -473,8 +469,8 @@ async def test_an_unbound_replica_gets_no_new_work(nursery: trio.Nursery) -> Non
 
 
 async def test_cancel_ends_the_job_on_its_replica_without_a_retry(nursery: trio.Nursery) -> None:
-    async def endless(stream: trio.SocketStream, _: str) -> None:
-        await stream.send_all(STREAM_HEAD + chunked(token_event(1)))
+    async def endless(connection: Connection) -> None:
+        await connection.send(STREAM_HEAD + chunked(token_event(1)))
         await trio.sleep_forever()
 
     engine = Engine(endless)

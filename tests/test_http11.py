@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from llamacpp_adapter import ProtocolError
 from llamacpp_adapter._http11 import MAX_HEAD_BYTES, ResponseParser, request_bytes
 
-from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
+from .wire import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
 
 BODY = token_event(1, " héllo") + token_event(2, " wörld") + final_event(2)
 CHUNKED_ANSWER = STREAM_HEAD + chunked(BODY[:50]) + chunked(BODY[50:]) + LAST_CHUNK

@@ -19,8 +19,8 @@ from llamacpp_adapter import (
 from llamacpp_adapter._keepalive import ConnectionTrace, may_send_again
 from llamacpp_adapter.http_util import default_client
 
-from .faultserver import Connection, fault_server
-from .stub import KEPT_STREAM_HEAD, LAST_CHUNK, chunked, final_event, json_response, token_event
+from .scripted import Connection, scripted_server
+from .wire import KEPT_STREAM_HEAD, LAST_CHUNK, chunked, final_event, json_response, token_event
 
 pytestmark = pytest.mark.anyio
 
@@ -89,7 +89,7 @@ async def test_a_streams_connection_is_not_kept_for_the_next_request() -> None:
         if await connection.next_request():
             after_the_stream.append(connection.path)
 
-    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
         async with adapter.submit(TaskRequest("hi")) as events:
             assert isinstance([event async for event in events][-1], End)
         health = await adapter.health()
@@ -109,7 +109,7 @@ async def test_an_idempotent_request_on_a_connection_closed_unseen_is_sent_once_
         answered.append(connection.path)
         await connection.next_request()
 
-    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
         first = await adapter.health()
         second = await adapter.health()
         assert await adapter.tokenize("hi") == [300, 301]  # and a POST, all the same
@@ -128,7 +128,7 @@ async def test_a_request_sent_again_is_sent_only_once_more() -> None:
             await connection.next_request()
         # Any other request that opens a connection: closed unanswered.
 
-    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
         assert (await adapter.health()).ready
         with pytest.raises(WorkerReset, match="GET /metrics, sent again after") as info:
             await adapter.metrics()
@@ -143,7 +143,7 @@ async def test_a_streamed_completion_is_never_sent_again() -> None:
         await connection.next_request()  # the completion, on the kept connection: closed
 
     async with (
-        fault_server(script) as server,
+        scripted_server(script) as server,
         default_client() as client,
         LlamaCppHttpAdapter(server.url, client=client) as adapter,
     ):
@@ -162,7 +162,7 @@ async def test_a_streamed_completion_on_the_direct_path_has_a_connection_of_its_
             await connection.next_request()
         # The completion: closed unanswered, on the connection it opened for itself.
 
-    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
         assert (await adapter.health()).ready
         with pytest.raises(WorkerReset, match="while opening the stream") as info:
             async with adapter.submit(TaskRequest("hi")):
@@ -175,7 +175,7 @@ async def test_a_request_that_fails_on_a_fresh_connection_is_not_sent_again() ->
     async def script(connection: Connection) -> None:
         return  # closes every connection unanswered
 
-    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
         health = await adapter.health()
         with pytest.raises(WorkerReset, match="GET /metrics"):
             await adapter.metrics()
@@ -189,7 +189,7 @@ async def test_malformed_http_on_a_kept_connection_is_not_sent_again() -> None:
         if await connection.next_request():
             await connection.send(b"XX\r\n\r\n")
 
-    async with fault_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
         assert (await adapter.health()).ready
         with anyio.fail_after(5), pytest.raises(ProtocolError, match="GET /slots"):
             await adapter.slots()

@@ -24,7 +24,7 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 
-from .stub import token_event
+from .wire import token_event
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_CASES = sorted(p.name.removesuffix(".sse") for p in GOLDEN.glob("*.sse"))

@@ -44,7 +44,7 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 
-from .stub import STREAM_HEAD, final_event
+from .wire import STREAM_HEAD, final_event
 
 GOLDEN = Path(__file__).parent / "golden"
 CAPTURES = [(GOLDEN / f"{name}.sse").read_bytes() for name in ("short", "multibyte", "long")]

@@ -4,7 +4,6 @@ and bad input refused without harm to the others."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import tracemalloc
@@ -32,15 +31,14 @@ from llamacpp_adapter import (
 from llamacpp_adapter._local_server import LocalLlamaServer
 from llamacpp_adapter._ws_connect import connect
 
-from .stub import (
+from .scripted import Connection, replica, start_server, stream_tokens
+from .wire import (
     LAST_CHUNK,
+    OUT_OF_MEMORY,
     STREAM_HEAD,
     chunked,
+    error_event,
     final_event,
-    read_request,
-    replica,
-    start_stub,
-    stream_tokens,
     token_event,
 )
 
@@ -133,25 +131,18 @@ async def start_engine(nursery: trio.Nursery, *, tokens: int, text_bytes: int = 
     *text_bytes* more bytes), written as fast as the socket takes them."""
     padding = "x" * text_bytes
 
-    async def serve(stream: trio.SocketStream) -> None:
-        async with stream:
-            with contextlib.suppress(trio.BrokenResourceError):  # the relay went away
-                await answer(stream)
-
-    async def answer(stream: trio.SocketStream) -> None:
-        _, body = await read_request(stream)
-        prompt = json.loads(body)["prompt"]
-        await stream.send_all(STREAM_HEAD)
+    async def answer(connection: Connection) -> None:
+        prompt = json.loads(connection.body)["prompt"]
+        await connection.send(STREAM_HEAD)
         batch = b""
         for n in range(1, tokens + 1):
             batch += token_event(n, f"{prompt}:{n}{padding}")
             if len(batch) > 16384 or n == tokens:
-                await stream.send_all(chunked(batch))
+                await connection.send(chunked(batch))
                 batch = b""
-        await stream.send_all(chunked(final_event(tokens)) + LAST_CHUNK)
+        await connection.send(chunked(final_event(tokens)) + LAST_CHUNK)
 
-    listeners = await nursery.start(trio.serve_tcp, serve, 0)
-    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    return await start_server(nursery, answer)
 
 
 async def test_a_slow_client_holds_back_the_engine_read(nursery: trio.Nursery) -> None:
@@ -284,17 +275,11 @@ async def test_a_client_that_sends_no_task_is_closed_after_the_idle_timeout(
 async def test_an_engine_failure_reaches_the_client_typed_after_its_tokens(
     nursery: trio.Nursery,
 ) -> None:
-    async def failing(stream: trio.SocketStream) -> None:
-        async with stream:
-            await read_request(stream)
-            error = (
-                b'data: {"error":{"code":500,"message":"out of memory","type":"server_error"}}\n\n'
-            )
-            body = token_event(1, "a") + token_event(2, "b") + error
-            await stream.send_all(STREAM_HEAD + chunked(body) + LAST_CHUNK)
+    async def failing(connection: Connection) -> None:
+        body = token_event(1, "a") + token_event(2, "b") + error_event(OUT_OF_MEMORY)
+        await connection.send(STREAM_HEAD + chunked(body) + LAST_CHUNK)
 
-    listeners = await nursery.start(trio.serve_tcp, failing, 0)
-    engine = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    engine = await start_server(nursery, failing)
     async with relay_over(engine) as (url, _):
         got: list[TokenEvent] = []
         with pytest.raises(EngineError, match="out of memory"):
@@ -339,10 +324,10 @@ async def test_memory_per_idle_connection_is_bounded(nursery: trio.Nursery) -> N
 
 
 async def test_a_relay_over_a_host_places_tasks_in_pools(nursery: trio.Nursery) -> None:
-    async def two_tokens(stream: trio.SocketStream, _: str) -> None:
-        await stream_tokens(stream, 2)
+    async def two_tokens(connection: Connection) -> None:
+        await stream_tokens(connection, 2)
 
-    url = await start_stub(nursery, replica(two_tokens))
+    url = await start_server(nursery, replica(two_tokens))
     async with (
         LlamaCppHttpAdapter(url) as adapter,
         AdapterHost() as host,

@@ -33,9 +33,9 @@ from llamacpp_adapter import (
 from llamacpp_adapter._local_server import LocalLlamaServer
 
 from .conftest import backend_name
-from .faultserver import Connection, FaultServer, fault_server
 from .resources import open_fds, running_tasks, settled_task_count
-from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
+from .scripted import Connection, ScriptedServer, scripted_server
+from .wire import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
 
 SCALE = int(os.environ.get("LLAMACPP_ADAPTER_SOAK", "1"))
 # The suite's per-test time limit, for as many streams as the soak runs.
@@ -78,8 +78,8 @@ async def answer(connection: Connection) -> None:
 
 
 @asynccontextmanager
-async def engine_stub() -> AsyncIterator[FaultServer]:
-    async with fault_server(answer) as server:
+async def engine_stub() -> AsyncIterator[ScriptedServer]:
+    async with scripted_server(answer) as server:
         yield server
 
 

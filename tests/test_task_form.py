@@ -36,8 +36,8 @@ from llamacpp_adapter import (
 from llamacpp_adapter._local_server import LocalLlamaServer
 from llamacpp_adapter._task_form import feed_channel
 
-from .faultserver import Connection, fault_server
-from .stub import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
+from .scripted import Connection, scripted_server
+from .wire import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
 
 pytestmark = pytest.mark.anyio
 
@@ -275,7 +275,7 @@ async def test_a_stream_reset_midway_arrives_in_band_while_the_others_complete(
     ]
     send, receive = channel(CHANNEL_ITEMS)
     async with (
-        fault_server(cut_or_whole) as server,
+        scripted_server(cut_or_whole) as server,
         LlamaCppHttpAdapter(server.url) as adapter,
         anyio.create_task_group() as group,
     ):

@@ -11,8 +11,8 @@ import trustme
 
 from llamacpp_adapter import AdapterError, LlamaCppHttpAdapter, WorkerReset
 
-from .faultserver import Connection, fault_server, tls_server_context
-from .stub import json_response
+from .scripted import Connection, scripted_server, tls_server_context
+from .wire import json_response
 
 KEY = "sk-transport-6f0c2a9e41"
 HEALTHY = json_response(200, "OK", {"status": "ok"})
@@ -24,7 +24,7 @@ async def healthy(connection: Connection) -> None:
 
 async def test_an_untrusted_certificate_is_refused_by_default() -> None:
     authority = trustme.CA()
-    async with fault_server(healthy, ssl_context=tls_server_context(authority)) as server:
+    async with scripted_server(healthy, ssl_context=tls_server_context(authority)) as server:
         async with LlamaCppHttpAdapter(server.url, api_key=KEY) as adapter:
             with pytest.raises(WorkerReset, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
                 await adapter.slots()
@@ -42,7 +42,7 @@ async def test_an_untrusted_certificate_is_refused_by_default() -> None:
 
 
 async def test_a_redirect_is_not_followed_so_the_key_stays_home() -> None:
-    async with fault_server(healthy) as elsewhere:
+    async with scripted_server(healthy) as elsewhere:
         port = elsewhere.url.rsplit(":", 1)[1]
 
         async def redirect(connection: Connection) -> None:
@@ -50,7 +50,7 @@ async def test_a_redirect_is_not_followed_so_the_key_stays_home() -> None:
             await connection.send(json_response(307, "Temporary Redirect", {}, location))
 
         async with (
-            fault_server(redirect) as server,
+            scripted_server(redirect) as server,
             LlamaCppHttpAdapter(server.url, api_key=KEY) as adapter,
         ):
             with pytest.raises(AdapterError) as info:

@@ -1,7 +1,7 @@
-"""A scripted fault server for the fault matrix. It is written with anyio, so it runs on
-the test's own event loop, Trio or asyncio, and speaks llama-server's wire format byte
-for byte: the stream's status line and headers are a real server's (see ``stub``),
-bodies are chunked as it chunks them, and each test scripts what goes wrong."""
+"""The one scripted server of the tests, for faults a real llama-server cannot be made
+to show. It is written with anyio, so it runs on the test's own event loop (Trio, with
+its MockClock, or asyncio), and speaks llama-server's wire format byte for byte (see
+``wire``); each test scripts what one connection gets."""
 
 from __future__ import annotations
 
@@ -12,16 +12,36 @@ import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import trustme
 from anyio.streams.tls import TLSStream
 
-from .stub import read_request_from
+from .wire import (
+    LAST_CHUNK,
+    MODELS,
+    PROPS,
+    SLOTS,
+    STREAM_HEAD,
+    chunked,
+    final_event,
+    json_response,
+    raw_json_response,
+    read_request_from,
+    token_event,
+)
 
 #: A fault: what the server does with one connection, once it has read the request.
 Script = Callable[["Connection"], Awaitable[None]]
+
+
+class Starter(Protocol):
+    """A Trio nursery or an anyio task group: what can ``start`` a task."""
+
+    async def start(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any: ...
+
 
 #: How long the server waits for its connections to close before a test gives up.
 IDLE_WAIT_S = 10.0
@@ -57,7 +77,7 @@ class Connection:
 
 
 @dataclass
-class FaultServer:
+class ScriptedServer:
     """A running fault server: its URL, and the connections it has open."""
 
     url: str
@@ -109,18 +129,62 @@ async def _receive_or_empty(stream: anyio.abc.ByteStream) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def fault_server(
+async def scripted_server(
     script: Script, *, ssl_context: ssl.SSLContext | None = None
-) -> AsyncIterator[FaultServer]:
+) -> AsyncIterator[ScriptedServer]:
     """Serve *script* on a free port on 127.0.0.1 (over TLS with *ssl_context*) for the
     block; every connection is closed when it ends."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     scheme = "http" if ssl_context is None else "https"
-    server = FaultServer(f"{scheme}://127.0.0.1:{port}", script, ssl_context)
+    server = ScriptedServer(f"{scheme}://127.0.0.1:{port}", script, ssl_context)
     async with listener, anyio.create_task_group() as group:
         group.start_soon(listener.serve, server._serve)
         try:
             yield server
         finally:
             group.cancel_scope.cancel()
+
+
+async def serve_script(
+    script: Script,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    task_status: anyio.abc.TaskStatus[ScriptedServer] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve *script* until cancelled; with ``start``, returns the running server."""
+    async with scripted_server(script, ssl_context=ssl_context) as server:
+        task_status.started(server)
+        await anyio.sleep_forever()
+
+
+async def start_server(group: Starter, script: Script) -> str:
+    """Serve *script* in *group* (a Trio nursery or an anyio task group) until it ends;
+    return the base URL."""
+    server: ScriptedServer = await group.start(serve_script, script)
+    return server.url
+
+
+def replica(completion: Script, *, slots: bytes = SLOTS) -> Script:
+    """A script that answers ``/props``, ``/slots``, ``/v1/models`` and ``/health`` as
+    the captured server did, and hands ``/completion`` to *completion*."""
+
+    async def handle(connection: Connection) -> None:
+        if connection.path == "/props":
+            await connection.send(raw_json_response(200, "OK", PROPS))
+        elif connection.path == "/slots":
+            await connection.send(raw_json_response(200, "OK", slots))
+        elif connection.path == "/v1/models":
+            await connection.send(raw_json_response(200, "OK", MODELS))
+        elif connection.path == "/health":
+            await connection.send(json_response(200, "OK", {"status": "ok"}))
+        else:
+            await completion(connection)
+
+    return handle
+
+
+async def stream_tokens(connection: Connection, count: int) -> None:
+    """A whole stream of *count* tokens and its final chunk."""
+    body = b"".join(token_event(n) for n in range(1, count + 1)) + final_event(count)
+    await connection.send(STREAM_HEAD + chunked(body) + LAST_CHUNK)

@@ -1,17 +1,14 @@
-"""A scripted HTTP server on 127.0.0.1 for faults a real llama-server cannot be made to
-show. It speaks llama-server's wire format: the status line and headers are those
-captured from a real server (``golden/short.http``), bodies are chunked as it chunks
-them, and stream chunks are shaped like its own."""
+"""llama-server's wire format, for the scripted server and the tests that feed bytes to
+the decoders: the status line and headers captured from a real server
+(``golden/short.http``), its answers to ``/props``, ``/slots`` and ``/v1/models``, its
+error bodies, and stream chunks shaped like its own, chunked as it chunks them. Every
+test takes these from here, so that they say one thing."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import trio
 
 GOLDEN = Path(__file__).parent / "golden"
 # The real stream response's status line and headers, up to and with the blank line.
@@ -23,8 +20,6 @@ KEEP_ALIVE = b"Keep-Alive: timeout=5, max=100\r\n"
 KEPT_STREAM_HEAD = STREAM_HEAD.replace(b"Connection: close\r\n", KEEP_ALIVE)
 LAST_CHUNK = b"0\r\n\r\n"
 _MAX_REQUEST_HEAD_BYTES = 64 * 1024
-
-Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
 
 
 def chunked(data: bytes) -> bytes:
@@ -81,11 +76,6 @@ def raw_json_response(
     )
 
 
-async def read_request(stream: trio.SocketStream) -> tuple[str, bytes]:
-    """Read one request (head and body); return its path and its body."""
-    return await read_request_from(stream.receive_some)
-
-
 async def read_request_from(receive: Callable[[], Awaitable[bytes]]) -> tuple[str, bytes]:
     """Read one request with *receive* (which gives b"" at the end of the stream);
     return its path and its body, or ``("", b"")`` if the client hung up first."""
@@ -109,45 +99,31 @@ async def read_request_from(receive: Callable[[], Awaitable[bytes]]) -> tuple[st
     return head.split(b" ")[1].decode(), body
 
 
-async def start_stub(nursery: trio.Nursery, handler: Handler) -> str:
-    """Serve *handler* for every connection; return the base URL."""
-
-    async def serve(stream: trio.SocketStream) -> None:
-        async with stream:
-            path, _ = await read_request(stream)
-            with contextlib.suppress(trio.BrokenResourceError):  # the client went away
-                await handler(stream, path)
-
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 PROPS = (GOLDEN / "props.json").read_bytes()
 SLOTS = (GOLDEN / "slots.json").read_bytes()
 MODELS = (GOLDEN / "models.json").read_bytes()
 
 
-def replica(completion: Handler, *, slots: bytes = SLOTS) -> Handler:
-    """A handler that answers ``/props``, ``/slots``, ``/v1/models`` and ``/health`` as
-    the captured server did, and hands ``/completion`` to *completion*."""
-
-    async def handle(stream: trio.SocketStream, path: str) -> None:
-        if path == "/props":
-            await stream.send_all(raw_json_response(200, "OK", PROPS))
-        elif path == "/slots":
-            await stream.send_all(raw_json_response(200, "OK", slots))
-        elif path == "/v1/models":
-            await stream.send_all(raw_json_response(200, "OK", MODELS))
-        elif path == "/health":
-            await stream.send_all(json_response(200, "OK", {"status": "ok"}))
-        else:
-            await completion(stream, path)
-
-    return handle
+#: llama-server's answer while it loads the model (``unavailable_error``, 503).
+LOADING = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+#: A 429 in llama-server's error shape, as a proxy in front of it answers (llama-server
+#: itself refuses with 503); sent with ``Retry-After``.
+BUSY = {"error": {"code": 429, "message": "too many requests", "type": "rate_limit"}}
+#: An engine failure inside an open stream.
+OUT_OF_MEMORY = {"error": {"code": 500, "message": "out of memory", "type": "server_error"}}
 
 
-async def stream_tokens(stream: trio.SocketStream, count: int) -> None:
-    """A whole stream of *count* tokens and its final chunk."""
-    body = b"".join(token_event(n) for n in range(1, count + 1)) + final_event(count)
-    await stream.send_all(STREAM_HEAD + chunked(body) + LAST_CHUNK)
+def error_event(body: dict[str, object], *, older: bool = False) -> bytes:
+    """The SSE event of an engine failure *body* (``{"error": {...}}``) inside a stream:
+    ``data: {"error": ...}`` as newer builds write it, or (*older*) an ``error:`` field
+    holding the error itself."""
+    if older:
+        return b"error: " + json.dumps(body["error"], separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def busy_slots(*busy: int) -> bytes:
+    """The captured ``/slots`` answer with the slots numbered *busy* processing a task."""
+    return json.dumps(
+        [dict(slot, is_processing=i in busy) for i, slot in enumerate(json.loads(SLOTS))]
+    ).encode()
