@@ -1,6 +1,7 @@
 """Drive llama.cpp's HTTP server from Trio and asyncio: typed, ordered token streams."""
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._adapter import LlamaCppHttpAdapter
@@ -17,13 +18,9 @@ from ._exceptions import (
     WorkerError,
     WorkerReset,
 )
-from ._host import AdapterHost
-from ._host_stream import HostStream
 from ._mapping import CompletionStreamDecoder, completion_body
-from ._metrics import HostMetrics
 from ._receive import EventReceiveStream
-from ._replica import ReplicaStatus
-from ._retry import RetryPolicy
+from ._retry import GiveUp, RetryDecision, RetryLater, RetryPolicy, TryLargerContext
 from ._sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
 from ._task_form import JobItem, JobItemReceiveStream, JobItemSendStream, create_job_channel
@@ -31,30 +28,45 @@ from ._types import (
     End,
     Metrics,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerHealth,
     WorkerProps,
 )
 from .http_util import default_client, redact_secrets, register_secret, stream_decode, with_bearer
 
 if TYPE_CHECKING:
+    from ._host import AdapterHost
+    from ._host_stream import HostStream
+    from ._metrics import HostMetrics
     from ._relay_client import RelayStream, open_relay_stream
     from ._relay_server import Relay
+    from ._replica import ReplicaStatus
 
 __version__ = "0.1.0"
 
-#: Names imported when first used: the relay brings trio-websocket, which a program that
-#: only streams (on asyncio, say) need not load.
+#: Names imported when first used: the host brings prometheus_client (its metrics), the
+#: relay trio-websocket, which a program that only streams (on asyncio, say) need not load.
 _LAZY = {
+    "AdapterHost": "._host",
+    "HostStream": "._host_stream",
+    "HostMetrics": "._metrics",
+    "ReplicaStatus": "._replica",
     "Relay": "._relay_server",
     "RelayStream": "._relay_client",
     "open_relay_stream": "._relay_client",
 }
 
 
+#: Names renamed, still imported under the old one with a warning.
+_RENAMED = {"TokenEvent": "StreamEvent"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        warnings.warn(f"{name} is now {_RENAMED[name]}", DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -73,6 +85,7 @@ __all__ = [
     "EngineError",
     "EventReceiveStream",
     "EventStream",
+    "GiveUp",
     "HostMetrics",
     "HostStream",
     "InternalError",
@@ -88,13 +101,16 @@ __all__ = [
     "Relay",
     "RelayStream",
     "ReplicaStatus",
+    "RetryDecision",
+    "RetryLater",
     "RetryPolicy",
     "SSEDecoder",
     "SSEEvent",
     "Started",
+    "StreamEvent",
     "TaskRequest",
     "Token",
-    "TokenEvent",
+    "TryLargerContext",
     "WorkerError",
     "WorkerHealth",
     "WorkerProps",

@@ -337,7 +337,7 @@ class LlamaCppHttpAdapter:
         fields = {
             "job_id": stream.job_id,
             "engine": ENGINE,
-            "tokens_out": stream.tokens_delivered,
+            "tokens_out": stream.tokens_decoded,
             "decode_time_ms": round((time.monotonic() - started) * 1000, 3),
         }
         if failure is None:

@@ -22,10 +22,10 @@ import msgspec
 
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import WorkerError
+from ._host import ENV_API_KEY
 from ._relay_server import DEFAULT_MAX_CONNECTIONS, Relay
 from ._types import End, Metrics, TaskRequest, Token
 
-_API_KEY_VARIABLE = "LLAMACPP_ADAPTER_API_KEY"
 _RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
 # Model output may hold control characters, escape sequences among them: show them as
 # escapes rather than let them drive the terminal. Newline and tab pass.
@@ -37,7 +37,7 @@ url_option = click.option(
 )
 api_key_option = click.option(
     "--api-key",
-    envvar=_API_KEY_VARIABLE,
+    envvar=ENV_API_KEY,  # the same variable as AdapterHost.from_env()
     show_envvar=True,
     help="Bearer token for the server (better given in the environment).",
 )

@@ -23,9 +23,9 @@ from ._metrics import LatencySeries
 from ._placement import Pools
 from ._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
 from ._replica import Replica
-from ._retry import GiveUp, RetryAfter, RetryPolicy
+from ._retry import GiveUp, RetryLater, RetryPolicy
 from ._stream import EventStream
-from ._types import End, Started, TaskRequest, Token, TokenEvent
+from ._types import End, Started, StreamEvent, TaskRequest, Token
 
 __all__ = ["HostStream"]
 
@@ -113,7 +113,8 @@ class HostStream(EventReceiveStream):
 
     @property
     def tokens_delivered(self) -> int:
-        """Tokens handed to the consumer so far."""
+        """:class:`Token` events handed to the consumer so far (an :class:`EventStream`
+        counts those decoded, in ``tokens_decoded``)."""
         return self._tokens
 
     @property
@@ -124,7 +125,7 @@ class HostStream(EventReceiveStream):
     def __aiter__(self) -> HostStream:
         return self
 
-    async def __anext__(self) -> TokenEvent:
+    async def __anext__(self) -> StreamEvent:
         while True:
             try:
                 # An event of the replica's last read, already decoded: no await.
@@ -151,7 +152,7 @@ class HostStream(EventReceiveStream):
             if event is not None:
                 return event
 
-    def _delivered(self, event: TokenEvent) -> TokenEvent | None:
+    def _delivered(self, event: StreamEvent) -> StreamEvent | None:
         """Count *event* as handed to the consumer; None for the replica's own Started
         (the host sent its own)."""
         kind = type(event)
@@ -163,7 +164,7 @@ class HostStream(EventReceiveStream):
             self._ended = True
         return event
 
-    async def _read(self, events: EventStream) -> TokenEvent | None:
+    async def _read(self, events: EventStream) -> StreamEvent | None:
         """The replica's next event; None when its failure sent the task to another."""
         try:
             return await events.__anext__()
@@ -181,7 +182,7 @@ class HostStream(EventReceiveStream):
                 return None
             raise
 
-    def receive_nowait(self) -> TokenEvent:
+    def receive_nowait(self) -> StreamEvent:
         if not self._started_sent:
             self._started_sent = True
             return Started(self.job_id)
@@ -297,7 +298,7 @@ class HostStream(EventReceiveStream):
         )
         if isinstance(decision, GiveUp):
             return False
-        if isinstance(decision, RetryAfter):
+        if isinstance(decision, RetryLater):
             replica.retried(error.code)
             logger.info("retrying the task after %s", error.code, extra=self._log_fields())
             await anyio.sleep(decision.delay)

@@ -20,7 +20,7 @@ import msgspec
 
 from ._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
 from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
-from ._types import End, Metrics, TaskRequest, Token, TokenEvent
+from ._types import End, Metrics, StreamEvent, TaskRequest, Token
 
 __all__ = ["CompletionStreamDecoder", "completion_body"]
 
@@ -141,8 +141,8 @@ class CompletionStreamDecoder:
         return self._finished
 
     @property
-    def tokens_delivered(self) -> int:
-        """How many :class:`Token` events have been returned."""
+    def tokens_decoded(self) -> int:
+        """How many :class:`Token` events :meth:`feed` has returned."""
         return self._next_i
 
     @property
@@ -150,11 +150,11 @@ class CompletionStreamDecoder:
         """The error that the next call will raise, if a fault was found."""
         return self._error
 
-    def feed(self, data: bytes) -> list[TokenEvent]:
+    def feed(self, data: bytes) -> list[StreamEvent]:
         """Feed the next bytes of the response body; return the events they complete."""
         if self._error is not None:
             raise self._error
-        events: list[TokenEvent] = []
+        events: list[StreamEvent] = []
         try:
             for item in self._sse.feed_message_data(data, objects=True):
                 if isinstance(item, str):
@@ -169,7 +169,7 @@ class CompletionStreamDecoder:
                 raise
         return events
 
-    def close(self) -> list[TokenEvent]:
+    def close(self) -> list[StreamEvent]:
         """End the response body.
 
         Raises:
@@ -185,7 +185,7 @@ class CompletionStreamDecoder:
             raise self._error
         return []
 
-    def _take_run(self, run: bytes, count: int, events: list[TokenEvent]) -> None:
+    def _take_run(self, run: bytes, count: int, events: list[StreamEvent]) -> None:
         # A run is *count* payloads joined by CR, none holding a CR or LF, each starting
         # with "{" and ending with "}". If the whole decodes as that many JSON values
         # (decode_lines takes any whitespace between them), each payload is exactly one
@@ -206,7 +206,7 @@ class CompletionStreamDecoder:
         for payload in run.split(b"\r"):
             self._take_payload(payload.decode("utf-8", "replace"), events)
 
-    def _take_payload(self, payload: str, events: list[TokenEvent]) -> None:
+    def _take_payload(self, payload: str, events: list[StreamEvent]) -> None:
         try:
             chunk = _chunk_decoder.decode(payload)
         except msgspec.DecodeError as exc:
@@ -214,7 +214,7 @@ class CompletionStreamDecoder:
             raise ProtocolError(f"bad JSON in the stream ({exc}): {quoted!r}") from exc
         self._take_chunks([chunk], events)
 
-    def _take_chunks(self, chunks: list[_Chunk], events: list[TokenEvent]) -> None:
+    def _take_chunks(self, chunks: list[_Chunk], events: list[StreamEvent]) -> None:
         if self._finished:
             raise ProtocolError("data after the stream's final chunk")
         append = events.append
@@ -245,7 +245,7 @@ class CompletionStreamDecoder:
         finally:
             self._next_i, self._last_predicted = i, last
 
-    def _take_special(self, chunk: _Chunk, events: list[TokenEvent]) -> None:
+    def _take_special(self, chunk: _Chunk, events: list[StreamEvent]) -> None:
         """A chunk that is not a plain token: an error, the final chunk, or a bad one."""
         error = chunk.error
         if error is not None:

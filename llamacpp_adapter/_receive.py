@@ -10,7 +10,7 @@ from abc import abstractmethod
 import anyio
 from anyio.abc import ObjectReceiveStream
 
-from ._types import TokenEvent
+from ._types import StreamEvent
 
 __all__ = ["CLOSED_MESSAGE", "EventReceiveStream", "ReadTurn"]
 
@@ -18,7 +18,7 @@ __all__ = ["CLOSED_MESSAGE", "EventReceiveStream", "ReadTurn"]
 CLOSED_MESSAGE = "the stream was closed (its block was left, or aclose() was called)"
 
 
-class EventReceiveStream(ObjectReceiveStream[TokenEvent]):
+class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
     """The events of one task, in order: :class:`Started`, the :class:`Token`\\ s,
     :class:`Metrics` (when the engine sends them) and :class:`End`.
 
@@ -47,11 +47,11 @@ class EventReceiveStream(ObjectReceiveStream[TokenEvent]):
         return self
 
     @abstractmethod
-    async def __anext__(self) -> TokenEvent:
+    async def __anext__(self) -> StreamEvent:
         """The next event; ``StopAsyncIteration`` after the last (each stream's own fast
         path: ``receive()`` is built on it)."""
 
-    async def receive(self) -> TokenEvent:
+    async def receive(self) -> StreamEvent:
         """The next event.
 
         Raises:
@@ -65,7 +65,7 @@ class EventReceiveStream(ObjectReceiveStream[TokenEvent]):
             raise anyio.EndOfStream from None
 
     @abstractmethod
-    def receive_nowait(self) -> TokenEvent:
+    def receive_nowait(self) -> StreamEvent:
         """The next event, when it is already decoded.
 
         Raises:

@@ -13,7 +13,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from ._exceptions import ProtocolError, WorkerError, WorkerReset
 from ._receive import CLOSED_MESSAGE, EventReceiveStream
 from ._relay_codec import decode_event, encode_task
-from ._types import End, TaskRequest, TokenEvent
+from ._types import End, StreamEvent, TaskRequest
 from ._ws_connect import CLOSE_TIMEOUT_S, connect
 
 __all__ = ["RelayStream", "open_relay_stream"]
@@ -39,7 +39,7 @@ class RelayStream(EventReceiveStream):
     def __aiter__(self) -> RelayStream:
         return self
 
-    def receive_nowait(self) -> TokenEvent:
+    def receive_nowait(self) -> StreamEvent:
         if self._closed:
             raise anyio.ClosedResourceError(CLOSED_MESSAGE)
         if self._done:
@@ -52,7 +52,7 @@ class RelayStream(EventReceiveStream):
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
             await self._ws.aclose()
 
-    async def __anext__(self) -> TokenEvent:
+    async def __anext__(self) -> StreamEvent:
         if self._done:
             raise StopAsyncIteration
         if self._closed:

@@ -22,7 +22,7 @@ import msgspec
 from . import _exceptions
 from ._exceptions import AdapterError, ProtocolError, WorkerError
 from ._redact import redact_secrets
-from ._types import End, Metrics, Started, TaskRequest, Token, TokenEvent
+from ._types import End, Metrics, Started, StreamEvent, TaskRequest, Token
 
 __all__ = [
     "BadTask",
@@ -84,7 +84,7 @@ _ERRORS_BY_CODE: dict[str, type[WorkerError]] = {
 }
 
 
-def encode_event(event: TokenEvent) -> bytes:
+def encode_event(event: StreamEvent) -> bytes:
     """The message for *event*."""
     kind = type(event)
     message: _Message
@@ -120,7 +120,7 @@ def encode_error(code: str, message: str, *, retriable: bool, status: int | None
     return _encoder.encode(_Error(code, message, retriable, status))
 
 
-def decode_event(data: bytes | str) -> TokenEvent | WorkerError:
+def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
     """The event in a message, or the failure an ``error`` message carries (returned,
     not raised).
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from ._exceptions import AdapterError, DeadlineUnmet, PromptTooLarge, WorkerError
 
-__all__ = ["GiveUp", "RetryAfter", "RetryDecision", "RetryPolicy", "TryLargerContext"]
+__all__ = ["GiveUp", "RetryDecision", "RetryLater", "RetryPolicy", "TryLargerContext"]
 
 
 @dataclass(frozen=True)
-class RetryAfter:
+class RetryLater:
     """Try the task again after *delay* seconds, on a replica it has not failed on when
     the pool has one."""
 
@@ -39,7 +39,7 @@ class GiveUp:
     error: WorkerError
 
 
-RetryDecision = RetryAfter | TryLargerContext | GiveUp
+RetryDecision = RetryLater | TryLargerContext | GiveUp
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class RetryPolicy:
         delay = self.backoff(attempts, rng)
         if now + delay >= retry_deadline:
             return GiveUp(error)
-        return RetryAfter(delay)
+        return RetryLater(delay)
 
     def out_of_time(
         self, last: WorkerError | None, *, now: float, deadline: float, pool: str

@@ -15,7 +15,7 @@ from ._exceptions import DeadlineUnmet, DecodeTimeout, InternalError, WorkerErro
 from ._mapping import CompletionStreamDecoder
 from ._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
 from ._responses import http_error
-from ._types import Started, TokenEvent
+from ._types import Started, StreamEvent
 
 __all__ = ["EventStream", "event_slices"]
 
@@ -85,7 +85,7 @@ class EventStream(EventReceiveStream):
         self._event_timeout_s = event_timeout_s
         self._on_end = on_end
         self._pieces: Iterator[bytes] = iter(())
-        self._batch: list[TokenEvent] = [Started(job_id)]
+        self._batch: list[StreamEvent] = [Started(job_id)]
         self._index = 0
         self._bytes_received = 0
         self._done = False
@@ -107,14 +107,15 @@ class EventStream(EventReceiveStream):
         return self._bytes_received
 
     @property
-    def tokens_delivered(self) -> int:
-        """Token events decoded so far."""
-        return self._decoder.tokens_delivered
+    def tokens_decoded(self) -> int:
+        """:class:`Token` events decoded so far, the consumer's and those still waiting
+        in the buffer."""
+        return self._decoder.tokens_decoded
 
     def __aiter__(self) -> EventStream:
         return self
 
-    async def __anext__(self) -> TokenEvent:
+    async def __anext__(self) -> StreamEvent:
         # receive_nowait()'s first lines, inlined: this runs for every event.
         if self._index < len(self._batch):
             event = self._batch[self._index]
@@ -142,7 +143,7 @@ class EventStream(EventReceiveStream):
         self._index = 1
         return batch[0]
 
-    def receive_nowait(self) -> TokenEvent:
+    def receive_nowait(self) -> StreamEvent:
         if self._index < len(self._batch):
             event = self._batch[self._index]
             self._index += 1
@@ -180,14 +181,14 @@ class EventStream(EventReceiveStream):
         elif isinstance(exc, WorkerError):
             error = exc
         elif isinstance(exc, httpx.HTTPError):
-            error = http_error(exc, f"after {self.tokens_delivered} tokens")
+            error = http_error(exc, f"after {self.tokens_decoded} tokens")
         else:
             logger.exception("unexpected failure while reading a stream")
             error = InternalError(f"unexpected {type(exc).__name__} while reading the stream")
         await self._finish(error if isinstance(error, WorkerError) else None)
         return error
 
-    async def _next_batch(self) -> list[TokenEvent]:
+    async def _next_batch(self) -> list[StreamEvent]:
         """The events of the next slice of the body that has any; [] at its clean end."""
         decoder = self._decoder
         read = False
@@ -208,7 +209,7 @@ class EventStream(EventReceiveStream):
                 if now - partial_since > self._event_timeout_s:
                     raise DecodeTimeout(
                         f"no whole event within the read timeout ({self._event_timeout_s} s) "
-                        f"after {decoder.tokens_delivered} tokens; the engine sends too slowly"
+                        f"after {decoder.tokens_decoded} tokens; the engine sends too slowly"
                     )
             if self._deadline == math.inf:
                 # No cancel scope: around every read it costs as much as the rest of a
@@ -219,7 +220,7 @@ class EventStream(EventReceiveStream):
                     raw = await self._read()
                 if scope.cancelled_caught:
                     raise DeadlineUnmet(
-                        f"the deadline passed after {decoder.tokens_delivered} tokens"
+                        f"the deadline passed after {decoder.tokens_decoded} tokens"
                     )
             if self._cancel_reason is not None:
                 raise self._cancel_reason

@@ -26,7 +26,7 @@ from anyio.streams.memory import (
 
 from ._exceptions import WorkerError
 from ._receive import EventReceiveStream
-from ._types import TokenEvent
+from ._types import StreamEvent
 
 __all__ = [
     "JobItem",
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: One item of the task form: a job's id, and its next event or the failure that ended it.
-JobItem: TypeAlias = tuple[str, TokenEvent | WorkerError]
+JobItem: TypeAlias = tuple[str, StreamEvent | WorkerError]
 
 # What a send raises once every receiver is gone or the send end is closed: anyio's
 # memory object streams, and Trio's own memory channels.

@@ -16,9 +16,9 @@ __all__ = [
     "End",
     "Metrics",
     "Started",
+    "StreamEvent",
     "TaskRequest",
     "Token",
-    "TokenEvent",
     "WorkerHealth",
     "WorkerProps",
 ]
@@ -267,8 +267,8 @@ class End(msgspec.Struct, frozen=True, gc=False):
     stop_word: str | None = None
 
 
-TokenEvent: TypeAlias = Started | Token | Metrics | End
-"""Any event of a task's stream."""
+StreamEvent: TypeAlias = Started | Token | Metrics | End
+"""Any event of a task's stream (``TokenEvent`` before 0.2, a name it outgrew)."""
 
 
 # --- What a worker reports ------------------------------------------------------------

@@ -25,9 +25,9 @@ from llamacpp_adapter import (
     PoolUnavailable,
     PromptTooLarge,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerReset,
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
@@ -51,7 +51,7 @@ async def adapter(llama_server: LocalLlamaServer) -> AsyncIterator[LlamaCppHttpA
         yield adapter
 
 
-async def collect(adapter: LlamaCppHttpAdapter, request: TaskRequest) -> list[TokenEvent]:
+async def collect(adapter: LlamaCppHttpAdapter, request: TaskRequest) -> list[StreamEvent]:
     async with adapter.submit(request) as events:
         return [event async for event in events]
 
@@ -399,7 +399,7 @@ async def test_api_key_is_sent_as_bearer_and_never_shown(
 
 
 def test_a_stream_under_asyncio(llama_server: LocalLlamaServer) -> None:
-    async def main() -> list[TokenEvent]:
+    async def main() -> list[StreamEvent]:
         async with LlamaCppHttpAdapter(llama_server.base_url) as adapter:
             events = await collect(adapter, TaskRequest("hello the", max_tokens=8))
             async with adapter.submit(ENDLESS) as stream:

@@ -15,9 +15,9 @@ from llamacpp_adapter import (
     JobCancelled,
     JobItem,
     LlamaCppHttpAdapter,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerError,
 )
 
@@ -27,9 +27,9 @@ from .wire import LOADING, STREAM_HEAD, chunked, json_response, token_event
 
 async def stream_until_error(
     url: str, *, expect: type[WorkerError], **adapter_args: object
-) -> tuple[list[TokenEvent], WorkerError]:
+) -> tuple[list[StreamEvent], WorkerError]:
     """Stream one task; return the events before the error, and the error."""
-    events: list[TokenEvent] = []
+    events: list[StreamEvent] = []
     async with LlamaCppHttpAdapter(url, **adapter_args) as adapter:  # type: ignore[arg-type]
         with pytest.raises(expect) as info:
             async with adapter.submit(TaskRequest("x")) as stream:
@@ -38,7 +38,7 @@ async def stream_until_error(
     return events, info.value
 
 
-def tokens_of(events: list[TokenEvent]) -> list[int]:
+def tokens_of(events: list[StreamEvent]) -> list[int]:
     return [e.i for e in events if isinstance(e, Token)]
 
 
@@ -72,7 +72,7 @@ async def test_slow_consumer_stops_the_read_and_the_server(
         adapter.submit(TaskRequest("x")) as events,
     ):
         highest = 0
-        taken: list[TokenEvent] = []
+        taken: list[StreamEvent] = []
         for _ in range(200):  # one event per 10 ms
             taken.append(await events.__anext__())
             highest = max(highest, events.buffered)
@@ -245,7 +245,7 @@ async def test_cancel_from_another_task_ends_a_pending_read(
         closed.set()
 
     url = await start_server(nursery, stall)
-    events: list[TokenEvent] = []
+    events: list[StreamEvent] = []
     async with LlamaCppHttpAdapter(url) as adapter:
 
         async def consume() -> None:

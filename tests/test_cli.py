@@ -14,10 +14,12 @@ from pathlib import Path
 import trio
 from click.testing import CliRunner
 
-from llamacpp_adapter import End, TaskRequest, Token, TokenEvent, open_relay_stream
+from llamacpp_adapter import End, StreamEvent, TaskRequest, Token, open_relay_stream
 from llamacpp_adapter._cli import _TERMINAL_SAFE, main
+from llamacpp_adapter._host import ENV_API_KEY
 from llamacpp_adapter._local_server import LocalLlamaServer
 
+from .conftest import API_KEY
 from .wire import LAST_CHUNK, STREAM_HEAD, chunked, token_event
 
 SUMMARY_PREFIX = "-- "
@@ -128,7 +130,7 @@ def test_relay_serves_the_engine_over_websocket(llama_server: LocalLlamaServer) 
         assert line.startswith("-- relay listening on ws://127.0.0.1:"), line
         url = line.split()[-1]
 
-        async def stream() -> list[TokenEvent]:
+        async def stream() -> list[StreamEvent]:
             request = TaskRequest("hello the", max_tokens=8, seed=1)
             async with open_relay_stream(url, request, token=token) as events:
                 return [event async for event in events]
@@ -142,3 +144,14 @@ def test_relay_serves_the_engine_over_websocket(llama_server: LocalLlamaServer) 
         process.wait(timeout=10)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def test_the_api_key_comes_from_the_variable_the_host_reads(
+    llama_server_with_key: LocalLlamaServer,
+) -> None:
+    url = llama_server_with_key.base_url
+    refused = CliRunner().invoke(main, ["props", "--url", url], env={ENV_API_KEY: ""})
+    assert refused.exit_code != 0
+    taken = CliRunner().invoke(main, ["props", "--url", url], env={ENV_API_KEY: API_KEY})
+    assert taken.exit_code == 0, taken.output
+    assert API_KEY not in taken.output

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llamacpp_adapter import CompletionStreamDecoder, TokenEvent
+from llamacpp_adapter import CompletionStreamDecoder, StreamEvent
 from llamacpp_adapter._stream import EXTRA_EVENTS_PER_SLICE, event_slices
 
 from .wire import final_event, token_event
@@ -40,7 +40,7 @@ def test_no_slice_decodes_to_more_events_than_the_bound(
     cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=10)))
     reads = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     decoder = CompletionStreamDecoder()
-    events: list[TokenEvent] = []
+    events: list[StreamEvent] = []
     for read in reads:
         pieces = list(event_slices(read, blank_lines))
         assert b"".join(pieces) == read

@@ -32,9 +32,9 @@ from llamacpp_adapter import (
     Metrics,
     ProtocolError,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerError,
     WorkerReset,
 )
@@ -156,39 +156,39 @@ class Fault:
     error: type[WorkerError] | None  # None: the stream ends with End
     kept: int  # tokens delivered before the error (or in all, with End)
     retriable: bool | None = None
-    check: Callable[[WorkerError | None, list[TokenEvent]], None] | None = None
+    check: Callable[[WorkerError | None, list[StreamEvent]], None] | None = None
     tls: bool = False
 
 
-def retry_after_7(error: WorkerError | None, _: list[TokenEvent]) -> None:
+def retry_after_7(error: WorkerError | None, _: list[StreamEvent]) -> None:
     assert isinstance(error, AdapterError)
     assert (error.status, error.retry_after, error.error_type) == (429, 7.0, "rate_limit")
 
 
-def ends_with_its_count(_: WorkerError | None, events: list[TokenEvent]) -> None:
+def ends_with_its_count(_: WorkerError | None, events: list[StreamEvent]) -> None:
     end = events[-1]
     assert isinstance(end, End)
     assert (end.tokens_out, end.stop_reason) == (BEFORE, "limit")
 
 
-def engine_failure(error: WorkerError | None, _: list[TokenEvent]) -> None:
+def engine_failure(error: WorkerError | None, _: list[StreamEvent]) -> None:
     assert isinstance(error, EngineError)
     assert (error.message, error.error_type) == ("slot failed", "server_error")
 
 
-def status_503(error: WorkerError | None, _: list[TokenEvent]) -> None:
+def status_503(error: WorkerError | None, _: list[StreamEvent]) -> None:
     assert isinstance(error, AdapterError)
     assert error.status == 503
     assert "Loading model" in str(error)
 
 
-def replacement_characters(_: WorkerError | None, events: list[TokenEvent]) -> None:
+def replacement_characters(_: WorkerError | None, events: list[StreamEvent]) -> None:
     texts = [e.text for e in events if isinstance(e, Token)]
     assert texts[BEFORE] == " \ufffd\ufffd"
 
 
-def says(text: str) -> Callable[[WorkerError | None, list[TokenEvent]], None]:
-    def check(error: WorkerError | None, _: list[TokenEvent]) -> None:
+def says(text: str) -> Callable[[WorkerError | None, list[StreamEvent]], None]:
+    def check(error: WorkerError | None, _: list[StreamEvent]) -> None:
         assert text in str(error)
 
     return check
@@ -251,7 +251,7 @@ async def test_fault(fault: Fault, consumer: str, anyio_backend: Any) -> None:
             timeouts=httpx.Timeout(5.0, read=READ_TIMEOUT_S),
             max_event_bytes=MAX_EVENT_BYTES,
         )
-        events: list[TokenEvent] = []
+        events: list[StreamEvent] = []
         error: WorkerError | None = None
         tracemalloc.start()
         start = anyio.current_time()
@@ -299,7 +299,7 @@ def report(
     consumer: str,
     backend: str,
     error: WorkerError | None,
-    events: list[TokenEvent],
+    events: list[StreamEvent],
     elapsed: float,
     peak: int,
 ) -> None:

@@ -27,9 +27,9 @@ from llamacpp_adapter import (
     PoolUnavailable,
     RetryPolicy,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerReset,
 )
 
@@ -96,7 +96,7 @@ async def add_replica(
     return adapter
 
 
-async def run_task(host: AdapterHost, request: TaskRequest | None = None) -> list[TokenEvent]:
+async def run_task(host: AdapterHost, request: TaskRequest | None = None) -> list[StreamEvent]:
     async with host.submit("pool", request or TaskRequest("x")) as events:
         return [event async for event in events]
 
@@ -168,7 +168,7 @@ async def test_nothing_is_retried_after_the_first_token(
     async with host_for_test() as host:
         await add_replica(nursery, host, "first", first)
         await add_replica(nursery, host, "other", other, slots=ONE_SLOT_BUSY)
-        got: list[TokenEvent] = []
+        got: list[StreamEvent] = []
         with pytest.raises(WorkerReset):
             async with host.submit("pool", TaskRequest("x")) as events:
                 async for event in events:
@@ -477,7 +477,7 @@ async def test_cancel_ends_the_job_on_its_replica_without_a_retry(nursery: trio.
     async with host_for_test() as host:
         await add_replica(nursery, host, "r0", engine)
         task = TaskRequest("x", job_id="job-7")
-        got: list[TokenEvent] = []
+        got: list[StreamEvent] = []
         with pytest.raises(JobCancelled):
             async with host.submit("pool", task) as events:
                 async for event in events:

@@ -18,8 +18,8 @@ from llamacpp_adapter import (
     EngineError,
     Metrics,
     ProtocolError,
+    StreamEvent,
     Token,
-    TokenEvent,
     WorkerError,
     WorkerReset,
 )
@@ -30,9 +30,9 @@ GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_CASES = sorted(p.name.removesuffix(".sse") for p in GOLDEN.glob("*.sse"))
 
 
-def decode(pieces: list[bytes], **kwargs: Any) -> list[TokenEvent]:
+def decode(pieces: list[bytes], **kwargs: Any) -> list[StreamEvent]:
     decoder = CompletionStreamDecoder(**kwargs)
-    events: list[TokenEvent] = []
+    events: list[StreamEvent] = []
     for piece in pieces:
         events += decoder.feed(piece)
     return events + decoder.close()
@@ -296,9 +296,9 @@ def payload_lists(draw: st.DrawFn) -> list[str]:
     return [p for p in pieces if p]
 
 
-def outcome(*reads: bytes) -> tuple[list[TokenEvent], type[WorkerError] | None]:
+def outcome(*reads: bytes) -> tuple[list[StreamEvent], type[WorkerError] | None]:
     decoder = CompletionStreamDecoder()
-    events: list[TokenEvent] = []
+    events: list[StreamEvent] = []
     try:
         for data in reads:
             events += decoder.feed(data)

@@ -37,9 +37,9 @@ from llamacpp_adapter import (
     Metrics,
     SSEDecoder,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerError,
     WorkerReset,
 )
@@ -209,7 +209,7 @@ async def test_events_come_in_order_however_the_stream_is_cut_and_paced(
         return httpx.Response(200, headers=HEADERS, stream=PausingBody(parts, pauses))
 
     consumer_pauses = data.draw(st.lists(st.integers(0, 2), max_size=60))
-    events: list[TokenEvent] = []
+    events: list[StreamEvent] = []
     transport = httpx.MockTransport(answer)
     async with (
         httpx.AsyncClient(transport=transport) as client,
@@ -308,7 +308,7 @@ def test_the_task_form_keeps_each_jobs_order_and_the_bound_and_a_failure_in_band
             assert [type(item) for item in items[len(tokens) + 1 :]] == [Metrics, End]
 
 
-async def fan_in(scenario: Scenario) -> dict[str, list[TokenEvent | WorkerError]]:
+async def fan_in(scenario: Scenario) -> dict[str, list[StreamEvent | WorkerError]]:
     """Every stream of *scenario* started into one channel of CHANNEL items, through the
     real adapter (only the transport replaced), taken by a receiver that pauses."""
     count = len(scenario.jobs)
@@ -321,7 +321,7 @@ async def fan_in(scenario: Scenario) -> dict[str, list[TokenEvent | WorkerError]
         body = bodies[json.loads(request.content)["case"]]
         return httpx.Response(200, headers=HEADERS, stream=body)
 
-    received: dict[str, list[TokenEvent | WorkerError]] = {f"job-{j}": [] for j in range(count)}
+    received: dict[str, list[StreamEvent | WorkerError]] = {f"job-{j}": [] for j in range(count)}
     send, receive = anyio.create_memory_object_stream[JobItem](CHANNEL)
     transport = httpx.MockTransport(answer)
     async with (

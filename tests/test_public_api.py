@@ -9,6 +9,8 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 import llamacpp_adapter
 
 PACKAGE = Path(llamacpp_adapter.__file__).parent
@@ -34,7 +36,7 @@ def test_the_names_the_design_promises_are_public() -> None:
         "Token",
         "Metrics",
         "End",
-        "TokenEvent",
+        "StreamEvent",
         "WorkerError",
         "AdapterError",
         "PoolUnavailable",
@@ -87,13 +89,24 @@ def test_every_stream_shares_one_receive_interface() -> None:
         assert not stream.__abstractmethods__, stream
 
 
-def test_importing_the_package_does_not_load_the_relay() -> None:
-    # A program that only streams (on asyncio, say) need not load trio-websocket; the
-    # relay's names still import from the package.
+def test_importing_the_package_loads_neither_the_relay_nor_the_metrics() -> None:
+    # A program that only streams (on asyncio, say) need not load trio-websocket or
+    # prometheus_client; the names that need them still import from the package.
     code = (
         "import sys, llamacpp_adapter\n"
-        "assert 'trio_websocket' not in sys.modules, 'trio_websocket was loaded'\n"
+        "for name in ('trio_websocket', 'prometheus_client'):\n"
+        "    assert name not in sys.modules, f'{name} was loaded'\n"
+        "from llamacpp_adapter import AdapterHost, HostMetrics, HostStream, ReplicaStatus\n"
+        "assert 'prometheus_client' in sys.modules\n"
+        "assert 'trio_websocket' not in sys.modules, 'the host loaded trio_websocket'\n"
         "from llamacpp_adapter import Relay, RelayStream, open_relay_stream\n"
         "assert 'trio_websocket' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_old_name_still_imports_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="TokenEvent is now StreamEvent"):
+        from llamacpp_adapter import TokenEvent
+    assert TokenEvent is llamacpp_adapter.StreamEvent
+    assert "TokenEvent" not in llamacpp_adapter.__all__

@@ -23,9 +23,9 @@ from llamacpp_adapter import (
     PoolUnavailable,
     Relay,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     open_relay_stream,
 )
 from llamacpp_adapter._local_server import LocalLlamaServer
@@ -55,12 +55,12 @@ async def relay_over(url: str, **options: object) -> AsyncIterator[tuple[str, Re
         nursery.cancel_scope.cancel()
 
 
-async def collect(url: str, request: TaskRequest, **options: object) -> list[TokenEvent]:
+async def collect(url: str, request: TaskRequest, **options: object) -> list[StreamEvent]:
     async with open_relay_stream(url, request, **options) as events:  # type: ignore[arg-type]
         return [event async for event in events]
 
 
-def texts(events: list[TokenEvent]) -> list[str]:
+def texts(events: list[StreamEvent]) -> list[str]:
     return [e.text for e in events if isinstance(e, Token)]
 
 
@@ -281,7 +281,7 @@ async def test_an_engine_failure_reaches_the_client_typed_after_its_tokens(
 
     engine = await start_server(nursery, failing)
     async with relay_over(engine) as (url, _):
-        got: list[TokenEvent] = []
+        got: list[StreamEvent] = []
         with pytest.raises(EngineError, match="out of memory"):
             async with open_relay_stream(url, TaskRequest("x")) as events:
                 async for event in events:

@@ -15,9 +15,9 @@ from llamacpp_adapter import (
     Metrics,
     ProtocolError,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerError,
     WorkerReset,
 )
@@ -33,7 +33,7 @@ from llamacpp_adapter._relay_codec import (
 texts = st.text()
 counts = st.integers(min_value=0, max_value=2**53)
 times = st.floats(allow_nan=False, allow_infinity=False)
-events: st.SearchStrategy[TokenEvent] = st.one_of(
+events: st.SearchStrategy[StreamEvent] = st.one_of(
     st.builds(Started, job_id=texts),
     st.builds(Token, i=counts, text=texts, token_ids=st.tuples() | st.lists(counts).map(tuple)),
     st.builds(
@@ -58,7 +58,7 @@ events: st.SearchStrategy[TokenEvent] = st.one_of(
 
 
 @given(events)
-def test_every_field_of_every_event_survives_the_round_trip(event: TokenEvent) -> None:
+def test_every_field_of_every_event_survives_the_round_trip(event: StreamEvent) -> None:
     assert decode_event(encode_event(event)) == event
 
 

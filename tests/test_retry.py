@@ -13,13 +13,15 @@ from llamacpp_adapter import (
     DeadlineUnmet,
     DecodeTimeout,
     EngineError,
+    GiveUp,
     PromptTooLarge,
     ProtocolError,
+    RetryLater,
     RetryPolicy,
+    TryLargerContext,
     WorkerError,
     WorkerReset,
 )
-from llamacpp_adapter._retry import GiveUp, RetryAfter, TryLargerContext
 
 POLICY = RetryPolicy(deadline_s=30.0, max_attempts=3, initial_backoff_s=0.1, max_backoff_s=1.0)
 
@@ -47,7 +49,7 @@ def decide(error: WorkerError, **options: object) -> object:
 )
 def test_a_retriable_failure_is_tried_again_after_a_backoff(error: WorkerError) -> None:
     decision = decide(error)
-    assert isinstance(decision, RetryAfter)
+    assert isinstance(decision, RetryLater)
     assert 0 <= decision.delay <= POLICY.initial_backoff_s
 
 
@@ -67,7 +69,7 @@ def test_the_task_s_own_faults_are_not_retried(error: WorkerError) -> None:
 
 def test_attempts_are_bounded() -> None:
     reset = WorkerReset("cut")
-    assert isinstance(decide(reset, attempts=2), RetryAfter)
+    assert isinstance(decide(reset, attempts=2), RetryLater)
     assert decide(reset, attempts=3) == GiveUp(reset)
 
 
@@ -84,7 +86,7 @@ class Fixed(random.Random):
 
 def test_a_backoff_past_the_retry_deadline_gives_up() -> None:
     reset = WorkerReset("cut")
-    assert decide(reset, now=29.95, rng=Fixed(0.0)) == RetryAfter(0.0)
+    assert decide(reset, now=29.95, rng=Fixed(0.0)) == RetryLater(0.0)
     assert decide(reset, now=29.95, rng=Fixed(1.0)) == GiveUp(reset)  # 29.95 + 0.1 > 30
     assert decide(reset, now=30.0, rng=Fixed(0.0)) == GiveUp(reset)
 

@@ -26,9 +26,9 @@ from llamacpp_adapter import (
     Metrics,
     PoolUnavailable,
     Started,
+    StreamEvent,
     TaskRequest,
     Token,
-    TokenEvent,
     WorkerError,
     WorkerReset,
     create_job_channel,
@@ -59,27 +59,27 @@ async def adapter(four_slot_server: LocalLlamaServer) -> AsyncIterator[LlamaCppH
         yield adapter
 
 
-def texts(events: list[TokenEvent]) -> list[str]:
+def texts(events: list[StreamEvent]) -> list[str]:
     return [e.text for e in events if isinstance(e, Token)]
 
 
-async def direct(adapter: LlamaCppHttpAdapter, request: TaskRequest) -> list[TokenEvent]:
+async def direct(adapter: LlamaCppHttpAdapter, request: TaskRequest) -> list[StreamEvent]:
     async with adapter.submit(request) as events:
         return [event async for event in events]
 
 
 async def gather(
     receive: ObjectReceiveStream[JobItem],
-) -> dict[str, list[TokenEvent | WorkerError]]:
+) -> dict[str, list[StreamEvent | WorkerError]]:
     """Every item of the channel until its end, by job."""
-    by_job: dict[str, list[TokenEvent | WorkerError]] = defaultdict(list)
+    by_job: dict[str, list[StreamEvent | WorkerError]] = defaultdict(list)
     async with receive:
         async for job_id, item in receive:
             by_job[job_id].append(item)
     return by_job
 
 
-def assert_a_whole_job(items: list[TokenEvent | WorkerError], job_id: str) -> list[Token]:
+def assert_a_whole_job(items: list[StreamEvent | WorkerError], job_id: str) -> list[Token]:
     """Started, tokens 0..N-1, Metrics, End: the job's items in order."""
     tokens = [item for item in items if isinstance(item, Token)]
     assert items[0] == Started(job_id)
@@ -110,7 +110,7 @@ async def test_a_fan_in_of_six_streams_from_a_four_slot_server(
     async with anyio.create_task_group() as group:
         # The receiver runs first: a fifth stream opens only once a slot frees, and a
         # slot frees only once the receiver has taken its stream's events.
-        results: dict[str, list[TokenEvent | WorkerError]] = {}
+        results: dict[str, list[StreamEvent | WorkerError]] = {}
 
         async def serve() -> None:
             results.update(await gather(receive))
@@ -197,7 +197,7 @@ async def test_the_receiver_leaving_ends_every_task_and_frees_every_slot(
 async def test_two_tasks_may_receive_from_one_stream(adapter: LlamaCppHttpAdapter) -> None:
     request = TaskRequest("hello the", max_tokens=40, seed=5)
     expected = await direct(adapter, request)
-    taken: dict[str, list[TokenEvent]] = {"a": [], "b": []}
+    taken: dict[str, list[StreamEvent]] = {"a": [], "b": []}
     async with adapter.submit(request) as events:
 
         async def take(name: str) -> None:
@@ -345,10 +345,10 @@ class OneRead(EventReceiveStream):
 
     def __init__(self) -> None:
         self.job_id = "job"
-        self._events: list[TokenEvent] = []
+        self._events: list[StreamEvent] = []
         self._read = False
 
-    async def __anext__(self) -> TokenEvent:
+    async def __anext__(self) -> StreamEvent:
         if not self._events and not self._read:
             await anyio.lowlevel.checkpoint()
             self._read = True
@@ -357,7 +357,7 @@ class OneRead(EventReceiveStream):
             raise StopAsyncIteration
         return self._events.pop(0)
 
-    def receive_nowait(self) -> TokenEvent:
+    def receive_nowait(self) -> StreamEvent:
         if not self._events:
             raise anyio.WouldBlock
         return self._events.pop(0)
@@ -392,7 +392,7 @@ class CountingSend:
 
 async def send_one_read(
     send: MemoryObjectSendStream[JobItem], receive: ObjectReceiveStream[JobItem]
-) -> tuple[CountingSend, list[TokenEvent | WorkerError]]:
+) -> tuple[CountingSend, list[StreamEvent | WorkerError]]:
     @asynccontextmanager
     async def opening() -> AsyncIterator[EventReceiveStream]:
         yield OneRead()
