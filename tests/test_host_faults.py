@@ -4,11 +4,13 @@ MockClock where a test waits."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 import socket
 import time
+from typing import Any
 
 import anyio
 import httpx
@@ -21,15 +23,19 @@ from llamacpp_adapter import (
     AdapterError,
     AdapterHost,
     End,
+    GiveUp,
     JobCancelled,
     LlamaCppHttpAdapter,
     Metrics,
     PoolUnavailable,
+    RetryDecision,
+    RetryLater,
     RetryPolicy,
     Started,
     StreamEvent,
     TaskRequest,
     Token,
+    WorkerError,
     WorkerReset,
 )
 
@@ -157,6 +163,28 @@ async def test_a_failure_before_the_first_token_is_retried_unseen(
     assert [type(e) for e in events] == [Started, Token, Token, Token, Metrics, End]
     assert [e.i for e in events if isinstance(e, Token)] == [0, 1, 2]
     assert len(engine.times) == 2
+
+
+class FixedDelays(RetryPolicy):
+    """A policy of its own: a retriable failure waits one fixed delay, at most twice."""
+
+    def decide(self, error: WorkerError, **context: Any) -> RetryDecision:
+        if error.retriable and context["attempts"] < 3:
+            return RetryLater(1.5)
+        return GiveUp(error)
+
+
+async def test_the_host_does_what_its_policy_decides(
+    nursery: trio.Nursery, mock_clock: MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0
+    engine = Engine(cut_after(0))
+    async with host_for_test(retry=FixedDelays(), unhealthy_after=10) as host:
+        await add_replica(nursery, host, "r0", engine)
+        with pytest.raises(WorkerReset):
+            await run_task(host)
+    assert len(engine.times) == 3
+    assert [b - a for a, b in itertools.pairwise(engine.times)] == pytest.approx([1.5, 1.5])
 
 
 async def test_nothing_is_retried_after_the_first_token(
