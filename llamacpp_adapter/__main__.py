@@ -1,5 +1,5 @@
 """``python -m llamacpp_adapter``: the same as the ``llamacpp-adapter`` command."""
 
-from ._cli import main
+from ._cli import entry
 
-main()
+entry()

@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType
+from typing import Any, NoReturn
 
 import anyio
 import click
@@ -31,6 +33,20 @@ _RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
 # escapes rather than let them drive the terminal. Newline and tab pass.
 _TERMINAL_SAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c not in (0x09, 0x0A)}
 _BACKENDS = ("trio", "asyncio")
+#: The signals that stop a command: Ctrl-C, ``kill`` (and ``timeout``, a container stop),
+#: a closed terminal. The command cleans up (a server it started is stopped, its files
+#: removed) and exits 128 + the signal's number.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stopped(BaseException):
+    """A stop signal arrived (a BaseException, as KeyboardInterrupt is: it unwinds
+    through everything, running every clean-up on the way)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
 
 url_option = click.option(
     "--url", help="The llama-server's base URL, e.g. http://127.0.0.1:8080.", metavar="URL"
@@ -42,7 +58,11 @@ api_key_option = click.option(
     help="Bearer token for the server (better given in the environment).",
 )
 backend_option = click.option(
-    "--backend", type=click.Choice(_BACKENDS), default="trio", show_default=True
+    "--backend",
+    type=click.Choice(_BACKENDS),
+    default="trio",
+    show_default=True,
+    help="The event loop to run on.",
 )
 
 
@@ -157,7 +177,7 @@ def relay(
     --url, start a local llama-server with a tiny model first.
     """
     options = {"token": token, "max_connections": max_connections, "allow_extra": allow_extra}
-    with _server(url) as base_url, contextlib.suppress(KeyboardInterrupt):
+    with _server(url) as base_url:
         _run(_relay, base_url, api_key, listen, port, options, backend="trio")
 
 
@@ -186,13 +206,76 @@ async def _call(base_url: str, api_key: str | None, method: str) -> Any:
         return await getattr(adapter, method)()
 
 
-def _run(function: Any, *args: Any, backend: str) -> Any:
+def _run(function: Callable[..., Awaitable[Any]], *args: Any, backend: str) -> Any:
+    """Run *function* on *backend* until it returns or a stop signal arrives; our errors
+    become one line (``ClickException``).
+
+    Raises:
+        _Stopped: when a stop signal arrived, once the run has unwound.
+    """
     try:
-        return anyio.run(function, *args, backend=backend)
+        return anyio.run(_until_stopped, function, args, backend=backend)
     except WorkerError as exc:
         raise click.ClickException(f"{exc.code}: {exc}") from exc
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(exc.strerror or str(exc)) from exc
+
+
+async def _until_stopped(function: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> Any:
+    """*function*'s result, or what it raised (one error, not a group); cancelled by a
+    stop signal, which is raised as :class:`_Stopped` after the clean-up."""
+    outcome: dict[str, Any] = {}
+
+    async def body(scope: anyio.CancelScope) -> None:
+        try:
+            outcome["value"] = await function(*args)
+        except Exception as exc:
+            outcome["error"] = _single(exc)
+        finally:
+            scope.cancel()
+
+    async def watch(signals: Any, scope: anyio.CancelScope) -> None:
+        async for signum in signals:
+            outcome["signal"] = int(signum)
+            scope.cancel()
+            return
+
+    with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch, signals, tasks.cancel_scope)
+            tasks.start_soon(body, tasks.cancel_scope)
+    if "signal" in outcome:
+        raise _Stopped(outcome["signal"])
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _single(error: Exception) -> Exception:
+    """The one error inside nested exception groups; *error* itself otherwise."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    # Outside an event loop (starting or stopping the local server): unwind from here.
+    # A second signal while the first unwinds is ignored, so that the clean-up finishes.
+    for each in _STOP_SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    raise _Stopped(signum)
+
+
+def entry() -> None:
+    """The ``llamacpp-adapter`` command: :func:`main`, stopped cleanly by a signal."""
+    for each in _STOP_SIGNALS:
+        signal.signal(each, _on_stop_signal)
+    try:
+        main()
+    except _Stopped as stopped:
+        sys.exit(128 + stopped.signum)
 
 
 @contextlib.contextmanager
