@@ -26,10 +26,11 @@ import trio
 
 from ._exceptions import DecodeTimeout, ProtocolError, WorkerError, WorkerReset
 from ._http11 import ResponseParser
-from ._responses import CLOSE_TIMEOUT_S, caused_by, reason_of
+from ._responses import CLOSE_TIMEOUT_S, NO_CONNECTION, NO_TLS_ANSWER, caused_by, reason_of
 
 __all__ = ["DirectBody", "Endpoint", "StreamTimeouts", "open_direct"]
 
+_NOT_SENT = "the request could not be sent within the write timeout"
 #: The most bytes one read asks for.
 READ_BYTES = 64 * 1024
 #: Body bytes that may wait for the consumer before asyncio stops reading the socket.
@@ -81,9 +82,10 @@ async def open_direct(endpoint: Endpoint, request: bytes, timeouts: StreamTimeou
     return await _AsyncioBody.open(endpoint, request, timeouts)
 
 
-def _failed(exc: BaseException, when: str) -> WorkerReset:
-    """Our error for a connection that failed *when*."""
-    reason = reason_of(exc)
+def _failed(exc: BaseException, when: str, *, timed_out: str = NO_CONNECTION) -> WorkerReset:
+    """Our error for a connection that failed *when*; *timed_out* says why, when a
+    timeout ended it."""
+    reason = timed_out if isinstance(exc, trio.TooSlowError | TimeoutError) else reason_of(exc)
     # A certificate that is not trusted will not be trusted on a second try.
     retriable = not caused_by(exc, ssl.SSLCertVerificationError)
     error = WorkerReset(
@@ -131,19 +133,23 @@ class _TrioBody(DirectBody):
         except (OSError, trio.TooSlowError) as exc:
             raise _failed(exc, _OPENING) from None
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        handshaking = False
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
         try:
             if endpoint.tls is not None:
                 stream = trio.SSLStream(tcp, endpoint.tls, server_hostname=endpoint.host)
+                handshaking = True
                 with trio.fail_after(timeouts.connect):
                     await stream.do_handshake()
+                handshaking = False
             with trio.fail_after(timeouts.write):
                 await stream.send_all(request)
             body = cls(stream, timeouts.read)
             await body._read_head()
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             await trio.aclose_forcefully(stream)
-            raise _failed(exc, _OPENING) from None
+            timed_out = NO_TLS_ANSWER if handshaking else _NOT_SENT
+            raise _failed(exc, _OPENING, timed_out=timed_out) from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -240,7 +246,8 @@ class _AsyncioBody(asyncio.Protocol, DirectBody):
                     server_hostname=endpoint.host if endpoint.tls is not None else None,
                 )
         except (OSError, TimeoutError) as exc:
-            raise _failed(exc, _OPENING) from None
+            timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
+            raise _failed(exc, _OPENING, timed_out=timed_out) from None
         try:
             await body._write(request, timeouts.write)
             while not body.parser.head_complete:

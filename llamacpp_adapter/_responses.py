@@ -64,9 +64,14 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
     if isinstance(exc, httpx.ReadTimeout):
         error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
     elif isinstance(exc, httpx.TransportError) and not _malformed(exc):
+        if isinstance(exc, httpx.ConnectTimeout):
+            secure = exc.request.url.scheme == "https"
+            reason = NO_TLS_ANSWER if secure else NO_CONNECTION
+        else:
+            reason = reason_of(exc)
         # A certificate that is not trusted will not be trusted on a second try.
         error = WorkerReset(
-            f"the connection to the engine failed {when}: {reason_of(exc)}",
+            f"the connection to the engine failed {when}: {reason}",
             retriable=not caused_by(exc, ssl.SSLCertVerificationError),
         )
     else:
@@ -87,6 +92,17 @@ def closed_early(exc: httpx.RemoteProtocolError) -> bool:
     the two apart."""
     message = str(exc)
     return any(mark in message for mark in _PEER_CLOSED_MARKS)
+
+
+#: Why an https:// request timed out opening, when it did: a server that speaks plain
+#: HTTP (llama-server without TLS) waits for a request line and never answers the
+#: TLS handshake.
+NO_TLS_ANSWER = (
+    "no answer to the TLS handshake within the connect timeout; "
+    "if the server speaks plain HTTP, use an http:// URL"
+)
+#: Why a request timed out opening, otherwise.
+NO_CONNECTION = "no connection within the connect timeout"
 
 
 def reason_of(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trustme
 
-from llamacpp_adapter import AdapterError, LlamaCppHttpAdapter, WorkerReset
+from llamacpp_adapter import AdapterError, LlamaCppHttpAdapter, TaskRequest, WorkerReset
 
 from .scripted import Connection, scripted_server, tls_server_context
 from .wire import json_response
@@ -58,3 +58,34 @@ async def test_a_redirect_is_not_followed_so_the_key_stays_home() -> None:
         assert info.value.status == 307
         assert not elsewhere.requests
     assert KEY not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_https_to_a_plain_http_server_says_so() -> None:
+    # llama-server without TLS reads the ClientHello as the start of a request line and
+    # never answers it, as the scripted server does: the handshake times out.
+    async with scripted_server(healthy) as server:
+        url = server.url.replace("http://", "https://")
+        timeouts = httpx.Timeout(5.0, connect=0.3)
+        async with LlamaCppHttpAdapter(url, timeouts=timeouts) as adapter:
+            with pytest.raises(WorkerReset, match="TLS handshake.*use an http:// URL"):
+                async with adapter.submit(TaskRequest("x")):
+                    pass
+            health = await adapter.health()
+        assert not health.live
+        assert health.message is not None
+        assert "use an http:// URL" in health.message
+        assert not server.requests
+
+
+@pytest.mark.anyio
+async def test_a_connect_timeout_says_what_timed_out() -> None:
+    # 192.0.2.1 (TEST-NET-1) is never routed: the SYN goes unanswered, or is refused at
+    # once where no route exists; either way the message names no cancel scope.
+    timeouts = httpx.Timeout(5.0, connect=0.3)
+    async with LlamaCppHttpAdapter("http://192.0.2.1:8080", timeouts=timeouts) as adapter:
+        with pytest.raises(WorkerReset) as info:
+            async with adapter.submit(TaskRequest("x")):
+                pass
+    assert "deadline" not in str(info.value)
+    assert "cancel" not in str(info.value).lower()
