@@ -358,6 +358,15 @@ class LlamaCppHttpAdapter:
             return WorkerHealth(live=False, ready=False, status="unreachable", message=str(exc))
         body = json_or_none(content)
         fields = body if isinstance(body, dict) else {}
+        if not isinstance(fields.get("status"), str) and "error" not in fields:
+            # Live means a llama-server answered: its /health is JSON with a status, or
+            # its error object.
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            message = (
+                f"the server answered {response.status_code} ({kind}), not as llama-server "
+                "does: is the URL that of a llama-server?"
+            )
+            return WorkerHealth(live=False, ready=False, status="not llama-server", message=message)
         idle = _int_or_none(fields.get("slots_idle"))
         processing = _int_or_none(fields.get("slots_processing"))
         if response.status_code == 200:

@@ -278,10 +278,11 @@ class WorkerHealth(msgspec.Struct, frozen=True):
     """A worker's answer to ``GET /health``.
 
     Attributes:
-        live: the server answered at all.
+        live: a llama-server answered (a server that answers otherwise is not live:
+            ``status`` is then ``"not llama-server"``).
         ready: it can take work now (not loading, not failed).
         status: the server's own word for its state (``"ok"``, ``"loading model"``,
-            ``"error"``), or ``"unreachable"``.
+            ``"error"``), or ``"unreachable"`` or ``"not llama-server"``.
         message: the server's message when it is not ready, redacted.
         slots_idle: idle slots, when the server reports them.
         slots_processing: busy slots, when the server reports them.

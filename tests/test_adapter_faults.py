@@ -4,6 +4,12 @@ Each fault of the fault matrix, on both backends, is in ``test_fault_matrix``.""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import httpx
 import pytest
 import trio
@@ -280,3 +286,30 @@ async def test_credentials_in_the_url_are_sent_as_basic_auth_and_kept_out_of_it(
     assert request.url.userinfo == b""
     assert request.headers["authorization"] == "Basic b3BzOnMzY3JldC1wYXNzLTkx"
     assert "s3cret-pass-91" not in repr(adapter)
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[str]:
+    """Python's own file server, where a llama-server was meant to be: it answers
+    /health with an HTML 404."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-u", "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    with subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as server:
+        try:
+            assert server.stdout is not None
+            assert b"Serving HTTP" in server.stdout.readline()  # it listens
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.terminate()
+
+
+async def test_health_of_a_server_that_is_not_llama_server_is_not_live(file_server: str) -> None:
+    async with LlamaCppHttpAdapter(file_server) as adapter:
+        health = await adapter.health()
+    assert (health.live, health.ready, health.status) == (False, False, "not llama-server")
+    assert health.message is not None
+    assert "404 (text/html)" in health.message
