@@ -3,6 +3,7 @@ returns its events as a :class:`RelayStream`, typed as the adapter's. Runs under
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -85,6 +86,7 @@ async def open_relay_stream(
     token: str | None = None,
     pool: str | None = None,
     connect_timeout_s: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RelayStream]:
     """Send *request* to the relay at *url*; the block receives its events.
 
@@ -94,7 +96,9 @@ async def open_relay_stream(
             async for event in events:
                 ...
 
-    Leaving the block closes the connection, which cancels the task at the relay.
+    Leaving the block closes the connection, which cancels the task at the relay. A
+    ``wss://`` URL is verified with *ssl_context*, or the system's trust by default.
+    It runs under Trio (``trio.run``, or anyio's ``backend="trio"``).
 
     Raises:
         AdapterError: the relay refused the connection (``status`` 401 for a missing or
@@ -102,8 +106,15 @@ async def open_relay_stream(
         WorkerReset: the relay could not be reached, or closed before the end.
         WorkerError: the error the relay reported, after the events before it.
     """
+    if not trio.lowlevel.in_trio_run():
+        raise RuntimeError(
+            "the relay client runs under Trio (it is built on trio-websocket): run it "
+            "with trio.run(), or anyio.run(..., backend='trio')"
+        )
     headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
-    async with connect(url, headers, connect_timeout_s=connect_timeout_s) as ws:
+    async with connect(
+        url, headers, connect_timeout_s=connect_timeout_s, ssl_context=ssl_context
+    ) as ws:
         try:
             await ws.send_message(encode_task(request, pool).decode())
         except ConnectionClosed as exc:

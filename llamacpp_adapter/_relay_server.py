@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import logging
 import math
+import ssl
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Final
 
@@ -58,6 +60,9 @@ DEFAULT_MAX_CONNECTIONS = 256
 #: client that does not read; then it closes the connection.
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 
+#: The fewest characters of a relay's token.
+MIN_TOKEN_CHARS = 16
+
 #: WebSocket close codes the relay uses.
 CLOSE_NORMAL: Final = 1000  # the task ended
 CLOSE_BAD_TASK: Final = 1008  # the task was not valid (policy violation)
@@ -80,7 +85,14 @@ class Relay:
             *pool*, the pool tasks go to unless a task names its own.
         pool: the default pool, with a host.
         token: a bearer token every client must send in ``Authorization`` (compared in
-            constant time, never logged); ``None`` lets any client in.
+            constant time, never logged), of at least 16 characters; ``None`` lets any
+            client in, which :meth:`serve` allows on a loopback address only, unless
+            *allow_anonymous*.
+        allow_anonymous: let :meth:`serve` listen beyond loopback with no token (it then
+            logs a warning): every client that reaches the port may run tasks.
+        ssl_context: serve ``wss://`` with this server context (its certificate and
+            key, e.g. from ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` and
+            ``load_cert_chain``); ``ws://`` without.
         max_message_bytes: the largest task message; a larger one closes the
             connection with 1009.
         max_connections: connections served at once; more are refused (HTTP 503).
@@ -100,14 +112,16 @@ class Relay:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         allow_extra: bool = False,
+        allow_anonymous: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(target, AdapterHost):
             if pool is None:
                 raise ValueError("a relay over an AdapterHost needs a default pool")
         elif not isinstance(target, LlamaCppHttpAdapter):
             raise TypeError("target must be a LlamaCppHttpAdapter or an AdapterHost")
-        if token is not None and (not isinstance(token, str) or not token):
-            raise ValueError("token must be a non-empty str")
+        if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS):
+            raise ValueError(f"the token must be a str of at least {MIN_TOKEN_CHARS} characters")
         for name, value in (
             ("max_message_bytes", max_message_bytes),
             ("max_connections", max_connections),
@@ -123,6 +137,8 @@ class Relay:
         self._max_connections = max_connections
         self._idle_timeout_s = idle_timeout_s
         self._allow_extra = allow_extra
+        self._allow_anonymous = allow_anonymous
+        self._ssl_context = ssl_context
         self.active_connections = 0
         #: The streams being relayed now, by job id (to watch the backpressure).
         self.streams: dict[str, EventReceiveStream] = {}
@@ -139,7 +155,22 @@ class Relay:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on *host*:*port* (``0``: a free port) until cancelled. With
-        ``nursery.start``, returns the relay's ``ws://`` URL once it listens."""
+        ``nursery.start``, returns the relay's ``ws://`` (or ``wss://``) URL once it
+        listens.
+
+        Raises:
+            ValueError: with no token, on an address beyond loopback, unless the relay
+                was made with *allow_anonymous*.
+            OSError: the address cannot be listened on (e.g. the port is in use).
+        """
+        if self._expected is None and not is_loopback(host):
+            if not self._allow_anonymous:
+                raise ValueError(
+                    f"a relay on {host!r} with no token lets anyone who reaches it run "
+                    "tasks: give a token, listen on 127.0.0.1, or allow it explicitly"
+                )
+            logger.warning("the relay listens on %s with no token: anyone may run tasks", host)
+        scheme = "ws" if self._ssl_context is None else "wss"
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
                 functools.partial(
@@ -147,7 +178,7 @@ class Relay:
                     self._handle,
                     host,
                     port,
-                    None,
+                    self._ssl_context,
                     # A client sends one message, its task: nothing queues behind it.
                     message_queue_size=1,
                     max_message_size=self._max_message_bytes,
@@ -155,7 +186,7 @@ class Relay:
                     disconnect_timeout=DISCONNECT_TIMEOUT_S,
                 )
             )
-            task_status.started(f"ws://{host}:{server.port}")
+            task_status.started(f"{scheme}://{host}:{server.port}")
 
     # --- One connection ----------------------------------------------------------------
 
@@ -276,3 +307,13 @@ async def _abort(ws: WebSocketConnection) -> None:
 async def _send_quietly(ws: WebSocketConnection, message: str) -> None:
     with suppress(ConnectionClosed):
         await ws.send_message(message)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on *host* serves this machine alone."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface

@@ -33,7 +33,11 @@ CLOSE_TIMEOUT_S = DISCONNECT_TIMEOUT_S
 
 @asynccontextmanager
 async def connect(
-    url: str, headers: list[tuple[bytes, bytes]], *, connect_timeout_s: float = 10.0
+    url: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    connect_timeout_s: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """A WebSocket client connection to *url* whose socket is always closed on the way
     out. (``trio_websocket.open_websocket_url`` leaves the socket of a connection the
@@ -48,6 +52,7 @@ async def connect(
         raise ValueError(f"not a ws:// or wss:// URL: {redact_secrets(url)!r}")
     secure = parts.scheme == "wss"
     port = parts.port or (443 if secure else 80)
+    where = f"{parts.hostname}:{port}"
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     connected = False  # past the handshake: errors from then on are not ours to change
     try:
@@ -58,8 +63,11 @@ async def connect(
                 with trio.fail_after(connect_timeout_s):
                     if secure:
                         stream = await trio.open_ssl_over_tcp_stream(
-                            parts.hostname, port, ssl_context=ssl.create_default_context()
+                            parts.hostname,
+                            port,
+                            ssl_context=ssl_context or ssl.create_default_context(),
                         )
+                        await stream.do_handshake()  # a refused certificate fails here
                     else:
                         stream = await trio.open_tcp_stream(parts.hostname, port)
                     ws = await wrap_client_stream(
@@ -69,7 +77,10 @@ async def connect(
                 if ws is None:
                     nursery.cancel_scope.cancel()
                     if stream is not None:
-                        await stream.aclose()
+                        # Shielded: a close in the cancelled nursery would raise
+                        # Cancelled over the error that brought us here.
+                        with trio.CancelScope(shield=True):
+                            await trio.aclose_forcefully(stream)
             assert stream is not None
             connected = True
             try:
@@ -86,9 +97,9 @@ async def connect(
         error = _single(group)
         if error is group:
             raise
-        raise (error if connected else _connect_error(error)) from error.__cause__
+        raise (error if connected else _connect_error(error, where)) from error.__cause__
     except Exception as exc:
-        error = exc if connected else _connect_error(exc)
+        error = exc if connected else _connect_error(exc, where)
         if error is exc:
             raise
         raise error from None
@@ -107,7 +118,7 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if len(leaves) == 1 else group
 
 
-def _connect_error(error: BaseException) -> BaseException:
+def _connect_error(error: BaseException, where: str) -> BaseException:
     """Our error for a failure to connect; other errors as they are."""
     if isinstance(error, ConnectionRejected):
         return AdapterError(
@@ -115,5 +126,30 @@ def _connect_error(error: BaseException) -> BaseException:
             status=error.status_code,
         )
     if isinstance(error, HandshakeError | OSError | trio.TooSlowError | trio.BrokenResourceError):
-        return WorkerReset(f"could not reach the relay: {type(error).__name__}")
+        if isinstance(error, trio.TooSlowError):
+            why = "no connection within the connect timeout"
+        else:
+            why = _os_reason(error) or str(error) or type(error).__name__
+        return WorkerReset(f"could not reach the relay at {where}: {why}")
     return error
+
+
+def _os_reason(error: BaseException) -> str | None:
+    """The system's word for *error* or what caused it (trio wraps each refused attempt
+    in one error of its own, and a TLS failure in BrokenResourceError), e.g.
+    ``Connection refused (errno 111)``."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return str(current)
+        if isinstance(current, OSError) and current.strerror:
+            return f"{current.strerror} (errno {current.errno})"
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None

@@ -68,7 +68,7 @@ async def test_https_to_a_plain_http_server_says_so() -> None:
         url = server.url.replace("http://", "https://")
         timeouts = httpx.Timeout(5.0, connect=0.3)
         async with LlamaCppHttpAdapter(url, timeouts=timeouts) as adapter:
-            with pytest.raises(WorkerReset, match="TLS handshake.*use an http:// URL"):
+            with pytest.raises(WorkerReset, match=r"TLS handshake.*use an http:// URL"):
                 async with adapter.submit(TaskRequest("x")):
                     pass
             health = await adapter.health()
