@@ -34,6 +34,8 @@ _RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
 # escapes rather than let them drive the terminal. Newline and tab pass.
 _TERMINAL_SAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c not in (0x09, 0x0A)}
 _BACKENDS = ("trio", "asyncio")
+#: The local model is sampled, not decoded greedily: its most likely path soon repeats.
+_LOCAL_TEMPERATURE = 0.8
 #: The signals that stop a command: Ctrl-C, ``kill`` (and ``timeout``, a container stop),
 #: a closed terminal. The command cleans up (a server it started is stopped, its files
 #: removed) and exits 128 + the signal's number.
@@ -102,9 +104,9 @@ def main() -> None:
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0.0),
-    default=0.0,
-    show_default=True,
-    help="Sampling temperature; 0 is greedy, the same text every time.",
+    default=None,
+    help="Sampling temperature; 0 is greedy, the same text every time. Default: 0, or "
+    f"{_LOCAL_TEMPERATURE} with the local model.",
 )
 @click.option(
     "--seed",
@@ -120,15 +122,18 @@ def stream(
     api_key: str | None,
     backend: str,
     max_tokens: int,
-    temperature: float,
+    temperature: float | None,
     seed: int | None,
     ignore_eos: bool,
 ) -> None:
     """Stream the completion of PROMPT to the terminal, then print a summary.
 
     PROMPT '-' reads it from standard input; --prompt-file reads it from a file. Without
-    --url, start a local llama-server with a tiny model and stop it afterwards.
+    --url, start a local llama-server with a tiny model of a public-domain passage's word
+    pairs (its text reads like the passage, loosely) and stop it afterwards.
     """
+    if temperature is None:
+        temperature = 0.0 if url is not None else _LOCAL_TEMPERATURE
     request = TaskRequest(
         _prompt(prompt, prompt_file),
         max_tokens=max_tokens,
@@ -412,7 +417,7 @@ def _server(url: str | None) -> Iterator[str]:
 
     click.echo("-- starting a local llama-server with a tiny test model", err=True)
     try:
-        with LocalLlamaServer(parallel=1) as server:
+        with LocalLlamaServer(parallel=1, model="bigram") as server:
             yield server.base_url
     except ImportError as exc:
         raise click.ClickException(

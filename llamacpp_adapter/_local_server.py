@@ -17,10 +17,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import httpx
 
-from ._tinymodel import write_tiny_model
+from ._tinymodel import write_bigram_model, write_tiny_model
 
 __all__ = ["EngineNotInstalled", "LocalLlamaServer", "find_llama_server"]
 
@@ -76,7 +77,10 @@ class LocalLlamaServer:
         parallel: slots (``-np``).
         threads: CPU threads (``-t``).
         extra_args: further llama-server arguments, e.g. ``["--api-key", key]``.
-        model_seed: the seed of the tiny model's weights.
+        model: ``"random"``, the tiny random-weight model (nonsense text, the tests'
+            engine), or ``"bigram"``, a model of a public-domain passage's word pairs
+            (English-looking text at a little temperature).
+        model_seed: the seed of the random model's weights.
         port: the port to listen on; a free one by default. A server started again
             after :meth:`stop` or :meth:`kill` keeps its port.
     """
@@ -88,9 +92,13 @@ class LocalLlamaServer:
         parallel: int = 2,
         threads: int = 1,
         extra_args: Sequence[str] = (),
+        model: Literal["random", "bigram"] = "random",
         model_seed: int = 0,
         port: int = 0,
     ) -> None:
+        if model not in ("random", "bigram"):
+            raise ValueError("model must be 'random' or 'bigram'")
+        self._model = model
         self._args = [
             "-c", str(context), "-np", str(parallel), "-t", str(threads), *extra_args,
         ]  # fmt: skip
@@ -110,7 +118,10 @@ class LocalLlamaServer:
         binary = find_llama_server()
         self._workdir = tempfile.TemporaryDirectory(prefix="llamacpp-adapter-")
         workdir = Path(self._workdir.name)
-        model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
+        if self._model == "bigram":
+            model = write_bigram_model(workdir / "bigram.gguf")
+        else:
+            model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
         if not self.port:
             self.port = _free_port()
         self.base_url = f"http://{_HOST}:{self.port}"

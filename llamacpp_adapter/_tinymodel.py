@@ -13,9 +13,11 @@ Needs the ``gguf`` package (and so NumPy): install the ``model`` extra.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any, NamedTuple
 
-__all__ = ["write_tiny_model"]
+__all__ = ["PASSAGE", "write_bigram_model", "write_tiny_model"]
 
 _EMBEDDING = 64
 _BLOCKS = 2
@@ -72,35 +74,179 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
 
 
 def write_tiny_model(path: str | Path, *, seed: int = 0) -> Path:
-    """Write the tiny model to *path* (a ``.gguf`` file) and return the path.
-
-    The same *seed* writes the same bytes.
+    """Write the tiny random-weight model to *path* (a ``.gguf`` file) and return the
+    path. The same *seed* writes the same bytes.
     """
-    import gguf
     import numpy as np
-    import numpy.typing as npt
 
-    path = Path(path)
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary()
     n_vocab = len(tokens)
 
-    def weights(*shape: int) -> npt.NDArray[np.float32]:
+    def weights(*shape: int) -> Any:
         return (rng.standard_normal(shape) * _WEIGHT_SCALE).astype(np.float32)
 
-    def ones(n: int) -> npt.NDArray[np.float32]:
-        return np.ones(n, dtype=np.float32)
+    layers = _Layers(
+        embedding=weights(n_vocab, _EMBEDDING),
+        blocks=[
+            {
+                "attn_q": weights(_EMBEDDING, _EMBEDDING),
+                "attn_k": weights(_EMBEDDING, _EMBEDDING),
+                "attn_v": weights(_EMBEDDING, _EMBEDDING),
+                "attn_output": weights(_EMBEDDING, _EMBEDDING),
+                "ffn_gate": weights(_FEED_FORWARD, _EMBEDDING),
+                "ffn_up": weights(_FEED_FORWARD, _EMBEDDING),
+                "ffn_down": weights(_EMBEDDING, _FEED_FORWARD),
+            }
+            for _ in range(_BLOCKS)
+        ],
+        output_norm=np.ones(_EMBEDDING, dtype=np.float32),
+        output=weights(n_vocab, _EMBEDDING),
+    )
+    return _write(path, "llamacpp-adapter tiny test model", (tokens, scores, types), layers)
 
+
+# --- The bigram model: readable text, with no training run --------------------------
+
+#: The opening of Lewis Carroll's *Alice's Adventures in Wonderland* (1865), in the
+#: public domain: the text whose word pairs the bigram model writes.
+PASSAGE = (
+    "Alice was beginning to get very tired of sitting by her sister on the bank, and of "
+    "having nothing to do. Once or twice she had peeped into the book her sister was "
+    "reading, but it had no pictures or conversations in it, and what is the use of a "
+    "book, thought Alice, without pictures or conversations? So she was considering in "
+    "her own mind, as well as she could, for the hot day made her feel very sleepy and "
+    "stupid, whether the pleasure of making a daisy chain would be worth the trouble of "
+    "getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran "
+    "close by her. There was nothing so very remarkable in that, nor did Alice think it "
+    "so very much out of the way to hear the Rabbit say to itself, Oh dear! Oh dear! I "
+    "shall be late! But when the Rabbit actually took a watch out of its waistcoat "
+    "pocket, and looked at it, and then hurried on, Alice started to her feet, for it "
+    "flashed across her mind that she had never before seen a rabbit with either a "
+    "waistcoat pocket, or a watch to take out of it, and burning with curiosity, she ran "
+    "across the field after it, and was just in time to see it pop down a large rabbit "
+    "hole under the hedge."
+)
+_PUNCTUATION = (",", ".", "!", "?")
+#: The log-probability of a word pair the passage never shows.
+_UNSEEN = -30.0
+
+
+def _passage_words() -> list[str]:
+    """The passage as the model's pieces, in order: ``▁word`` and punctuation."""
+    words: list[str] = []
+    for raw in PASSAGE.lower().split():
+        word = raw.rstrip("".join(_PUNCTUATION))
+        words.append("▁" + word)
+        words.extend(raw[len(word) :])  # each mark a piece of its own
+    return words
+
+
+def write_bigram_model(path: str | Path) -> Path:
+    """Write a model that continues text with the word pairs of :data:`PASSAGE` to
+    *path* (a ``.gguf`` file) and return the path: sampled with a little temperature,
+    it writes English-looking text from the passage's words.
+
+    How: each token's embedding is one-hot (the width is the vocabulary's), every
+    attention and feed-forward output is zero, so the last token alone reaches the
+    output, and the output matrix holds the log-probability of each next piece after
+    each piece, counted in the passage (the unigram frequencies after a piece the
+    passage never ends a pair with). The same call writes the same bytes.
+    """
+    import numpy as np
+
+    sequence = _passage_words()
+    pieces: dict[str, float] = {}
+    for piece in sequence:
+        if piece in _PUNCTUATION:
+            pieces.setdefault(piece, 1.0)
+            continue
+        for end in range(2, len(piece) + 1):  # every prefix, for SentencePiece's merges
+            pieces.setdefault(piece[:end], float(end))
+    import gguf
+
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces]
+    scores = [0.0] * (3 + 256) + list(pieces.values())
+    kinds = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    kinds += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(pieces)
+    types = [int(kind) for kind in kinds]
+    index = {token: i for i, token in enumerate(tokens)}
+    n_vocab = len(tokens)
+    width = -(-n_vocab // 8) * 8  # a multiple of the heads, with an even head width
+
+    counts = np.zeros((n_vocab, n_vocab), dtype=np.float64)  # [next, previous]
+    for previous, following in itertools.pairwise(sequence):
+        counts[index[following], index[previous]] += 1
+    unigram = np.bincount([index[p] for p in sequence], minlength=n_vocab).astype(np.float64)
+    output = np.full((n_vocab, width), _UNSEEN, dtype=np.float32)
+    for before in range(n_vocab):
+        column = counts[:, before]
+        seen = column if column.sum() else unigram
+        with np.errstate(divide="ignore"):
+            logs = np.log(seen / seen.sum())
+        output[:, before] = np.where(seen > 0, logs, _UNSEEN)
+
+    zeros = np.zeros
+    layers = _Layers(
+        embedding=np.eye(n_vocab, width, dtype=np.float32),
+        blocks=[
+            {
+                "attn_q": zeros((width, width), dtype=np.float32),
+                "attn_k": zeros((width, width), dtype=np.float32),
+                "attn_v": zeros((width, width), dtype=np.float32),
+                "attn_output": zeros((width, width), dtype=np.float32),
+                "ffn_gate": zeros((_BIGRAM_FEED_FORWARD, width), dtype=np.float32),
+                "ffn_up": zeros((_BIGRAM_FEED_FORWARD, width), dtype=np.float32),
+                "ffn_down": zeros((width, _BIGRAM_FEED_FORWARD), dtype=np.float32),
+            }
+        ],
+        # The final RMS norm scales a one-hot vector by sqrt(width): undo it, so that
+        # the logits are the log-probabilities themselves.
+        output_norm=np.full(width, 1 / np.sqrt(width), dtype=np.float32),
+        output=output,
+    )
+    return _write(path, "llamacpp-adapter bigram model", (tokens, scores, types), layers)
+
+
+_BIGRAM_FEED_FORWARD = 32
+
+
+# --- Writing a model ---------------------------------------------------------------------
+
+
+class _Layers(NamedTuple):
+    """A model's tensors, as NumPy arrays of (outputs, inputs): GGUF's dimensions
+    reversed."""
+
+    embedding: Any
+    blocks: list[dict[str, Any]]
+    output_norm: Any
+    output: Any
+
+
+def _write(
+    path: str | Path,
+    name: str,
+    vocabulary: tuple[list[str], list[float], list[int]],
+    layers: _Layers,
+) -> Path:
+    import gguf
+    import numpy as np
+
+    path = Path(path)
+    tokens, scores, types = vocabulary
+    width = layers.embedding.shape[1]
+    feed_forward = layers.blocks[0]["ffn_up"].shape[0]
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("llamacpp-adapter tiny test model")
+    writer.add_name(name)
     writer.add_context_length(_CONTEXT)
-    writer.add_embedding_length(_EMBEDDING)
-    writer.add_block_count(_BLOCKS)
-    writer.add_feed_forward_length(_FEED_FORWARD)
+    writer.add_embedding_length(width)
+    writer.add_block_count(len(layers.blocks))
+    writer.add_feed_forward_length(feed_forward)
     writer.add_head_count(_HEADS)
     writer.add_head_count_kv(_HEADS)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(_EMBEDDING // _HEADS)
+    writer.add_rope_dimension_count(width // _HEADS)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -112,19 +258,18 @@ def write_tiny_model(path: str | Path, *, seed: int = 0) -> Path:
     writer.add_add_bos_token(True)
     writer.add_chat_template(_CHAT_TEMPLATE)
 
-    # NumPy shapes are (rows, columns) = (outputs, inputs): GGUF's dimensions reversed.
-    writer.add_tensor("token_embd.weight", weights(n_vocab, _EMBEDDING))
-    for block in range(_BLOCKS):
-        prefix = f"blk.{block}."
-        writer.add_tensor(prefix + "attn_norm.weight", ones(_EMBEDDING))
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(prefix + name + ".weight", weights(_EMBEDDING, _EMBEDDING))
-        writer.add_tensor(prefix + "ffn_norm.weight", ones(_EMBEDDING))
-        writer.add_tensor(prefix + "ffn_gate.weight", weights(_FEED_FORWARD, _EMBEDDING))
-        writer.add_tensor(prefix + "ffn_up.weight", weights(_FEED_FORWARD, _EMBEDDING))
-        writer.add_tensor(prefix + "ffn_down.weight", weights(_EMBEDDING, _FEED_FORWARD))
-    writer.add_tensor("output_norm.weight", ones(_EMBEDDING))
-    writer.add_tensor("output.weight", weights(n_vocab, _EMBEDDING))
+    ones = np.ones(width, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", layers.embedding)
+    for number, block in enumerate(layers.blocks):
+        prefix = f"blk.{number}."
+        writer.add_tensor(prefix + "attn_norm.weight", ones)
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(prefix + part + ".weight", block[part])
+        writer.add_tensor(prefix + "ffn_norm.weight", ones)
+        for part in ("ffn_gate", "ffn_up", "ffn_down"):
+            writer.add_tensor(prefix + part + ".weight", block[part])
+    writer.add_tensor("output_norm.weight", layers.output_norm)
+    writer.add_tensor("output.weight", layers.output)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
