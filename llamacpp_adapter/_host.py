@@ -82,7 +82,7 @@ class AdapterHost:
     Args:
         retry: the retry policy; :class:`RetryPolicy` ``()`` by default.
         slot_wait_s: how long a task waits for a free slot when every replica that
-            could take it is busy; then :class:`PoolUnavailable`.
+            could take it is busy; then :class:`PoolUnavailable` (``0``: at once).
         unhealthy_after: consecutive retriable failures (a refused or cut connection,
             a timeout, 5xx) after which a replica gets no work until a probe finds it
             ready.
@@ -92,6 +92,9 @@ class AdapterHost:
         metrics: where to count; a :class:`HostMetrics` with a registry of its own by
             default (see :attr:`metrics`).
         rng: the source of the backoff's jitter (seed it for reproducible runs).
+        pin_replicas: whether the replicas of a pool must run the engine build and model
+            of its first replica (by default: one that differs gets no work, and is
+            reported in :attr:`metrics`, :meth:`replicas` and a log line).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class AdapterHost:
         call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         metrics: HostMetrics | None = None,
         rng: random.Random | None = None,
+        pin_replicas: bool = True,
     ) -> None:
         self.retry = RetryPolicy() if retry is None else retry
         check_count("unhealthy_after", unhealthy_after)
@@ -122,7 +126,7 @@ class AdapterHost:
         self._call_timeout_s = float(call_timeout_s)
         self.metrics = HostMetrics() if metrics is None else metrics
         self._rng = random.Random() if rng is None else rng
-        self._pools = Pools(slot_wait_s=self._slot_wait_s, rng=self._rng)
+        self._pools = Pools(slot_wait_s=self._slot_wait_s, rng=self._rng, pinned=pin_replicas)
         self._watchers: dict[Replica, ReplicaWatcher] = {}
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -194,6 +198,7 @@ class AdapterHost:
             self.metrics,
             unhealthy_after=self._unhealthy_after,
             on_change=self._pools.changed,
+            on_learned=self._pools.check_pin,
             owned=_owned,
         )
         self._pools.add(bound)
@@ -236,7 +241,12 @@ class AdapterHost:
 
     async def wait_ready(self, pool: str, replica: str | None = None) -> None:
         """Wait until *replica* of *pool* (or, without *replica*, any replica of it) is
-        healthy and its slots are known. Bound the wait with a cancel scope."""
+        healthy and its slots are known. Bound the wait with a cancel scope.
+
+        Raises:
+            PoolUnavailable: when *replica* runs another engine build or model than its
+                pool's first replica, in a pinned pool.
+        """
         await self._pools.wait_ready(pool, replica)
 
     @classmethod

@@ -90,7 +90,10 @@ class HostMetrics:
     * ``llamacpp_adapter_retries_total{engine,pool,replica,reason}``: attempts that
       failed before the first token and were tried again (``reason`` is the code);
     * ``llamacpp_adapter_replica_healthy{engine,pool,replica}``: 1 when the replica
-      gets work, 0 while it is marked unhealthy.
+      gets work, 0 while it is marked unhealthy;
+    * ``llamacpp_adapter_replica_mismatched{engine,pool,replica}``: 1 while the replica
+      runs another engine build or model than its pool's first replica (it then gets
+      no work), 0 otherwise.
 
     Args:
         registry: where to register the series; a new one by default.
@@ -131,6 +134,12 @@ class HostMetrics:
         self.replica_healthy = Gauge(
             f"{_PREFIX}_replica_healthy",
             "1 when the replica gets work, 0 while it is marked unhealthy.",
+            _LABELS,
+            registry=reg,
+        )
+        self.replica_mismatched = Gauge(
+            f"{_PREFIX}_replica_mismatched",
+            "1 while the replica runs another engine build or model than its pool's first.",
             _LABELS,
             registry=reg,
         )

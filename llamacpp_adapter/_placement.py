@@ -18,7 +18,7 @@ from ._exceptions import PoolUnavailable, PromptTooLarge
 from ._replica import Replica
 from ._types import TaskRequest
 
-__all__ = ["Pools", "Wait", "choose"]
+__all__ = ["Pools", "Wait", "choose", "pin_mismatch"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ def choose(
         raise PoolUnavailable(f"no replica is bound to pool {pool!r}")
     placeable = [r for r in replicas if r.placeable]
     if not placeable:
+        if any(r.mismatch is not None for r in replicas):
+            raise PoolUnavailable(
+                f"every replica of pool {pool!r} is unhealthy or runs another engine build "
+                "or model than its first"
+            )
         raise PoolUnavailable(f"every replica of pool {pool!r} is unhealthy")
     prompt = _prompt_tokens(request)
     needed = max(min_context, prompt + 1)
@@ -73,6 +78,20 @@ def choose(
     return rng.choice([r for r in ready if r.free_slots() == most])
 
 
+def pin_mismatch(first: Replica, other: Replica) -> str | None:
+    """How *other* differs from its pool's *first* replica in engine build or model, or
+    ``None`` when it does not."""
+    if first.identity is None or other.identity is None or other.identity == first.identity:
+        return None
+    (first_build, first_model), (build, model) = first.identity, other.identity
+    what = []
+    if build != first_build:
+        what.append(f"engine build {build} where {first.name} runs {first_build}")
+    if model != first_model:
+        what.append(f"model {model[:12]} where {first.name} runs {first_model[:12]}")
+    return "it runs " + " and ".join(what)
+
+
 def _prompt_tokens(request: TaskRequest) -> int:
     """The prompt's token count when it is given as ids; 0 (unknown) for text."""
     prompt = request.prompt
@@ -85,10 +104,13 @@ class Pools:
     Args:
         slot_wait_s: how long :meth:`place` waits for a free slot.
         rng: the source of the draw among equal replicas.
+        pinned: whether a pool's replicas must run its first replica's engine build and
+            model (see :meth:`check_pin`).
     """
 
-    def __init__(self, *, slot_wait_s: float, rng: random.Random) -> None:
+    def __init__(self, *, slot_wait_s: float, rng: random.Random, pinned: bool = True) -> None:
         self._slot_wait_s = slot_wait_s
+        self._pinned = pinned
         self._rng = rng
         self._pools: dict[str, dict[str, Replica]] = {}
         self._changed: anyio.Event | None = None  # made inside the event loop
@@ -120,8 +142,26 @@ class Pools:
             raise KeyError(f"pool {pool!r} has no replica {name!r}") from None
         if not self._pools[pool]:
             del self._pools[pool]
+        self._check_pool(pool)  # it may have been the first: the pin may move
         self.changed()
         return replica
+
+    def check_pin(self, replica: Replica) -> None:
+        """Check *replica*'s pool, now that *replica*'s engine and model are known: each
+        replica that runs another engine build or model than the pool's first (the first
+        bound of those known) is told it differs, and gets no work."""
+        self._check_pool(replica.pool)
+
+    def _check_pool(self, pool: str) -> None:
+        if not self._pinned:
+            return
+        replicas = self.of(pool)
+        first = next((r for r in replicas if r.identity is not None), None)
+        if first is None:
+            return
+        for each in replicas:
+            if each.identity is not None:
+                each.differs(pin_mismatch(first, each))
 
     def open(self) -> None:
         """Start telling waiting tasks of changes (inside the event loop)."""
@@ -140,11 +180,21 @@ class Pools:
 
     async def wait_ready(self, pool: str, name: str | None) -> None:
         """Wait until replica *name* of *pool* (without *name*, any of its replicas) may
-        be given work."""
+        be given work.
+
+        Raises:
+            PoolUnavailable: when replica *name* runs another engine build or model than
+                its pool's first replica (it would wait for ever).
+        """
         while True:
             changed = self._wait_event()
             bound = self._pools.get(pool, {})
             candidates = list(bound.values()) if name is None else [bound.get(name)]
+            named = candidates[0] if name is not None else None
+            if named is not None and named.mismatch is not None:
+                raise PoolUnavailable(
+                    f"replica {name!r} of pool {pool!r} gets no work: {named.mismatch}"
+                )
             if any(r is not None and r.placeable for r in candidates):
                 return
             await changed.wait()

@@ -42,6 +42,10 @@ class ReplicaStatus:
         in_flight: streams this host has open on it.
         free_slots: slots it can take now (its slots, less this host's streams and those
             other clients run, as ``/slots`` last said).
+        engine_version: its engine build, once learned.
+        model_digest: the digest of its model, once learned.
+        mismatch: why it gets no work in a pinned pool (it runs another engine build or
+            model than the pool's first replica), or ``None``.
     """
 
     pool: str
@@ -51,6 +55,9 @@ class ReplicaStatus:
     context_size: int | None
     in_flight: int
     free_slots: int
+    engine_version: str | None = None
+    model_digest: str | None = None
+    mismatch: str | None = None
 
 
 class _ReplicaMetrics:
@@ -64,6 +71,7 @@ class _ReplicaMetrics:
         self.token_latency = metrics.token_latency.labels(*labels)
         self.in_flight = metrics.in_flight.labels(*labels)
         self.healthy = metrics.replica_healthy.labels(*labels)
+        self.mismatched = metrics.replica_mismatched.labels(*labels)
 
     def ended(self, outcome: str) -> None:
         self.family.requests.labels(*self.labels, outcome).inc()
@@ -74,6 +82,7 @@ class _ReplicaMetrics:
     def remove(self) -> None:
         # Its gauges go with it; its counters and histograms keep what they counted.
         self.family.replica_healthy.remove(*self.labels)
+        self.family.replica_mismatched.remove(*self.labels)
         self.family.in_flight.remove(*self.labels)
 
 
@@ -88,6 +97,8 @@ class Replica:
         unhealthy_after: failures in a row (that the policy blames on it) after which it
             is marked unhealthy.
         on_change: called after any change that may let a waiting task be placed.
+        on_learned: called with the replica once its engine build and model are learned
+            (the pool checks its pin).
         owned: whether the host made the adapter (and closes it).
     """
 
@@ -100,6 +111,7 @@ class Replica:
         *,
         unhealthy_after: int,
         on_change: Callable[[], None],
+        on_learned: Callable[[Replica], None] = lambda replica: None,
         owned: bool = False,
     ) -> None:
         self.pool = pool
@@ -109,6 +121,10 @@ class Replica:
         self._metrics = _ReplicaMetrics(metrics, (ENGINE, pool, name))
         self._unhealthy_after = unhealthy_after
         self._on_change = on_change
+        self._on_learned = on_learned
+        self._engine_version: str | None = None
+        self._model_digest: str | None = None
+        self._mismatch: str | None = None
         self._slots_total: int | None = None
         self._context_size: int | None = None
         self._in_flight = 0
@@ -120,6 +136,7 @@ class Replica:
         self._looked = False  # its first props() answered or failed, or it was unbound
         self._looked_at: anyio.Event | None = None  # made when first waited on
         self._metrics.healthy.set(1)
+        self._metrics.mismatched.set(0)
 
     # --- What is known -----------------------------------------------------------------
 
@@ -145,9 +162,21 @@ class Replica:
         return self._cool_until
 
     @property
+    def identity(self) -> tuple[str | None, str] | None:
+        """Its engine build and model digest, once learned."""
+        if self._model_digest is None:
+            return None
+        return (self._engine_version, self._model_digest)
+
+    @property
+    def mismatch(self) -> str | None:
+        return self._mismatch
+
+    @property
     def placeable(self) -> bool:
-        """Healthy, with its slots known: it may be given work."""
-        return self._healthy and self._slots_total is not None
+        """Healthy, with its slots known, and the engine and model of its pool: it may
+        be given work."""
+        return self._healthy and self._slots_total is not None and self._mismatch is None
 
     def free_slots(self) -> int:
         if self._slots_total is None:
@@ -163,6 +192,9 @@ class Replica:
             self._context_size,
             self._in_flight,
             self.free_slots(),
+            self._engine_version,
+            self._model_digest,
+            self._mismatch,
         )
 
     def log_fields(self, **more: Any) -> dict[str, Any]:
@@ -199,6 +231,22 @@ class Replica:
         self._context_size = props.context_size
         if props.slots_free is not None:
             self._busy_elsewhere = max(props.slots_total - props.slots_free - self._in_flight, 0)
+        self._engine_version = props.build_info
+        self._model_digest = props.model_digest
+        self._on_learned(self)
+        self._on_change()
+
+    def differs(self, why: str | None) -> None:
+        """It runs another engine build or model than its pool's first replica (*why*),
+        so it gets no work; or (``None``) it runs the same."""
+        if why == self._mismatch:
+            return
+        self._mismatch = why
+        self._metrics.mismatched.set(0 if why is None else 1)
+        if why is None:
+            logger.info("replica matches its pool again", extra=self.log_fields())
+        else:
+            logger.warning("replica gets no work: %s", why, extra=self.log_fields())
         self._on_change()
 
     def saw_slots(self, slots: Sequence[object]) -> None:
@@ -224,6 +272,7 @@ class Replica:
             return
         self._healthy = True
         self._metrics.healthy.set(1)
+        self._metrics.mismatched.set(0)
         logger.info("replica healthy again", extra=self.log_fields())
         self._health_flipped()
 

@@ -3,6 +3,7 @@ free slots, waiting for a slot, and a replica killed mid-run and started again."
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -10,6 +11,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from trio.testing import wait_all_tasks_blocked
 
 from llamacpp_adapter import (
@@ -182,3 +185,40 @@ async def test_a_prompt_too_large_for_one_replica_goes_to_a_larger_context() -> 
             assert isinstance(events[-1], End)
             # A refused prompt is the task's fault, not the replica's.
             assert all(status.healthy for status in host.replicas("pool"))
+
+
+async def test_a_replica_on_another_model_gets_no_work_in_a_pinned_pool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        LocalLlamaServer(parallel=1) as first,
+        LocalLlamaServer(parallel=1, model="bigram") as other,
+    ):
+        async with host_of(first, other) as host:
+            with caplog.at_level(logging.WARNING, logger="llamacpp_adapter"):
+                await host.wait_ready("pool", "r0")
+                with pytest.raises(PoolUnavailable, match="gets no work: it runs model"):
+                    await host.wait_ready("pool", "r1")
+            statuses = {s.replica: s for s in host.replicas("pool")}
+            assert statuses["r0"].mismatch is None
+            assert statuses["r1"].mismatch is not None
+            assert "model" in statuses["r1"].mismatch
+            assert statuses["r0"].engine_version == statuses["r1"].engine_version
+            assert "replica gets no work" in caplog.text
+            samples = {
+                tuple(sorted(s.labels.items())): s.value
+                for family in text_string_to_metric_families(
+                    generate_latest(host.metrics.registry).decode()
+                )
+                for s in family.samples
+                if s.name == "llamacpp_adapter_replica_mismatched"
+            }
+            assert sorted(samples.values()) == [0.0, 1.0]
+            for _ in range(4):  # r0 has one slot: each task waits for it, none goes to r1
+                async with host.submit("pool", TaskRequest("x", max_tokens=2)) as stream:
+                    _ = [event async for event in stream]
+                assert stream.replica == "r0"
+        async with host_of(first, other, pin_replicas=False) as host:
+            for name in ("r0", "r1"):
+                await host.wait_ready("pool", name)
+            assert all(s.mismatch is None for s in host.replicas("pool"))

@@ -21,7 +21,7 @@ from llamacpp_adapter import (
     WorkerProps,
     WorkerReset,
 )
-from llamacpp_adapter._placement import Wait, choose
+from llamacpp_adapter._placement import Pools, Wait, choose
 from llamacpp_adapter._replica import Replica
 
 # Made once, never used: a replica needs an adapter, placement never touches it.
@@ -203,3 +203,63 @@ def test_release_tells_waiting_tasks() -> None:
     a.release()
     assert changes.count == before + 1
     assert a.in_flight == 0
+
+
+# --- Pinned replica sets ---------------------------------------------------------------
+
+
+def learned(pools: Pools, name: str, build: str, model: str) -> Replica:
+    made = Replica(
+        "p",
+        name,
+        ADAPTER,
+        HostMetrics(),
+        unhealthy_after=2,
+        on_change=pools.changed,
+        on_learned=pools.check_pin,
+    )
+    pools.add(made)
+    made.learned(WorkerProps(2, None, 1024, "m.gguf", build_info=build, model_digest=model))
+    return made
+
+
+def test_a_replica_unlike_its_pool_s_first_gets_no_work() -> None:
+    pools = Pools(slot_wait_s=1.0, rng=random.Random(0))
+    first = learned(pools, "a", "b100-aaaa", "digest-one")
+    same = learned(pools, "b", "b100-aaaa", "digest-one")
+    other_model = learned(pools, "c", "b100-aaaa", "digest-two")
+    other_build = learned(pools, "d", "b200-bbbb", "digest-one")
+    assert first.mismatch is None
+    assert same.mismatch is None
+    assert other_model.mismatch is not None
+    assert "model digest-two" in other_model.mismatch
+    assert other_build.mismatch is not None
+    assert "engine build b200-bbbb where a runs b100-aaaa" in other_build.mismatch
+    assert not other_model.placeable
+    assert {pick(pools.of("p"), rng=random.Random(s)) for s in range(20)} == {first, same}
+    assert other_model.status().mismatch == other_model.mismatch
+    # The first replica leaves: the pin moves to the next one bound, and c and d differ
+    # from it as before; once b leaves too, c is the first, and d differs in both.
+    pools.remove("p", "a")
+    assert (same.mismatch, other_build.mismatch is None) == (None, False)
+    pools.remove("p", "b")
+    assert other_model.mismatch is None
+    assert other_build.mismatch is not None
+    assert "model" in other_build.mismatch
+
+
+def test_an_unpinned_pool_gives_work_to_every_replica() -> None:
+    pools = Pools(slot_wait_s=1.0, rng=random.Random(0), pinned=False)
+    learned(pools, "a", "b100-aaaa", "digest-one")
+    other = learned(pools, "b", "b200-bbbb", "digest-two")
+    assert other.mismatch is None
+    assert other.placeable
+
+
+def test_a_pool_of_mismatched_replicas_says_why_it_is_unavailable() -> None:
+    pools = Pools(slot_wait_s=1.0, rng=random.Random(0))
+    first = learned(pools, "a", "b100-aaaa", "digest-one")
+    learned(pools, "b", "b100-aaaa", "digest-two")
+    first.mark_unhealthy("test")
+    with pytest.raises(PoolUnavailable, match="another engine build or model"):
+        pick(pools.of("p"))
