@@ -208,7 +208,13 @@ def props(url: str, api_key: str | None, backend: str) -> None:
 @url_option
 @api_key_option
 @click.option("--listen", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port to listen on (0: a free one, printed when listening).",
+)
 @click.option(
     "--token",
     envvar=_RELAY_TOKEN_VARIABLE,

@@ -198,3 +198,14 @@ def test_the_prompt_is_read_from_where_it_is_given(monkeypatch: pytest.MonkeyPat
     ):
         with pytest.raises(click.UsageError):
             _prompt(argument, file)
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    for name, command in main.commands.items():
+        for parameter in command.params:
+            if isinstance(parameter, click.Option):
+                assert parameter.help, f"{name} {parameter.opts[0]} has no help"
+                default = parameter.default
+                if isinstance(default, int | float | str) and not parameter.is_flag:
+                    shown = parameter.show_default or "Default" in parameter.help
+                    assert shown, f"{name} {parameter.opts[0]} hides its default"
