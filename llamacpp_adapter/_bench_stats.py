@@ -1,0 +1,117 @@
+"""The serving benchmark's figures, from what each request recorded: pure, no clock.
+
+The names are those of vLLM's serving benchmark (``vllm bench serve``), so that results
+compare across tools: ``completed``, ``total_output_tokens``, ``request_throughput``,
+``mean_ttft_ms``, ``p99_itl_ms``, ... and they are computed as it computes them:
+
+* TTFT: from sending the request to its first token;
+* TPOT: per request, (latency - TTFT) / (output tokens - 1), for requests of more than
+  one token;
+* ITL: every gap between one token event and the next, of every request (an event may
+  carry more than one token: llama-server holds back an incomplete UTF-8 sequence);
+* E2EL: from sending the request to its end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import msgspec
+
+__all__ = ["DEFAULT_PERCENTILES", "RequestRecord", "percentile", "summarize"]
+
+#: The percentiles reported for each latency, beside the mean.
+DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
+
+
+class RequestRecord(msgspec.Struct, frozen=True):
+    """What one request of a run recorded (times in seconds, on the run's clock).
+
+    Attributes:
+        sent: when the request was sent.
+        ended: when its stream ended, or it failed.
+        input_tokens: the prompt's tokens.
+        output_tokens: tokens generated (token ids, not events).
+        first_token: when its first token came, or ``None``.
+        gaps: the gaps between one token event and the next.
+        error: the error's code when it failed, else ``None``.
+    """
+
+    sent: float
+    ended: float
+    input_tokens: int
+    output_tokens: int
+    first_token: float | None = None
+    gaps: tuple[float, ...] = ()
+    error: str | None = None
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The *p*-th percentile of *values* with linear interpolation between the closest
+    ranks (NumPy's default, which vLLM's benchmark uses); NaN for none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _std(values: Sequence[float]) -> float:
+    if not values:
+        return math.nan
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def summarize(
+    records: Sequence[RequestRecord],
+    duration_s: float,
+    *,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+) -> dict[str, float | int | dict[str, int]]:
+    """The run's figures, by vLLM's names, from its *records* and its *duration_s*.
+
+    Latencies are in milliseconds: ``mean_``, ``median_``, ``std_`` and ``p{N}_`` of
+    ``ttft_ms``, ``tpot_ms``, ``itl_ms`` and ``e2el_ms`` (``p99.9`` is written
+    ``p99.9``). Failed requests count in ``failed`` (and ``errors``, by code), not in
+    the figures.
+    """
+    done = [r for r in records if r.error is None]
+    ttfts = [(r.first_token - r.sent) * 1000 for r in done if r.first_token is not None]
+    tpots = [
+        (r.ended - r.first_token) * 1000 / (r.output_tokens - 1)
+        for r in done
+        if r.first_token is not None and r.output_tokens > 1
+    ]
+    itls = [gap * 1000 for r in done for gap in r.gaps]
+    e2els = [(r.ended - r.sent) * 1000 for r in done]
+    total_input = sum(r.input_tokens for r in done)
+    total_output = sum(r.output_tokens for r in done)
+    errors = Counter(r.error for r in records if r.error is not None)
+    rate = 1 / duration_s if duration_s > 0 else math.nan
+    result: dict[str, float | int | dict[str, int]] = {
+        "duration": duration_s,
+        "completed": len(done),
+        "failed": len(records) - len(done),
+        "errors": dict(sorted(errors.items())),
+        "total_input_tokens": total_input,
+        "total_output_tokens": total_output,
+        "request_throughput": len(done) * rate,
+        "output_throughput": total_output * rate,
+        "total_token_throughput": (total_input + total_output) * rate,
+    }
+    for name, values in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+        result[f"mean_{name}_ms"] = _mean(values)
+        result[f"median_{name}_ms"] = percentile(values, 50)
+        result[f"std_{name}_ms"] = _std(values)
+        for p in percentiles:
+            result[f"p{p:g}_{name}_ms"] = percentile(values, p)
+    return result

@@ -1,0 +1,87 @@
+"""The serving benchmark's pure parts: its figures from records, and its arrivals."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llamacpp_adapter._bench_load import Load, arrival_offsets
+from llamacpp_adapter._bench_stats import RequestRecord, percentile, summarize
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50), st.floats(0, 100))
+def test_percentiles_are_numpy_s(values: list[float], p: float) -> None:
+    assert percentile(values, p) == pytest.approx(float(np.percentile(values, p)), abs=1e-6)
+
+
+@given(st.lists(st.floats(0, 1e4), min_size=1, max_size=50))
+def test_percentiles_are_ordered(values: list[float]) -> None:
+    assert percentile(values, 50) <= percentile(values, 90) <= percentile(values, 99)
+
+
+def test_the_figures_of_a_run_by_vllm_s_names() -> None:
+    records = [
+        # sent at 0, first token at 0.1, four more 0.05 apart: 5 tokens, ends at 0.3
+        RequestRecord(0.0, 0.3, 10, 5, 0.1, (0.05, 0.05, 0.05, 0.05)),
+        # two token ids in its one event: 2 tokens, 1 event, no gap
+        RequestRecord(0.1, 0.5, 20, 2, 0.5, ()),
+        RequestRecord(0.2, 0.25, 30, 0, error="WORKER_RESET"),
+    ]
+    figures = summarize(records, 2.0)
+    assert figures["completed"] == 2
+    assert figures["failed"] == 1
+    assert figures["errors"] == {"WORKER_RESET": 1}
+    assert figures["total_input_tokens"] == 30
+    assert figures["total_output_tokens"] == 7
+    assert figures["request_throughput"] == pytest.approx(1.0)
+    assert figures["output_throughput"] == pytest.approx(3.5)
+    assert figures["total_token_throughput"] == pytest.approx(18.5)
+    assert figures["mean_ttft_ms"] == pytest.approx(250.0)  # 100 and 400
+    assert figures["median_ttft_ms"] == pytest.approx(250.0)
+    # TPOT: (0.3 - 0.1) / 4 = 50 ms, and (0.5 - 0.5) / 1 = 0 ms.
+    assert figures["mean_tpot_ms"] == pytest.approx(25.0)
+    assert figures["mean_itl_ms"] == pytest.approx(50.0)
+    assert figures["p99_e2el_ms"] == pytest.approx(300 + (400 - 300) * 0.99)
+    assert {"p50_itl_ms", "p90_itl_ms", "p99_itl_ms", "std_ttft_ms"} <= set(figures)
+
+
+def test_a_run_with_no_completed_request_has_no_latency() -> None:
+    figures = summarize([RequestRecord(0.0, 1.0, 5, 0, error="ADAPTER_ERROR")], 1.0)
+    assert figures["completed"] == 0
+    assert math.isnan(float(figures["mean_ttft_ms"]))  # type: ignore[arg-type]
+
+
+def test_open_loop_arrivals_have_the_rate_and_the_seed() -> None:
+    offsets = arrival_offsets(20_000, rate=50.0, burstiness=1.0, seed=3)
+    assert offsets[0] == 0
+    assert offsets == arrival_offsets(20_000, rate=50.0, burstiness=1.0, seed=3)
+    assert offsets != arrival_offsets(20_000, rate=50.0, burstiness=1.0, seed=4)
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    assert statistics.mean(gaps) == pytest.approx(1 / 50, rel=0.03)
+    # A gamma of shape k has a squared coefficient of variation of 1 / k.
+    for shape in (0.5, 1.0, 4.0):
+        drawn = arrival_offsets(20_000, rate=50.0, burstiness=shape, seed=1)
+        spaced = [b - a for a, b in itertools.pairwise(drawn)]
+        cv2 = statistics.pvariance(spaced) / statistics.mean(spaced) ** 2
+        assert cv2 == pytest.approx(1 / shape, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({}, "concurrency"),
+        ({"concurrency": 0}, "at least 1"),
+        ({"rate": 0.0}, "rate"),
+        ({"rate": math.inf}, "rate"),
+        ({"rate": 1.0, "burstiness": 0.0}, "burstiness"),
+    ],
+)
+def test_a_bad_load_is_refused(options: dict[str, float], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        Load(**options)  # type: ignore[arg-type]
