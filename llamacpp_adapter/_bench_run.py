@@ -304,8 +304,8 @@ async def _file_prompts(
 ) -> list[Prompt]:
     """The prompts of a JSONL file, in order and repeated to *count*, each counted by
     the server's tokenizer."""
-    text = await anyio.Path(path).read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if line.strip()]
+    content = await anyio.Path(path).read_text(encoding="utf-8")
+    lines = [line for line in content.splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{path}: no prompts")
     distinct: list[Prompt] = []
@@ -314,7 +314,7 @@ async def _file_prompts(
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not JSON: {exc.msg}") from None
-        text: Any = entry.get("prompt") if isinstance(entry, dict) else None
+        text = entry.get("prompt") if isinstance(entry, dict) else None
         if not isinstance(text, str) or not text:
             raise ValueError(f'{path}:{number}: no "prompt" text')
         wanted = entry.get("max_tokens", output_tokens)
