@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 
@@ -414,7 +416,7 @@ def _one_line(message: str) -> str:
 
 
 @contextlib.contextmanager
-def _server(url: str | None) -> Iterator[str]:
+def _server(url: str | None, *, parallel: int = 1, context: int = 4096) -> Iterator[str]:
     """The given server's URL, or that of a local one started for the command."""
     if url is not None:
         yield url
@@ -423,7 +425,7 @@ def _server(url: str | None) -> Iterator[str]:
 
     click.echo("-- starting a local llama-server with a tiny test model", err=True)
     try:
-        with LocalLlamaServer(parallel=1, model="bigram") as server:
+        with LocalLlamaServer(parallel=parallel, context=context, model="bigram") as server:
             yield server.base_url
     except ImportError as exc:
         raise click.ClickException(
@@ -432,3 +434,236 @@ def _server(url: str | None) -> Iterator[str]:
         ) from exc
     except (EngineNotInstalled, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+# --- bench ---------------------------------------------------------------------------------
+
+#: Slots of the local server a benchmark starts when given no --url.
+_BENCH_LOCAL_SLOTS = 4
+
+
+@main.command()
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    metavar="URL",
+    help="A llama-server's base URL; give it more than once for a pool of replicas. "
+    f"Without it, a local llama-server with {_BENCH_LOCAL_SLOTS} slots is started.",
+)
+@api_key_option
+@backend_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="A closed loop: this many requests open at once, a new one as each ends.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="An open loop: this many requests a second, at random (Poisson) times.",
+)
+@click.option(
+    "--burstiness",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="With --rate: the gamma shape of the gaps (1: Poisson; lower: burstier).",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    help="With --rate: the most requests open at once.",
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=1),
+    help="Requests to measure (default 100, or as many as --duration allows).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to send requests for.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Requests sent first and not counted (0: none).",
+)
+@click.option(
+    "--input-tokens",
+    default="32",
+    show_default=True,
+    help="Prompt length in tokens, N or LOW:HIGH (exact: built with the server's tokenizer).",
+)
+@click.option(
+    "--output-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Tokens each request generates (exact: the end of sequence is ignored).",
+)
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+    help='A JSONL file of prompts ({"prompt": "...", "max_tokens": N}) instead.',
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The seed of the prompt lengths and the arrivals.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every figure, the command line, versions and the server's props here.",
+)
+def bench(
+    urls: tuple[str, ...],
+    api_key: str | None,
+    backend: str,
+    concurrency: int | None,
+    rate: float | None,
+    burstiness: float,
+    max_concurrency: int | None,
+    requests: int | None,
+    duration: float | None,
+    warmup: int,
+    input_tokens: str,
+    output_tokens: int,
+    prompts_file: Path | None,
+    seed: int,
+    json_path: Path | None,
+) -> None:
+    """Benchmark llama-server as a serving system: time to first token, time per output
+    token, inter-token latency and throughput, by vLLM's names; then the client's own
+    CPU per token, the server's view, and whether their token counts agree.
+    """
+    from ._bench_load import Load
+    from ._bench_run import BenchConfig
+
+    if concurrency is not None and rate is not None:
+        raise click.UsageError("give --concurrency (a closed loop) or --rate (an open loop)")
+    if rate is None and max_concurrency is not None:
+        raise click.UsageError("--max-concurrency goes with --rate")
+    if concurrency is None and rate is None:
+        concurrency = 1
+    try:
+        load = Load(
+            concurrency=concurrency if rate is None else max_concurrency,
+            rate=rate,
+            burstiness=burstiness,
+            seed=seed,
+        )
+        config = BenchConfig(
+            urls=urls or ("local",),
+            load=load,
+            requests=requests if requests is not None or duration is not None else 100,
+            duration_s=duration,
+            warmup=warmup,
+            input_tokens=_token_range(input_tokens),
+            output_tokens=output_tokens,
+            prompts_file=prompts_file,
+            api_key=api_key,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    command = ["llamacpp-adapter", *sys.argv[1:]]
+    with contextlib.ExitStack() as stack:
+        if not urls:
+            local = stack.enter_context(
+                _server(None, parallel=_BENCH_LOCAL_SLOTS, context=_BENCH_LOCAL_SLOTS * 4096)
+            )
+            config = dataclasses.replace(config, urls=(local,))
+        _run(_bench, config, json_path, command, backend=backend)
+
+
+def _token_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise ValueError(f"--input-tokens must be N or LOW:HIGH, not {text!r}") from None
+    return bounds
+
+
+async def _bench(config: Any, json_path: Path | None, command: list[str]) -> None:
+    from ._bench_report import summary_table
+    from ._bench_run import BenchResult, run_bench
+
+    props = []
+    for url in config.urls:
+        async with LlamaCppHttpAdapter(url, api_key=config.api_key) as adapter:
+            health = await adapter.health()
+            if not health.live:
+                raise click.UsageError(f"--url {url}: {health.message or health.status}")
+            props.append(msgspec.to_builtins(await adapter.props()))
+    total = config.requests
+    progress = _Progress(total)
+
+    def report(result: BenchResult) -> None:
+        figures = result.as_json()
+        click.echo(summary_table(figures))
+        if json_path is not None:
+            figures.update(
+                command=command,
+                versions=_versions(),
+                server_props=props,
+                config=_config_json(config),
+            )
+            json_path.write_bytes(msgspec.json.format(msgspec.json.encode(figures), indent=2))
+            click.echo(f"-- written to {json_path}", err=True)
+
+    try:
+        await run_bench(config, on_request=progress.step, on_result=report)
+    except ValueError as exc:  # the prompts file's contents
+        raise click.UsageError(str(exc)) from None
+
+
+class _Progress:
+    """Plain progress lines on stderr: a tenth of the run at a time."""
+
+    def __init__(self, total: int | None) -> None:
+        self._total = total
+        self._done = 0
+        self._tokens = 0
+        self._started = time.perf_counter()
+        self._next = 0.1
+
+    def step(self, record: Any) -> None:
+        self._done += 1
+        self._tokens += record.output_tokens
+        if self._total is None:
+            return
+        if self._done / self._total >= self._next:
+            elapsed = time.perf_counter() - self._started
+            click.echo(
+                f"-- {self._done}/{self._total} requests, {self._tokens / elapsed:.0f} tokens/s",
+                err=True,
+            )
+            self._next += 0.1
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("llamacpp-adapter", "anyio", "trio", "httpx", "msgspec"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    found["python"] = sys.version.split()[0]
+    return found
+
+
+def _config_json(config: Any) -> dict[str, Any]:
+    fields = dataclasses.asdict(config)
+    fields["prompts_file"] = None if config.prompts_file is None else str(config.prompts_file)
+    fields.pop("api_key", None)  # a secret: never written
+    return fields

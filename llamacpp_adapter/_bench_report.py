@@ -1,0 +1,72 @@
+"""The serving benchmark's summary, laid out as vLLM's serving benchmark lays out its
+own (so that the two read side by side), then what it does not report."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["summary_table"]
+
+_WIDTH = 50
+_LABEL = 40
+
+_SECTIONS = (
+    ("Time to First Token", "ttft", "TTFT"),
+    ("Time per Output Token (excl. 1st token)", "tpot", "TPOT"),
+    ("Inter-token Latency", "itl", "ITL"),
+    ("End-to-end Latency", "e2el", "E2EL"),
+)
+
+
+def _line(label: str, value: Any) -> str:
+    if isinstance(value, float):
+        shown = "n/a" if math.isnan(value) else f"{value:.2f}"
+    else:
+        shown = str(value)
+    return f"{label + ':':<{_LABEL}}{shown:<10}"
+
+
+def _rule(title: str, fill: str = "-") -> str:
+    return f" {title} ".center(_WIDTH, fill) if title else fill * _WIDTH
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """The summary of a result (``BenchResult.as_json()``) as lines of text."""
+    lines = [_rule("Serving Benchmark Result" + (" (partial)" if result["partial"] else ""), "=")]
+    lines += [
+        _line("Successful requests", result["completed"]),
+        _line("Failed requests", result["failed"]),
+        _line("Benchmark duration (s)", result["duration"]),
+        _line("Total input tokens", result["total_input_tokens"]),
+        _line("Total generated tokens", result["total_output_tokens"]),
+        _line("Request throughput (req/s)", result["request_throughput"]),
+        _line("Output token throughput (tok/s)", result["output_throughput"]),
+        _line("Total Token throughput (tok/s)", result["total_token_throughput"]),
+    ]
+    for title, key, short in _SECTIONS:
+        lines.append(_rule(title))
+        lines.append(_line(f"Mean {short} (ms)", result[f"mean_{key}_ms"]))
+        lines.append(_line(f"Median {short} (ms)", result[f"median_{key}_ms"]))
+        for name in result:
+            if name.startswith("p") and name.endswith(f"_{key}_ms") and name[1].isdigit():
+                figure = name.split("_", 1)[0][1:]
+                if figure != "50":
+                    lines.append(_line(f"P{figure} {short} (ms)", result[name]))
+    client, server, check = result["client"], result["server"], result["token_check"]
+    lines.append(_rule("The client"))
+    lines.append(_line("Client CPU per 1k tokens (s)", client["cpu_seconds_per_1k_tokens"]))
+    lines.append(_line("Client share of one core", client["core_share"]))
+    lines.append(_rule("The server"))
+    lines.append(_line("Tokens predicted (server)", _or_unknown(server["tokens_predicted"])))
+    lines.append(_line("Mean busy slots", server["mean_slots_busy"]))
+    lines.append(_line("Most requests deferred", server["max_requests_deferred"]))
+    equal = check["equal"]
+    lines.append(_line("Client tokens = server's", "unknown" if equal is None else str(equal)))
+    lines.append(_rule("", "="))
+    lines += [f"warning: {warning}" for warning in result["warnings"]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _or_unknown(value: Any) -> Any:
+    return "unknown" if value is None else value
