@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from ._adapter import LlamaCppHttpAdapter
 from ._bench_load import Load, arrival_offsets
@@ -71,6 +72,8 @@ class BenchConfig:
             ``max_tokens`` optional) instead of synthetic ones.
         api_key: the servers' API key.
         seed: the seed of the lengths and the arrivals.
+        sample_server: whether to read the servers' slots and queue during the run (a
+            worker of a run in several processes leaves it to the run).
     """
 
     urls: tuple[str, ...]
@@ -83,6 +86,7 @@ class BenchConfig:
     prompts_file: Path | None = None
     api_key: str | None = None
     seed: int = 0
+    sample_server: bool = True
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -113,8 +117,12 @@ class BenchResult:
     partial: bool = False
     warnings: list[str] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
+    #: When the measured part began (seconds since the epoch); the records' times are
+    #: seconds from then.
+    started_at: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
+        """Every figure, and each request's record (for :func:`merge_results`)."""
         return {
             "partial": self.partial,
             **self.figures,
@@ -122,6 +130,8 @@ class BenchResult:
             "server": self.server,
             "token_check": self.token_check,
             "warnings": self.warnings,
+            "started_at": self.started_at,
+            "requests": [msgspec.to_builtins(record) for record in self.records],
         }
 
 
@@ -149,8 +159,13 @@ async def run_bench(
         records: list[RequestRecord] = []
         slots: list[tuple[float, int]] = []
         deferred: list[float] = []
+        started_at = time.time()
         started = time.perf_counter()
         cpu_started = time.process_time()
+
+        def clock() -> float:
+            return time.perf_counter() - started
+
         partial = False
 
         def done(record: RequestRecord) -> None:
@@ -160,11 +175,12 @@ async def run_bench(
 
         try:
             async with anyio.create_task_group() as sampling:
-                sampling.start_soon(_sample, adapters, started, slots, deferred)
+                if config.sample_server:
+                    sampling.start_soon(_sample, adapters, clock, slots, deferred)
                 with anyio.CancelScope() as run:
                     if config.duration_s is not None:
                         run.deadline = anyio.current_time() + config.duration_s
-                    await _drive(submit, measured, config, done)
+                    await _drive(submit, measured, config, done, clock)
                 partial = run.cancelled_caught and config.duration_s is None
                 sampling.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -176,6 +192,7 @@ async def run_bench(
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 after = [await _tokens_predicted(a) for a in adapters]
             result = _result(records, wall, cpu, before, after, slots, deferred, partial)
+            result.started_at = started_at
             if on_result is not None:
                 on_result(result)
     return result
@@ -243,9 +260,9 @@ async def _drive(
     prompts: Sequence[Prompt],
     config: BenchConfig,
     done: Callable[[RequestRecord], None],
+    clock: Callable[[], float],
 ) -> None:
     """Send *prompts* as *config*'s load says, until they are all sent and answered."""
-    clock = time.perf_counter
     load = config.load
     if load.closed:
         assert load.concurrency is not None
@@ -336,7 +353,7 @@ async def _tokens_predicted(adapter: LlamaCppHttpAdapter) -> float | None:
 
 async def _sample(
     adapters: Sequence[LlamaCppHttpAdapter],
-    started: float,
+    clock: Callable[[], float],
     slots: list[tuple[float, int]],
     deferred: list[float],
 ) -> None:
@@ -350,7 +367,7 @@ async def _sample(
                 waiting += (await adapter.metrics()).get(REQUESTS_DEFERRED, 0.0)
             except WorkerError:
                 continue
-        slots.append((time.perf_counter() - started, busy))
+        slots.append((clock(), busy))
         deferred.append(waiting)
         await anyio.sleep(SLOT_SAMPLE_INTERVAL_S)
 
@@ -402,3 +419,43 @@ def _result(
             "client may be using it)"
         )
     return BenchResult(figures, client, server, check, partial, warnings, records)
+
+
+# --- Results of several processes ----------------------------------------------------------
+
+
+def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from the results (``as_json()``) of runs at the same time, in several
+    processes or on several machines: the figures are computed again from every
+    request's record, on the wall clock (the runs' clocks should agree to well under a
+    request's latency). The client's CPU adds up; the server's view and the token check
+    are unknown (each run saw the server's counters over its own window), unless the
+    caller measured them over the whole."""
+    if not results:
+        raise ValueError("nothing to merge")
+    start = min(float(r["started_at"]) for r in results)
+    end = max(float(r["started_at"]) + float(r["duration"]) for r in results)
+    records: list[RequestRecord] = []
+    for result in results:
+        shift = float(result["started_at"]) - start
+        for raw in result["requests"]:
+            record = msgspec.convert(raw, RequestRecord)
+            first = None if record.first_token is None else record.first_token + shift
+            records.append(
+                msgspec.structs.replace(
+                    record, sent=record.sent + shift, ended=record.ended + shift, first_token=first
+                )
+            )
+    merged = _result(records, end - start, 0.0, [None], [None], [], [], False)
+    cpu = sum(float(r["client"]["cpu_seconds"]) for r in results)
+    output = int(merged.figures["total_output_tokens"])
+    merged.client = {
+        "cpu_seconds": cpu,
+        "cpu_seconds_per_1k_tokens": cpu * 1000 / output if output else math.nan,
+        "core_share": max(float(r["client"]["core_share"]) for r in results),
+        "processes": float(len(results)),
+    }
+    merged.partial = any(r["partial"] for r in results)
+    merged.started_at = start
+    merged.warnings = [w for r in results for w in r["warnings"] if "counted" not in w]
+    return merged.as_json()

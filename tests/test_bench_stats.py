@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamacpp_adapter._bench_load import Load, arrival_offsets
+from llamacpp_adapter._bench_run import merge_results
 from llamacpp_adapter._bench_stats import RequestRecord, percentile, summarize
 
 
@@ -85,3 +86,29 @@ def test_open_loop_arrivals_have_the_rate_and_the_seed() -> None:
 def test_a_bad_load_is_refused(options: dict[str, float], says: str) -> None:
     with pytest.raises(ValueError, match=says):
         Load(**options)  # type: ignore[arg-type]
+
+
+def result_of(records: list[RequestRecord], started_at: float, cpu: float) -> dict[str, object]:
+    from llamacpp_adapter._bench_run import _result
+
+    wall = max(r.ended for r in records)
+    result = _result(records, wall, cpu, [None], [None], [], [], False)
+    result.started_at = started_at
+    return result.as_json()
+
+
+def test_results_of_several_processes_merge_on_the_wall_clock() -> None:
+    a = [RequestRecord(0.0, 1.0, 10, 4, 0.2, (0.1, 0.1, 0.1)), RequestRecord(0.5, 2.0, 10, 4, 0.9)]
+    b = [RequestRecord(0.0, 1.5, 20, 8, 0.5, (0.2,) * 7)]
+    merged = merge_results([result_of(a, 1000.0, 0.4), result_of(b, 1001.0, 0.6)])
+    # b began a second after a: on a's clock, its request ran from 1.0 to 2.5.
+    shifted = [*a, RequestRecord(1.0, 2.5, 20, 8, 1.5, (0.2,) * 7)]
+    expected = summarize(shifted, 2.5)
+    for name in ("completed", "total_output_tokens", "p99_ttft_ms", "mean_itl_ms", "duration"):
+        assert merged[name] == pytest.approx(expected[name]), name
+    assert merged["client"]["cpu_seconds"] == pytest.approx(1.0)  # type: ignore[index]
+    assert merged["client"]["cpu_seconds_per_1k_tokens"] == pytest.approx(1000 / 16)  # type: ignore[index]
+    assert merged["token_check"]["equal"] is None  # type: ignore[index]
+    assert merged["started_at"] == 1000.0
+    with pytest.raises(ValueError, match="nothing"):
+        merge_results([])
