@@ -120,6 +120,8 @@ class BenchResult:
     #: When the measured part began (seconds since the epoch); the records' times are
     #: seconds from then.
     started_at: float = 0.0
+    #: Tokens the warm-up generated (the server counts them too).
+    warmup_output_tokens: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """Every figure, and each request's record (for :func:`merge_results`)."""
@@ -131,6 +133,7 @@ class BenchResult:
             "token_check": self.token_check,
             "warnings": self.warnings,
             "started_at": self.started_at,
+            "warmup_output_tokens": self.warmup_output_tokens,
             "requests": [msgspec.to_builtins(record) for record in self.records],
         }
 
@@ -152,10 +155,11 @@ async def run_bench(
         ]
         submit = await stack.enter_async_context(_submitter(adapters))
         prompts = await _prompts(config, adapters[0])
+        warmup_tokens = 0
         for prompt in prompts[: config.warmup]:
-            await _one(submit, prompt, time.perf_counter)
+            warmup_tokens += (await _one(submit, prompt, time.perf_counter)).output_tokens
         measured = prompts[config.warmup :]
-        before = [await _tokens_predicted(a) for a in adapters]
+        before = [await tokens_predicted(a) for a in adapters]
         records: list[RequestRecord] = []
         slots: list[tuple[float, int]] = []
         deferred: list[float] = []
@@ -176,7 +180,7 @@ async def run_bench(
         try:
             async with anyio.create_task_group() as sampling:
                 if config.sample_server:
-                    sampling.start_soon(_sample, adapters, clock, slots, deferred)
+                    sampling.start_soon(watch_server, adapters, clock, slots, deferred)
                 with anyio.CancelScope() as run:
                     if config.duration_s is not None:
                         run.deadline = anyio.current_time() + config.duration_s
@@ -190,9 +194,10 @@ async def run_bench(
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_started
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                after = [await _tokens_predicted(a) for a in adapters]
+                after = [await tokens_predicted(a) for a in adapters]
             result = _result(records, wall, cpu, before, after, slots, deferred, partial)
             result.started_at = started_at
+            result.warmup_output_tokens = warmup_tokens
             if on_result is not None:
                 on_result(result)
     return result
@@ -344,14 +349,14 @@ async def _file_prompts(
 # --- The server's view ---------------------------------------------------------------------
 
 
-async def _tokens_predicted(adapter: LlamaCppHttpAdapter) -> float | None:
+async def tokens_predicted(adapter: LlamaCppHttpAdapter) -> float | None:
     try:
         return (await adapter.metrics()).get(TOKENS_PREDICTED)
     except WorkerError:
         return None  # a server without --metrics
 
 
-async def _sample(
+async def watch_server(
     adapters: Sequence[LlamaCppHttpAdapter],
     clock: Callable[[], float],
     slots: list[tuple[float, int]],

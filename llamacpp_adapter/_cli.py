@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import signal
 import ssl
 import sys
@@ -442,7 +443,7 @@ def _server(url: str | None, *, parallel: int = 1, context: int = 4096) -> Itera
 _BENCH_LOCAL_SLOTS = 4
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option(
     "--url",
     "urls",
@@ -524,7 +525,18 @@ _BENCH_LOCAL_SLOTS = 4
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Write every figure, the command line, versions and the server's props here.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Client processes that share the load, so that one Python process is never the "
+    "limit; their results are merged.",
+)
+@click.option("--worker", is_flag=True, hidden=True, help="Run as one of --workers.")
+@click.pass_context
 def bench(
+    context: click.Context,
     urls: tuple[str, ...],
     api_key: str | None,
     backend: str,
@@ -540,11 +552,18 @@ def bench(
     prompts_file: Path | None,
     seed: int,
     json_path: Path | None,
+    workers: int,
+    worker: bool,
 ) -> None:
     """Benchmark llama-server as a serving system: time to first token, time per output
     token, inter-token latency and throughput, by vLLM's names; then the client's own
     CPU per token, the server's view, and whether their token counts agree.
+
+    `bench merge A.json B.json` merges the results of runs made at the same time (on
+    several machines against one pool, say).
     """
+    if context.invoked_subcommand is not None:
+        return
     from ._bench_load import Load
     from ._bench_run import BenchConfig
 
@@ -572,7 +591,12 @@ def bench(
             prompts_file=prompts_file,
             api_key=api_key,
             seed=seed,
+            sample_server=not worker,
         )
+        if workers > 1:
+            from ._bench_workers import worker_configs
+
+            worker_configs(config, workers)  # a share of each for each
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     command = ["llamacpp-adapter", *sys.argv[1:]]
@@ -582,7 +606,7 @@ def bench(
                 _server(None, parallel=_BENCH_LOCAL_SLOTS, context=_BENCH_LOCAL_SLOTS * 4096)
             )
             config = dataclasses.replace(config, urls=(local,))
-        _run(_bench, config, json_path, command, backend=backend)
+        _run(_bench, config, json_path, command, workers, worker, backend=backend)
 
 
 def _token_range(text: str) -> tuple[int, int]:
@@ -594,9 +618,12 @@ def _token_range(text: str) -> tuple[int, int]:
     return bounds
 
 
-async def _bench(config: Any, json_path: Path | None, command: list[str]) -> None:
+async def _bench(
+    config: Any, json_path: Path | None, command: list[str], workers: int, worker: bool
+) -> None:
     from ._bench_report import summary_table
-    from ._bench_run import BenchResult, run_bench
+    from ._bench_run import run_bench
+    from ._bench_workers import run_workers
 
     props = []
     for url in config.urls:
@@ -605,12 +632,10 @@ async def _bench(config: Any, json_path: Path | None, command: list[str]) -> Non
             if not health.live:
                 raise click.UsageError(f"--url {url}: {health.message or health.status}")
             props.append(msgspec.to_builtins(await adapter.props()))
-    total = config.requests
-    progress = _Progress(total)
 
-    def report(result: BenchResult) -> None:
-        figures = result.as_json()
-        click.echo(summary_table(figures))
+    def report(figures: dict[str, Any]) -> None:
+        if not worker:
+            click.echo(summary_table(figures))
         if json_path is not None:
             figures.update(
                 command=command,
@@ -619,12 +644,49 @@ async def _bench(config: Any, json_path: Path | None, command: list[str]) -> Non
                 config=_config_json(config),
             )
             json_path.write_bytes(msgspec.json.format(msgspec.json.encode(figures), indent=2))
-            click.echo(f"-- written to {json_path}", err=True)
+            if not worker:
+                click.echo(f"-- written to {json_path}", err=True)
 
     try:
-        await run_bench(config, on_request=progress.step, on_result=report)
+        if workers > 1:
+            await run_workers(config, workers, on_result=report)
+        else:
+            progress = _Progress(None if worker else config.requests)
+            await run_bench(
+                config, on_request=progress.step, on_result=lambda r: report(r.as_json())
+            )
     except ValueError as exc:  # the prompts file's contents
         raise click.UsageError(str(exc)) from None
+
+
+@bench.command("merge")
+@click.argument(
+    "results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the merged result here.",
+)
+def bench_merge(results: tuple[Path, ...], json_path: Path | None) -> None:
+    """Merge the JSON results of runs made at the same time into one, and print it."""
+    from ._bench_report import summary_table
+    from ._bench_run import merge_results
+
+    loaded = []
+    for path in results:
+        try:
+            loaded.append(json.loads(path.read_text()))
+            merged = merge_results(loaded)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise click.UsageError(
+                f"{path}: not a result of llamacpp-adapter bench ({exc})"
+            ) from None
+    merged["merged_from"] = [str(path) for path in results]
+    click.echo(summary_table(merged))
+    if json_path is not None:
+        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(merged), indent=2))
 
 
 class _Progress:

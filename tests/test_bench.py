@@ -18,6 +18,7 @@ import trio
 from llamacpp_adapter import LlamaCppHttpAdapter
 from llamacpp_adapter._bench_load import Load
 from llamacpp_adapter._bench_run import BenchConfig, BenchResult, run_bench
+from llamacpp_adapter._bench_workers import worker_configs
 from llamacpp_adapter._local_server import LocalLlamaServer
 
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
@@ -138,3 +139,57 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert len(lines) == 1, result.stderr
     assert says in lines[0]
     assert result.returncode == 2, result.stderr
+
+
+def test_workers_share_the_load_and_their_results_merge(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "merged.json"
+    command = [
+        sys.executable, "-m", "llamacpp_adapter", "bench", "--url", llama_server.base_url,
+        "--concurrency", "2", "--requests", "9", "--warmup", "2", "--output-tokens", "10",
+        "--workers", "2", "--json", str(output),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["completed"] == 9
+    assert figures["client"]["processes"] == 2
+    # The warm-up's tokens are the server's too: 9 + 2 requests of 10.
+    assert figures["token_check"] == {"client_tokens": 110, "server_tokens": 110, "equal": True}
+    check_ordered(figures)
+
+    # Two results merged by hand: the same requests, the same figures.
+    halves = []
+    for number, share in enumerate((4, 5)):
+        path = tmp_path / f"part-{number}.json"
+        subprocess.run(
+            [sys.executable, "-m", "llamacpp_adapter", "bench", "--url", llama_server.base_url,
+             "--requests", str(share), "--warmup", "0", "--output-tokens", "6",
+             "--json", str(path)],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+        halves.append(path)
+    merged_path = tmp_path / "by-hand.json"
+    merged = subprocess.run(
+        [sys.executable, "-m", "llamacpp_adapter", "bench", "merge", *map(str, halves),
+         "--json", str(merged_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    assert "Successful requests:                    9" in merged.stdout
+    assert json.loads(merged_path.read_text())["total_output_tokens"] == 54
+
+
+def test_each_worker_gets_its_share() -> None:
+    config = BenchConfig(("http://x",), Load(concurrency=5), requests=11, warmup=3, seed=1)
+    configs = worker_configs(config, 3)
+    assert [c.load.concurrency for c in configs] == [2, 2, 1]
+    assert [c.requests for c in configs] == [4, 4, 3]
+    assert [c.warmup for c in configs] == [1, 1, 1]
+    assert len({c.seed for c in configs}) == 3
+    assert not any(c.sample_server for c in configs)
+    opened = worker_configs(BenchConfig(("http://x",), Load(rate=9.0), requests=6), 3)
+    assert [c.load.rate for c in opened] == [3.0, 3.0, 3.0]
+    with pytest.raises(ValueError, match="concurrency of at least 3"):
+        worker_configs(BenchConfig(("http://x",), Load(concurrency=2)), 3)
