@@ -10,6 +10,7 @@ nox.options.default_venv_backend = "venv"
 # Tools whose verdicts must not drift between machines are pinned exactly.
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
+TQDM_STUBS = "types-tqdm==4.70.0.20261106"
 
 # The engine extra builds llama-server from source (about 7 minutes on 2 cores); pip
 # keeps the built wheel in its cache, so later installs are instant.
@@ -49,7 +50,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install(MYPY, "-e", ".[model]")
+    session.install(MYPY, TQDM_STUBS, "-e", ".[model,plot]")
     session.run("mypy", "llamacpp_adapter")
 
 

@@ -526,6 +526,12 @@ _BENCH_LOCAL_SLOTS = 4
     help="Write every figure, the command line, versions and the server's props here.",
 )
 @click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Draw latency percentiles and throughput over time to this PNG (the plot extra).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=1,
@@ -552,6 +558,7 @@ def bench(
     prompts_file: Path | None,
     seed: int,
     json_path: Path | None,
+    plot_path: Path | None,
     workers: int,
     worker: bool,
 ) -> None:
@@ -564,6 +571,13 @@ def bench(
     """
     if context.invoked_subcommand is not None:
         return
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                "--plot needs matplotlib: in a clone, pip install -e '.[plot]'"
+            ) from None
     from ._bench_load import Load
     from ._bench_run import BenchConfig
 
@@ -606,7 +620,8 @@ def bench(
                 _server(None, parallel=_BENCH_LOCAL_SLOTS, context=_BENCH_LOCAL_SLOTS * 4096)
             )
             config = dataclasses.replace(config, urls=(local,))
-        _run(_bench, config, json_path, command, workers, worker, backend=backend)
+        outputs = (json_path, plot_path)
+        _run(_bench, config, outputs, command, workers, worker, backend=backend)
 
 
 def _token_range(text: str) -> tuple[int, int]:
@@ -619,10 +634,15 @@ def _token_range(text: str) -> tuple[int, int]:
 
 
 async def _bench(
-    config: Any, json_path: Path | None, command: list[str], workers: int, worker: bool
+    config: Any,
+    outputs: tuple[Path | None, Path | None],
+    command: list[str],
+    workers: int,
+    worker: bool,
 ) -> None:
+    json_path, plot_path = outputs
     from ._bench_report import summary_table
-    from ._bench_run import run_bench
+    from ._bench_run import BenchResult, run_bench
     from ._bench_workers import run_workers
 
     props = []
@@ -646,15 +666,23 @@ async def _bench(
             json_path.write_bytes(msgspec.json.format(msgspec.json.encode(figures), indent=2))
             if not worker:
                 click.echo(f"-- written to {json_path}", err=True)
+        if plot_path is not None:
+            from ._bench_plot import write_plot
+
+            write_plot(figures, plot_path)
+            click.echo(f"-- drawn to {plot_path}", err=True)
 
     try:
         if workers > 1:
             await run_workers(config, workers, on_result=report)
         else:
             progress = _Progress(None if worker else config.requests)
-            await run_bench(
-                config, on_request=progress.step, on_result=lambda r: report(r.as_json())
-            )
+
+            def finished(result: BenchResult) -> None:
+                progress.close()
+                report(result.as_json())
+
+            await run_bench(config, on_request=progress.step, on_result=finished)
     except ValueError as exc:  # the prompts file's contents
         raise click.UsageError(str(exc)) from None
 
@@ -690,27 +718,42 @@ def bench_merge(results: tuple[Path, ...], json_path: Path | None) -> None:
 
 
 class _Progress:
-    """Plain progress lines on stderr: a tenth of the run at a time."""
+    """The run's progress on stderr: a live bar (tqdm) on a terminal, else a plain line a
+    tenth of the run at a time; nothing with no total (a worker, or a run by duration
+    alone)."""
 
-    def __init__(self, total: int | None) -> None:
+    def __init__(self, total: int | None, *, live: bool | None = None) -> None:
         self._total = total
         self._done = 0
         self._tokens = 0
         self._started = time.perf_counter()
-        self._next = 0.1
+        self._tenths = 1  # the next line at this many tenths of the run
+        self._bar: Any = None
+        if total is not None and (sys.stderr.isatty() if live is None else live):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="req", file=sys.stderr, dynamic_ncols=True)
 
     def step(self, record: Any) -> None:
         self._done += 1
         self._tokens += record.output_tokens
         if self._total is None:
             return
-        if self._done / self._total >= self._next:
-            elapsed = time.perf_counter() - self._started
-            click.echo(
-                f"-- {self._done}/{self._total} requests, {self._tokens / elapsed:.0f} tokens/s",
-                err=True,
-            )
-            self._next += 0.1
+        rate = self._tokens / max(time.perf_counter() - self._started, 1e-9)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{rate:.0f} tokens/s", refresh=False)
+            self._bar.update(1)
+            if self._done >= self._total:
+                self._bar.close()
+            return
+        if self._done * 10 >= self._tenths * self._total:
+            click.echo(f"-- {self._done}/{self._total} requests, {rate:.0f} tokens/s", err=True)
+            while self._done * 10 >= self._tenths * self._total:
+                self._tenths += 1
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _versions() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamacpp_adapter._bench_load import Load, arrival_offsets
+from llamacpp_adapter._bench_plot import throughput_over_time, write_plot
 from llamacpp_adapter._bench_run import merge_results
 from llamacpp_adapter._bench_stats import RequestRecord, percentile, summarize
 
@@ -112,3 +114,38 @@ def test_results_of_several_processes_merge_on_the_wall_clock() -> None:
     assert merged["started_at"] == 1000.0
     with pytest.raises(ValueError, match="nothing"):
         merge_results([])
+
+
+def test_throughput_over_time_counts_each_event_in_its_bin(tmp_path: Path) -> None:
+    records = [
+        RequestRecord(0.0, 1.2, 4, 4, 0.1, (0.3, 0.3, 0.3)),  # events at 0.1 0.4 0.7 1.0
+        RequestRecord(0.0, 0.2, 4, 1, error="WORKER_RESET"),  # failed: not counted
+    ]
+    result = result_of(records, 0.0, 0.1)
+    starts, rates = throughput_over_time(result)
+    assert starts == [0.0, 0.5, 1.0]
+    assert rates == [4.0, 2.0, 2.0]  # 2, 1 and 1 events in half-second bins
+    path = tmp_path / "run.png"
+    write_plot(result, path)
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llamacpp_adapter._cli import _Progress
+
+    record = RequestRecord(0.0, 1.0, 4, 10, 0.1)
+    bar = _Progress(4, live=True)
+    for _ in range(4):
+        bar.step(record)
+    shown = capsys.readouterr().err
+    assert "4/4" in shown
+    assert "req" in shown
+    assert "tokens/s" in shown
+    lines = _Progress(10, live=False)
+    for _ in range(10):
+        lines.step(record)
+    plain = capsys.readouterr().err.splitlines()
+    assert len(plain) == 10
+    assert plain[-1].startswith("-- 10/10 requests, ")
