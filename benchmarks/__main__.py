@@ -26,6 +26,7 @@ from .bench_decode import decode
 from .bench_engine import engine
 from .bench_loops import loops
 from .bench_memory import idle_streams, slow_consumer
+from .bench_serving import serving
 from .bench_streams import latency, paced_cpu, throughput
 from .bench_task_form import task_form
 
@@ -70,6 +71,7 @@ def main() -> int:
     record(loops(quick=args.quick))
     record(engine(quick=args.quick))
     record(connections(quick=args.quick))
+    record(serving(quick=args.quick))
 
     elapsed = time.monotonic() - started
     summary = Table("Targets", ["target", "measured", "met"])

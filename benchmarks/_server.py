@@ -41,6 +41,7 @@ from tests.wire import (
     STREAM_HEAD,
     chunked,
     final_event,
+    json_response,
     raw_json_response,
     read_request_from,
     token_event,
@@ -60,13 +61,34 @@ def burst_body(events: int) -> bytes:
 
 
 _burst_cache: dict[int, bytes] = {}
+#: llama-server's answer to /metrics when it was started without --metrics.
+NO_METRICS = {
+    "error": {
+        "code": 501,
+        "message": "This server does not support metrics endpoint. Start it with `--metrics`",
+        "type": "not_supported_error",
+    }
+}
+
+
+def _answer(path: str, body: bytes) -> bytes:
+    """The answer to a request that streams nothing: a captured one, a token a word of
+    the content for /tokenize, and no metrics."""
+    if path == "/tokenize":
+        words = json.loads(body).get("content", "").split()
+        return json_response(
+            200, "OK", {"tokens": [300 + n % 100 for n in range(len(words))]}, kept=True
+        )
+    if path == "/metrics":
+        return json_response(501, "Not Implemented", NO_METRICS, kept=True)
+    return raw_json_response(200, "OK", CAPTURED[path], kept=True)
 
 
 async def serve(stream: trio.abc.Stream) -> None:
     try:
         path, body = await read_request_from(stream.receive_some)
-        while path in CAPTURED:
-            await stream.send_all(raw_json_response(200, "OK", CAPTURED[path], kept=True))
+        while path in CAPTURED or path in ("/tokenize", "/metrics"):
+            await stream.send_all(_answer(path, body))
             path, body = await read_request_from(stream.receive_some)
         if not path:
             return  # the client closed the connection

@@ -13,7 +13,7 @@ import json
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +74,7 @@ class BenchConfig:
         seed: the seed of the lengths and the arrivals.
         sample_server: whether to read the servers' slots and queue during the run (a
             worker of a run in several processes leaves it to the run).
+        extra: further llama.cpp ``/completion`` fields for every request.
     """
 
     urls: tuple[str, ...]
@@ -87,6 +88,7 @@ class BenchConfig:
     api_key: str | None = None
     seed: int = 0
     sample_server: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -157,7 +159,9 @@ async def run_bench(
         prompts = await _prompts(config, adapters[0])
         warmup_tokens = 0
         for prompt in prompts[: config.warmup]:
-            warmup_tokens += (await _one(submit, prompt, time.perf_counter)).output_tokens
+            warmup_tokens += (
+                await _one(submit, prompt, time.perf_counter, config.extra)
+            ).output_tokens
         measured = prompts[config.warmup :]
         before = [await tokens_predicted(a) for a in adapters]
         records: list[RequestRecord] = []
@@ -227,12 +231,14 @@ async def _submitter(adapters: Sequence[LlamaCppHttpAdapter]) -> AsyncIterator[S
         yield submit
 
 
-async def _one(submit: Submit, prompt: Prompt, clock: Callable[[], float]) -> RequestRecord:
+async def _one(
+    submit: Submit, prompt: Prompt, clock: Callable[[], float], extra: Mapping[str, Any]
+) -> RequestRecord:
     """Send one request; what it recorded."""
     request = TaskRequest(
         prompt.prompt if isinstance(prompt.prompt, str) else list(prompt.prompt),
         max_tokens=prompt.max_tokens,
-        extra={"ignore_eos": True},
+        extra={"ignore_eos": True, **extra},
     )
     sent = clock()
     first: float | None = None
@@ -275,7 +281,7 @@ async def _drive(
 
         async def worker() -> None:
             for prompt in queue:
-                done(await _one(submit, prompt, clock))
+                done(await _one(submit, prompt, clock, config.extra))
 
         async with anyio.create_task_group() as workers:
             for _ in range(load.concurrency):
@@ -287,10 +293,10 @@ async def _drive(
 
     async def send(prompt: Prompt) -> None:
         if cap is None:
-            done(await _one(submit, prompt, clock))
+            done(await _one(submit, prompt, clock, config.extra))
             return
         async with cap:
-            done(await _one(submit, prompt, clock))
+            done(await _one(submit, prompt, clock, config.extra))
 
     async with anyio.create_task_group() as senders:
         start = anyio.current_time()

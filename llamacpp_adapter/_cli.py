@@ -439,6 +439,16 @@ def _server(url: str | None, *, parallel: int = 1, context: int = 4096) -> Itera
 
 # --- bench ---------------------------------------------------------------------------------
 
+#: A benchmark runs on asyncio by default: there it costs the least per token, less than
+#: a vLLM-style aiohttp client (benchmarks/NOTES.md, "The serving benchmark's own cost").
+bench_backend_option = click.option(
+    "--backend",
+    type=click.Choice(_BACKENDS),
+    default="asyncio",
+    show_default=True,
+    help="The event loop to run on (asyncio costs the client least per token).",
+)
+
 #: Slots of the local server a benchmark starts when given no --url.
 _BENCH_LOCAL_SLOTS = 4
 
@@ -453,7 +463,7 @@ _BENCH_LOCAL_SLOTS = 4
     f"Without it, a local llama-server with {_BENCH_LOCAL_SLOTS} slots is started.",
 )
 @api_key_option
-@backend_option
+@bench_backend_option
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
