@@ -175,6 +175,7 @@ async def run_bench(
             return time.perf_counter() - started
 
         partial = False
+        cut = False  # requests were open when the duration ended
 
         def done(record: RequestRecord) -> None:
             records.append(record)
@@ -189,7 +190,7 @@ async def run_bench(
                     if config.duration_s is not None:
                         run.deadline = anyio.current_time() + config.duration_s
                     await _drive(submit, measured, config, done, clock)
-                partial = run.cancelled_caught and config.duration_s is None
+                cut = run.cancelled_caught  # only the duration's deadline cancels it
                 sampling.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             partial = True
@@ -199,7 +200,8 @@ async def run_bench(
             cpu = time.process_time() - cpu_started
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 after = [await tokens_predicted(a) for a in adapters]
-            result = _result(records, wall, cpu, before, after, slots, deferred, partial)
+            result = _result(records, wall, cpu, before, after, slots, deferred, partial or cut)
+            result.partial = partial
             result.started_at = started_at
             result.warmup_output_tokens = warmup_tokens
             if on_result is not None:
@@ -391,8 +393,11 @@ def _result(
     after: list[float | None],
     slots: list[tuple[float, int]],
     deferred: list[float],
-    partial: bool,
+    unfinished: bool,
 ) -> BenchResult:
+    """The result of a run; *unfinished*: requests were open when it ended (cut short,
+    or at the end of its duration), so that the server counted tokens the client did not
+    record."""
     figures = summarize(records, wall)
     output = int(figures["total_output_tokens"])  # type: ignore[arg-type]
     share = cpu / wall if wall > 0 else math.nan
@@ -416,7 +421,7 @@ def _result(
     check = {
         "client_tokens": output,
         "server_tokens": server_tokens,
-        "equal": server_tokens == output if server_tokens is not None else None,
+        "equal": None if server_tokens is None or unfinished else server_tokens == output,
     }
     warnings = []
     if share > SATURATED_CORE_SHARE:
@@ -424,12 +429,12 @@ def _result(
             f"the client used {share:.0%} of a core: near saturation, the figures describe "
             "the client as much as the server (try --workers, or fewer streams)"
         )
-    if server_tokens is not None and server_tokens != output and not partial:
+    if server_tokens is not None and server_tokens != output and not unfinished:
         warnings.append(
             f"the client counted {output} tokens, the server {server_tokens} (another "
             "client may be using it)"
         )
-    return BenchResult(figures, client, server, check, partial, warnings, records)
+    return BenchResult(figures, client, server, check, False, warnings, records)
 
 
 # --- Results of several processes ----------------------------------------------------------

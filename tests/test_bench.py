@@ -193,3 +193,24 @@ def test_each_worker_gets_its_share() -> None:
     assert [c.load.rate for c in opened] == [3.0, 3.0, 3.0]
     with pytest.raises(ValueError, match="concurrency of at least 3"):
         worker_configs(BenchConfig(("http://x",), Load(concurrency=2)), 3)
+
+
+def test_a_run_by_duration_from_the_public_module(llama_server: LocalLlamaServer) -> None:
+    from llamacpp_adapter.bench import BenchConfig as PublicConfig
+    from llamacpp_adapter.bench import Load as PublicLoad
+    from llamacpp_adapter.bench import run_bench as public_run
+
+    config = PublicConfig(
+        (llama_server.base_url,), PublicLoad(concurrency=2), requests=None, duration_s=1.0,
+        warmup=0, output_tokens=8,
+    )  # fmt: skip
+    started = time.monotonic()
+    result = trio.run(public_run, config)
+    assert time.monotonic() - started < 10
+    assert result.figures["completed"] > 2
+    assert not result.partial
+    assert result.figures["total_output_tokens"] == 8 * result.figures["completed"]
+    # The requests open when the duration ended are not counted, the server's tokens of
+    # them are: the check cannot say, and there is no warning that it differs.
+    assert result.token_check["equal"] is None
+    assert not result.warnings
