@@ -19,9 +19,9 @@ _SECTIONS = (
 )
 
 
-def _line(label: str, value: Any) -> str:
+def _line(label: str, value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
-        shown = "n/a" if math.isnan(value) else f"{value:.2f}"
+        shown = "n/a" if math.isnan(value) else f"{value:.{digits}f}"
     else:
         shown = str(value)
     return f"{label + ':':<{_LABEL}}{shown:<10}"
@@ -55,7 +55,7 @@ def summary_table(result: dict[str, Any]) -> str:
                     lines.append(_line(f"P{figure} {short} (ms)", result[name]))
     client, server, check = result["client"], result["server"], result["token_check"]
     lines.append(_rule("The client"))
-    lines.append(_line("Client CPU per 1k tokens (s)", client["cpu_seconds_per_1k_tokens"]))
+    lines.append(_line("Client CPU per 1k tokens (s)", client["cpu_seconds_per_1k_tokens"], 4))
     lines.append(_line("Client share of one core", client["core_share"]))
     lines.append(_rule("The server"))
     lines.append(_line("Tokens predicted (server)", _or_unknown(server["tokens_predicted"])))
