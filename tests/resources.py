@@ -1,9 +1,11 @@
-"""What a test counts to prove that nothing leaked: open file descriptors and tasks."""
+"""What a test counts to prove that nothing leaked: open file descriptors, tasks, and
+llama-server processes."""
 
 from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -43,3 +45,25 @@ async def settled_task_count(baseline: int) -> int:
             break
         await anyio.lowlevel.checkpoint()
     return running_tasks()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def engines() -> set[int]:
+    """The llama-server processes running now (the suite's own among them)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"llama-server" in command and alive(int(entry.name)):
+                found.add(int(entry.name))
+    return found

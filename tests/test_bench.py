@@ -21,6 +21,8 @@ from llamacpp_adapter._bench_run import BenchConfig, BenchResult, run_bench
 from llamacpp_adapter._bench_workers import worker_configs
 from llamacpp_adapter._local_server import LocalLlamaServer
 
+from .resources import engines
+
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
 
 
@@ -214,3 +216,41 @@ def test_a_run_by_duration_from_the_public_module(llama_server: LocalLlamaServer
     # them are: the check cannot say, and there is no warning that it differs.
     assert result.token_check["equal"] is None
     assert not result.warnings
+
+
+def test_without_a_url_bench_runs_against_a_local_server_it_starts() -> None:
+    running = engines()
+    result = subprocess.run(
+        [sys.executable, "-m", "llamacpp_adapter", "bench", "--requests", "6",
+         "--concurrency", "3", "--output-tokens", "5", "--warmup", "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Successful requests:                    6" in result.stdout
+    assert "Client tokens = server's:               True" in result.stdout
+    assert "starting a local llama-server" in result.stderr
+    assert not engines() - running  # stopped with the run
+
+
+def test_workers_cut_by_sigint_write_a_partial_result(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "result.json"
+    command = [
+        sys.executable, "-m", "llamacpp_adapter", "bench", "--url", llama_server.base_url,
+        "--concurrency", "2", "--requests", "4", "--warmup", "0", "--workers", "2",
+        "--output-tokens", "30000", "--json", str(output),
+    ]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        deadline = time.monotonic() + 60
+        while trio.run(busy_slots, llama_server.base_url) < 2:  # both workers stream
+            assert time.monotonic() < deadline, "the workers never filled the slots"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=60)
+        assert process.stderr is not None
+        errors = process.stderr.read().decode()
+    assert code == 128 + signal.SIGINT, errors
+    assert "Traceback" not in errors, errors
+    assert trio.run(busy_slots, llama_server.base_url) == 0
+    assert json.loads(output.read_text())["partial"] is True

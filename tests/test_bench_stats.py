@@ -149,3 +149,16 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(
     plain = capsys.readouterr().err.splitlines()
     assert len(plain) == 10
     assert plain[-1].startswith("-- 10/10 requests, ")
+
+
+def test_a_client_near_saturation_is_warned_of() -> None:
+    from llamacpp_adapter._bench_run import _result
+
+    records = [RequestRecord(0.0, 1.0, 4, 10, 0.1)]
+    busy = _result(records, 1.0, 0.9, [0.0], [10.0], [], [], False)
+    assert any("of a core" in warning for warning in busy.warnings)
+    assert busy.token_check["equal"] is True
+    idle = _result(records, 1.0, 0.1, [0.0], [12.0], [], [], False)
+    assert not any("of a core" in warning for warning in idle.warnings)
+    assert any("the server 12" in warning for warning in idle.warnings)  # counts differ
+    assert idle.token_check["equal"] is False

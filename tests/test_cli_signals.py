@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from .resources import alive, engines
+
 STARTUP_S = 120.0
 STOP_S = 30.0
 
@@ -31,14 +33,6 @@ def wait_for_output(process: subprocess.Popen[bytes], *, stdout: bool) -> None:
     ready, _, _ = select.select([pipe], [], [], STARTUP_S)
     assert ready, "the command wrote nothing in time"
     assert os.read(pipe.fileno(), 1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def stop_and_check(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -108,17 +102,3 @@ def test_a_signal_while_the_engine_starts_leaves_nothing_behind() -> None:
     left = set(Path(tempfile.gettempdir()).glob("llamacpp-adapter-*")) - before
     assert not left
     assert not engines() - running, "a llama-server outlived the command"
-
-
-def engines() -> set[int]:
-    """The llama-server processes running now (the suite's own among them)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"llama-server" in command and alive(int(entry.name)):
-                found.add(int(entry.name))
-    return found
