@@ -77,6 +77,20 @@ async def busy_slots(url: str) -> int:
         return sum(1 for slot in await adapter.slots() if slot["is_processing"])
 
 
+def interrupt_when_busy(command: list[str], server: LocalLlamaServer) -> tuple[int, str, str]:
+    """Run *command*, send it SIGINT once both of *server*'s slots stream; its exit
+    code, stdout and stderr."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        deadline = time.monotonic() + 60
+        # Another process's state: nothing to wait on but the answer.
+        while trio.run(busy_slots, server.base_url) < 2:
+            assert time.monotonic() < deadline, "the run never filled the slots"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    return process.returncode, out.decode(), err.decode()
+
+
 def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
     llama_server: LocalLlamaServer, tmp_path: Path
 ) -> None:
@@ -86,15 +100,7 @@ def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
         "--concurrency", "2", "--requests", "6", "--warmup", "0",
         "--output-tokens", "30000", "--json", str(output),
     ]  # fmt: skip
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
-        deadline = time.monotonic() + 60
-        while trio.run(busy_slots, llama_server.base_url) < 2:  # both streams run
-            assert time.monotonic() < deadline, "the run never filled the slots"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=30)
-        assert process.stdout is not None
-        summary = process.stdout.read().decode()
+    code, summary, _ = interrupt_when_busy(command, llama_server)
     assert code == 128 + signal.SIGINT
     assert "(partial)" in summary
     assert trio.run(busy_slots, llama_server.base_url) == 0  # freed as the run ended
@@ -241,15 +247,7 @@ def test_workers_cut_by_sigint_write_a_partial_result(
         "--concurrency", "2", "--requests", "4", "--warmup", "0", "--workers", "2",
         "--output-tokens", "30000", "--json", str(output),
     ]  # fmt: skip
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
-        deadline = time.monotonic() + 60
-        while trio.run(busy_slots, llama_server.base_url) < 2:  # both workers stream
-            assert time.monotonic() < deadline, "the workers never filled the slots"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        code = process.wait(timeout=60)
-        assert process.stderr is not None
-        errors = process.stderr.read().decode()
+    code, _, errors = interrupt_when_busy(command, llama_server)
     assert code == 128 + signal.SIGINT, errors
     assert "Traceback" not in errors, errors
     assert trio.run(busy_slots, llama_server.base_url) == 0

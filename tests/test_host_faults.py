@@ -291,41 +291,25 @@ async def test_pool_unavailable_when_the_task_exceeds_every_context(
     assert engine.times == []  # decided without asking the engine
 
 
+@pytest.mark.parametrize("slot_wait_s", [2.0, 0.0])
 async def test_pool_unavailable_when_no_slot_frees_in_time(
-    nursery: trio.Nursery, mock_clock: MockClock
+    nursery: trio.Nursery, mock_clock: MockClock, slot_wait_s: float
 ) -> None:
+    # slot_wait_s=0: a saturated pool fails at once, with not a moment of waiting.
     mock_clock.autojump_threshold = 0
 
     async def endless(connection: Connection) -> None:
         await connection.send(STREAM_HEAD + chunked(token_event(1)))
         await trio.sleep_forever()
 
-    async with host_for_test(slot_wait_s=2.0) as host:
+    async with host_for_test(slot_wait_s=slot_wait_s) as host:
         await add_replica(nursery, host, "r0", Engine(endless))
         async with host.submit("pool", TaskRequest("a")), host.submit("pool", TaskRequest("b")):
             assert host.replicas("pool")[0].free_slots == 0
             start = trio.current_time()
             with pytest.raises(PoolUnavailable, match="free slot"):
                 await run_task(host)
-            assert trio.current_time() - start == pytest.approx(2.0)
-
-
-async def test_slot_wait_zero_fails_at_once_when_the_pool_is_saturated(
-    nursery: trio.Nursery, mock_clock: MockClock
-) -> None:
-    mock_clock.autojump_threshold = 0
-
-    async def endless(connection: Connection) -> None:
-        await connection.send(STREAM_HEAD + chunked(token_event(1)))
-        await trio.sleep_forever()
-
-    async with host_for_test(slot_wait_s=0) as host:
-        await add_replica(nursery, host, "r0", Engine(endless))
-        async with host.submit("pool", TaskRequest("a")), host.submit("pool", TaskRequest("b")):
-            start = trio.current_time()
-            with pytest.raises(PoolUnavailable, match="free slot"):
-                await run_task(host)
-            assert trio.current_time() == start  # not a moment of waiting
+            assert trio.current_time() - start == pytest.approx(slot_wait_s)
 
 
 # --- Metrics ---------------------------------------------------------------------------
