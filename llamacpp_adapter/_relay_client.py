@@ -1,5 +1,7 @@
 """The relay's client: :func:`open_relay_stream` sends a task to a :class:`Relay` and
-returns its events as a :class:`RelayStream`, typed as the adapter's. Runs under Trio."""
+returns its events as a :class:`RelayStream`, typed as the adapter's. It runs on any
+event loop anyio runs on (Trio, asyncio, uvloop): the connection is wsproto's protocol
+over anyio's streams (``_ws_client``)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ._exceptions import ProtocolError, WorkerError, WorkerReset
 from ._receive import CLOSED_MESSAGE, EventReceiveStream
 from ._relay_codec import decode_event, encode_task
 from ._types import End, StreamEvent, TaskRequest
-from ._ws_connect import CLOSE_TIMEOUT_S, connect
+from ._ws_client import ConnectionClosed, WebSocketClient, connect
 
 __all__ = ["RelayStream", "open_relay_stream"]
 
@@ -27,7 +27,7 @@ class RelayStream(EventReceiveStream):
     It is an :class:`EventReceiveStream`; each event is decoded when it is received, so
     ``receive_nowait()`` has none waiting."""
 
-    def __init__(self, ws: WebSocketConnection, job_id: str) -> None:
+    def __init__(self, ws: WebSocketClient, job_id: str) -> None:
         self.job_id = job_id
         self._ws = ws
         self._done = False
@@ -50,8 +50,7 @@ class RelayStream(EventReceiveStream):
     async def aclose(self) -> None:
         """Close the connection now, which cancels the task at the relay."""
         self._closed = True
-        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self._ws.aclose()
+        await self._ws.aclose()  # shielded and bounded
 
     async def __anext__(self) -> StreamEvent:
         if self._done:
@@ -63,7 +62,7 @@ class RelayStream(EventReceiveStream):
         except ConnectionClosed as exc:
             self._done = True
             raise WorkerReset(
-                f"the relay closed the connection before the end ({exc.reason})"
+                f"the relay closed the connection before the end ({exc.code} {exc.reason})"
             ) from None
         try:
             event = decode_event(message)
@@ -98,7 +97,7 @@ async def open_relay_stream(
 
     Leaving the block closes the connection, which cancels the task at the relay. A
     ``wss://`` URL is verified with *ssl_context*, or the system's trust by default.
-    It runs under Trio (``trio.run``, or anyio's ``backend="trio"``).
+    It runs on Trio, asyncio and uvloop.
 
     Raises:
         AdapterError: the relay refused the connection (``status`` 401 for a missing or
@@ -106,11 +105,6 @@ async def open_relay_stream(
         WorkerReset: the relay could not be reached, or closed before the end.
         WorkerError: the error the relay reported, after the events before it.
     """
-    if not trio.lowlevel.in_trio_run():
-        raise RuntimeError(
-            "the relay client runs under Trio (it is built on trio-websocket): run it "
-            "with trio.run(), or anyio.run(..., backend='trio')"
-        )
     headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
     async with connect(
         url, headers, connect_timeout_s=connect_timeout_s, ssl_context=ssl_context
@@ -118,5 +112,7 @@ async def open_relay_stream(
         try:
             await ws.send_message(encode_task(request, pool).decode())
         except ConnectionClosed as exc:
-            raise WorkerReset(f"the relay closed the connection ({exc.reason})") from None
+            raise WorkerReset(
+                f"the relay closed the connection ({exc.code} {exc.reason})"
+            ) from None
         yield RelayStream(ws, request.job_id)

@@ -18,7 +18,8 @@ events are taken, so a client that reads slowly slows the read from the engine. 
 client that closes its socket cancels the task at once, which frees the engine's slot.
 
 This module is the relay's server; ``_relay_client`` its client; ``_relay_codec`` the
-messages both speak. Built on ``trio-websocket``, so both run under Trio.
+messages both speak. The server is built on ``trio-websocket`` and runs under Trio; the
+client runs on any event loop anyio runs on.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from ._host import AdapterHost
 from ._receive import EventReceiveStream
 from ._relay_codec import BadTask, decode_task, encode_error, encode_event
 from ._types import TaskRequest
-from ._ws_connect import CLOSE_TIMEOUT_S, DISCONNECT_TIMEOUT_S
 
 __all__ = ["Relay"]
 
@@ -59,6 +59,10 @@ DEFAULT_MAX_CONNECTIONS = 256
 #: How long the relay waits for a client's task, and for one message to be written to a
 #: client that does not read; then it closes the connection.
 DEFAULT_IDLE_TIMEOUT_S = 30.0
+
+#: How long the relay waits for a client's answer to its close.
+DISCONNECT_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = DISCONNECT_TIMEOUT_S
 
 #: The fewest characters of a relay's token.
 MIN_TOKEN_CHARS = 16

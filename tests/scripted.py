@@ -29,7 +29,7 @@ from .wire import (
     final_event,
     json_response,
     raw_json_response,
-    read_request_from,
+    read_whole_request,
     token_event,
 )
 
@@ -54,6 +54,8 @@ class Connection:
     stream: anyio.abc.ByteStream
     path: str
     body: bytes
+    #: The request's head as it came: its request line, headers and blank line.
+    head: bytes = b""
 
     async def send(self, data: bytes) -> None:
         await self.stream.send(data)
@@ -61,8 +63,11 @@ class Connection:
     async def next_request(self) -> bool:
         """Read the next request on this connection (keep-alive); False if the client
         closed it instead."""
-        self.path, self.body = await read_request_from(lambda: _receive_or_empty(self.stream))
+        self.path, self.head, self.body = await read_whole_request(self._receive)
         return bool(self.path)
+
+    async def _receive(self) -> bytes:
+        return await _receive_or_empty(self.stream)
 
     async def wait_for_hang_up(self) -> None:
         """Return once the client has closed the connection (whatever it sends first)."""

@@ -99,7 +99,9 @@ def test_importing_the_package_loads_neither_the_relay_nor_the_metrics() -> None
         "from llamacpp_adapter import AdapterHost, HostMetrics, HostStream, ReplicaStatus\n"
         "assert 'prometheus_client' in sys.modules\n"
         "assert 'trio_websocket' not in sys.modules, 'the host loaded trio_websocket'\n"
-        "from llamacpp_adapter import Relay, RelayStream, open_relay_stream\n"
+        "from llamacpp_adapter import RelayStream, open_relay_stream\n"
+        "assert 'trio_websocket' not in sys.modules, 'the relay client loaded it'\n"
+        "from llamacpp_adapter import Relay\n"
         "assert 'trio_websocket' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

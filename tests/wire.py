@@ -79,11 +79,20 @@ def raw_json_response(
 async def read_request_from(receive: Callable[[], Awaitable[bytes]]) -> tuple[str, bytes]:
     """Read one request with *receive* (which gives b"" at the end of the stream);
     return its path and its body, or ``("", b"")`` if the client hung up first."""
+    path, _, body = await read_whole_request(receive)
+    return path, body
+
+
+async def read_whole_request(
+    receive: Callable[[], Awaitable[bytes]],
+) -> tuple[str, bytes, bytes]:
+    """As :func:`read_request_from`, with the request's head as it came (the request
+    line and headers, and the blank line after them) between the path and the body."""
     data = bytearray()
     while b"\r\n\r\n" not in data:
         chunk = await receive()
         if not chunk or len(data) > _MAX_REQUEST_HEAD_BYTES:
-            return "", b""
+            return "", b"", b""
         data += chunk
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     length = 0
@@ -94,9 +103,9 @@ async def read_request_from(receive: Callable[[], Awaitable[bytes]]) -> tuple[st
     while len(body) < length:
         chunk = await receive()
         if not chunk:
-            return "", b""
+            return "", b"", b""
         body += chunk
-    return head.split(b" ")[1].decode(), body
+    return head.split(b" ")[1].decode(), head + b"\r\n\r\n", body
 
 
 PROPS = (GOLDEN / "props.json").read_bytes()
