@@ -405,6 +405,18 @@ class LlamaCppHttpAdapter:
             default_generation_settings=dict(settings.get("params") or settings),
         )
 
+    async def props_json(self) -> dict[str, Any]:
+        """``GET /props`` as the server sent it (:meth:`props` reads what the adapter
+        needs from it): its build, model, chat template, default settings and more.
+
+        Raises:
+            ProtocolError: the answer is not a JSON object.
+        """
+        props = await self._get_json("/props")
+        if not isinstance(props, dict):
+            raise ProtocolError("GET /props did not return a JSON object")
+        return props
+
     async def engine_version(self) -> str:
         """The server's build, from ``GET /props`` (e.g. ``"b6000-1a2b3c4d"``)."""
         props = await self._get_json("/props")

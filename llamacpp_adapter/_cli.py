@@ -661,7 +661,7 @@ async def _bench(
             health = await adapter.health()
             if not health.live:
                 raise click.UsageError(f"--url {url}: {health.message or health.status}")
-            props.append(msgspec.to_builtins(await adapter.props()))
+            props.append(await adapter.props_json())
 
     def report(figures: dict[str, Any]) -> None:
         if not worker:

@@ -162,6 +162,9 @@ def test_workers_share_the_load_and_their_results_merge(
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
     assert figures["completed"] == 9
+    # The server's own /props, whole: its build and its slots among the rest.
+    assert figures["server_props"][0]["total_slots"] == 2
+    assert "build_info" in figures["server_props"][0]
     assert figures["client"]["processes"] == 2
     # The warm-up's tokens are the server's too: 9 + 2 requests of 10.
     assert figures["token_check"] == {"client_tokens": 110, "server_tokens": 110, "equal": True}
