@@ -255,3 +255,17 @@ def test_workers_cut_by_sigint_write_a_partial_result(
     assert "Traceback" not in errors, errors
     assert trio.run(busy_slots, llama_server.base_url) == 0
     assert json.loads(output.read_text())["partial"] is True
+
+
+def test_merging_what_is_not_a_result_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    for content in ("{not json", '{"partial": false}', "[]"):
+        path = tmp_path / "bad.json"
+        path.write_text(content)
+        result = subprocess.run(
+            [sys.executable, "-m", "llamacpp_adapter", "bench", "merge", str(path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "not a result of llamacpp-adapter bench" in result.stderr
+        assert result.returncode == 2
