@@ -406,23 +406,9 @@ def _result(
         "cpu_seconds_per_1k_tokens": cpu * 1000 / output if output else math.nan,
         "core_share": share,
     }
-    known = all(b is not None for b in before) and all(a is not None for a in after)
-    server_tokens = (
-        int(sum(a for a in after if a is not None) - sum(b for b in before if b is not None))
-        if known
-        else None
-    )
-    server = {
-        "tokens_predicted": server_tokens,
-        "slots_busy": [{"t": t, "busy": busy} for t, busy in slots],
-        "mean_slots_busy": sum(b for _, b in slots) / len(slots) if slots else math.nan,
-        "max_requests_deferred": max(deferred, default=math.nan),
-    }
-    check = {
-        "client_tokens": output,
-        "server_tokens": server_tokens,
-        "equal": None if server_tokens is None or unfinished else server_tokens == output,
-    }
+    server_tokens = counter_growth(before, after)
+    server = server_view(server_tokens, slots, deferred)
+    check = token_check(output, server_tokens, unfinished=unfinished)
     warnings = []
     if share > SATURATED_CORE_SHARE:
         warnings.append(
@@ -435,6 +421,37 @@ def _result(
             "client may be using it)"
         )
     return BenchResult(figures, client, server, check, False, warnings, records)
+
+
+def counter_growth(before: list[float | None], after: list[float | None]) -> int | None:
+    """How much the servers' token counters grew from *before* to *after*; None when a
+    server did not report one."""
+    if any(b is None for b in before) or any(a is None for a in after):
+        return None
+    return int(sum(a or 0.0 for a in after) - sum(b or 0.0 for b in before))
+
+
+def server_view(
+    tokens: int | None, slots: list[tuple[float, int]], deferred: list[float]
+) -> dict[str, Any]:
+    """What the servers showed over a run: tokens predicted, busy slots over time, and
+    the most requests waiting for a slot."""
+    return {
+        "tokens_predicted": tokens,
+        "slots_busy": [{"t": t, "busy": busy} for t, busy in slots],
+        "mean_slots_busy": sum(b for _, b in slots) / len(slots) if slots else math.nan,
+        "max_requests_deferred": max(deferred, default=math.nan),
+    }
+
+
+def token_check(client: int, server: int | None, *, unfinished: bool) -> dict[str, Any]:
+    """Whether the client counted the tokens the server did; unknown (None) without the
+    server's count, or when requests were open at the end."""
+    return {
+        "client_tokens": client,
+        "server_tokens": server,
+        "equal": None if server is None or unfinished else server == client,
+    }
 
 
 # --- Results of several processes ----------------------------------------------------------
@@ -462,15 +479,11 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     record, sent=record.sent + shift, ended=record.ended + shift, first_token=first
                 )
             )
-    merged = _result(records, end - start, 0.0, [None], [None], [], [], False)
     cpu = sum(float(r["client"]["cpu_seconds"]) for r in results)
-    output = int(merged.figures["total_output_tokens"])
-    merged.client = {
-        "cpu_seconds": cpu,
-        "cpu_seconds_per_1k_tokens": cpu * 1000 / output if output else math.nan,
-        "core_share": max(float(r["client"]["core_share"]) for r in results),
-        "processes": float(len(results)),
-    }
+    merged = _result(records, end - start, cpu, [None], [None], [], [], False)
+    # A core's share is each process's own: the busiest one's, not the sum's.
+    merged.client["core_share"] = max(float(r["client"]["core_share"]) for r in results)
+    merged.client["processes"] = float(len(results))
     merged.partial = any(r["partial"] for r in results)
     merged.started_at = start
     merged.warnings = [w for r in results for w in r["warnings"] if "counted" not in w]

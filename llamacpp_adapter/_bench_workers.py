@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -22,7 +21,15 @@ import anyio
 import anyio.abc
 
 from ._adapter import LlamaCppHttpAdapter
-from ._bench_run import BenchConfig, merge_results, tokens_predicted, watch_server
+from ._bench_run import (
+    BenchConfig,
+    counter_growth,
+    merge_results,
+    server_view,
+    token_check,
+    tokens_predicted,
+    watch_server,
+)
 from ._host import ENV_API_KEY
 
 __all__ = ["run_workers", "shares", "worker_arguments"]
@@ -196,21 +203,10 @@ def _merge(
         raise RuntimeError(f"no worker wrote a result (exit codes {codes})")
     merged = merge_results(results)
     merged["partial"] = merged["partial"] or len(results) < len(paths)
-    if all(b is not None for b in before) and all(a is not None for a in after):
-        grown = int(
-            sum(a for a in after if a is not None) - sum(b for b in before if b is not None)
-        )
+    grown = counter_growth(before, after)
+    if grown is not None:
         warmup = sum(int(r.get("warmup_output_tokens", 0)) for r in results)
         client = int(merged["total_output_tokens"]) + warmup
-        merged["server"]["tokens_predicted"] = grown
-        merged["token_check"] = {
-            "client_tokens": client,
-            "server_tokens": grown,
-            "equal": client == grown,
-        }
-    merged["server"]["slots_busy"] = [{"t": t, "busy": busy} for t, busy in slots]
-    merged["server"]["mean_slots_busy"] = (
-        sum(b for _, b in slots) / len(slots) if slots else math.nan
-    )
-    merged["server"]["max_requests_deferred"] = max(deferred, default=math.nan)
+        merged["token_check"] = token_check(client, grown, unfinished=False)
+    merged["server"] = server_view(grown, slots, deferred)
     return merged
