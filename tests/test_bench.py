@@ -5,10 +5,8 @@ and bad input."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from llamacpp_adapter._bench_run import BenchConfig, BenchResult, run_bench
 from llamacpp_adapter._bench_workers import worker_configs
 from llamacpp_adapter._local_server import LocalLlamaServer
 
+from .commands import COMMAND, assert_one_line_error, run_command
 from .resources import engines
 
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
@@ -96,7 +95,7 @@ def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
 ) -> None:
     output = tmp_path / "result.json"
     command = [
-        sys.executable, "-m", "llamacpp_adapter", "bench", "--url", llama_server.base_url,
+        *COMMAND, "bench", "--url", llama_server.base_url,
         "--concurrency", "2", "--requests", "6", "--warmup", "0",
         "--output-tokens", "30000", "--json", str(output),
     ]  # fmt: skip
@@ -136,29 +135,19 @@ def test_bad_input_is_one_line_and_exit_code_2(
         "{unreachable}": "http://127.0.0.1:9",
     }
     url = [] if "--url" in arguments else ["--url", llama_server.base_url]
-    result = subprocess.run(
-        [sys.executable, "-m", "llamacpp_adapter", "bench", *url,
-         *(places.get(a, a) for a in arguments)],
-        capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ},
-    )  # fmt: skip
-    lines = result.stderr.splitlines()
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert says in lines[0]
-    assert result.returncode == 2, result.stderr
+    result = run_command("bench", *url, *(places.get(a, a) for a in arguments))
+    assert_one_line_error(result, says, 2)
 
 
 def test_workers_share_the_load_and_their_results_merge(
     llama_server: LocalLlamaServer, tmp_path: Path
 ) -> None:
     output = tmp_path / "merged.json"
-    command = [
-        sys.executable, "-m", "llamacpp_adapter", "bench", "--url", llama_server.base_url,
-        "--concurrency", "2", "--requests", "9", "--warmup", "2", "--output-tokens", "10",
-        "--workers", "2", "--json", str(output),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    result = run_command(
+        "bench", "--url", llama_server.base_url, "--concurrency", "2", "--requests", "9",
+        "--warmup", "2", "--output-tokens", "10", "--workers", "2", "--json", str(output),
+        timeout=120,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
     assert figures["completed"] == 9
@@ -174,19 +163,14 @@ def test_workers_share_the_load_and_their_results_merge(
     halves = []
     for number, share in enumerate((4, 5)):
         path = tmp_path / f"part-{number}.json"
-        subprocess.run(
-            [sys.executable, "-m", "llamacpp_adapter", "bench", "--url", llama_server.base_url,
-             "--requests", str(share), "--warmup", "0", "--output-tokens", "6",
-             "--json", str(path)],
-            capture_output=True, timeout=120, check=True,
+        half = run_command(
+            "bench", "--url", llama_server.base_url, "--requests", str(share),
+            "--warmup", "0", "--output-tokens", "6", "--json", str(path), timeout=120,
         )  # fmt: skip
+        assert half.returncode == 0, half.stderr
         halves.append(path)
     merged_path = tmp_path / "by-hand.json"
-    merged = subprocess.run(
-        [sys.executable, "-m", "llamacpp_adapter", "bench", "merge", *map(str, halves),
-         "--json", str(merged_path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    merged = run_command("bench", "merge", *map(str, halves), "--json", str(merged_path))
     assert merged.returncode == 0, merged.stderr
     assert "Successful requests:                    9" in merged.stdout
     assert json.loads(merged_path.read_text())["total_output_tokens"] == 54
@@ -229,10 +213,9 @@ def test_a_run_by_duration_from_the_public_module(llama_server: LocalLlamaServer
 
 def test_without_a_url_bench_runs_against_a_local_server_it_starts() -> None:
     running = engines()
-    result = subprocess.run(
-        [sys.executable, "-m", "llamacpp_adapter", "bench", "--requests", "6",
-         "--concurrency", "3", "--output-tokens", "5", "--warmup", "0"],
-        capture_output=True, text=True, timeout=120, check=False,
+    result = run_command(
+        "bench", "--requests", "6", "--concurrency", "3", "--output-tokens", "5",
+        "--warmup", "0", timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Successful requests:                    6" in result.stdout
@@ -246,7 +229,7 @@ def test_workers_cut_by_sigint_write_a_partial_result(
 ) -> None:
     output = tmp_path / "result.json"
     command = [
-        sys.executable, "-m", "llamacpp_adapter", "bench", "--url", llama_server.base_url,
+        *COMMAND, "bench", "--url", llama_server.base_url,
         "--concurrency", "2", "--requests", "4", "--warmup", "0", "--workers", "2",
         "--output-tokens", "30000", "--json", str(output),
     ]  # fmt: skip
@@ -261,11 +244,5 @@ def test_merging_what_is_not_a_result_is_one_line_and_exit_code_2(tmp_path: Path
     for content in ("{not json", '{"partial": false}', "[]"):
         path = tmp_path / "bad.json"
         path.write_text(content)
-        result = subprocess.run(
-            [sys.executable, "-m", "llamacpp_adapter", "bench", "merge", str(path)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert "Traceback" not in result.stderr, result.stderr
-        assert len(result.stderr.splitlines()) == 1, result.stderr
-        assert "not a result of llamacpp-adapter bench" in result.stderr
-        assert result.returncode == 2
+        result = run_command("bench", "merge", str(path))
+        assert_one_line_error(result, "not a result of llamacpp-adapter bench", 2)

@@ -5,14 +5,14 @@ the real command, in a subprocess."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llamacpp_adapter._local_server import LocalLlamaServer
+
+from .commands import assert_one_line_error, run_command
 
 ENGINE = "{engine}"  # stands for the test engine's URL
 HTTPS_ENGINE = "{https_engine}"  # the same, at https://: it speaks plain HTTP
@@ -81,15 +81,5 @@ def test_a_bad_invocation_is_one_line_and_an_exit_code(
         FILE: str(not_a_certificate),
         MISSING: str(tmp_path / "missing.pem"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "llamacpp_adapter", *(places.get(a, a) for a in arguments)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    lines = result.stderr.splitlines()
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert says in lines[0], lines[0]
-    assert result.returncode == code, result.stderr
+    result = run_command(*(places.get(a, a) for a in arguments))
+    assert_one_line_error(result, says, code)
