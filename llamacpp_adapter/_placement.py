@@ -215,8 +215,6 @@ class Pools:
             PoolUnavailable: when no replica could take the task, or none had a free
                 slot within ``slot_wait_s``.
         """
-        if not self._pools.get(pool):
-            raise PoolUnavailable(f"no replica is bound to pool {pool!r}")
         # A replica bound a moment ago is learned first (bounded by its watcher).
         for replica in self.of(pool):
             await replica.wait_first_look()
