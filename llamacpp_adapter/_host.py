@@ -197,6 +197,7 @@ class AdapterHost:
             adapter,
             self.metrics,
             unhealthy_after=self._unhealthy_after,
+            blames=self.retry.blames_replica,
             on_change=self._pools.changed,
             on_learned=self._pools.check_pin,
             owned=_owned,
@@ -340,7 +341,6 @@ class AdapterHost:
         assert self._task_group is not None
         watcher = ReplicaWatcher(
             replica,
-            blames_replica=self.retry.blames_replica,
             refresh_interval_s=self._refresh_interval_s,
             probe_interval_s=self._probe_interval_s,
             call_timeout_s=self._call_timeout_s,

@@ -319,11 +319,7 @@ class HostStream(EventReceiveStream):
         finally:
             if failure is not None:
                 self._failed_on.add(replica)
-                replica.failed(
-                    failure,
-                    now=anyio.current_time(),
-                    blamed=self._policy.blames_replica(failure),
-                )
+                replica.failed(failure, now=anyio.current_time())
                 outcome = failure.code
             else:
                 outcome = "ok" if self._ended else "cancelled"

@@ -94,8 +94,10 @@ class Replica:
         name: the replica's name.
         adapter: its adapter.
         metrics: the host's metrics, where its series are labelled.
-        unhealthy_after: failures in a row (that the policy blames on it) after which it
-            is marked unhealthy.
+        unhealthy_after: failures in a row (that *blames* counts against it) after which
+            it is marked unhealthy.
+        blames: whether a failure counts against the replica's health (the retry
+            policy's :meth:`RetryPolicy.blames_replica`).
         on_change: called after any change that may let a waiting task be placed.
         on_learned: called with the replica once its engine build and model are learned
             (the pool checks its pin).
@@ -110,6 +112,7 @@ class Replica:
         metrics: HostMetrics,
         *,
         unhealthy_after: int,
+        blames: Callable[[WorkerError], bool],
         on_change: Callable[[], None],
         on_learned: Callable[[Replica], None] = lambda replica: None,
         owned: bool = False,
@@ -120,6 +123,7 @@ class Replica:
         self.owned = owned
         self._metrics = _ReplicaMetrics(metrics, (ENGINE, pool, name))
         self._unhealthy_after = unhealthy_after
+        self._blames = blames
         self._on_change = on_change
         self._on_learned = on_learned
         self._engine_version: str | None = None
@@ -302,12 +306,12 @@ class Replica:
         self._metrics.time_to_first_token.observe(waited_s)
         return self._metrics.token_latency
 
-    def failed(self, error: WorkerError, *, now: float, blamed: bool) -> None:
-        """A stream on it failed with *error* at *now*; *blamed*: the policy counts it
-        against the replica (a run of them marks it unhealthy)."""
+    def failed(self, error: WorkerError, *, now: float) -> None:
+        """A stream or a call on it failed with *error* at *now*; a run of failures the
+        policy blames on it marks it unhealthy."""
         if isinstance(error, AdapterError) and error.retry_after is not None:
             self._cool_until = now + error.retry_after
-        if not blamed:
+        if not self._blames(error):
             return
         self._failures += 1
         if self._failures >= self._unhealthy_after:

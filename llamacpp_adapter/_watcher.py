@@ -7,8 +7,6 @@ state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 
 from ._exceptions import AdapterError, WorkerError
@@ -22,8 +20,6 @@ class ReplicaWatcher:
 
     Args:
         replica: the replica.
-        blames_replica: whether a failed call counts against the replica's health (the
-            retry policy's rule).
         refresh_interval_s: how often a healthy replica's ``/slots`` is read.
         probe_interval_s: how often an unhealthy replica is probed.
         call_timeout_s: the bound on one ``props()``, ``slots()`` or ``health()`` call.
@@ -33,13 +29,11 @@ class ReplicaWatcher:
         self,
         replica: Replica,
         *,
-        blames_replica: Callable[[WorkerError], bool],
         refresh_interval_s: float,
         probe_interval_s: float,
         call_timeout_s: float,
     ) -> None:
         self.replica = replica
-        self._blames_replica = blames_replica
         self._refresh_interval_s = refresh_interval_s
         self._probe_interval_s = probe_interval_s
         self._call_timeout_s = call_timeout_s
@@ -106,4 +100,4 @@ class ReplicaWatcher:
             self.replica.mark_healthy()
 
     def _failed(self, error: WorkerError) -> None:
-        self.replica.failed(error, now=anyio.current_time(), blamed=self._blames_replica(error))
+        self.replica.failed(error, now=anyio.current_time())

@@ -17,6 +17,7 @@ from llamacpp_adapter import (
     LlamaCppHttpAdapter,
     PoolUnavailable,
     PromptTooLarge,
+    RetryPolicy,
     TaskRequest,
     WorkerProps,
     WorkerReset,
@@ -27,6 +28,8 @@ from llamacpp_adapter._replica import Replica
 # Made once, never used: a replica needs an adapter, placement never touches it.
 ADAPTER = LlamaCppHttpAdapter("http://127.0.0.1:9")
 TEXT = TaskRequest("hello")
+#: What counts against a replica: a reset does, a 429 (busy, not sick) does not.
+POLICY = RetryPolicy()
 
 
 class Changes:
@@ -51,6 +54,7 @@ def replica(
         ADAPTER,
         HostMetrics(),
         unhealthy_after=unhealthy_after,
+        blames=POLICY.blames_replica,
         on_change=on_change or Changes(),
     )
     if slots is not None:
@@ -142,8 +146,8 @@ def test_no_free_slot_means_wait_for_a_change() -> None:
 def test_retry_after_keeps_a_replica_out_until_it_passes() -> None:
     a, b = replica("a"), replica("b")
     busy = AdapterError("busy", status=429, retry_after=3.0)
-    a.failed(busy, now=10.0, blamed=False)
-    b.failed(AdapterError("busy", status=429, retry_after=5.0), now=10.0, blamed=False)
+    a.failed(busy, now=10.0)
+    b.failed(AdapterError("busy", status=429, retry_after=5.0), now=10.0)
     assert pick([a, b], now=12.0) == Wait(13.0)
     assert pick([a, b], now=13.0) is a
     assert pick([a, b], now=15.0) in (a, b)
@@ -162,9 +166,9 @@ def test_a_run_of_blamed_failures_marks_a_replica_unhealthy() -> None:
     changes = Changes()
     a = replica("a", unhealthy_after=2, on_change=changes)
     before = changes.count
-    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    a.failed(WorkerReset("cut"), now=0.0)
     assert a.healthy
-    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    a.failed(WorkerReset("cut"), now=0.0)
     assert not a.healthy
     assert not a.placeable
     assert changes.count > before  # a waiting task looks again
@@ -176,11 +180,11 @@ def test_a_run_of_blamed_failures_marks_a_replica_unhealthy() -> None:
 def test_a_failure_not_blamed_and_a_first_token_keep_it_healthy() -> None:
     a = replica("a", unhealthy_after=2)
     for _ in range(5):
-        a.failed(AdapterError("busy", status=429), now=0.0, blamed=False)
+        a.failed(AdapterError("busy", status=429), now=0.0)
     assert a.healthy
-    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    a.failed(WorkerReset("cut"), now=0.0)
     a.first_token(0.01)  # ends the run
-    a.failed(WorkerReset("cut"), now=0.0, blamed=True)
+    a.failed(WorkerReset("cut"), now=0.0)
     assert a.healthy
 
 
@@ -215,6 +219,7 @@ def learned(pools: Pools, name: str, build: str, model: str) -> Replica:
         ADAPTER,
         HostMetrics(),
         unhealthy_after=2,
+        blames=POLICY.blames_replica,
         on_change=pools.changed,
         on_learned=pools.check_pin,
     )
