@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 #: Names imported when first used: the host brings prometheus_client (its metrics), the
-#: relay trio-websocket (its client wsproto), which a program that only streams need not load.
+#: relay and its client wsproto, which a program that only streams need not load.
 _LAZY = {
     "AdapterHost": "._host",
     "HostStream": "._host_stream",

@@ -29,7 +29,13 @@ import msgspec
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import WorkerError
 from ._host import ENV_API_KEY
-from ._relay_server import DEFAULT_MAX_CONNECTIONS, MIN_TOKEN_CHARS, Relay, is_loopback
+from ._relay_server import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    MIN_TOKEN_CHARS,
+    Relay,
+    is_loopback,
+)
 from ._types import End, Metrics, TaskRequest, Token
 
 _RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
@@ -231,6 +237,13 @@ def props(url: str, api_key: str | None, backend: str) -> None:
     show_default=True,
     help="Connections served at once; more are refused with HTTP 503.",
 )
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=86400),
+    default=DEFAULT_IDLE_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for a client's task, and for a client that stops reading.",
+)
 @click.option("--allow-extra", is_flag=True, help="Let tasks carry extra llama.cpp fields.")
 @click.option(
     "--allow-no-token",
@@ -250,6 +263,7 @@ def relay(
     port: int,
     token: str | None,
     max_connections: int,
+    idle_timeout: float,
     allow_extra: bool,
     allow_no_token: bool,
     certfile: str | None,
@@ -267,6 +281,7 @@ def relay(
     options: dict[str, Any] = {
         "token": token,
         "max_connections": max_connections,
+        "idle_timeout_s": idle_timeout,
         "allow_extra": allow_extra,
         "allow_anonymous": allow_no_token,
         "ssl_context": None if certfile is None else _server_tls(certfile, keyfile),

@@ -12,34 +12,34 @@ messages, in order (:mod:`llamacpp_adapter._relay_codec` has every field)::
 then the relay closes the connection (1000 after ``end``, 1011 after ``error``). The relay
 serves this library's task streams, never llama.cpp's own endpoints.
 
-Backpressure runs end to end: the relay takes the next event from the adapter only when
-the last one has been written to the socket, the adapter reads the engine only when its
-events are taken, so a client that reads slowly slows the read from the engine. A
-client that closes its socket cancels the task at once, which frees the engine's slot.
+Backpressure runs end to end: the relay takes the next event from the adapter only while
+what is queued for the client is under ``OUTBOX_BYTES``, the adapter reads the engine
+only when its events are taken, so a client that reads slowly slows the read from the
+engine. A client that closes its socket cancels the task at once, which frees the
+engine's slot.
 
 This module is the relay's server; ``_relay_client`` its client; ``_relay_codec`` the
-messages both speak. The server is built on ``trio-websocket`` and runs under Trio; the
-client runs on any event loop anyio runs on.
+messages both speak; ``_ws_server`` and ``_ws_client`` the WebSocket connections
+(wsproto over anyio's streams), so both run on any event loop anyio runs on.
 """
 
 from __future__ import annotations
 
-import functools
 import hmac
 import ipaddress
 import logging
 import math
+import os
+import resource
 import ssl
-from contextlib import AbstractAsyncContextManager, suppress
-from typing import Final
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+from typing import Any, Final
 
-import trio
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    serve_websocket,
-)
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSStream
 
 from ._adapter import LlamaCppHttpAdapter
 from ._exceptions import AdapterError, WorkerError
@@ -47,6 +47,8 @@ from ._host import AdapterHost
 from ._receive import EventReceiveStream
 from ._relay_codec import BadTask, decode_task, encode_error, encode_event
 from ._types import TaskRequest
+from ._websocket import LOST, ConnectionClosed
+from ._ws_server import HandshakeFailed, ServerConnection
 
 __all__ = ["Relay"]
 
@@ -56,13 +58,22 @@ logger = logging.getLogger("llamacpp_adapter")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 #: The most WebSocket connections served at once; more are refused with HTTP 503.
 DEFAULT_MAX_CONNECTIONS = 256
-#: How long the relay waits for a client's task, and for one message to be written to a
-#: client that does not read; then it closes the connection.
+#: How long the relay waits for a client's task, and for a client that does not read
+#: to take what is queued for it; then it closes the connection.
 DEFAULT_IDLE_TIMEOUT_S = 30.0
+#: The most connections in their opening handshake at once (TLS included); one more
+#: drops the oldest of them.
+DEFAULT_MAX_HANDSHAKES = 64
+#: How long a connection may take to finish its opening handshake (TLS included).
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
 
-#: How long the relay waits for a client's answer to its close.
-DISCONNECT_TIMEOUT_S = 5.0
-CLOSE_TIMEOUT_S = DISCONNECT_TIMEOUT_S
+#: The share of the descriptors free when the relay starts that connections still in
+#: their handshake may hold at most: the rest stays for clients that authenticate.
+HANDSHAKE_DESCRIPTOR_SHARE = 0.25
+#: How long the accept loop waits after a failed accept (e.g. out of descriptors).
+ACCEPT_RETRY_S = 0.1
+#: How often a run of failed accepts is logged, at most.
+ACCEPT_LOG_INTERVAL_S = 10.0
 
 #: The fewest characters of a relay's token.
 MIN_TOKEN_CHARS = 16
@@ -81,8 +92,14 @@ class Relay:
     ::
 
         relay = Relay(adapter)          # or Relay(host, pool="chat")
-        async with trio.open_nursery() as nursery:
-            url = await nursery.start(relay.serve, "127.0.0.1", 8765)
+        async with anyio.create_task_group() as tasks:
+            url = await tasks.start(relay.serve, "127.0.0.1", 8765)
+
+    No client can stop the relay or hold its resources: a failure while serving one
+    connection is logged and drops that connection alone; a refused handshake is
+    answered and closed at once; connections still in their handshake are bounded in
+    number and time, and in the descriptors they may hold; a client that breaks the
+    WebSocket protocol is closed with the code the standard gives.
 
     Args:
         target: a :class:`LlamaCppHttpAdapter`, or an :class:`AdapterHost` with
@@ -99,9 +116,14 @@ class Relay:
             ``load_cert_chain``); ``ws://`` without.
         max_message_bytes: the largest task message; a larger one closes the
             connection with 1009.
-        max_connections: connections served at once; more are refused (HTTP 503).
-        idle_timeout_s: how long to wait for a client's task, and for one message to
-            be written to a client that does not read.
+        max_connections: connections served at once, past their handshake; more are
+            refused (HTTP 503).
+        max_handshakes: connections in their opening handshake at once; one more drops
+            the oldest. :meth:`serve` lowers it to a quarter of the descriptors free
+            when it starts, so that clients that authenticate always find one.
+        handshake_timeout_s: how long a connection may take to finish its handshake.
+        idle_timeout_s: how long to wait for a client's task, and for a client that
+            does not read to take what is queued for it.
         allow_extra: whether a task may carry ``extra`` llama.cpp fields (off: a remote
             client then cannot reach settings the orchestrator did not mean to expose).
     """
@@ -114,6 +136,8 @@ class Relay:
         token: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         allow_extra: bool = False,
         allow_anonymous: bool = False,
@@ -129,21 +153,31 @@ class Relay:
         for name, value in (
             ("max_message_bytes", max_message_bytes),
             ("max_connections", max_connections),
+            ("max_handshakes", max_handshakes),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int")
-        if not 0 < idle_timeout_s < math.inf:
-            raise ValueError("idle_timeout_s must be positive and finite")
+        for name, seconds in (
+            ("idle_timeout_s", idle_timeout_s),
+            ("handshake_timeout_s", handshake_timeout_s),
+        ):
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"{name} must be positive and finite")
         self._target = target
         self._pool = pool
         self._expected = None if token is None else f"Bearer {token}".encode()
         self._max_message_bytes = max_message_bytes
         self._max_connections = max_connections
+        self._max_handshakes = max_handshakes
+        self._handshake_timeout_s = handshake_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._allow_extra = allow_extra
         self._allow_anonymous = allow_anonymous
         self._ssl_context = ssl_context
+        #: Connections past their handshake, being served now.
         self.active_connections = 0
+        #: Connections in their opening handshake, oldest first.
+        self._handshakes: dict[object, anyio.CancelScope] = {}
         #: The streams being relayed now, by job id (to watch the backpressure).
         self.streams: dict[str, EventReceiveStream] = {}
 
@@ -151,16 +185,20 @@ class Relay:
         auth = "token" if self._expected is not None else "open"
         return f"{type(self).__name__}({self._target!r}, {auth})"
 
+    @property
+    def handshakes(self) -> int:
+        """Connections in their opening handshake now."""
+        return len(self._handshakes)
+
     async def serve(
         self,
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+        task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on *host*:*port* (``0``: a free port) until cancelled. With
-        ``nursery.start``, returns the relay's ``ws://`` (or ``wss://``) URL once it
-        listens.
+        ``start``, returns the relay's ``ws://`` (or ``wss://``) URL once it listens.
 
         Raises:
             ValueError: with no token, on an address beyond loopback, unless the relay
@@ -174,44 +212,113 @@ class Relay:
                     "tasks: give a token, listen on 127.0.0.1, or allow it explicitly"
                 )
             logger.warning("the relay listens on %s with no token: anyone may run tasks", host)
+        self._max_handshakes = min(self._max_handshakes, handshake_budget())
         scheme = "ws" if self._ssl_context is None else "wss"
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                functools.partial(
-                    serve_websocket,
-                    self._handle,
-                    host,
-                    port,
-                    self._ssl_context,
-                    # A client sends one message, its task: nothing queues behind it.
-                    message_queue_size=1,
-                    max_message_size=self._max_message_bytes,
-                    connect_timeout=self._idle_timeout_s,
-                    disconnect_timeout=DISCONNECT_TIMEOUT_S,
-                )
-            )
-            task_status.started(f"{scheme}://{host}:{server.port}")
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        async with listener, anyio.create_task_group() as connections:
+            for each in listener.listeners:
+                assert isinstance(each, anyio.abc.SocketListener)
+                connections.start_soon(self._accept, each, connections)
+            port = listener.extra(SocketAttribute.local_port)
+            task_status.started(f"{scheme}://{host}:{port}")
+
+    async def _accept(
+        self, listener: anyio.abc.SocketListener, connections: anyio.abc.TaskGroup
+    ) -> None:
+        """Accept connections for ever; a failed accept (out of descriptors, say) is
+        retried after a pause, and logged at most every ``ACCEPT_LOG_INTERVAL_S``."""
+        failed = 0
+        logged_at = -math.inf
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                failed += 1
+                now = anyio.current_time()
+                if now - logged_at >= ACCEPT_LOG_INTERVAL_S:
+                    logger.warning(
+                        "the relay could not accept %d connection(s): %s; it goes on trying",
+                        failed,
+                        exc.strerror or exc,
+                    )
+                    logged_at, failed = now, 0
+                await anyio.sleep(ACCEPT_RETRY_S)
+                continue
+            connections.start_soon(self._handle, stream)
 
     # --- One connection ----------------------------------------------------------------
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        if self._expected is not None and not self._authorized(request.headers):
-            await request.reject(401, body=b"a valid bearer token is required")
-            return
-        if self.active_connections >= self._max_connections:
-            await request.reject(503, body=b"too many connections; try again later")
-            return
-        self.active_connections += 1
+    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
+        """Serve one connection. Whatever happens here ends this connection alone."""
+        fields = {"engine": "llama.cpp", "remote": _remote(stream)}
         try:
-            ws = await request.accept()
-            await self._serve_connection(ws)
+            connection = await self._handshake(stream)
+            if connection is None:
+                return
+            try:
+                async with connection.open():
+                    await self._converse(connection, fields)
+            finally:
+                self.active_connections -= 1
         except ConnectionClosed:
             pass  # the client went away; its task, if any, was cancelled
         except Exception:
-            # One connection's fault must not stop the relay serving the others.
-            logger.exception("unexpected failure while relaying a connection")
+            logger.exception("unexpected failure while relaying a connection", extra=fields)
         finally:
-            self.active_connections -= 1
+            await anyio.aclose_forcefully(stream)
+
+    async def _handshake(self, stream: anyio.abc.ByteStream) -> ServerConnection | None:
+        """The connection, accepted and counted in :attr:`active_connections`; None when
+        it was refused (and closed), failed, or ran out of time.
+
+        Raises:
+            ConnectionClosed: the client went while it was answered.
+        """
+        with self._handshake_slot():
+            if self._ssl_context is not None:
+                try:
+                    stream = await TLSStream.wrap(
+                        stream,
+                        server_side=True,
+                        ssl_context=self._ssl_context,
+                        standard_compatible=False,
+                    )
+                except (*LOST, ssl.SSLError):
+                    return None
+            connection = ServerConnection(stream, max_message_bytes=self._max_message_bytes)
+            try:
+                request = await connection.receive_request()
+            except HandshakeFailed:
+                return None
+            if self._expected is not None and not self._authorized(request.extra_headers):
+                await connection.reject(401, b"a valid bearer token is required")
+                return None
+            if self.active_connections >= self._max_connections:
+                await connection.reject(503, b"too many connections; try again later")
+                return None
+            self.active_connections += 1
+            try:
+                await connection.accept()
+            except BaseException:
+                self.active_connections -= 1
+                raise
+            return connection
+        return None  # dropped: too slow, or the oldest of too many
+
+    @contextmanager
+    def _handshake_slot(self) -> Iterator[None]:
+        """A bound on one handshake: ``handshake_timeout_s``, and a place among at most
+        ``max_handshakes`` (the oldest is dropped for a new one)."""
+        if len(self._handshakes) >= self._max_handshakes:
+            oldest = next(iter(self._handshakes))
+            self._handshakes.pop(oldest).cancel()
+        key = object()
+        with anyio.move_on_after(self._handshake_timeout_s) as scope:
+            self._handshakes[key] = scope
+            try:
+                yield
+            finally:
+                self._handshakes.pop(key, None)
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         assert self._expected is not None
@@ -221,56 +328,60 @@ class Relay:
                 given = value
         return hmac.compare_digest(given, self._expected)
 
-    async def _serve_connection(self, ws: WebSocketConnection) -> None:
+    async def _converse(self, connection: ServerConnection, fields: dict[str, Any]) -> None:
+        """Take the client's task and relay its stream; close the connection with the
+        code that says how it ended."""
         message: str | bytes | None = None
-        with trio.move_on_after(self._idle_timeout_s):
-            try:
-                message = await ws.get_message()
-            except ConnectionClosed:
-                return  # gone before its task (or its task was too big: 1009)
+        with anyio.move_on_after(self._idle_timeout_s):
+            message = await connection.next_message()
         if message is None:
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                await ws.aclose(CLOSE_IDLE, "no task within the idle timeout")
+            await connection.close(CLOSE_IDLE, "no task within the idle timeout")
             return
         try:
             task, pool = self._parse_task(message)
         except BadTask as exc:
-            await _send_quietly(ws, encode_error("BAD_TASK", str(exc), retriable=False).decode())
-            await ws.aclose(CLOSE_BAD_TASK, "bad task")
+            error = encode_error("BAD_TASK", str(exc), retriable=False)
+            await connection.send_message(error.decode())
+            await connection.close(CLOSE_BAD_TASK, "bad task")
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when_closed, ws, nursery.cancel_scope)
-            code, reason = await self._relay(ws, task, pool)
-            nursery.cancel_scope.cancel()
-        if code is not None:
-            with trio.move_on_after(CLOSE_TIMEOUT_S):  # when it runs out, the socket closes
-                await ws.aclose(code, reason)
+        fields["job_id"] = task.job_id
+        closing: tuple[int, str] | None = None
+        async with anyio.create_task_group() as watch:
+            with anyio.CancelScope() as relaying:
+                watch.start_soon(_cancel_when_closed, connection, relaying)
+                closing = await self._relay(connection, task, pool, fields)
+            watch.cancel_scope.cancel()
+        if closing is not None:
+            await connection.close(*closing)
 
     async def _relay(
-        self, ws: WebSocketConnection, task: TaskRequest, pool: str | None
-    ) -> tuple[int | None, str]:
-        """Stream *task* to *ws*; return the close code and reason (None: closed)."""
-        fields = {"job_id": task.job_id, "engine": "llama.cpp", "remote": str(ws.remote)}
+        self,
+        connection: ServerConnection,
+        task: TaskRequest,
+        pool: str | None,
+        fields: dict[str, Any],
+    ) -> tuple[int, str] | None:
+        """Stream *task* to the client; the close code and reason (None: it is gone)."""
         try:
             async with self._submit(task, pool) as events:
                 self.streams[task.job_id] = events
                 try:
                     async for event in events:
-                        with trio.move_on_after(self._idle_timeout_s) as idle:
-                            await ws.send_message(encode_event(event).decode())
-                        if idle.cancelled_caught:
+                        message = encode_event(event).decode()
+                        if not await connection.send_message(
+                            message, timeout_s=self._idle_timeout_s
+                        ):
                             logger.info("relay client stopped reading", extra=fields)
-                            await _abort(ws)
-                            return None, ""
+                            return CLOSE_IDLE, "the client stopped reading"
                 finally:
                     self.streams.pop(task.job_id, None)
         except ConnectionClosed:
             logger.info("relay client went away", extra=fields)
-            return None, ""
+            return None
         except WorkerError as exc:
             status = exc.status if isinstance(exc, AdapterError) else None
-            message = encode_error(exc.code, exc.message, retriable=exc.retriable, status=status)
-            await _send_quietly(ws, message.decode())
+            error = encode_error(exc.code, exc.message, retriable=exc.retriable, status=status)
+            await connection.send_message(error.decode())
             return CLOSE_TASK_FAILED, exc.code
         return CLOSE_NORMAL, "end"
 
@@ -290,27 +401,30 @@ class Relay:
         return task, pool
 
 
-async def _cancel_when_closed(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+async def _cancel_when_closed(connection: ServerConnection, scope: anyio.CancelScope) -> None:
     """Cancel the task as soon as the client closes (it has nothing more to send)."""
+    await connection.wait_closed()
+    scope.cancel()
+
+
+def _remote(stream: anyio.abc.ByteStream) -> str:
+    address = stream.extra(SocketAttribute.remote_address, None)
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+def handshake_budget() -> int:
+    """The most handshakes that leave descriptors for clients that authenticate: a
+    share of those free now under the process's limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return DEFAULT_MAX_HANDSHAKES
     try:
-        while True:
-            await ws.get_message()
-    except ConnectionClosed:
-        scope.cancel()
-
-
-async def _abort(ws: WebSocketConnection) -> None:
-    """Close the TCP connection at once, with no closing handshake: a send cancelled
-    half-way may have left a frame unfinished, and the client does not read anyway.
-    (``aclose`` cancelled before it can send closes the socket and nothing more.)"""
-    with trio.CancelScope() as scope:
-        scope.cancel()
-        await ws.aclose(CLOSE_IDLE, "the client stopped reading")
-
-
-async def _send_quietly(ws: WebSocketConnection, message: str) -> None:
-    with suppress(ConnectionClosed):
-        await ws.send_message(message)
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 0
+    return max(1, int((soft - in_use) * HANDSHAKE_DESCRIPTOR_SHARE))
 
 
 def is_loopback(host: str) -> bool:

@@ -22,8 +22,6 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
-    Event,
-    Ping,
     RejectConnection,
     Request,
     TextMessage,
@@ -32,6 +30,15 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ._exceptions import AdapterError, ProtocolError, WorkerReset
 from ._redact import redact_secrets
+from ._websocket import (
+    ABNORMAL_CLOSURE,
+    LOST,
+    MESSAGE_TOO_BIG,
+    READ_BYTES,
+    ConnectionClosed,
+    PeerViolation,
+    WebSocket,
+)
 
 __all__ = ["CLOSE_TIMEOUT_S", "ConnectionClosed", "WebSocketClient", "connect"]
 
@@ -39,31 +46,11 @@ __all__ = ["CLOSE_TIMEOUT_S", "ConnectionClosed", "WebSocketClient", "connect"]
 CLOSE_TIMEOUT_S = 5.0
 #: The largest message the client takes (the relay's are an event each, far smaller).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_READ_BYTES = 65536
-#: The close code when the peer went without a close frame (RFC 6455: 1006).
-ABNORMAL_CLOSURE = 1006
 
 
-class ConnectionClosed(Exception):
-    """The connection is closed: by a close frame (*code*, *reason*), or abruptly (1006)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}".strip())
-        self.code = code
-        self.reason = reason
-
-
-class WebSocketClient:
+class WebSocketClient(WebSocket):
     """An open client connection: :meth:`send_message`, :meth:`get_message`,
-    :meth:`aclose`. One task reads it at a time."""
-
-    def __init__(self, stream: anyio.abc.ByteStream, protocol: WSConnection) -> None:
-        self._stream = stream
-        self._protocol = protocol
-        self._pending: list[Event] = []
-        self._parts: list[str | bytes] = []
-        self._size = 0
-        self._closed: ConnectionClosed | None = None
+    :meth:`aclose`. One task reads it at a time; each frame is written as it is sent."""
 
     @classmethod
     async def handshake(
@@ -82,13 +69,16 @@ class WebSocketClient:
         protocol = WSConnection(ConnectionType.CLIENT)
         request = Request(host=host, target=resource, extra_headers=list(headers or []))
         await stream.send(protocol.send(request))
-        client = cls(stream, protocol)
         while True:
-            protocol.receive_data(await stream.receive(_READ_BYTES))
+            protocol.receive_data(await stream.receive(READ_BYTES))
             for event in protocol.events():
                 if isinstance(event, AcceptConnection):
-                    client._pending.extend(protocol.events())  # what came with it
-                    return client
+                    return cls(
+                        stream,
+                        protocol,
+                        max_message_bytes=MAX_MESSAGE_BYTES,
+                        pending=protocol.events(),  # what came with it
+                    )
                 if isinstance(event, RejectConnection):
                     raise AdapterError(
                         f"the relay refused the connection with {event.status_code}",
@@ -105,7 +95,7 @@ class WebSocketClient:
             data = self._protocol.send(event)
         except LocalProtocolError:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "the connection is closing") from None
-        await self._send(data)
+        await self._write(data)
 
     async def get_message(self) -> str | bytes:
         """The next whole message.
@@ -114,14 +104,14 @@ class WebSocketClient:
             ConnectionClosed: the connection closed (after the messages before it).
             ProtocolError: a message larger than the client takes, or bad framing.
         """
-        while True:
-            while self._pending:
-                message = await self._take(self._pending.pop(0))
-                if message is not None:
-                    return message
-            if self._closed is not None:
-                raise self._closed
-            await self._read()
+        try:
+            return await super().get_message()
+        except PeerViolation as exc:
+            if exc.code == MESSAGE_TOO_BIG:
+                raise ProtocolError(
+                    f"a message from the relay exceeds {self._max_message_bytes} bytes"
+                ) from None
+            raise ProtocolError(f"bad WebSocket framing from the relay: {exc.reason}") from None
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection: a close frame (when it is open), the server's close in
@@ -134,65 +124,20 @@ class WebSocketClient:
                         self._closed = ConnectionClosed(code, reason)
                         await self._close_handshake(code, reason)
             finally:
-                await anyio.aclose_forcefully(self._stream)
+                await self._hang_up()
 
     async def _close_handshake(self, code: int, reason: str) -> None:
-        with suppress(
-            LocalProtocolError,
-            RemoteProtocolError,
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-            anyio.EndOfStream,
-            OSError,
-        ):
+        with suppress(LocalProtocolError, RemoteProtocolError, *LOST):
             await self._stream.send(self._protocol.send(CloseConnection(code=code, reason=reason)))
             while self._protocol.state is not ConnectionState.CLOSED:
-                self._protocol.receive_data(await self._stream.receive(_READ_BYTES))
+                self._protocol.receive_data(await self._stream.receive(READ_BYTES))
                 for _ in self._protocol.events():
                     pass  # the messages before the server's close go unread
 
-    async def _take(self, event: Event) -> str | bytes | None:
-        """A whole message when *event* completes one; None otherwise."""
-        if isinstance(event, TextMessage | BytesMessage):
-            self._size += len(event.data)
-            if self._size > MAX_MESSAGE_BYTES:
-                await self.aclose(1009, "message too big")
-                raise ProtocolError(f"a message from the relay exceeds {MAX_MESSAGE_BYTES} bytes")
-            self._parts.append(bytes(event.data) if isinstance(event, BytesMessage) else event.data)
-            if not event.message_finished:
-                return None
-            parts, self._parts, self._size = self._parts, [], 0
-            if isinstance(event, TextMessage):
-                return "".join(part for part in parts if isinstance(part, str))
-            return b"".join(part for part in parts if isinstance(part, bytes))
-        if isinstance(event, Ping):
-            await self._send(self._protocol.send(event.response()))
-        elif isinstance(event, CloseConnection):
-            self._closed = ConnectionClosed(event.code, event.reason or "")
-            with suppress(ConnectionClosed, LocalProtocolError):  # LocalProtocolError: lost
-                await self._send(self._protocol.send(event.response()))
-            await anyio.aclose_forcefully(self._stream)
-        return None
-
-    async def _read(self) -> None:
-        try:
-            data: bytes | None = await self._stream.receive(_READ_BYTES)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            data = None
-        try:
-            self._protocol.receive_data(data)
-            self._pending.extend(self._protocol.events())
-        except RemoteProtocolError as exc:
-            await self.aclose(1002, "protocol error")
-            raise ProtocolError(f"bad WebSocket framing from the relay: {exc}") from None
-        if data is None and self._closed is None and not self._pending:
-            self._closed = ConnectionClosed(ABNORMAL_CLOSURE, "the connection was lost")
-            await anyio.aclose_forcefully(self._stream)
-
-    async def _send(self, data: bytes) -> None:
+    async def _write(self, data: bytes) -> None:
         try:
             await self._stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        except LOST:
             self._closed = self._closed or ConnectionClosed(
                 ABNORMAL_CLOSURE, "the connection was lost"
             )

@@ -59,7 +59,7 @@ def backend_name(anyio_backend: Any) -> str:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """An async test runs on Trio (pytest-trio, with Trio's own tools: MockClock,
-    wait_all_tasks_blocked, trio-websocket) unless it is marked ``anyio``, in which case
+    wait_all_tasks_blocked) unless it is marked ``anyio``, in which case
     anyio's plugin runs it on every backend of its ``anyio_backend`` fixture. (Not
     pytest-trio's trio_mode, which would claim the anyio tests too.)"""
     for item in items:

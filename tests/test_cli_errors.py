@@ -45,6 +45,7 @@ BAD_INVOCATIONS = [
     (["relay", "--url", ENGINE, "--certfile", MISSING], 2, "--certfile"),
     (["relay", "--url", ENGINE, "--port", BUSY_PORT], 1, "Address already in use"),
     (["relay", "--url", ENGINE, "--port", "70000"], 2, "--port"),
+    (["relay", "--url", ENGINE, "--idle-timeout", "0"], 2, "--idle-timeout"),
 ]
 
 

@@ -5,14 +5,17 @@ and bad input refused without harm to the others."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import anyio
 import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
+from wsproto.events import CloseConnection, TextMessage
 
 from llamacpp_adapter import (
     AdapterError,
@@ -31,7 +34,8 @@ from llamacpp_adapter import (
 from llamacpp_adapter._local_server import LocalLlamaServer
 from llamacpp_adapter._ws_client import ConnectionClosed, connect
 
-from .scripted import Connection, replica, start_server, stream_tokens
+from . import rawws
+from .scripted import Connection, Starter, replica, start_server, stream_tokens
 from .wire import (
     LAST_CHUNK,
     OUT_OF_MEMORY,
@@ -126,7 +130,7 @@ async def test_a_client_that_leaves_mid_stream_frees_the_slot_within_a_second(
 # --- Against a stub engine ---------------------------------------------------------------
 
 
-async def start_engine(nursery: trio.Nursery, *, tokens: int, text_bytes: int = 0) -> str:
+async def start_engine(nursery: Starter, *, tokens: int, text_bytes: int = 0) -> str:
     """A stub engine whose n-th token's text is the task's prompt, ":", n (and
     *text_bytes* more bytes), written as fast as the socket takes them."""
     padding = "x" * text_bytes
@@ -165,7 +169,9 @@ async def test_a_slow_client_holds_back_the_engine_read(nursery: trio.Nursery) -
     assert received[-1] - received[9] < 0.25 * tokens * text_bytes
 
 
-async def test_two_hundred_clients_at_once_get_their_own_tokens(nursery: trio.Nursery) -> None:
+async def test_two_hundred_clients_at_once_get_their_own_tokens(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
     engine = await start_engine(nursery, tokens=20)
     results: dict[int, list[str]] = {}
     async with relay_over(engine) as (url, relay):
@@ -183,6 +189,7 @@ async def test_two_hundred_clients_at_once_get_their_own_tokens(nursery: trio.Nu
     assert sorted(results) == list(range(200))
     for n, got in results.items():
         assert got == [f"c{n}:{i}" for i in range(1, 21)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 # --- Bad input ---------------------------------------------------------------------------
@@ -214,6 +221,7 @@ async def raw_exchange(
         ('{"prompt": "x", "extra": {"n_probs": 5}}', "extra"),
         ('{"prompt": "x", "pool": "p"}', "pool"),
         ("{}", "prompt"),
+        ('{"prompt": ' + "[" * 20_000 + "]" * 20_000 + "}", "nested too deeply"),
     ],
 )
 async def test_a_bad_task_gets_its_error_and_1008(
@@ -296,15 +304,132 @@ async def test_an_engine_failure_reaches_the_client_typed_after_its_tokens(
                 raise KeyError("mine")
 
 
-async def test_a_client_that_stops_reading_is_cut_off_and_its_task_cancelled(
-    nursery: trio.Nursery,
+async def test_a_client_that_stops_reading_is_closed_with_a_reason_and_its_task_cancelled(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = await start_engine(nursery, tokens=20_000, text_bytes=1000)
-    async with relay_over(engine, idle_timeout_s=0.5) as (url, relay), connect(url, []) as ws:
-        await ws.send_message(json.dumps({"prompt": "stalled"}))
+    engine = await start_engine(nursery, tokens=20_000, text_bytes=1000)  # 20 MB
+    async with relay_over(engine, idle_timeout_s=0.5) as (url, relay):
+        stream, protocol = await rawws.open_websocket(port_of(url), None)
+        await stream.send_all(protocol.send(TextMessage(data=json.dumps({"prompt": "stalled"}))))
+        with trio.fail_after(10):
+            await poll_until(lambda: relay_streams(relay), 1)
+            await poll_until(lambda: relay_streams(relay), 0)  # the task upstream is cancelled
+        # What was queued comes whole, then a close frame that says why.
+        events = await rawws.events_to_eof(stream, protocol)
+        await stream.aclose()
+        assert rawws.closes(events)[0] == (4000, "the client stopped reading")
+        assert any(isinstance(e, TextMessage) for e in events)
         with trio.fail_after(10):
             await poll_until(lambda: relay_connections(relay), 0)
-        assert relay.streams == {}  # the task upstream was cancelled
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def relay_streams(relay: Relay) -> int:
+    return len(relay.streams)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (rawws.frame(0x1, b"\xff\xfe"), 1007),  # a text frame that is not UTF-8
+        (rawws.frame(0x3, b"x"), 1002),  # a reserved opcode
+        (rawws.frame(0x1, b"{}", masked=False), 1002),  # a client frame must be masked
+        (rawws.frame(0x0, b"x"), 1002),  # a continuation with nothing to continue
+        (rawws.frame(0x9, b"x" * 126), 1002),  # a control frame over 125 bytes
+    ],
+    ids=["invalid-utf8", "reserved-opcode", "unmasked", "lone-continuation", "long-ping"],
+)
+async def test_a_frame_the_standard_forbids_is_closed_with_its_code(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, frame: bytes, code: int
+) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine) as (url, _):
+        stream, protocol = await rawws.open_websocket(port_of(url), None)
+        await stream.send_all(frame)
+        events = await rawws.events_to_eof(stream, protocol)
+        await stream.aclose()
+        assert [c for c, _ in rawws.closes(events)][:1] == [code]
+        assert texts(await collect(url, TaskRequest("ok"))) == ["ok:1", "ok:2"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_refused_connection_is_closed_after_its_answer(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, token=TOKEN) as (url, relay):
+        stream = await rawws.connect(port_of(url))
+        await stream.send_all(rawws.handshake(port_of(url), "wrong-token-000000"))
+        answer = await rawws.read_to_eof(stream)  # the relay closes it
+        await stream.aclose()
+        assert answer.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+        assert answer.endswith(b"\r\n\r\na valid bearer token is required")
+        await wait_all_tasks_blocked()
+        assert relay.active_connections == relay.handshakes == 0
+
+
+async def test_handshakes_are_bounded_in_number(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, max_handshakes=3) as (url, relay):
+        silent = [await rawws.connect(port_of(url)) for _ in range(3)]
+        with trio.fail_after(5):
+            await poll_until(lambda: relay_handshakes(relay), 3)
+        newest = await rawws.connect(port_of(url))  # the oldest goes for it
+        assert await rawws.read_to_eof(silent[0]) == b""
+        with trio.fail_after(5):
+            await poll_until(lambda: relay_handshakes(relay), 3)
+        # A correct client still gets in, and the silent ones stay in their handshake.
+        assert texts(await collect(url, TaskRequest("ok"))) == ["ok:1", "ok:2"]
+        for stream in [*silent, newest]:
+            await stream.aclose()
+
+
+async def test_a_handshake_that_does_not_end_in_time_is_dropped(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, handshake_timeout_s=0.2) as (url, relay):
+        stream = await rawws.connect(port_of(url))
+        await stream.send_all(b"GET / HTTP/1.1\r\n")  # and nothing more
+        assert await rawws.read_to_eof(stream) == b""
+        await stream.aclose()
+        await wait_all_tasks_blocked()
+        assert relay.handshakes == 0
+
+
+async def test_what_is_not_a_websocket_handshake_is_answered_400(nursery: trio.Nursery) -> None:
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine) as (url, _):
+        stream = await rawws.connect(port_of(url))
+        await stream.send_all(b"GET /completion HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await rawws.read_to_eof(stream)
+        await stream.aclose()
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+async def relay_handshakes(relay: Relay) -> int:
+    return relay.handshakes
+
+
+@pytest.mark.parametrize("reset", [False, True])
+async def test_clients_that_leave_mid_stream_are_no_error(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, reset: bool
+) -> None:
+    engine = await start_engine(nursery, tokens=20_000, text_bytes=100)
+    async with relay_over(engine) as (url, relay):
+        for _ in range(5):
+            stream, protocol = await rawws.open_websocket(port_of(url), None)
+            await stream.send_all(protocol.send(TextMessage(data=json.dumps({"prompt": "x"}))))
+            await stream.receive_some(65536)  # the stream runs
+            if reset:
+                rawws.reset_on_close(stream)
+            else:
+                await stream.send_all(protocol.send(CloseConnection(code=1001)))
+            await stream.aclose()
+        with trio.fail_after(10):
+            await poll_until(lambda: relay_connections(relay), 0)
+        assert relay.streams == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_memory_per_idle_connection_is_bounded(nursery: trio.Nursery) -> None:
@@ -343,3 +468,17 @@ async def test_a_relay_over_a_host_places_tasks_in_pools(nursery: trio.Nursery) 
         with pytest.raises(PoolUnavailable):
             await collect(relay_url, TaskRequest("x"), pool="other")
         relays.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_the_relay_runs_on_every_event_loop() -> None:
+    async with anyio.create_task_group() as tasks:
+        engine = await start_engine(tasks, tokens=3)
+        async with LlamaCppHttpAdapter(engine) as adapter:
+            relay = Relay(adapter, token=TOKEN)
+            url = await tasks.start(relay.serve)
+            assert texts(await collect(url, TaskRequest("a"), token=TOKEN)) == ["a:1", "a:2", "a:3"]
+            with pytest.raises(AdapterError) as refused:
+                await collect(url, TaskRequest("b"), token="wrong-token-000000")
+            assert refused.value.status == 401
+        tasks.cancel_scope.cancel()

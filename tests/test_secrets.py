@@ -1,5 +1,5 @@
 """Secrets through the whole library: an engine's API key and the relay's token, with
-DEBUG logging on for this library, httpx, httpcore and trio-websocket, never appear in
+DEBUG logging on for this library, httpx and httpcore, never appear in
 a log record, an error's message or repr, a formatted traceback, a repr of any public
 object, the host's metrics, or a message the relay sends to a client."""
 
@@ -32,7 +32,7 @@ RELAY_TOKEN = "relay-secret-9c2d4e7f1a83"
 WRONG_KEY = "wrong-engine-key-3e9a1b7c55"
 WRONG_TOKEN = "wrong-relay-token-61f0d2aa"
 SECRETS = (API_KEY, WRONG_KEY, RELAY_TOKEN, WRONG_TOKEN)
-LOGGERS = ("llamacpp_adapter", "httpx", "httpcore", "trio-websocket")
+LOGGERS = ("llamacpp_adapter", "httpx", "httpcore")
 
 
 def shown(error: BaseException) -> str:
@@ -98,7 +98,7 @@ async def test_no_secret_is_shown_by_the_host_or_the_relay(
         nursery.cancel_scope.cancel()
 
     names = {record.name.split(".")[0] for record in caplog.records}
-    assert {"llamacpp_adapter", "httpx", "httpcore", "trio-websocket"} <= names
+    assert {"llamacpp_adapter", "httpx", "httpcore"} <= names
     for record in caplog.records:
         seen.append(record.getMessage())
         seen.append(repr(vars(record)))
