@@ -657,7 +657,7 @@ def _check_base_url(base_url: str) -> str:
 def _decode_json(content: bytes, what: str) -> Any:
     try:
         return msgspec.json.decode(content)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProtocolError(f"{what} did not return JSON: {exc}") from exc
 
 

@@ -197,7 +197,7 @@ class CompletionStreamDecoder:
                 chunks = [_chunk_decoder.decode(run)]
             else:
                 chunks = _chunk_decoder.decode_lines(run)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             pass  # decoded one at a time below, to find which payload is bad
         else:
             if len(chunks) == count:
@@ -209,7 +209,7 @@ class CompletionStreamDecoder:
     def _take_payload(self, payload: str, events: list[StreamEvent]) -> None:
         try:
             chunk = _chunk_decoder.decode(payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             quoted = payload[:_QUOTED_PAYLOAD_CHARS]
             raise ProtocolError(f"bad JSON in the stream ({exc}): {quoted!r}") from exc
         self._take_chunks([chunk], events)

@@ -133,6 +133,8 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
         raise ProtocolError(f"the relay sent a malformed event: {exc}"[:300]) from None
     except msgspec.DecodeError:
         raise ProtocolError("the relay sent a message that is not JSON") from None
+    except RecursionError:
+        raise ProtocolError("the relay sent a message nested too deeply") from None
     kind = type(message)
     if kind is _Token:
         assert isinstance(message, _Token)
@@ -224,6 +226,8 @@ def decode_task(data: str | bytes) -> tuple[TaskRequest, str | None, frozenset[s
         fields = msgspec.json.decode(data)
     except msgspec.DecodeError:
         raise BadTask("the task is not JSON") from None
+    except RecursionError:
+        raise BadTask("the task is nested too deeply") from None
     if not isinstance(fields, dict):
         raise BadTask("the task must be a JSON object")
     given = frozenset(fields)

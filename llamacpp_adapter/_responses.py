@@ -197,7 +197,7 @@ def _retry_after(value: str | None) -> float | None:
 def json_or_none(content: bytes) -> Any:
     try:
         return msgspec.json.decode(content)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 

@@ -201,6 +201,7 @@ def test_stream_ending_mid_event_is_a_worker_reset() -> None:
         ("[1, 2]", "bad JSON"),
         ("not json", "bad JSON"),
         ('{"content":"x","stop":false} {"content":"y","stop":false}', "bad JSON"),
+        ('{"content":"x","stop":false,"new":' + "[" * 20_000 + "]" * 20_000 + "}", "bad JSON"),
     ],
 )
 def test_bad_chunk_is_a_protocol_error_after_the_tokens_before_it(payload: str, match: str) -> None:

@@ -101,7 +101,14 @@ def test_an_error_message_comes_back_as_its_error() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [b"not json", b"[1]", b'{"i":0}', b'{"type":"telepathy"}', b'{"type":"token","i":"x","t":""}'],
+    [
+        b"not json",
+        b"[1]",
+        b'{"i":0}',
+        b'{"type":"telepathy"}',
+        b'{"type":"token","i":"x","t":""}',
+        b'{"type":"token","i":0,"t":"","new":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+    ],
 )
 def test_what_is_not_an_event_is_a_protocol_error(message: bytes) -> None:
     with pytest.raises(ProtocolError):
@@ -140,6 +147,7 @@ def test_a_task_given_as_messages_survives_the_round_trip() -> None:
         (b'{"prompt": "x", "nope": 1}', "unknown task fields"),
         (b'{"prompt": "x", "pool": ""}', "pool"),
         (b'{"prompt": "x", "temperature": -1}', "temperature"),
+        (b'{"prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "nested too deeply"),
     ],
 )
 def test_what_is_not_a_task_is_a_bad_task(message: bytes, says: str) -> None:
