@@ -48,6 +48,9 @@ class HostStream(EventReceiveStream):
         pool: the pool the task was sent to.
         replica: the replica serving it (the last one tried).
         attempts: how many attempts the task took.
+        arrived_at: when the task was submitted, on the event loop's clock.
+        queued_s: the seconds the task waited in its pool's line for a replica (over
+            all its attempts): of the time to its first token, the host's share.
     """
 
     def __init__(
@@ -63,11 +66,13 @@ class HostStream(EventReceiveStream):
         self.pool = pool
         self.replica = ""
         self.attempts = 0
+        self.queued_s = 0.0
         self._pools = pools
+        self._ticket = pools.ticket()  # its place in the waiting line, kept by a retry
         self._policy = policy
         self._rng = rng
         self._request = request
-        now = anyio.current_time()
+        now = self.arrived_at = anyio.current_time()
         self._deadline = math.inf if timeout is None else now + timeout
         self._retry_deadline = policy.retry_deadline(now, self._deadline)
         self._submitted_at = time.monotonic()
@@ -252,16 +257,20 @@ class HostStream(EventReceiveStream):
             WorkerError: what the policy says ends a wait for a replica that ran out.
         """
         deadline = self._deadline if last is None else self._retry_deadline
-        replica = await self._pools.place(
+        asked = self.arrived_at if last is None else anyio.current_time()
+        placed = await self._pools.place(
             self.pool,
             self._request,
             deadline=deadline,
             min_context=self._min_context,
             avoid=self._failed_on,
+            ticket=self._ticket,
         )
-        if replica is None:
+        if placed is None:
             now = anyio.current_time()
             raise self._policy.out_of_time(last, now=now, deadline=self._deadline, pool=self.pool)
+        replica, placed_at = placed
+        self.queued_s += placed_at - asked
         return replica
 
     async def _open_on(self, replica: Replica) -> None:

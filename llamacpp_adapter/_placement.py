@@ -1,24 +1,29 @@
 """Where a task goes: :func:`choose`, a pure function of the replicas' state and the
-task, and :class:`Pools`, the host's pools, which wait for a slot with it.
+task; :class:`WaitingLine`, the tasks of a pool waiting for a replica, served first come,
+first served; and :class:`Pools`, the host's pools, which run them.
 
 The choice and the count of the stream on the replica chosen happen with no await
-between, so two tasks can never both take the last free slot.
+between, so two tasks can never both take the last free slot. A slot that frees is given
+at once, in the same step, to the task that has waited longest and can use it: a task
+that arrives as it frees waits its turn.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import anyio
 
-from ._exceptions import PoolUnavailable, PromptTooLarge
+from ._exceptions import PoolUnavailable, PromptTooLarge, WorkerError
 from ._replica import Replica
 from ._types import TaskRequest
 
-__all__ = ["Pools", "Wait", "choose", "pin_mismatch"]
+__all__ = ["Pools", "Wait", "Waiter", "WaitingLine", "choose", "pin_mismatch"]
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,104 @@ def _prompt_tokens(request: TaskRequest) -> int:
     return 0 if prompt is None or isinstance(prompt, str) else len(prompt)
 
 
+@dataclass(eq=False)
+class Waiter:
+    """A task waiting for a replica of its pool.
+
+    Attributes:
+        ticket: its place in the line: a lower ticket came first.
+        request: the task.
+        min_context: the context it needs at least, in tokens.
+        avoid: replicas it failed on (taken last).
+        deadline: when it stops waiting; past it, it is given nothing.
+        learning: replicas bound a moment before it came, whose first look it waits
+            for before it is placed (so that it goes where it fits best).
+        served: called once it is placed or failed.
+        placed: the replica it was given (its slot counted), once placed.
+        placed_at: when it was given it.
+        failed: why it can never be placed (a pool with no healthy replica, a prompt
+            larger than every context), once known.
+    """
+
+    ticket: int
+    request: TaskRequest
+    min_context: int = 0
+    avoid: Collection[Replica] = ()
+    deadline: float = math.inf
+    learning: Collection[Replica] = ()
+    served: Callable[[], None] = field(default=lambda: None, repr=False)
+    placed: Replica | None = None
+    placed_at: float = math.nan
+    failed: WorkerError | None = None
+
+
+class WaitingLine:
+    """The tasks of one pool waiting for a replica, in the order of their tickets.
+
+    Pure: it is told the replicas and the time, and hands out slots with
+    :meth:`serve`. A task is given a replica only when no task ahead of it can use one:
+    one ahead that needs more context than any free replica has does not hold back one
+    behind it that fits.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[Waiter] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __iter__(self) -> Iterator[Waiter]:
+        return iter(self._waiting)
+
+    def join(self, waiter: Waiter) -> None:
+        bisect.insort(self._waiting, waiter, key=lambda each: each.ticket)
+
+    def leave(self, waiter: Waiter) -> None:
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+
+    def serve(
+        self, pool: str, replicas: Sequence[Replica], *, now: float, rng: random.Random
+    ) -> float:
+        """Give each waiting task, first ticket first, the replica :func:`choose`
+        picks for it, counting its stream there; a task that can never be placed is
+        failed. Each task served leaves the line, and is told; one past its deadline is
+        left for its own task to end, one still learning its replicas waits for them.
+        Returns when to look again if nothing changes (``math.inf``: only on a
+        change)."""
+        look_again = math.inf
+        for waiter in list(self._waiting):
+            if now >= waiter.deadline or not all(r.has_looked for r in waiter.learning):
+                continue
+            try:
+                choice = choose(
+                    pool,
+                    replicas,
+                    waiter.request,
+                    min_context=waiter.min_context,
+                    avoid=waiter.avoid,
+                    now=now,
+                    rng=rng,
+                )
+            except WorkerError as exc:
+                waiter.failed = exc
+            else:
+                if isinstance(choice, Wait):
+                    look_again = min(look_again, choice.until)
+                    continue
+                choice.take()
+                waiter.placed, waiter.placed_at = choice, now
+            self._waiting.remove(waiter)
+            waiter.served()
+        return look_again
+
+
 class Pools:
     """The host's pools of replicas, and the wait for a free slot.
 
     Args:
-        slot_wait_s: how long :meth:`place` waits for a free slot.
+        slot_wait_s: how long :meth:`place` waits for a free slot (in its pool's
+            :class:`WaitingLine`).
         rng: the source of the draw among equal replicas.
         pinned: whether a pool's replicas must run its first replica's engine build and
             model (see :meth:`check_pin`).
@@ -113,6 +211,8 @@ class Pools:
         self._pinned = pinned
         self._rng = rng
         self._pools: dict[str, dict[str, Replica]] = {}
+        self._lines: dict[str, WaitingLine] = {}
+        self._tickets = itertools.count()
         self._changed: anyio.Event | None = None  # made inside the event loop
 
     def __iter__(self) -> Iterator[Replica]:
@@ -168,10 +268,25 @@ class Pools:
         self._changed = anyio.Event()
 
     def changed(self) -> None:
-        """A replica changed: tasks waiting for one look again."""
+        """A replica changed: the waiting lines are served, and tasks waiting for a
+        replica to be ready look again."""
         if self._changed is not None:
             self._changed.set()
             self._changed = anyio.Event()
+        for pool in list(self._lines):
+            self._serve(pool)
+
+    def _serve(self, pool: str) -> float:
+        """Serve *pool*'s waiting line now; when to look again if nothing changes."""
+        line = self._lines.get(pool)
+        if not line:
+            return math.inf
+        return line.serve(pool, self.of(pool), now=anyio.current_time(), rng=self._rng)
+
+    def ticket(self) -> int:
+        """A place in the waiting lines, for a task about to ask for a replica: one
+        that asks again (a retry) keeps its place by giving the same ticket."""
+        return next(self._tickets)
 
     def _wait_event(self) -> anyio.Event:
         if self._changed is None:
@@ -207,38 +322,59 @@ class Pools:
         deadline: float,
         min_context: int,
         avoid: Collection[Replica],
-    ) -> Replica | None:
+        ticket: int | None = None,
+    ) -> tuple[Replica, float] | None:
         """Choose a replica of *pool* for *request* and count a stream on it (the
-        caller releases it); None when *deadline* passes first.
+        caller releases it); the replica and when it was given, or None when
+        *deadline* passes first. The task waits in the pool's line, after
+        every task with a lower *ticket* (a new one by default).
 
         Raises:
             PoolUnavailable: when no replica could take the task, or none had a free
                 slot within ``slot_wait_s``.
         """
-        # A replica bound a moment ago is learned first (bounded by its watcher).
-        for replica in self.of(pool):
-            await replica.wait_first_look()
-        slot_deadline = anyio.current_time() + self._slot_wait_s
-        while True:
-            changed = self._wait_event()
-            now = anyio.current_time()
-            choice = choose(
-                pool,
-                self.of(pool),
-                request,
-                min_context=min_context,
-                avoid=avoid,
-                now=now,
-                rng=self._rng,
-            )
-            if now >= deadline:
-                return None
-            if isinstance(choice, Replica):
-                choice.take()
-                return choice
-            if now >= slot_deadline:
-                raise PoolUnavailable(
-                    f"no replica of pool {pool!r} had a free slot within {self._slot_wait_s} s"
-                )
-            with anyio.move_on_after(min(slot_deadline, deadline, choice.until) - now):
-                await changed.wait()
+        if self._changed is None:
+            raise RuntimeError("use the host inside its async with block")
+        served = anyio.Event()
+        waiter = Waiter(
+            self.ticket() if ticket is None else ticket,
+            request,
+            min_context,
+            avoid,
+            deadline,
+            [r for r in self.of(pool) if not r.has_looked],
+            served.set,
+        )
+        line = self._lines.setdefault(pool, WaitingLine())
+        line.join(waiter)
+        try:
+            # A replica bound a moment ago is learned first (bounded by its watcher);
+            # the task keeps its place in the line meanwhile.
+            for replica in waiter.learning:
+                await replica.wait_first_look()
+            slot_deadline = anyio.current_time() + self._slot_wait_s
+            look_again = self._serve(pool)
+            while waiter.placed is None and waiter.failed is None:
+                now = anyio.current_time()
+                if now >= deadline:
+                    return None
+                if now >= slot_deadline:
+                    raise PoolUnavailable(
+                        f"no replica of pool {pool!r} had a free slot within {self._slot_wait_s} s"
+                    )
+                with anyio.move_on_after(min(slot_deadline, deadline, look_again) - now):
+                    await served.wait()
+                if not served.is_set():
+                    look_again = self._serve(pool)  # a Retry-After may have run out
+        except BaseException:
+            if waiter.placed is not None:  # cancelled as it was given a slot
+                waiter.placed.release()
+            raise
+        finally:
+            line.leave(waiter)
+            if not line and self._lines.get(pool) is line:
+                del self._lines[pool]
+        if waiter.failed is not None:
+            raise waiter.failed
+        assert waiter.placed is not None
+        return waiter.placed, waiter.placed_at

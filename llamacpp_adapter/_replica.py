@@ -173,6 +173,11 @@ class Replica:
         return (self._engine_version, self._model_digest)
 
     @property
+    def has_looked(self) -> bool:
+        """Whether its first ``props()`` answered or failed (or it was unbound)."""
+        return self._looked
+
+    @property
     def mismatch(self) -> str | None:
         return self._mismatch
 

@@ -222,3 +222,38 @@ async def test_a_replica_on_another_model_gets_no_work_in_a_pinned_pool(
             for name in ("r0", "r1"):
                 await host.wait_ready("pool", name)
             assert all(s.mismatch is None for s in host.replicas("pool"))
+
+
+async def test_under_a_closed_loop_no_task_waits_while_later_ones_are_placed() -> None:
+    """Three replicas of 8 slots, 40 clients each running tasks back to back: a freed
+    slot goes to the task that has waited longest, so no task is passed by one that
+    came after it."""
+    clients, tasks_each = 40, 6
+    records: list[tuple[float, float]] = []  # (submitted, placed) of each task
+    with (
+        LocalLlamaServer(context=8 * 512, parallel=8) as r0,
+        LocalLlamaServer(context=8 * 512, parallel=8) as r1,
+        LocalLlamaServer(context=8 * 512, parallel=8) as r2,
+    ):
+        async with host_of(r0, r1, r2, slot_wait_s=60.0) as host:
+            await host.wait_ready("pool")
+
+            async def client(c: int) -> None:
+                for n in range(tasks_each):
+                    request = TaskRequest(f"c{c} t{n}", max_tokens=48, seed=n, extra=LONG)
+                    async with host.submit("pool", request) as stream:
+                        placed_at = stream.arrived_at + stream.queued_s
+                        records.append((stream.arrived_at, placed_at))
+                        async for _ in stream:
+                            pass
+
+            async with trio.open_nursery() as nursery:
+                for c in range(clients):
+                    nursery.start_soon(client, c)
+    assert len(records) == clients * tasks_each
+    # For each task, those that came after it and were placed before it.
+    passed_by = [
+        sum(1 for s, p in records if s > submitted and p < placed) for submitted, placed in records
+    ]
+    assert max(passed_by) == 0, sorted(passed_by)[-5:]
+    assert sum(placed > submitted for submitted, placed in records) > clients  # some waited

@@ -10,6 +10,8 @@ import math
 import random
 
 import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
 
 from llamacpp_adapter import (
     AdapterError,
@@ -22,7 +24,7 @@ from llamacpp_adapter import (
     WorkerProps,
     WorkerReset,
 )
-from llamacpp_adapter._placement import Pools, Wait, choose
+from llamacpp_adapter._placement import Pools, Wait, Waiter, WaitingLine, choose
 from llamacpp_adapter._replica import Replica
 
 # Made once, never used: a replica needs an adapter, placement never touches it.
@@ -268,3 +270,133 @@ def test_a_pool_of_mismatched_replicas_says_why_it_is_unavailable() -> None:
     first.mark_unhealthy("test")
     with pytest.raises(PoolUnavailable, match="another engine build or model"):
         pick(pools.of("p"))
+
+
+# --- The waiting line ------------------------------------------------------------------
+
+
+async def test_a_freed_slot_goes_to_the_task_that_waited_longest() -> None:
+    """A task that arrives as a slot frees does not take it from one already waiting."""
+    pools = Pools(slot_wait_s=60.0, rng=random.Random(0))
+    pools.open()
+    only = Replica(
+        "p",
+        "a",
+        ADAPTER,
+        HostMetrics(),
+        unhealthy_after=2,
+        blames=POLICY.blames_replica,
+        on_change=pools.changed,
+    )
+    pools.add(only)
+    only.learned(WorkerProps(1, None, 1024, "m.gguf"))
+    only.looked()
+    order: list[str] = []
+
+    async def task(name: str) -> None:
+        placed = await pools.place("p", TEXT, deadline=math.inf, min_context=0, avoid=())
+        assert placed is not None
+        assert placed[0] is only
+        order.append(name)
+        only.release()
+
+    only.take()  # the one slot is busy
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task, "waited")
+        await wait_all_tasks_blocked()
+        only.release()
+        await task("newcomer")  # arrives as the slot frees, before the waiting task runs
+    assert order == ["waited", "newcomer"]
+
+
+def waiter(ticket: int, request: TaskRequest = TEXT, **options: object) -> Waiter:
+    return Waiter(ticket, request, **options)  # type: ignore[arg-type]
+
+
+def serve(line: WaitingLine, replicas: list[Replica], now: float = 0.0) -> float:
+    return line.serve("p", replicas, now=now, rng=random.Random(0))
+
+
+def test_the_line_serves_the_lowest_ticket_first_whatever_the_order_of_joining() -> None:
+    a = replica("a", slots=2)
+    line = WaitingLine()
+    waiters = [waiter(5), waiter(1), waiter(3)]
+    for each in waiters:
+        line.join(each)
+    assert serve(line, [a]) == math.inf
+    assert [w.ticket for w in waiters if w.placed is a] == [1, 3]
+    assert [w.ticket for w in line] == [5]
+    assert a.in_flight == 2
+    a.release()
+    serve(line, [a])
+    assert waiters[0].placed is a
+    assert len(line) == 0
+
+
+def test_each_waiter_served_is_told_once() -> None:
+    told: list[int] = []
+    line = WaitingLine()
+    for ticket in (1, 2):
+        line.join(waiter(ticket, served=lambda t=ticket: told.append(t)))
+    serve(line, [replica("a", slots=1)])
+    assert told == [1]
+
+
+def test_a_task_that_needs_a_larger_context_does_not_hold_back_one_that_fits() -> None:
+    small = replica("small", slots=1, context=512)
+    line = WaitingLine()
+    large_task = waiter(1, min_context=4096)
+    fits = waiter(2)
+    line.join(large_task)
+    line.join(fits)
+    big = replica("big", slots=1, context=8192)
+    big.take()  # busy
+    serve(line, [small, big])
+    assert (large_task.placed, fits.placed) == (None, small)
+    big.release()
+    serve(line, [small, big])
+    assert large_task.placed is big
+
+
+def test_a_task_past_its_deadline_is_given_nothing() -> None:
+    line = WaitingLine()
+    late = waiter(1, deadline=5.0)
+    line.join(late)
+    serve(line, [replica("a")], now=5.0)
+    assert late.placed is None
+    assert list(line) == [late]  # its own task ends its wait
+
+
+def test_a_task_that_can_never_be_placed_is_failed() -> None:
+    line = WaitingLine()
+    doomed = waiter(1, TaskRequest([1] * 2000))
+    line.join(doomed)
+    serve(line, [replica("a", context=1024)])
+    assert isinstance(doomed.failed, PromptTooLarge)
+    assert len(line) == 0
+
+
+def test_the_line_looks_again_when_a_retry_after_runs_out() -> None:
+    a = replica("a")
+    a.failed(AdapterError("busy", status=429, retry_after=2.0), now=10.0)
+    line = WaitingLine()
+    line.join(waiter(1))
+    assert serve(line, [a], now=10.0) == 12.0
+    assert serve(line, [a], now=12.0) == math.inf
+    assert len(line) == 0
+
+
+def test_a_task_waits_for_a_replica_bound_a_moment_before_it_and_keeps_its_place() -> None:
+    a = replica("a", slots=1)
+    a.looked()
+    new = replica("new", slots=1)  # bound a moment ago: its first look is on its way
+    new.take()  # busy: one slot in all is free
+    line = WaitingLine()
+    early, late = waiter(1, learning=[new]), waiter(2, learning=[new])
+    line.join(late)
+    line.join(early)
+    serve(line, [a, new])
+    assert (early.placed, late.placed) == (None, None)
+    new.looked()
+    serve(line, [a, new])
+    assert (early.placed, late.placed) == (a, None)
