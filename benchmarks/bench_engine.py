@@ -12,7 +12,7 @@ import time
 import trio
 
 from llamacpp_adapter import End, LlamaCppHttpAdapter, TaskRequest, completion_body
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 from ._common import Table, Target
 

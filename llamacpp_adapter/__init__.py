@@ -18,10 +18,10 @@ from ._exceptions import (
     WorkerError,
     WorkerReset,
 )
-from ._mapping import CompletionStreamDecoder, completion_body
+from ._host.retry import GiveUp, RetryDecision, RetryLater, RetryPolicy, TryLargerContext
 from ._receive import EventReceiveStream
-from ._retry import GiveUp, RetryDecision, RetryLater, RetryPolicy, TryLargerContext
-from ._sse import SSEDecoder, SSEEvent
+from ._sansio.completion import CompletionStreamDecoder, completion_body
+from ._sansio.sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
 from ._task_form import JobItem, JobItemReceiveStream, JobItemSendStream, create_job_channel
 from ._types import (
@@ -37,25 +37,25 @@ from ._types import (
 from .http_util import default_client, redact_secrets, register_secret, stream_decode, with_bearer
 
 if TYPE_CHECKING:
-    from ._host import AdapterHost
-    from ._host_stream import HostStream
-    from ._metrics import HostMetrics
-    from ._relay_client import RelayStream, open_relay_stream
-    from ._relay_server import Relay
-    from ._replica import ReplicaStatus
+    from ._host.host import AdapterHost
+    from ._host.metrics import HostMetrics
+    from ._host.replica import ReplicaStatus
+    from ._host.stream import HostStream
+    from ._relay.client import RelayStream, open_relay_stream
+    from ._relay.server import Relay
 
 __version__ = "0.1.0"
 
 #: Names imported when first used: the host brings prometheus_client (its metrics), the
 #: relay and its client wsproto, which a program that only streams need not load.
 _LAZY = {
-    "AdapterHost": "._host",
-    "HostStream": "._host_stream",
-    "HostMetrics": "._metrics",
-    "ReplicaStatus": "._replica",
-    "Relay": "._relay_server",
-    "RelayStream": "._relay_client",
-    "open_relay_stream": "._relay_client",
+    "AdapterHost": "._host.host",
+    "HostStream": "._host.stream",
+    "HostMetrics": "._host.metrics",
+    "ReplicaStatus": "._host.replica",
+    "Relay": "._relay.server",
+    "RelayStream": "._relay.client",
+    "open_relay_stream": "._relay.client",
 }
 
 

@@ -20,8 +20,6 @@ import anyio.abc
 import httpx
 import msgspec
 
-from ._body import BodySource, HttpxBody
-from ._direct import Endpoint, StreamTimeouts, open_direct
 from ._exceptions import (
     AdapterError,
     DeadlineUnmet,
@@ -29,24 +27,27 @@ from ._exceptions import (
     ProtocolError,
     WorkerError,
 )
-from ._http11 import request_bytes
-from ._keepalive import NOT_KEPT, ConnectionTrace, may_send_again
-from ._mapping import completion_body
 from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets, secret_mask
-from ._responses import (
-    MAX_ERROR_BODY_BYTES,
-    close_response,
-    error_message,
-    http_error,
-    json_or_none,
-    read_at_most,
-    read_error_body,
-    status_error,
-)
-from ._sse import DEFAULT_MAX_EVENT_BYTES
+from ._sansio.completion import completion_body
+from ._sansio.errors import error_message, json_or_none, status_error
+from ._sansio.http11 import request_bytes
+from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
 from ._stream import EXTRA_EVENTS_PER_SLICE, EventStream
 from ._task_form import JobItemSendStream, feed_channel
+from ._transports.base import BodySource
+from ._transports.direct import Endpoint, StreamTimeouts, open_direct
+from ._transports.httpx import (
+    MAX_ERROR_BODY_BYTES,
+    HttpxBody,
+    answer_error,
+    close_response,
+    http_error,
+    read_at_most,
+    read_error_body,
+)
+from ._transports.keepalive import NOT_KEPT, ConnectionTrace, may_send_again
 from ._types import TaskRequest, WorkerHealth, WorkerProps
+from ._validate import count, is_int
 from .http_util import default_client, register_secret, with_bearer
 
 __all__ = ["LlamaCppHttpAdapter"]
@@ -104,10 +105,7 @@ class LlamaCppHttpAdapter:
         #: The server's address, without any user or password it was given with.
         self.base_url = base_url
         self._safe_url = redact_secrets(self.base_url)  # for log lines
-        if isinstance(buffer, bool) or not isinstance(buffer, int):
-            raise TypeError("buffer must be an int")
-        if buffer < _MIN_BUFFER_EVENTS:
-            raise ValueError(f"buffer must be at least {_MIN_BUFFER_EVENTS} events")
+        count("buffer", buffer, minimum=_MIN_BUFFER_EVENTS, unit="events")
         if client is not None and timeouts is not None:
             raise ValueError("give timeouts to your own client, not to the adapter")
         headers = {"Accept": "application/json"}
@@ -300,12 +298,8 @@ class LlamaCppHttpAdapter:
         head = source.parser
         try:
             if head.status != 200:
-                answer = httpx.Response(
-                    head.status,
-                    headers=list(head.headers.items()),
-                    extensions={"reason_phrase": head.reason.encode("latin-1")},
-                )
-                raise status_error(answer, await _read_error_body(source))
+                body = await _read_error_body(source)
+                raise status_error(head.status, head.reason, head.headers, body, now=time.time())
             content_type = head.headers.get("content-type", "")
             if not content_type.startswith("text/event-stream"):
                 raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
@@ -324,7 +318,7 @@ class LlamaCppHttpAdapter:
             raise http_error(exc, "while opening the stream") from exc
         try:
             if response.status_code != 200:
-                raise status_error(response, await read_error_body(response))
+                raise answer_error(response, await read_error_body(response))
             content_type = response.headers.get("content-type", "")
             if not content_type.startswith("text/event-stream"):
                 raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
@@ -372,7 +366,7 @@ class LlamaCppHttpAdapter:
         if response.status_code == 200:
             status = str(fields.get("status", "ok"))
             return WorkerHealth(True, True, status, None, idle, processing)
-        message, _ = error_message(body, response)
+        message, _ = error_message(body, response.reason_phrase)
         status = "loading model" if response.status_code == _LOADING_STATUS else "error"
         return WorkerHealth(True, False, status, redact_secrets(message), idle, processing)
 
@@ -499,7 +493,7 @@ class LlamaCppHttpAdapter:
     ) -> tuple[httpx.Response, bytes]:
         """Send an idempotent request and read at most ``_MAX_JSON_BODY_BYTES`` of its
         answer. Every request but the streamed completion is idempotent, so one that met
-        a kept connection the server had closed is sent once more (see ``_keepalive``).
+        a kept connection the server had closed is sent once more (see ``_transports.keepalive``).
         """
         content = None if json is None else msgspec.json.encode(json)
         headers = dict(self._headers)
@@ -551,7 +545,7 @@ class LlamaCppHttpAdapter:
     async def _request(self, method: str, path: str, json: Any = None) -> bytes:
         response, content = await self._fetch(method, path, json)
         if response.status_code != 200:
-            raise status_error(response, content)
+            raise answer_error(response, content)
         return content
 
     async def _get_json(self, path: str) -> Any:
@@ -662,7 +656,7 @@ def _decode_json(content: bytes, what: str) -> Any:
 
 
 def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if is_int(value) else None
 
 
 def _model_digest(props: Mapping[str, Any], meta: Mapping[str, Any]) -> str:

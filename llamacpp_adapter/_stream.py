@@ -8,13 +8,11 @@ import math
 from collections.abc import Callable, Iterator
 
 import anyio
-import httpx
 
-from ._body import BodySource
 from ._exceptions import DeadlineUnmet, DecodeTimeout, InternalError, WorkerError
-from ._mapping import CompletionStreamDecoder
 from ._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
-from ._responses import http_error
+from ._sansio.completion import CompletionStreamDecoder
+from ._transports.base import BodySource
 from ._types import Started, StreamEvent
 
 __all__ = ["EventStream", "event_slices"]
@@ -180,8 +178,6 @@ class EventStream(EventReceiveStream):
             error = self._cancel_reason
         elif isinstance(exc, WorkerError):
             error = exc
-        elif isinstance(exc, httpx.HTTPError):
-            error = http_error(exc, f"after {self.tokens_decoded} tokens")
         else:
             logger.exception("unexpected failure while reading a stream")
             error = InternalError(f"unexpected {type(exc).__name__} while reading the stream")

@@ -12,6 +12,8 @@ from typing import Any, TypeAlias
 
 import msgspec
 
+from ._validate import is_int, number, optional_int
+
 __all__ = [
     "End",
     "Metrics",
@@ -88,11 +90,11 @@ class TaskRequest:
             set_(self, "prompt", _token_ids(self.prompt))
         if self.messages is not None:
             set_(self, "messages", _messages(self.messages))
-        _optional_int("max_tokens", self.max_tokens, minimum=1)
-        _optional_int("top_k", self.top_k, minimum=0)
-        _optional_int("seed", self.seed, minimum=0, maximum=_MAX_SEED)
-        set_(self, "temperature", _number("temperature", self.temperature, 0.0, math.inf))
-        set_(self, "top_p", _number("top_p", self.top_p, 0.0, 1.0))
+        optional_int("max_tokens", self.max_tokens, minimum=1)
+        optional_int("top_k", self.top_k, minimum=0)
+        optional_int("seed", self.seed, minimum=0, maximum=_MAX_SEED)
+        set_(self, "temperature", number("temperature", self.temperature, 0.0, math.inf))
+        set_(self, "top_p", number("top_p", self.top_p, 0.0, 1.0))
         set_(self, "stop", _stop(self.stop))
         if not isinstance(self.job_id, str) or not self.job_id:
             raise TypeError("job_id must be a non-empty str")
@@ -120,7 +122,7 @@ def _token_ids(value: object) -> tuple[int, ...]:
         raise TypeError("prompt must be a str or a sequence of token ids")
     ids = tuple(value)
     for token_id in ids:
-        if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
+        if not is_int(token_id) or token_id < 0:
             raise ValueError("prompt token ids must be ints >= 0")
     return ids
 
@@ -138,25 +140,6 @@ def _messages(value: object) -> tuple[Mapping[str, Any], ...]:
     if not turns:
         raise ValueError("messages must not be empty")
     return tuple(turns)
-
-
-def _optional_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be {bound}")
-
-
-def _number(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number")
-    number = float(value)
-    if math.isnan(number) or not low <= number <= high or math.isinf(number):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}]")
-    return number
 
 
 def _stop(value: object) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 import httpx
 
 from ._redact import redact_secrets, register_secret
-from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
+from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 __all__ = [
     "DEFAULT_KEEPALIVE_EXPIRY_S",

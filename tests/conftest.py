@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 # 32,768 tokens per slot: a stream that is not stopped runs for seconds, long enough
 # to tell a stopped one from one that ran to its end.

@@ -30,7 +30,7 @@ from llamacpp_adapter import (
     Token,
     WorkerReset,
 )
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 from .conftest import API_KEY, CONTEXT, SLOTS, backend_name
 from .cpuload import busy_processes

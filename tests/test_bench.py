@@ -14,10 +14,10 @@ import pytest
 import trio
 
 from llamacpp_adapter import LlamaCppHttpAdapter
-from llamacpp_adapter._bench_load import Load
-from llamacpp_adapter._bench_run import BenchConfig, BenchResult, run_bench
-from llamacpp_adapter._bench_workers import worker_configs
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
+from llamacpp_adapter.bench._load import Load
+from llamacpp_adapter.bench._run import BenchConfig, BenchResult, run_bench
+from llamacpp_adapter.bench._workers import worker_configs
 
 from .commands import COMMAND, assert_one_line_error, run_command
 from .resources import engines

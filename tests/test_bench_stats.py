@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llamacpp_adapter._bench_load import Load, arrival_offsets
-from llamacpp_adapter._bench_plot import throughput_over_time, write_plot
-from llamacpp_adapter._bench_run import merge_results
-from llamacpp_adapter._bench_stats import RequestRecord, percentile, summarize
+from llamacpp_adapter.bench._load import Load, arrival_offsets
+from llamacpp_adapter.bench._plot import throughput_over_time, write_plot
+from llamacpp_adapter.bench._run import merge_results
+from llamacpp_adapter.bench._stats import RequestRecord, percentile, summarize
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50), st.floats(0, 100))
@@ -91,7 +91,7 @@ def test_a_bad_load_is_refused(options: dict[str, float], says: str) -> None:
 
 
 def result_of(records: list[RequestRecord], started_at: float, cpu: float) -> dict[str, object]:
-    from llamacpp_adapter._bench_run import _result
+    from llamacpp_adapter.bench._run import _result
 
     wall = max(r.ended for r in records)
     result = _result(records, wall, cpu, [None], [None], [], [], False)
@@ -133,17 +133,17 @@ def test_throughput_over_time_counts_each_event_in_its_bin(tmp_path: Path) -> No
 def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from llamacpp_adapter._cli import _Progress
+    from llamacpp_adapter._cli.benchmark import Progress
 
     record = RequestRecord(0.0, 1.0, 4, 10, 0.1)
-    bar = _Progress(4, live=True)
+    bar = Progress(4, live=True)
     for _ in range(4):
         bar.step(record)
     shown = capsys.readouterr().err
     assert "4/4" in shown
     assert "req" in shown
     assert "tokens/s" in shown
-    lines = _Progress(10, live=False)
+    lines = Progress(10, live=False)
     for _ in range(10):
         lines.step(record)
     plain = capsys.readouterr().err.splitlines()
@@ -152,7 +152,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(
 
 
 def test_a_client_near_saturation_is_warned_of() -> None:
-    from llamacpp_adapter._bench_run import _result
+    from llamacpp_adapter.bench._run import _result
 
     records = [RequestRecord(0.0, 1.0, 4, 10, 0.1)]
     busy = _result(records, 1.0, 0.9, [0.0], [10.0], [], [], False)

@@ -19,10 +19,11 @@ import trio
 from click.testing import CliRunner
 
 from llamacpp_adapter import End, StreamEvent, TaskRequest, Token, open_relay_stream
-from llamacpp_adapter._cli import _TERMINAL_SAFE, _prompt, main
-from llamacpp_adapter._host import ENV_API_KEY
-from llamacpp_adapter._local_server import LocalLlamaServer
-from llamacpp_adapter._tinymodel import PASSAGE
+from llamacpp_adapter._cli import main
+from llamacpp_adapter._cli.stream import TERMINAL_SAFE, read_prompt
+from llamacpp_adapter._host.host import ENV_API_KEY
+from llamacpp_adapter._local.server import LocalLlamaServer
+from llamacpp_adapter._local.tinymodel import PASSAGE
 
 from .conftest import API_KEY
 from .wire import LAST_CHUNK, STREAM_HEAD, chunked, token_event
@@ -95,7 +96,7 @@ def test_bad_url_is_a_clear_error() -> None:
 
 
 def test_control_characters_are_escaped_for_the_terminal() -> None:
-    assert "a\x1b[31mb\x08\n\tc".translate(_TERMINAL_SAFE) == "a\\x1b[31mb\\x08\n\tc"
+    assert "a\x1b[31mb\x08\n\tc".translate(TERMINAL_SAFE) == "a\\x1b[31mb\\x08\n\tc"
 
 
 def test_stream_without_engine_timings_still_prints_a_summary() -> None:
@@ -187,9 +188,9 @@ def test_a_prompt_from_standard_input_or_a_file_is_the_same_prompt(
 
 def test_the_prompt_is_read_from_where_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin"))
-    assert _prompt("-", None) == "from stdin"
-    assert _prompt(None, io.StringIO("from a file")) == "from a file"
-    assert _prompt("as given", None) == "as given"
+    assert read_prompt("-", None) == "from stdin"
+    assert read_prompt(None, io.StringIO("from a file")) == "from a file"
+    assert read_prompt("as given", None) == "as given"
     for argument, file in (
         ("a", io.StringIO("b")),
         (None, None),
@@ -197,7 +198,7 @@ def test_the_prompt_is_read_from_where_it_is_given(monkeypatch: pytest.MonkeyPat
         (None, io.StringIO(" ")),
     ):
         with pytest.raises(click.UsageError):
-            _prompt(argument, file)
+            read_prompt(argument, file)
 
 
 def test_every_option_of_every_command_says_what_it_does() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 from .commands import assert_one_line_error, run_command
 

@@ -26,7 +26,7 @@ from llamacpp_adapter import (
     Token,
     WorkerReset,
 )
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 SLOTS = 2
 # 8,192 tokens a slot: a long task runs for seconds, so it holds its slot for the test.

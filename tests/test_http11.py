@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamacpp_adapter import ProtocolError
-from llamacpp_adapter._http11 import MAX_HEAD_BYTES, ResponseParser, request_bytes
+from llamacpp_adapter._sansio.http11 import MAX_HEAD_BYTES, ResponseParser, request_bytes
 
 from .wire import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
 

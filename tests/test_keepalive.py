@@ -16,7 +16,7 @@ from llamacpp_adapter import (
     TaskRequest,
     WorkerReset,
 )
-from llamacpp_adapter._keepalive import ConnectionTrace, may_send_again
+from llamacpp_adapter._transports.keepalive import ConnectionTrace, may_send_again
 from llamacpp_adapter.http_util import default_client
 
 from .scripted import Connection, scripted_server

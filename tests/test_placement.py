@@ -24,8 +24,8 @@ from llamacpp_adapter import (
     WorkerProps,
     WorkerReset,
 )
-from llamacpp_adapter._placement import Pools, Wait, Waiter, WaitingLine, choose
-from llamacpp_adapter._replica import Replica
+from llamacpp_adapter._host.placement import Pools, Wait, Waiter, WaitingLine, choose
+from llamacpp_adapter._host.replica import Replica
 
 # Made once, never used: a replica needs an adapter, placement never touches it.
 ADAPTER = LlamaCppHttpAdapter("http://127.0.0.1:9")

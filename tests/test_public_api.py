@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import importlib
 import subprocess
 import sys
 import types
@@ -60,22 +58,6 @@ def test_the_names_the_design_promises_are_public() -> None:
 
 def test_py_typed_ships() -> None:
     assert (PACKAGE / "py.typed").exists()
-
-
-def test_sans_io_modules_import_nothing_async() -> None:
-    pure = ("_sse", "_mapping", "_types", "_exceptions", "_redact", "_retry", "_relay_codec")
-    for module in pure:
-        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-        imported = {
-            alias.name.split(".")[0]
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Import | ast.ImportFrom)
-            for alias in (
-                node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
-            )
-        }
-        assert not imported & {"trio", "anyio", "asyncio", "httpx", "socket"}, module
-        importlib.import_module(f"llamacpp_adapter.{module}")
 
 
 def test_every_stream_shares_one_receive_interface() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 EXAMPLE = re.search(r"## Use it from Trio\n\n```python\n(.*?)```", README, re.S)

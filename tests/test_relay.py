@@ -31,8 +31,8 @@ from llamacpp_adapter import (
     Token,
     open_relay_stream,
 )
-from llamacpp_adapter._local_server import LocalLlamaServer
-from llamacpp_adapter._ws_client import ConnectionClosed, connect
+from llamacpp_adapter._local.server import LocalLlamaServer
+from llamacpp_adapter._relay.ws_client import ConnectionClosed, connect
 
 from . import rawws
 from .scripted import Connection, Starter, replica, start_server, stream_tokens

@@ -21,7 +21,7 @@ from llamacpp_adapter import (
     WorkerError,
     WorkerReset,
 )
-from llamacpp_adapter._relay_codec import (
+from llamacpp_adapter._relay.codec import (
     BadTask,
     decode_event,
     decode_task,

@@ -19,7 +19,7 @@ from wsproto import WSConnection
 from wsproto.events import TextMessage
 
 from llamacpp_adapter import End, TaskRequest, Token, open_relay_stream
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 from .rawws import (
     CLOSE_WITHIN_S,

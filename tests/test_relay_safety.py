@@ -28,7 +28,7 @@ from llamacpp_adapter import (
     WorkerReset,
     open_relay_stream,
 )
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 from .scripted import Connection, replica, start_server, stream_tokens
 

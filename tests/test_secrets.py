@@ -24,7 +24,7 @@ from llamacpp_adapter import (
     WorkerError,
     open_relay_stream,
 )
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 from .conftest import API_KEY
 

@@ -30,7 +30,7 @@ from llamacpp_adapter import (
     Token,
     WorkerError,
 )
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 
 from .conftest import backend_name
 from .resources import open_fds, running_tasks, settled_task_count

@@ -9,7 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from llamacpp_adapter import ProtocolError, SSEDecoder, SSEEvent
-from llamacpp_adapter._sse import MAX_RETRY_MS
+from llamacpp_adapter._sansio.sse import MAX_RETRY_MS
 
 
 def feed_whole(data: bytes, decoder: SSEDecoder | None = None) -> list[SSEEvent]:

@@ -33,7 +33,7 @@ from llamacpp_adapter import (
     WorkerReset,
     create_job_channel,
 )
-from llamacpp_adapter._local_server import LocalLlamaServer
+from llamacpp_adapter._local.server import LocalLlamaServer
 from llamacpp_adapter._task_form import feed_channel
 
 from .scripted import Connection, scripted_server

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token
-from llamacpp_adapter._local_server import LocalLlamaServer
-from llamacpp_adapter._tinymodel import PASSAGE, write_bigram_model, write_tiny_model
+from llamacpp_adapter._local.server import LocalLlamaServer
+from llamacpp_adapter._local.tinymodel import PASSAGE, write_bigram_model, write_tiny_model
 
 
 def test_same_seed_writes_the_same_bytes(tmp_path: Path) -> None:

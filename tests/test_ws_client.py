@@ -18,8 +18,8 @@ from wsproto.events import (
 )
 
 from llamacpp_adapter import ProtocolError
-from llamacpp_adapter import _ws_client as ws_client
-from llamacpp_adapter._ws_client import ConnectionClosed, connect
+from llamacpp_adapter._relay import ws_client as ws_client
+from llamacpp_adapter._relay.ws_client import ConnectionClosed, connect
 
 from .scripted import Connection, scripted_server
 

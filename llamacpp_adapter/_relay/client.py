@@ -1,0 +1,118 @@
+"""The relay's client: :func:`open_relay_stream` sends a task to a :class:`Relay` and
+returns its events as a :class:`RelayStream`, typed as the adapter's. It runs on any
+event loop anyio runs on (Trio, asyncio, uvloop): the connection is wsproto's protocol
+over anyio's streams (``ws_client``)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from .._exceptions import ProtocolError, WorkerError, WorkerReset
+from .._receive import CLOSED_MESSAGE, EventReceiveStream
+from .._types import End, StreamEvent, TaskRequest
+from .codec import decode_event, encode_task
+from .ws_client import ConnectionClosed, WebSocketClient, connect
+
+__all__ = ["RelayStream", "open_relay_stream"]
+
+
+class RelayStream(EventReceiveStream):
+    """The events of a task streamed through a relay, typed as the adapter's:
+    :class:`Started`, :class:`Token`\\ s, :class:`Metrics`, :class:`End`. A failure is
+    raised as the :class:`WorkerError` the relay reported, after the events before it.
+    It is an :class:`EventReceiveStream`; each event is decoded when it is received, so
+    ``receive_nowait()`` has none waiting."""
+
+    def __init__(self, ws: WebSocketClient, job_id: str) -> None:
+        self.job_id = job_id
+        self._ws = ws
+        self._done = False
+        self._closed = False
+
+    @property
+    def buffered(self) -> int:
+        return 0
+
+    def __aiter__(self) -> RelayStream:
+        return self
+
+    def receive_nowait(self) -> StreamEvent:
+        if self._closed:
+            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+        if self._done:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def aclose(self) -> None:
+        """Close the connection now, which cancels the task at the relay."""
+        self._closed = True
+        await self._ws.aclose()  # shielded and bounded
+
+    async def __anext__(self) -> StreamEvent:
+        if self._done:
+            raise StopAsyncIteration
+        if self._closed:
+            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+        try:
+            message = await self._ws.get_message()
+        except ConnectionClosed as exc:
+            self._done = True
+            raise WorkerReset(
+                f"the relay closed the connection before the end ({exc.code} {exc.reason})"
+            ) from None
+        try:
+            event = decode_event(message)
+        except ProtocolError:
+            self._done = True
+            raise
+        if isinstance(event, WorkerError):
+            self._done = True
+            raise event
+        if type(event) is End:
+            self._done = True
+        return event
+
+
+@asynccontextmanager
+async def open_relay_stream(
+    url: str,
+    request: TaskRequest,
+    *,
+    token: str | None = None,
+    pool: str | None = None,
+    connect_timeout_s: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[RelayStream]:
+    """Send *request* to the relay at *url*; the block receives its events.
+
+    ::
+
+        async with open_relay_stream("ws://10.0.0.2:8765", TaskRequest("Hi")) as events:
+            async for event in events:
+                ...
+
+    Leaving the block closes the connection, which cancels the task at the relay. A
+    ``wss://`` URL is verified with *ssl_context*, or the system's trust by default.
+    It runs on Trio, asyncio and uvloop.
+
+    Raises:
+        AdapterError: the relay refused the connection (``status`` 401 for a missing or
+            wrong token, 503 when it is full).
+        WorkerReset: the relay could not be reached, or closed before the end.
+        WorkerError: the error the relay reported, after the events before it.
+    """
+    headers = [] if token is None else [(b"Authorization", f"Bearer {token}".encode())]
+    async with connect(
+        url, headers, connect_timeout_s=connect_timeout_s, ssl_context=ssl_context
+    ) as ws:
+        try:
+            await ws.send_message(encode_task(request, pool).decode())
+        except ConnectionClosed as exc:
+            raise WorkerReset(
+                f"the relay closed the connection ({exc.code} {exc.reason})"
+            ) from None
+        yield RelayStream(ws, request.job_id)

@@ -1,0 +1,243 @@
+"""The relay's wire format for events, sans-IO, both directions side by side.
+
+Each message is a JSON object whose ``type`` names it::
+
+    {"type": "started", "job_id": "..."}
+    {"type": "token", "i": 0, "t": "Once", "ids": [9038]}     ("ids" left out when empty)
+    {"type": "metrics", "prompt_tokens": 5, "prompt_ms": 1.2, ...}
+    {"type": "end", "tokens_out": 16, "stop_reason": "limit", ...}
+    {"type": "error", "code": "WORKER_RESET", "message": "...", "retriable": true}
+
+The fields are listed here, one struct a message, so that the wire names are the
+relay's own, not the Python names of the events. A decoder skips fields it does not
+know, so a client reads the messages of a newer relay.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import msgspec
+
+from .. import _exceptions
+from .._exceptions import AdapterError, ProtocolError, WorkerError
+from .._redact import redact_secrets
+from .._types import End, Metrics, Started, StreamEvent, TaskRequest, Token
+
+__all__ = [
+    "BadTask",
+    "decode_event",
+    "decode_task",
+    "encode_error",
+    "encode_event",
+    "encode_task",
+]
+
+
+class _Message(msgspec.Struct, frozen=True, tag_field="type", omit_defaults=True):
+    """A message of the relay (unknown fields are skipped when decoding)."""
+
+
+class _Started(_Message, frozen=True, tag="started"):
+    job_id: str
+
+
+class _Token(_Message, frozen=True, tag="token"):
+    i: int
+    t: str
+    ids: tuple[int, ...] = ()
+
+
+class _Metrics(_Message, frozen=True, tag="metrics"):
+    prompt_tokens: int
+    prompt_ms: float
+    prompt_tokens_per_s: float
+    predicted_tokens: int
+    predicted_ms: float
+    predicted_tokens_per_s: float
+    cached_tokens: int | None = None
+
+
+class _End(_Message, frozen=True, tag="end"):
+    tokens_out: int
+    stop_reason: str
+    tokens_in: int | None = None
+    truncated: bool = False
+    stop_word: str | None = None
+
+
+class _Error(_Message, frozen=True, tag="error", omit_defaults=False):
+    code: str
+    message: str
+    retriable: bool = False
+    status: int | None = None
+
+
+_Any: TypeAlias = _Started | _Token | _Metrics | _End | _Error
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(_Any)
+
+_ERRORS_BY_CODE: dict[str, type[WorkerError]] = {
+    cls.code: cls
+    for cls in vars(_exceptions).values()
+    if isinstance(cls, type) and issubclass(cls, WorkerError)
+}
+
+
+def encode_event(event: StreamEvent) -> bytes:
+    """The message for *event*."""
+    kind = type(event)
+    message: _Message
+    if kind is Token:
+        assert isinstance(event, Token)
+        message = _Token(event.i, event.text, event.token_ids)
+    elif kind is Started:
+        assert isinstance(event, Started)
+        message = _Started(event.job_id)
+    elif kind is Metrics:
+        assert isinstance(event, Metrics)
+        message = _Metrics(
+            event.prompt_tokens,
+            event.prompt_ms,
+            event.prompt_tokens_per_s,
+            event.predicted_tokens,
+            event.predicted_ms,
+            event.predicted_tokens_per_s,
+            event.cached_tokens,
+        )
+    else:
+        assert isinstance(event, End)
+        message = _End(
+            event.tokens_out, event.stop_reason, event.tokens_in, event.truncated, event.stop_word
+        )
+    return _encoder.encode(message)
+
+
+def encode_error(code: str, message: str, *, retriable: bool, status: int | None = None) -> bytes:
+    """The message for the failure that ended a task: its code (a
+    :class:`WorkerError`'s, or the relay's own ``BAD_TASK``), message, whether it may be
+    retried, and the engine's status for an :class:`AdapterError`."""
+    return _encoder.encode(_Error(code, message, retriable, status))
+
+
+def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
+    """The event in a message, or the failure an ``error`` message carries (returned,
+    not raised).
+
+    Raises:
+        ProtocolError: if *data* is not a message of the relay.
+    """
+    try:
+        message = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"the relay sent a malformed event: {exc}"[:300]) from None
+    except msgspec.DecodeError:
+        raise ProtocolError("the relay sent a message that is not JSON") from None
+    except RecursionError:
+        raise ProtocolError("the relay sent a message nested too deeply") from None
+    kind = type(message)
+    if kind is _Token:
+        assert isinstance(message, _Token)
+        return Token(message.i, message.t, message.ids)
+    if kind is _Started:
+        assert isinstance(message, _Started)
+        return Started(message.job_id)
+    if kind is _Metrics:
+        assert isinstance(message, _Metrics)
+        return Metrics(
+            message.prompt_tokens,
+            message.prompt_ms,
+            message.prompt_tokens_per_s,
+            message.predicted_tokens,
+            message.predicted_ms,
+            message.predicted_tokens_per_s,
+            message.cached_tokens,
+        )
+    if kind is _End:
+        assert isinstance(message, _End)
+        return End(
+            message.tokens_out,
+            message.stop_reason,
+            message.tokens_in,
+            message.truncated,
+            message.stop_word,
+        )
+    assert isinstance(message, _Error)
+    return _error(message)
+
+
+def _error(message: _Error) -> WorkerError:
+    error_class = _ERRORS_BY_CODE.get(message.code, WorkerError)
+    error: WorkerError
+    if error_class is AdapterError:
+        error = AdapterError(message.message, status=message.status or 0)
+    else:
+        error = error_class(message.message)
+    error.retriable = message.retriable
+    return error
+
+
+# --- The task a client sends -------------------------------------------------------------
+
+#: The fields of a task message, all of them: another is refused.
+TASK_FIELDS = frozenset(
+    {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
+    | {"job_id", "extra", "pool"}
+)
+
+
+class BadTask(ValueError):
+    """A client's task message that the relay cannot run; the message says why."""
+
+
+def encode_task(request: TaskRequest, pool: str | None = None) -> bytes:
+    """The message that asks a relay to run *request* (in *pool*, for a relay over a
+    host)."""
+    fields: dict[str, Any] = {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "seed": request.seed,
+        "stop": list(request.stop),
+        "job_id": request.job_id,
+    }
+    if request.prompt is not None:
+        prompt = request.prompt
+        fields["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+    else:
+        fields["messages"] = [dict(m) for m in request.messages or ()]
+    if request.extra:
+        fields["extra"] = dict(request.extra)
+    if pool is not None:
+        fields["pool"] = pool
+    return _encoder.encode(fields)
+
+
+def decode_task(data: str | bytes) -> tuple[TaskRequest, str | None, frozenset[str]]:
+    """The task in a client's message, the pool it names (or None), and the names of
+    the fields it gave.
+
+    Raises:
+        BadTask: if the message is not a task: not JSON, not an object, a field this
+            format does not have, or a value :class:`TaskRequest` refuses.
+    """
+    try:
+        fields = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        raise BadTask("the task is not JSON") from None
+    except RecursionError:
+        raise BadTask("the task is nested too deeply") from None
+    if not isinstance(fields, dict):
+        raise BadTask("the task must be a JSON object")
+    given = frozenset(fields)
+    unknown = sorted(given - TASK_FIELDS)
+    if unknown:
+        raise BadTask(f"unknown task fields: {', '.join(map(repr, unknown))[:200]}")
+    pool = fields.pop("pool", None)
+    if pool is not None and (not isinstance(pool, str) or not pool):
+        raise BadTask("pool must be a non-empty string")
+    try:
+        return TaskRequest(**fields), pool, given
+    except (TypeError, ValueError) as exc:
+        raise BadTask(redact_secrets(str(exc))[:500]) from None
