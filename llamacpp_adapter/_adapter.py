@@ -2,62 +2,40 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import logging
 import math
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import anyio
 import anyio.abc
 import httpx
 import msgspec
 
-from ._exceptions import (
-    AdapterError,
-    DeadlineUnmet,
-    JobCancelled,
-    ProtocolError,
-    WorkerError,
-)
-from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets, secret_mask
+from ._exceptions import AdapterError, DeadlineUnmet, JobCancelled, ProtocolError, WorkerError
+from ._redact import redact_secrets, secret_mask
+from ._requests import ENGINE, EngineRequests
+from ._route import check_base_url, direct_route, split_credentials
 from ._sansio.completion import completion_body
-from ._sansio.errors import error_message, json_or_none, status_error
-from ._sansio.http11 import request_bytes
+from ._sansio.errors import error_message, json_or_none
 from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
 from ._stream import EXTRA_EVENTS_PER_SLICE, EventStream
 from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
-from ._transports.direct import Endpoint, StreamTimeouts, open_direct
-from ._transports.httpx import (
-    MAX_ERROR_BODY_BYTES,
-    HttpxBody,
-    answer_error,
-    close_response,
-    http_error,
-    read_at_most,
-    read_error_body,
-)
-from ._transports.keepalive import NOT_KEPT, ConnectionTrace, may_send_again
 from ._types import TaskRequest, WorkerHealth, WorkerProps
 from ._validate import count, is_int
-from .http_util import default_client, register_secret, with_bearer
+from .http_util import default_client, with_bearer
 
-__all__ = ["LlamaCppHttpAdapter"]
+__all__ = ["ENGINE", "LlamaCppHttpAdapter"]
 
 logger = logging.getLogger("llamacpp_adapter")
 
-ENGINE: Final = "llama.cpp"
 _MIN_BUFFER_EVENTS = 8
-#: The most bytes of a JSON answer (``/props``, ``/slots``, ``/metrics``, ...).
-_MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 _LOADING_STATUS = 503
 
 
@@ -101,7 +79,7 @@ class LlamaCppHttpAdapter:
         buffer: int = 64,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
-        base_url, basic_auth = _split_credentials(_check_base_url(base_url))
+        base_url, basic_auth = split_credentials(check_base_url(base_url))
         #: The server's address, without any user or password it was given with.
         self.base_url = base_url
         self._safe_url = redact_secrets(self.base_url)  # for log lines
@@ -122,7 +100,10 @@ class LlamaCppHttpAdapter:
         # Streams take the direct path, with no HTTP client between the socket and the
         # parser, unless the caller brought a client (proxies, its own TLS or auth: what
         # it does, httpx does) or the environment names a proxy for the server.
-        self._direct = None if client is not None else _direct_route(base_url, self._client.timeout)
+        direct = None if client is not None else direct_route(base_url, self._client.timeout)
+        self._requests = EngineRequests(
+            base_url, self._client, self._headers, direct, self._safe_url
+        )
         self._streams: dict[str, set[EventStream]] = {}
         self._closed = False
 
@@ -274,58 +255,12 @@ class LlamaCppHttpAdapter:
             prompt = await self.apply_template(request.messages)
         fields = completion_body(request, prompt=prompt)
         body = msgspec.json.encode(fields)
-        headers = {
-            **self._headers,
-            **NOT_KEPT,  # llama-server closes it after the stream, unannounced
-            "Accept": "text/event-stream",
-            "Content-Type": "application/json",
-        }
-        if self._direct is not None:
-            source = await self._open_direct(body, headers, self._direct)
-        else:
-            source = HttpxBody(await self._open_through_httpx(body, headers))
+        source = await self._requests.open_stream(body)
         logger.debug(
             "stream opened",
             extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
         )
         return source, _echo_bytes(fields["prompt"], len(body))
-
-    async def _open_direct(
-        self, body: bytes, headers: dict[str, str], route: _DirectRoute
-    ) -> BodySource:
-        data = request_bytes("POST", f"{route.path}/completion", route.host, headers, body)
-        source = await open_direct(route.endpoint, data, route.timeouts)
-        head = source.parser
-        try:
-            if head.status != 200:
-                body = await _read_error_body(source)
-                raise status_error(head.status, head.reason, head.headers, body, now=time.time())
-            content_type = head.headers.get("content-type", "")
-            if not content_type.startswith("text/event-stream"):
-                raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
-        except BaseException:
-            await source.aclose()
-            raise
-        return source
-
-    async def _open_through_httpx(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        http_request = self._client.build_request(
-            "POST", self._url("/completion"), content=body, headers=headers
-        )
-        try:
-            response = await self._client.send(http_request, stream=True)
-        except httpx.HTTPError as exc:
-            raise http_error(exc, "while opening the stream") from exc
-        try:
-            if response.status_code != 200:
-                raise answer_error(response, await read_error_body(response))
-            content_type = response.headers.get("content-type", "")
-            if not content_type.startswith("text/event-stream"):
-                raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
-        except BaseException:
-            await close_response(response)
-            raise
-        return response
 
     def _log_end(self, stream: EventStream, failure: WorkerError | None, *, started: float) -> None:
         fields = {
@@ -347,7 +282,7 @@ class LlamaCppHttpAdapter:
         """Ask ``GET /health`` whether the server is up and ready. Never raises for an
         unreachable or failing server: that is what the answer says."""
         try:
-            response, content = await self._fetch("GET", "/health")
+            response, content = await self._requests.fetch("GET", "/health")
         except WorkerError as exc:
             return WorkerHealth(live=False, ready=False, status="unreachable", message=str(exc))
         body = json_or_none(content)
@@ -373,7 +308,7 @@ class LlamaCppHttpAdapter:
     async def props(self) -> WorkerProps:
         """What the server says about itself, from ``GET /props`` and ``GET /slots``
         (``slots_free`` is ``None`` when the server does not expose ``/slots``)."""
-        props = await self._get_json("/props")
+        props = await self._requests.get_json("/props")
         if not isinstance(props, dict):
             raise ProtocolError("GET /props did not return a JSON object")
         try:
@@ -406,14 +341,14 @@ class LlamaCppHttpAdapter:
         Raises:
             ProtocolError: the answer is not a JSON object.
         """
-        props = await self._get_json("/props")
+        props = await self._requests.get_json("/props")
         if not isinstance(props, dict):
             raise ProtocolError("GET /props did not return a JSON object")
         return props
 
     async def engine_version(self) -> str:
         """The server's build, from ``GET /props`` (e.g. ``"b6000-1a2b3c4d"``)."""
-        props = await self._get_json("/props")
+        props = await self._requests.get_json("/props")
         build = props.get("build_info") if isinstance(props, dict) else None
         if not isinstance(build, str):
             raise ProtocolError("GET /props lacks build_info")
@@ -429,8 +364,8 @@ class LlamaCppHttpAdapter:
         and shape with different weights get the same digest.
         """
         if props is None:
-            props = await self._get_json("/props")
-        models = await self._get_json("/v1/models")
+            props = await self._requests.get_json("/props")
+        models = await self._requests.get_json("/v1/models")
         if not isinstance(props, Mapping) or not isinstance(models, dict):
             raise ProtocolError("GET /props or /v1/models did not return a JSON object")
         entries = models.get("data") or []
@@ -439,7 +374,7 @@ class LlamaCppHttpAdapter:
 
     async def slots(self) -> list[dict[str, Any]]:
         """The server's slots, from ``GET /slots``."""
-        slots = await self._get_json("/slots")
+        slots = await self._requests.get_json("/slots")
         if not isinstance(slots, list):
             raise ProtocolError("GET /slots did not return a JSON list")
         return slots
@@ -449,7 +384,7 @@ class LlamaCppHttpAdapter:
         ``--metrics``), parsed: sample name (with its labels, if any) to value."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = (await self._request("GET", "/metrics")).decode("utf-8", "replace")
+        text = (await self._requests.request("GET", "/metrics")).decode("utf-8", "replace")
         try:
             families = list(text_string_to_metric_families(text))
         except ValueError as exc:
@@ -463,7 +398,8 @@ class LlamaCppHttpAdapter:
 
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         """The token ids of *text*, from ``POST /tokenize``."""
-        body = await self._post_json("/tokenize", {"content": text, "add_special": add_special})
+        fields = {"content": text, "add_special": add_special}
+        body = await self._requests.post_json("/tokenize", fields)
         tokens = body.get("tokens") if isinstance(body, dict) else None
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise ProtocolError("POST /tokenize did not return a list of token ids")
@@ -471,7 +407,7 @@ class LlamaCppHttpAdapter:
 
     async def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of *token_ids*, from ``POST /detokenize``."""
-        body = await self._post_json("/detokenize", {"tokens": list(token_ids)})
+        body = await self._requests.post_json("/detokenize", {"tokens": list(token_ids)})
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, str):
             raise ProtocolError("POST /detokenize did not return text")
@@ -479,118 +415,15 @@ class LlamaCppHttpAdapter:
 
     async def apply_template(self, messages: Sequence[Mapping[str, Any]]) -> str:
         """*messages* rendered by the server's chat template (``POST /apply-template``)."""
-        body = await self._post_json("/apply-template", {"messages": [dict(m) for m in messages]})
+        turns = {"messages": [dict(m) for m in messages]}
+        body = await self._requests.post_json("/apply-template", turns)
         prompt = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(prompt, str):
             raise ProtocolError("POST /apply-template did not return a prompt")
         return prompt
 
-    def _url(self, path: str) -> str:
-        return self.base_url + path
-
-    async def _fetch(
-        self, method: str, path: str, json: Any = None
-    ) -> tuple[httpx.Response, bytes]:
-        """Send an idempotent request and read at most ``_MAX_JSON_BODY_BYTES`` of its
-        answer. Every request but the streamed completion is idempotent, so one that met
-        a kept connection the server had closed is sent once more (see ``_transports.keepalive``).
-        """
-        content = None if json is None else msgspec.json.encode(json)
-        headers = dict(self._headers)
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-        doing = f"{method} {path}"
-        response = await self._send_idempotent(method, path, content, headers, doing)
-        try:
-            if response.status_code != 200:
-                return response, await read_error_body(response)
-            body, complete = await read_at_most(response, _MAX_JSON_BODY_BYTES)
-            if not complete:
-                raise ProtocolError(f"{doing} answered more than {_MAX_JSON_BODY_BYTES} bytes")
-            return response, body
-        except httpx.HTTPError as exc:
-            raise http_error(exc, f"during {doing}") from exc
-        finally:
-            await close_response(response)
-
-    async def _send_idempotent(
-        self, method: str, path: str, content: bytes | None, headers: dict[str, str], doing: str
-    ) -> httpx.Response:
-        """Send an idempotent request; its answer's head is read, its body not yet. One
-        that met a kept connection the engine had closed unseen goes once more."""
-        trace = ConnectionTrace()
-        request = self._client.build_request(
-            method, self._url(path), content=content, headers=headers,
-            extensions={"trace": trace},
-        )  # fmt: skip
-        try:
-            return await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            if not may_send_again(exc, trace):
-                raise http_error(exc, f"during {doing}") from exc
-        logger.debug(
-            "%s met a kept connection the engine had closed; sending it again",
-            doing,
-            extra={"engine": ENGINE, "url": self._safe_url},
-        )
-        request = self._client.build_request(
-            method, self._url(path), content=content, headers=headers
-        )
-        try:
-            return await self._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            again = f"during {doing}, sent again after a kept connection closed"
-            raise http_error(exc, again) from exc
-
-    async def _request(self, method: str, path: str, json: Any = None) -> bytes:
-        response, content = await self._fetch(method, path, json)
-        if response.status_code != 200:
-            raise answer_error(response, content)
-        return content
-
-    async def _get_json(self, path: str) -> Any:
-        return _decode_json(await self._request("GET", path), f"GET {path}")
-
-    async def _post_json(self, path: str, body: Any) -> Any:
-        return _decode_json(await self._request("POST", path, body), f"POST {path}")
-
 
 # --- Helpers ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _DirectRoute:
-    """How a stream reaches the server on the direct path."""
-
-    endpoint: Endpoint
-    host: str  # the Host header
-    path: str  # the base URL's path, before "/completion"
-    timeouts: StreamTimeouts
-
-
-def _direct_route(base_url: str, timeouts: httpx.Timeout) -> _DirectRoute | None:
-    """The direct path to *base_url*, or None where httpx must go (a proxy named by the
-    environment, as httpx would use it)."""
-    url = httpx.URL(base_url)
-    proxies = urllib.request.getproxies_environment()
-    if (url.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(url.host):
-        return None
-    tls = httpx.create_ssl_context() if url.scheme == "https" else None
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return _DirectRoute(
-        Endpoint(url.host, port, tls),
-        url.netloc.decode("ascii"),
-        url.raw_path.decode("ascii").rstrip("/"),
-        StreamTimeouts(
-            connect=_seconds(timeouts.connect),
-            write=_seconds(timeouts.write),
-            read=_seconds(timeouts.read),
-        ),
-    )
-
-
-def _seconds(value: float | None) -> float:
-    return math.inf if value is None else value
 
 
 #: What the engine's JSON may take for one byte the request sent: a control character
@@ -607,52 +440,6 @@ def _echo_bytes(prompt: str | list[int], body_bytes: int) -> int:
     if not isinstance(prompt, str):
         echoed += len(prompt) * _MAX_TOKEN_TEXT_BYTES
     return _ESCAPED_BYTES_PER_BYTE * echoed
-
-
-async def _read_error_body(source: BodySource) -> bytes:
-    """As much of an error answer's body as it takes to find its message."""
-    body = bytearray()
-    try:
-        while len(body) <= MAX_ERROR_BODY_BYTES and (data := await source.read()) is not None:
-            body += data
-    except WorkerError:
-        pass  # the status says enough
-    return bytes(body[:MAX_ERROR_BODY_BYTES])
-
-
-def _split_credentials(base_url: str) -> tuple[str, str | None]:
-    """*base_url* without its user and password, and those as a Basic ``Authorization``
-    value (None when it has none). httpx would send them the same way, but it would
-    also write the URL, password and all, into its log lines."""
-    url = httpx.URL(base_url)
-    if not url.userinfo:
-        return base_url, None
-    credentials = base64.b64encode(url.userinfo).decode("ascii")
-    password = url.password
-    if password and len(password) >= MIN_REGISTERED_SECRET_CHARS:
-        register_secret(password)
-    return str(url.copy_with(userinfo=b"")), f"Basic {credentials}"
-
-
-def _check_base_url(base_url: str) -> str:
-    if not isinstance(base_url, str):
-        raise TypeError("base_url must be a str")
-    try:
-        url = httpx.URL(base_url)
-    except httpx.InvalidURL as exc:
-        raise ValueError(f"base_url is not a valid URL: {redact_secrets(base_url)!r}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"base_url must be an http or https URL: {redact_secrets(base_url)!r}")
-    if url.query or url.fragment:
-        raise ValueError("base_url must have no query or fragment")
-    return base_url.rstrip("/")
-
-
-def _decode_json(content: bytes, what: str) -> Any:
-    try:
-        return msgspec.json.decode(content)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ProtocolError(f"{what} did not return JSON: {exc}") from exc
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -7,35 +7,42 @@ once, and the answer read with nothing between the socket and the parser.
   parser; ``pause_reading`` holds the engine back while the body's bytes wait for the
   consumer, and one lazy timer per stream keeps the read timeout.
 
-Both give a :class:`~llamacpp_adapter._body.BodySource` and the answer's head. The
+Both give a :class:`~llamacpp_adapter._transports.base.BodySource` and the answer's
+head (``direct_trio`` and ``direct_asyncio``; this module holds what they share). The
 stream's connection is never kept: llama-server closes it after a stream.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
-import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
 
-import anyio
 import trio
 
-from .._exceptions import DecodeTimeout, ProtocolError, WorkerError, WorkerReset
+from .._exceptions import DecodeTimeout, WorkerReset
 from .._sansio.http11 import ResponseParser
-from .base import CLOSE_TIMEOUT_S, NO_CONNECTION, NO_TLS_ANSWER, caused_by, reason_of
+from .base import NO_CONNECTION, caused_by, reason_of
 
-__all__ = ["DirectBody", "Endpoint", "StreamTimeouts", "open_direct"]
+__all__ = [
+    "HIGH_WATER_BYTES",
+    "NOT_SENT",
+    "OPENING",
+    "READ_BYTES",
+    "DirectBody",
+    "Endpoint",
+    "StreamTimeouts",
+    "answer_cut",
+    "connection_failed",
+    "open_direct",
+    "read_timed_out",
+]
 
-_NOT_SENT = "the request could not be sent within the write timeout"
+NOT_SENT = "the request could not be sent within the write timeout"
 #: The most bytes one read asks for.
 READ_BYTES = 64 * 1024
 #: Body bytes that may wait for the consumer before asyncio stops reading the socket.
-_HIGH_WATER_BYTES = 64 * 1024
-_OPENING = "while opening the stream"
+HIGH_WATER_BYTES = 64 * 1024
+OPENING = "while opening the stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +84,19 @@ async def open_direct(endpoint: Endpoint, request: bytes, timeouts: StreamTimeou
         DecodeTimeout: the head did not come within the read timeout.
         ProtocolError: the answer is not HTTP/1.1.
     """
+    # Each backend is imported when first used (it builds on this module).
     if trio.lowlevel.in_trio_run():
-        return await _TrioBody.open(endpoint, request, timeouts)
-    return await _AsyncioBody.open(endpoint, request, timeouts)
+        from .direct_trio import TrioBody
+
+        return await TrioBody.open(endpoint, request, timeouts)
+    from .direct_asyncio import AsyncioBody
+
+    return await AsyncioBody.open(endpoint, request, timeouts)
 
 
-def _failed(exc: BaseException, when: str, *, timed_out: str = NO_CONNECTION) -> WorkerReset:
+def connection_failed(
+    exc: BaseException, when: str, *, timed_out: str = NO_CONNECTION
+) -> WorkerReset:
     """Our error for a connection that failed *when*; *timed_out* says why, when a
     timeout ended it."""
     reason = timed_out if isinstance(exc, trio.TooSlowError | TimeoutError) else reason_of(exc)
@@ -95,315 +109,12 @@ def _failed(exc: BaseException, when: str, *, timed_out: str = NO_CONNECTION) ->
     return error
 
 
-def _timed_out(when: str) -> DecodeTimeout:
+def read_timed_out(when: str) -> DecodeTimeout:
     return DecodeTimeout(f"no data from the engine within the read timeout, {when}")
 
 
-def _closed_early(when: str) -> WorkerReset:
+def answer_cut(when: str) -> WorkerReset:
     return WorkerReset(
         f"the connection to the engine failed {when}: the engine closed the connection "
         "before the answer was whole"
     )
-
-
-# --- Trio --------------------------------------------------------------------------------
-
-
-class _TrioBody(DirectBody):
-    __slots__ = ("_read_timeout", "_recv", "_stream", "_waiting", "parser")
-
-    def __init__(
-        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], read_timeout: float
-    ) -> None:
-        self._stream = stream
-        self._read_timeout = read_timeout
-        self._recv: Callable[[int], Awaitable[bytes]]
-        if isinstance(stream, trio.SocketStream):
-            self._recv = stream.socket.recv  # the socket itself: no layer in between
-        else:
-            self._recv = _ssl_receiver(stream)
-        self.parser = ResponseParser()
-        self._waiting: list[bytes] = []  # body bytes that came with the head
-
-    @classmethod
-    async def open(cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts) -> _TrioBody:
-        try:
-            with trio.fail_after(timeouts.connect):
-                tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise _failed(exc, _OPENING) from None
-        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        handshaking = False
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
-        try:
-            if endpoint.tls is not None:
-                stream = trio.SSLStream(tcp, endpoint.tls, server_hostname=endpoint.host)
-                handshaking = True
-                with trio.fail_after(timeouts.connect):
-                    await stream.do_handshake()
-                handshaking = False
-            with trio.fail_after(timeouts.write):
-                await stream.send_all(request)
-            body = cls(stream, timeouts.read)
-            await body._read_head()
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            await trio.aclose_forcefully(stream)
-            timed_out = NO_TLS_ANSWER if handshaking else _NOT_SENT
-            raise _failed(exc, _OPENING, timed_out=timed_out) from None
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        return body
-
-    async def _read_head(self) -> None:
-        parser = self.parser
-        while not parser.head_complete:
-            data = await self._receive(_OPENING)
-            if not data:
-                raise _closed_early(_OPENING)
-            body = parser.feed(data)
-            if body:
-                self._waiting.append(body)
-
-    async def _receive(self, when: str) -> bytes:
-        timeout = self._read_timeout
-        if timeout == math.inf:
-            return await self._recv(READ_BYTES)
-        with trio.move_on_after(timeout):
-            return await self._recv(READ_BYTES)
-        raise _timed_out(when)  # the read was cancelled at the timeout
-
-    async def read(self) -> bytes | None:
-        if self._waiting:
-            return self._waiting.pop(0)
-        parser = self.parser
-        while not parser.complete:
-            parser.raise_pending()
-            try:
-                data = await self._receive("while reading the stream")
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise _failed(exc, "while reading the stream") from None
-            if not data:
-                parser.feed_eof()
-                if parser.complete:
-                    return None
-                raise _closed_early("while reading the stream")
-            body = parser.feed(data)
-            if body:
-                return body
-        return None
-
-    async def aclose(self) -> None:
-        # Closing the socket wakes a task waiting to read it, which then fails.
-        await trio.aclose_forcefully(self._stream)
-
-
-def _ssl_receiver(
-    stream: trio.SSLStream[trio.SocketStream],
-) -> Callable[[int], Awaitable[bytes]]:
-    async def receive(max_bytes: int) -> bytes:
-        return bytes(await stream.receive_some(max_bytes))
-
-    return receive
-
-
-# --- asyncio -----------------------------------------------------------------------------
-
-
-class _AsyncioBody(asyncio.Protocol, DirectBody):
-    """The answer, fed by the event loop as it arrives."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
-        self._loop = loop
-        self._read_timeout = read_timeout
-        self.parser = ResponseParser()
-        self._transport: asyncio.Transport | None = None
-        self._pieces: list[bytes] = []
-        self._waiting_bytes = 0
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._wait_began = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._error: WorkerError | None = None
-        self._ended = False  # the connection is closed, or its reading end
-        self._drained: asyncio.Future[None] | None = None
-        self._lost = False  # connection_lost was called: the socket is closed
-        self._gone: asyncio.Future[None] | None = None  # for aclose(), until then
-
-    @classmethod
-    async def open(
-        cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts
-    ) -> _AsyncioBody:
-        loop = asyncio.get_running_loop()
-        body = cls(loop, timeouts.read)
-        try:
-            with anyio.fail_after(timeouts.connect):
-                await loop.create_connection(
-                    lambda: body,
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=endpoint.tls,
-                    server_hostname=endpoint.host if endpoint.tls is not None else None,
-                )
-        except (OSError, TimeoutError) as exc:
-            timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
-            raise _failed(exc, _OPENING, timed_out=timed_out) from None
-        try:
-            await body._write(request, timeouts.write)
-            while not body.parser.head_complete:
-                await body._wait(_OPENING)
-        except BaseException:
-            await body.aclose()
-            raise
-        return body
-
-    # The transport's callbacks.
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A stream transport (uvloop's is not an asyncio.Transport subclass).
-        self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-
-    def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        try:
-            body = parser.feed(data)
-        except ProtocolError as exc:
-            self._fail(exc)
-            return
-        if parser.error is not None:
-            self._fail(parser.error)  # after the body before it, which read() gives first
-        if body:
-            self._pieces.append(body)
-            self._waiting_bytes += len(body)
-            if self._waiting_bytes > _HIGH_WATER_BYTES and not self._paused:
-                self._paused = True
-                assert self._transport is not None
-                self._transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.parser.feed_eof()
-        self._end()
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self._error is None and not self.parser.complete:
-            self._error = _failed(exc, "while reading the stream")
-        self._lost = True
-        if self._gone is not None and not self._gone.done():
-            self._gone.set_result(None)
-        self._end()
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._drained = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-
-    def _end(self) -> None:
-        self._ended = True
-        self._wake()
-
-    def _fail(self, error: WorkerError) -> None:
-        if self._error is None:
-            self._error = error
-        if self._transport is not None:
-            self._transport.abort()
-        self._end()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    # The consumer's side.
-
-    async def _write(self, data: bytes, within_s: float) -> None:
-        assert self._transport is not None
-        self._transport.write(data)
-        drained = self._drained
-        if drained is not None and not drained.done():
-            try:
-                with anyio.fail_after(within_s):
-                    await drained
-            except TimeoutError as exc:
-                raise _failed(exc, _OPENING) from None
-        if self._error is not None:
-            raise self._error
-
-    async def _wait(self, when: str) -> None:
-        await self._waiting(when)
-
-    def _waiting(self, when: str) -> asyncio.Future[None]:
-        """Raise what the connection failed with, if it did; else a future that is done
-        once something comes (body bytes, the body's end, the connection's end, a
-        failure). The caller then looks at what came: body bytes before any error."""
-        if self._error is not None:
-            raise self._error
-        if self._ended:
-            raise _closed_early(when)
-        loop = self._loop
-        waiter = self._waiter = loop.create_future()
-        self._wait_began = loop.time()
-        if self._timer is None and self._read_timeout != math.inf:
-            self._timer = loop.call_at(
-                self._wait_began + self._read_timeout, self._check_timeout, when
-            )
-        return waiter
-
-    def _check_timeout(self, when: str) -> None:
-        """The read timeout's timer: armed once a wait begins, it checks, when it
-        fires, whether a wait has gone on that long; else it is armed again for the
-        wait in progress, or left off until the next one."""
-        self._timer = None
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return  # no wait in progress: the next one arms the timer again
-        due = self._wait_began + self._read_timeout
-        if self._loop.time() >= due:
-            self._fail(_timed_out(when))
-        else:
-            self._timer = self._loop.call_at(due, self._check_timeout, when)
-
-    async def read(self) -> bytes | None:
-        while True:
-            pieces = self._pieces
-            if pieces:
-                self._pieces = []
-                self._waiting_bytes = 0
-                if self._paused:
-                    self._paused = False
-                    assert self._transport is not None
-                    self._transport.resume_reading()
-                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            if self.parser.complete:
-                return None
-            await self._waiting("while reading the stream")
-
-    async def aclose(self) -> None:
-        """Close the connection at once (it is never kept), and return once the event
-        loop has closed its socket (uvloop does so an iteration or two later)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._ended = True
-        if self._error is None and not self.parser.complete:
-            self._error = WorkerReset("the stream was closed")
-        self._wake()
-        if self._transport is None or self._lost:
-            return
-        self._transport.abort()
-        if self._gone is None:
-            self._gone = self._loop.create_future()
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
-            await asyncio.shield(self._gone)
