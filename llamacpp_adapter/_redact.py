@@ -31,8 +31,9 @@ _VALUE = r"[^\s\"'&,;<>]+"
 _AUTH_SCHEMES = r"(?:basic|bearer|digest|token|apikey|negotiate|ntlm|hoba|mutual|aws4-hmac-sha256)"
 _PATTERNS: tuple[re.Pattern[str], ...] = (
     # "Bearer <token>" anywhere, including inside an Authorization header; the whole
-    # value, even where it is not a valid token68.
-    re.compile(rf"(?i)bearer[ \t]+(?P<secret>{_VALUE})"),
+    # value, even where it is not a valid token68. A scheme word said twice ("BEARER
+    # Bearer <token>") is not the token.
+    re.compile(rf"(?i)bearer(?:[ \t]+bearer)*[ \t]+(?P<secret>{_VALUE})"),
     # "Authorization: <scheme> <credentials>" or "Authorization: <credentials>".
     re.compile(
         rf"(?i)(?:proxy-)?authorization[\"']?[ \t]*[:=][ \t]*[\"']?"
