@@ -91,8 +91,8 @@ def _fields(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _bench(spec: dict[str, Any]) -> int:
+    from llamacpp_adapter.bench import BenchConfig, run_bench
     from llamacpp_adapter.bench._load import Load
-    from llamacpp_adapter.bench._run import BenchConfig, run_bench
 
     config = BenchConfig(
         (spec["url"],),

@@ -15,8 +15,8 @@ import trio
 
 from llamacpp_adapter import LlamaCppHttpAdapter
 from llamacpp_adapter._local.server import LocalLlamaServer
+from llamacpp_adapter.bench import BenchConfig, BenchResult, run_bench
 from llamacpp_adapter.bench._load import Load
-from llamacpp_adapter.bench._run import BenchConfig, BenchResult, run_bench
 from llamacpp_adapter.bench._workers import worker_configs
 
 from .commands import COMMAND, assert_one_line_error, run_command

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from llamacpp_adapter.bench._load import Load, arrival_offsets
 from llamacpp_adapter.bench._plot import throughput_over_time, write_plot
-from llamacpp_adapter.bench._run import merge_results
+from llamacpp_adapter.bench._results import merge_results
 from llamacpp_adapter.bench._stats import RequestRecord, percentile, summarize
 
 
@@ -91,10 +91,10 @@ def test_a_bad_load_is_refused(options: dict[str, float], says: str) -> None:
 
 
 def result_of(records: list[RequestRecord], started_at: float, cpu: float) -> dict[str, object]:
-    from llamacpp_adapter.bench._run import _result
+    from llamacpp_adapter.bench._results import make_result
 
     wall = max(r.ended for r in records)
-    result = _result(records, wall, cpu, [None], [None], [], [], False)
+    result = make_result(records, wall, cpu, [None], [None], [], [], False)
     result.started_at = started_at
     return result.as_json()
 
@@ -152,13 +152,13 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(
 
 
 def test_a_client_near_saturation_is_warned_of() -> None:
-    from llamacpp_adapter.bench._run import _result
+    from llamacpp_adapter.bench._results import make_result
 
     records = [RequestRecord(0.0, 1.0, 4, 10, 0.1)]
-    busy = _result(records, 1.0, 0.9, [0.0], [10.0], [], [], False)
+    busy = make_result(records, 1.0, 0.9, [0.0], [10.0], [], [], False)
     assert any("of a core" in warning for warning in busy.warnings)
     assert busy.token_check["equal"] is True
-    idle = _result(records, 1.0, 0.1, [0.0], [12.0], [], [], False)
+    idle = make_result(records, 1.0, 0.1, [0.0], [12.0], [], [], False)
     assert not any("of a core" in warning for warning in idle.warnings)
     assert any("the server 12" in warning for warning in idle.warnings)  # counts differ
     assert idle.token_check["equal"] is False

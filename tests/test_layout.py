@@ -23,6 +23,7 @@ PURE = {
     "_validate",
     "_host.retry",
     "_relay.codec",
+    "bench._config",
     "bench._load",
     "bench._stats",
 }

@@ -169,8 +169,8 @@ def bench(
             raise click.UsageError(
                 "--plot needs matplotlib: in a clone, pip install -e '.[plot]'"
             ) from None
+    from ..bench._config import BenchConfig
     from ..bench._load import Load
-    from ..bench._run import BenchConfig
 
     if concurrency is not None and rate is not None:
         raise click.UsageError("give --concurrency (a closed loop) or --rate (an open loop)")
@@ -233,7 +233,8 @@ async def _bench(
 ) -> None:
     json_path, plot_path = outputs
     from ..bench._report import summary_table
-    from ..bench._run import BenchResult, run_bench
+    from ..bench._results import BenchResult
+    from ..bench._run import run_bench
     from ..bench._workers import run_workers
 
     props = []
@@ -291,7 +292,7 @@ async def _bench(
 def bench_merge(results: tuple[Path, ...], json_path: Path | None) -> None:
     """Merge the JSON results of runs made at the same time into one, and print it."""
     from ..bench._report import summary_table
-    from ..bench._run import merge_results
+    from ..bench._results import merge_results
 
     loaded = []
     for path in results:

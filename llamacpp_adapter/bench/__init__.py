@@ -15,8 +15,11 @@ and ``result.token_check`` whether the two counted the same tokens.
 :func:`merge_results` makes one result of runs made at the same time elsewhere.
 """
 
+from ._config import BenchConfig
 from ._load import Load, arrival_offsets
-from ._run import BenchConfig, BenchResult, Prompt, merge_results, run_bench
+from ._prompts import Prompt
+from ._results import BenchResult, merge_results
+from ._run import run_bench
 from ._stats import RequestRecord, percentile, summarize
 
 __all__ = [

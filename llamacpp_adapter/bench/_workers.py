@@ -22,15 +22,9 @@ import anyio.abc
 
 from .._adapter import LlamaCppHttpAdapter
 from .._host.host import ENV_API_KEY
-from ._run import (
-    BenchConfig,
-    counter_growth,
-    merge_results,
-    server_view,
-    token_check,
-    tokens_predicted,
-    watch_server,
-)
+from ._config import BenchConfig
+from ._results import merge_results
+from ._server_view import counter_growth, server_view, token_check, tokens_predicted, watch_server
 
 __all__ = ["run_workers", "shares", "worker_arguments"]
 

@@ -1,0 +1,66 @@
+"""What a run of the serving benchmark sends: :class:`BenchConfig`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._load import Load
+
+__all__ = ["BenchConfig"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What a run sends.
+
+    Attributes:
+        urls: the servers (more than one: a pool of an :class:`AdapterHost`).
+        load: a closed loop (``concurrency``) or an open one (``rate``).
+        requests: how many requests to measure (with *duration_s*: whichever ends first).
+        duration_s: how long to send requests for.
+        warmup: requests sent first and not counted.
+        input_tokens: the synthetic prompts' lengths in tokens: ``(low, high)``, drawn
+            evenly (``low == high``: fixed).
+        output_tokens: tokens each request generates (``ignore_eos``, so exact).
+        prompts_file: a JSONL file of prompts (``{"prompt": "...", "max_tokens": N}``,
+            ``max_tokens`` optional) instead of synthetic ones.
+        api_key: the servers' API key.
+        seed: the seed of the lengths and the arrivals.
+        sample_server: whether to read the servers' slots and queue during the run (a
+            worker of a run in several processes leaves it to the run).
+        extra: further llama.cpp ``/completion`` fields for every request.
+    """
+
+    urls: tuple[str, ...]
+    load: Load
+    requests: int | None = 100
+    duration_s: float | None = None
+    warmup: int = 1
+    input_tokens: tuple[int, int] = (32, 32)
+    output_tokens: int = 64
+    prompts_file: Path | None = None
+    api_key: str | None = None
+    seed: int = 0
+    sample_server: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("give at least one server URL")
+        if self.requests is None and self.duration_s is None:
+            raise ValueError("give a number of requests or a duration")
+        if self.requests is not None and self.requests < 1:
+            raise ValueError("the number of requests must be at least 1")
+        if self.duration_s is not None and not 0 < self.duration_s < math.inf:
+            raise ValueError("the duration must be positive and finite")
+        if self.warmup < 0:
+            raise ValueError("the warm-up must not be negative")
+        low, high = self.input_tokens
+        if not 1 <= low <= high:
+            raise ValueError("input lengths must be at least 1, the low one first")
+        if self.output_tokens < 1:
+            raise ValueError("the output length must be at least 1")

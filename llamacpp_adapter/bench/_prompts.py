@@ -1,0 +1,75 @@
+"""The prompts of a run: synthetic ones of exact token counts, from the server's own
+tokenizer, or those of a JSONL file, each counted by the server."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from .._adapter import LlamaCppHttpAdapter
+from ._config import BenchConfig
+
+__all__ = ["Prompt", "make_prompts"]
+
+#: The text whose tokens make up synthetic prompts (cut or repeated to each length).
+SEED_TEXT = (
+    "The quick brown fox jumps over the lazy dog while the model server answers every "
+    "request that the benchmark sends, one token after another, as fast as it can."
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request's prompt (text or token ids), its tokens, and its output length."""
+
+    prompt: str | tuple[int, ...]
+    input_tokens: int
+    max_tokens: int
+
+
+async def make_prompts(config: BenchConfig, adapter: LlamaCppHttpAdapter) -> list[Prompt]:
+    """The run's prompts, the warm-up's first."""
+    count = config.warmup + (config.requests if config.requests is not None else 100_000)
+    if config.prompts_file is not None:
+        return await _file_prompts(config.prompts_file, adapter, count, config.output_tokens)
+    seed_ids = await adapter.tokenize(SEED_TEXT)
+    rng = random.Random(config.seed)
+    low, high = config.input_tokens
+    prompts = []
+    for number in range(count):
+        length = rng.randint(low, high)
+        # The seed text's tokens from a different place for each request, so that no
+        # request finds another's prompt in the server's cache.
+        start = number % len(seed_ids)
+        ids = [seed_ids[(start + k) % len(seed_ids)] for k in range(length)]
+        prompts.append(Prompt(tuple(ids), length, config.output_tokens))
+    return prompts
+
+
+async def _file_prompts(
+    path: Path, adapter: LlamaCppHttpAdapter, count: int, output_tokens: int
+) -> list[Prompt]:
+    """The prompts of a JSONL file, in order and repeated to *count*, each counted by
+    the server's tokenizer."""
+    content = await anyio.Path(path).read_text(encoding="utf-8")
+    lines = [line for line in content.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no prompts")
+    distinct: list[Prompt] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON: {exc.msg}") from None
+        text = entry.get("prompt") if isinstance(entry, dict) else None
+        if not isinstance(text, str) or not text:
+            raise ValueError(f'{path}:{number}: no "prompt" text')
+        wanted = entry.get("max_tokens", output_tokens)
+        if not isinstance(wanted, int) or wanted < 1:
+            raise ValueError(f"{path}:{number}: max_tokens must be a positive integer")
+        distinct.append(Prompt(text, len(await adapter.tokenize(text)), wanted))
+    return [distinct[n % len(distinct)] for n in range(count)]
