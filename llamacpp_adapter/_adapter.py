@@ -21,10 +21,10 @@ from ._exceptions import AdapterError, DeadlineUnmet, JobCancelled, ProtocolErro
 from ._redact import redact_secrets, secret_mask
 from ._requests import ENGINE, EngineRequests
 from ._route import check_base_url, direct_route, split_credentials
-from ._sansio.completion import completion_body
+from ._sansio.completion import EXTRA_EVENTS_PER_SLICE, completion_body
 from ._sansio.errors import error_message, json_or_none
 from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
-from ._stream import EXTRA_EVENTS_PER_SLICE, EventStream
+from ._stream import EventStream
 from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
 from ._types import TaskRequest, WorkerHealth, WorkerProps

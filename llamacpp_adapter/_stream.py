@@ -1,11 +1,10 @@
-"""One streamed completion, read as its consumer pulls: :class:`EventStream`, and the
-slicing of a network read that keeps the events it holds within a bound."""
+"""One streamed completion, read as its consumer pulls: :class:`EventStream`."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 
@@ -15,16 +14,9 @@ from ._sansio.completion import CompletionStreamDecoder
 from ._transports.base import BodySource
 from ._types import Started, StreamEvent
 
-__all__ = ["EventStream", "event_slices"]
+__all__ = ["EventStream"]
 
 logger = logging.getLogger("llamacpp_adapter")
-
-#: The fewest bytes one streamed event can take on the wire: ``data:`` plus
-#: ``{"content":"","stop":false}`` plus a blank line.
-MIN_EVENT_BYTES = 34
-#: Events one slice may complete beyond the blank lines it holds: one whose blank line
-#: began in the previous slice, and the final chunk's Metrics and End.
-EXTRA_EVENTS_PER_SLICE = 3
 
 
 class EventStream(EventReceiveStream):
@@ -58,7 +50,6 @@ class EventStream(EventReceiveStream):
         "_event_timeout_s",
         "_index",
         "_on_end",
-        "_pieces",
         "_source",
         "_turn",
         "job_id",
@@ -82,7 +73,6 @@ class EventStream(EventReceiveStream):
         self._deadline = deadline
         self._event_timeout_s = event_timeout_s
         self._on_end = on_end
-        self._pieces: Iterator[bytes] = iter(())
         self._batch: list[StreamEvent] = [Started(job_id)]
         self._index = 0
         self._bytes_received = 0
@@ -190,14 +180,11 @@ class EventStream(EventReceiveStream):
         read = False
         partial_since = math.inf  # when a read first brought bytes but no whole event
         while True:
-            if decoder.pending_error is not None:
-                raise decoder.pending_error
             if self._cancel_reason is not None:
                 raise self._cancel_reason
-            for piece in self._pieces:
-                events = decoder.feed(piece)
-                if events:
-                    return events
+            events = decoder.next_events(self._blank_lines)
+            if events:
+                return events
             if read and self._event_timeout_s != math.inf:
                 # Only here, on a read that completed nothing, is the clock read.
                 now = anyio.current_time()
@@ -221,11 +208,10 @@ class EventStream(EventReceiveStream):
             if self._cancel_reason is not None:
                 raise self._cancel_reason
             if raw is None:
-                decoder.close()  # WorkerReset if the final chunk never came
-                return []
+                return decoder.close()  # WorkerReset if the final chunk never came
             read = True
             self._bytes_received += len(raw)
-            self._pieces = event_slices(raw, self._blank_lines)
+            decoder.receive_data(raw)
 
     async def _read(self) -> bytes | None:
         """The next read of the body, or None at its end."""
@@ -261,37 +247,3 @@ class EventStream(EventReceiveStream):
             return
         self._closed = True
         await self._source.aclose()
-
-
-def event_slices(data: bytes, blank_lines: int) -> Iterator[bytes]:
-    """Cut one network read into slices that each complete at most
-    ``blank_lines + EXTRA_EVENTS_PER_SLICE`` events, so that the events the stream
-    holds stay within the bound however small the server makes them.
-
-    An event is dispatched by a blank line: where the read holds no CR, a slice ends
-    just after its ``blank_lines``-th ``"\\n\\n"``, which holds real llama.cpp events
-    whole. Otherwise (CR line ends) a slice is as many bytes as that many of the
-    smallest possible events; and a read no longer than that is one slice.
-    """
-    size = blank_lines * MIN_EVENT_BYTES
-    if len(data) <= size:
-        # Too short to complete more events than a slice may (the paced case, a token
-        # a read): whole, with no search.
-        yield data
-        return
-    if b"\r" in data:
-        for start in range(0, len(data), size):
-            yield data[start : start + size]
-        return
-    # Split at every blank line (C speed; the same blank lines a scan from the start
-    # finds), and join them back a group of blank_lines at a time.
-    parts = data.split(b"\n\n")
-    if len(parts) - 1 <= blank_lines:
-        yield data
-        return
-    last = len(parts) - 1  # parts[last] is what follows the last blank line
-    first = 0
-    while first + blank_lines < last:
-        yield b"\n\n".join(parts[first : first + blank_lines]) + b"\n\n"
-        first += blank_lines
-    yield b"\n\n".join(parts[first:])  # the last group, and what follows it

@@ -49,7 +49,8 @@ class ResponseParser:
     case) are set; once the body is whole, :attr:`complete` is true. ``feed_eof()``
     says the connection closed: an answer whose body runs to the close is then whole.
     Malformed HTTP after some body bytes: they are returned, :attr:`error` holds the
-    error, and the next ``feed`` (or :meth:`raise_pending`) raises it.
+    error, and the next ``feed`` raises it (the convention of every decoder of this
+    library).
 
     Raises:
         ProtocolError: from ``feed``, for malformed HTTP, or a head over
@@ -88,7 +89,8 @@ class ResponseParser:
         return self._reason.decode("latin-1")
 
     def feed(self, data: bytes) -> bytes:
-        self.raise_pending()
+        if self.error is not None:
+            raise self.error
         if self.complete:
             return b""  # the answer is whole: nothing after it belongs to it
         if not self.head_complete:
@@ -102,7 +104,7 @@ class ResponseParser:
                 self.error = ProtocolError(f"bad HTTP from the engine: {exc}")
             # llhttp refuses bytes after a whole answer; they are not this answer's.
         if self.error is not None and not self._pieces:
-            self.raise_pending()
+            raise self.error
         if not self.head_complete and self._head_bytes > MAX_HEAD_BYTES:
             raise ProtocolError(f"the engine's answer head is over {MAX_HEAD_BYTES} bytes")
         pieces = self._pieces
@@ -110,11 +112,6 @@ class ResponseParser:
             return b""
         self._pieces = []
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    def raise_pending(self) -> None:
-        """Raise the error that the last :meth:`feed` met after body bytes it gave."""
-        if self.error is not None:
-            raise self.error
 
     def feed_eof(self) -> None:
         """The connection closed. An answer framed by neither ``Content-Length`` nor

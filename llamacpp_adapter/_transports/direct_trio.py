@@ -95,7 +95,8 @@ class TrioBody(DirectBody):
             return self._waiting.pop(0)
         parser = self.parser
         while not parser.complete:
-            parser.raise_pending()
+            if parser.error is not None:
+                raise parser.error
             try:
                 data = await self._receive("while reading the stream")
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:

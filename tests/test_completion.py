@@ -18,13 +18,16 @@ from llamacpp_adapter import (
     EngineError,
     Metrics,
     ProtocolError,
+    SSEDecoder,
     StreamEvent,
     Token,
     WorkerError,
     WorkerReset,
 )
+from llamacpp_adapter._sansio.completion import EXTRA_EVENTS_PER_SLICE
+from llamacpp_adapter._sansio.sse import DEFAULT_MAX_EVENT_BYTES
 
-from .wire import token_event
+from .wire import final_event, token_event
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_CASES = sorted(p.name.removesuffix(".sse") for p in GOLDEN.glob("*.sse"))
@@ -158,7 +161,7 @@ def test_error_in_stream_raised_after_the_tokens_before_it() -> None:
     error = '{"error":{"code":500,"message":"slot crashed","type":"server_error"}}'
     events = decoder.feed(sse(chunk("a", 1), chunk("b", 2), error))
     assert [e.text for e in events if isinstance(e, Token)] == ["a", "b"]
-    assert isinstance(decoder.pending_error, EngineError)
+    assert isinstance(decoder.error, EngineError)
     with pytest.raises(EngineError, match="slot crashed") as info:
         decoder.feed(b"")
     assert info.value.error_type == "server_error"
@@ -303,8 +306,8 @@ def outcome(*reads: bytes) -> tuple[list[StreamEvent], type[WorkerError] | None]
     try:
         for data in reads:
             events += decoder.feed(data)
-        if decoder.pending_error is not None:
-            raise decoder.pending_error
+        if decoder.error is not None:
+            raise decoder.error
     except WorkerError as exc:
         return events, type(exc)
     return events, None
@@ -316,8 +319,8 @@ def test_batched_decoding_equals_one_payload_at_a_time(payloads: list[str]) -> N
     # second is a run of one-line events, decoded as a batch.
     prefix = sse(chunk("first", 1))
     batched = outcome(prefix, sse(*payloads))
-    # CRLF line ends take every event through the general path, one payload at a time.
-    one_by_one = outcome(prefix, sse(*payloads, line_end="\r\n"))
+    # A comment before each event takes it through the SSE decoder, a payload at a time.
+    one_by_one = outcome(prefix, b"".join(b": general\n" + sse(p) for p in payloads))
     assert batched == one_by_one
 
 
@@ -345,3 +348,143 @@ def test_a_mid_stream_error_as_older_builds_send_it_is_an_engine_error() -> None
     with pytest.raises(EngineError) as info:
         decoder.feed(b"")
     assert (info.value.message, info.value.error_type) == ("slot failed", "server_error")
+
+
+# --- Reads sliced by a limit, and the fast path against the standard rules ----------------
+
+SMALLEST = b'data:{"content":"","stop":false}\n\n'
+FINAL = final_event(0).replace(b'"tokens_predicted":0', b'"tokens_predicted":9999')
+
+
+@st.composite
+def llama_streams(draw: st.DrawFn) -> bytes:
+    """Streams of llama.cpp's events, with what else the standard allows between them:
+    comments, blank lines, other event types, data over several lines, a BOM, and any
+    line end."""
+    parts = [_BOM] if draw(st.booleans()) else []
+    for n in range(1, draw(st.integers(1, 80)) + 1):
+        kind = draw(
+            st.sampled_from(["real"] * 5 + ["smallest", "comment", "blank", "typed", "lines"])
+        )
+        if kind == "real":
+            parts.append(token_event(n))
+        elif kind == "smallest":
+            parts.append(SMALLEST)
+        elif kind == "comment":
+            parts.append(b": keep-alive\n")
+        elif kind == "blank":
+            parts.append(b"\n")
+        elif kind == "typed":
+            parts.append(b"event: ping\ndata: {}\n\n")
+        else:
+            parts.append(b'data: {"content":"x",\ndata: "stop":false}\n\n')
+    parts.append(FINAL)
+    stream = b"".join(parts)
+    line_end = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
+    return stream.replace(b"\n", line_end) if line_end != b"\n" else stream
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def cut(stream: bytes, data: st.DataObject) -> list[bytes]:
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=12)))
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+
+def by_the_standard(
+    stream: bytes, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> tuple[list[StreamEvent], type[WorkerError] | None]:
+    """The events of *stream* by the WHATWG rules alone, and the error that ended them:
+    each message event's data handed to the decoder on its own, behind a comment, so
+    that none takes the fast path."""
+    reference = CompletionStreamDecoder()
+    events: list[StreamEvent] = []
+    standard = SSEDecoder(max_event_bytes)
+    try:
+        for event in standard.feed(stream):
+            if event.event == "message":
+                lines = "".join(f"data: {line}\n" for line in event.data.split("\n"))
+                events += reference.feed(b": general\n" + lines.encode() + b"\n")
+        if standard.error is not None:
+            raise standard.error  # after the events before it
+        events += reference.close()
+    except WorkerError as exc:
+        return events, type(exc)
+    return events, None
+
+
+@given(
+    llama_streams(), st.integers(1, 30), st.sampled_from([DEFAULT_MAX_EVENT_BYTES, 200]), st.data()
+)
+def test_no_batch_holds_more_events_than_its_limit(
+    stream: bytes, limit: int, max_event_bytes: int, data: st.DataObject
+) -> None:
+    decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
+    events: list[StreamEvent] = []
+    error: type[WorkerError] | None = None
+    try:
+        for read in cut(stream, data):
+            decoder.receive_data(read)
+            while batch := decoder.next_events(limit):
+                assert len(batch) <= limit + EXTRA_EVENTS_PER_SLICE
+                events += batch
+        events += decoder.close()
+    except WorkerError as exc:
+        error = type(exc)
+    # Slicing changes nothing of what is decoded, nor does the fast path, nor does a bound
+    # met on the way (judged by the standard's rules either way).
+    assert (events, error) == by_the_standard(stream, max_event_bytes)
+
+
+def test_real_events_come_in_full_batches() -> None:
+    decoder = CompletionStreamDecoder()
+    decoder.feed(token_event(1))  # past the start of the stream
+    decoder.receive_data(b"".join(token_event(n) for n in range(2, 102)))
+    sizes = []
+    while batch := decoder.next_events(29):
+        sizes.append(len(batch))
+    assert sizes == [29, 29, 29, 13]
+
+
+def test_a_trickle_of_one_event_is_decoded_whole() -> None:
+    decoder = CompletionStreamDecoder()
+    events: list[StreamEvent] = []
+    for n in range(len(token_event(1))):
+        events += decoder.feed(token_event(1)[n : n + 1])
+    assert events == [Token(0, " word", (301,))]
+
+
+def test_a_crlf_split_across_reads_is_one_line_end() -> None:
+    decoder = CompletionStreamDecoder()
+    event = token_event(1).replace(b"\n", b"\r\n")
+    events = decoder.feed(event[:-1]) + decoder.feed(event[-1:])  # "\r" | "\n"
+    assert events == [Token(0, " word", (301,))]
+    assert decoder.feed(token_event(2)) == [Token(1, " word", (302,))]
+
+
+def test_bytes_past_the_bound_with_no_blank_line_are_a_protocol_error() -> None:
+    decoder = CompletionStreamDecoder(max_event_bytes=100)
+    assert decoder.feed(b"data: " + b"x" * 50) == []
+    with pytest.raises(ProtocolError, match="100 bytes"):
+        decoder.feed(b"x" * 50)
+
+
+def test_an_oversized_tail_after_events_returns_them_then_raises() -> None:
+    decoder = CompletionStreamDecoder(max_event_bytes=300)
+    tail = b"data: " + b"x" * 320
+    assert decoder.feed(token_event(1) + tail) == [Token(0, " word", (301,))]
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\n\n")
+    assert isinstance(decoder.error, ProtocolError)  # and every later call raises it
+    with pytest.raises(ProtocolError):
+        decoder.close()
+
+
+def test_a_long_event_of_comments_is_judged_by_its_data() -> None:
+    # Raw bytes past the bound, but comments do not count: the standard's rules judge.
+    decoder = CompletionStreamDecoder(max_event_bytes=300)
+    events = decoder.feed(token_event(1))
+    events += decoder.feed((b": " + b"c" * 50 + b"\n") * 10)  # 530 bytes, no blank line
+    events += decoder.feed(token_event(2) + token_event(3))
+    assert [e.i for e in events if isinstance(e, Token)] == [0, 1, 2]
