@@ -90,25 +90,29 @@ def encode_event(event: StreamEvent) -> bytes:
     message: _Message
     if kind is Token:
         assert isinstance(event, Token)
-        message = _Token(event.i, event.text, event.token_ids)
+        message = _Token(i=event.i, t=event.text, ids=event.token_ids)
     elif kind is Started:
         assert isinstance(event, Started)
-        message = _Started(event.job_id)
+        message = _Started(job_id=event.job_id)
     elif kind is Metrics:
         assert isinstance(event, Metrics)
         message = _Metrics(
-            event.prompt_tokens,
-            event.prompt_ms,
-            event.prompt_tokens_per_s,
-            event.predicted_tokens,
-            event.predicted_ms,
-            event.predicted_tokens_per_s,
-            event.cached_tokens,
+            prompt_tokens=event.prompt_tokens,
+            prompt_ms=event.prompt_ms,
+            prompt_tokens_per_s=event.prompt_tokens_per_s,
+            predicted_tokens=event.predicted_tokens,
+            predicted_ms=event.predicted_ms,
+            predicted_tokens_per_s=event.predicted_tokens_per_s,
+            cached_tokens=event.cached_tokens,
         )
     else:
         assert isinstance(event, End)
         message = _End(
-            event.tokens_out, event.stop_reason, event.tokens_in, event.truncated, event.stop_word
+            tokens_out=event.tokens_out,
+            stop_reason=event.stop_reason,
+            tokens_in=event.tokens_in,
+            truncated=event.truncated,
+            stop_word=event.stop_word,
         )
     return _encoder.encode(message)
 
@@ -117,7 +121,7 @@ def encode_error(code: str, message: str, *, retriable: bool, status: int | None
     """The message for the failure that ended a task: its code (a
     :class:`WorkerError`'s, or the relay's own ``BAD_TASK``), message, whether it may be
     retried, and the engine's status for an :class:`AdapterError`."""
-    return _encoder.encode(_Error(code, message, retriable, status))
+    return _encoder.encode(_Error(code=code, message=message, retriable=retriable, status=status))
 
 
 def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
@@ -138,29 +142,29 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
     kind = type(message)
     if kind is _Token:
         assert isinstance(message, _Token)
-        return Token(message.i, message.t, message.ids)
+        return Token(i=message.i, text=message.t, token_ids=message.ids)
     if kind is _Started:
         assert isinstance(message, _Started)
-        return Started(message.job_id)
+        return Started(job_id=message.job_id)
     if kind is _Metrics:
         assert isinstance(message, _Metrics)
         return Metrics(
-            message.prompt_tokens,
-            message.prompt_ms,
-            message.prompt_tokens_per_s,
-            message.predicted_tokens,
-            message.predicted_ms,
-            message.predicted_tokens_per_s,
-            message.cached_tokens,
+            prompt_tokens=message.prompt_tokens,
+            prompt_ms=message.prompt_ms,
+            prompt_tokens_per_s=message.prompt_tokens_per_s,
+            predicted_tokens=message.predicted_tokens,
+            predicted_ms=message.predicted_ms,
+            predicted_tokens_per_s=message.predicted_tokens_per_s,
+            cached_tokens=message.cached_tokens,
         )
     if kind is _End:
         assert isinstance(message, _End)
         return End(
-            message.tokens_out,
-            message.stop_reason,
-            message.tokens_in,
-            message.truncated,
-            message.stop_word,
+            tokens_out=message.tokens_out,
+            stop_reason=message.stop_reason,
+            tokens_in=message.tokens_in,
+            truncated=message.truncated,
+            stop_word=message.stop_word,
         )
     assert isinstance(message, _Error)
     return _error(message)
