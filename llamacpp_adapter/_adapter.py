@@ -9,7 +9,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -39,7 +38,7 @@ _MIN_BUFFER_EVENTS = 8
 _LOADING_STATUS = 503
 
 
-class LlamaCppHttpAdapter:
+class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
     """A llama.cpp server (``llama-server``) as a worker.
 
     Args:
@@ -110,17 +109,6 @@ class LlamaCppHttpAdapter:
     def __repr__(self) -> str:
         key = "" if self._key_mask is None else f", api_key={self._key_mask}"
         return f"{type(self).__name__}({self._safe_url!r}{key})"
-
-    async def __aenter__(self) -> LlamaCppHttpAdapter:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the adapter and, if it made it, its HTTP client."""

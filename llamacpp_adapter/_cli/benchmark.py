@@ -15,20 +15,14 @@ import msgspec
 
 from .._adapter import LlamaCppHttpAdapter
 from .engine import engine_url
-from .group import BACKENDS, api_key_option, main
+from .group import api_key_option, backend_option, count_option, main, positive_option
 from .running import run
 
 __all__ = ["bench", "bench_merge"]
 
 #: A benchmark runs on asyncio by default: there it costs the least per token, less than
 #: a vLLM-style aiohttp client (benchmarks/NOTES.md, "The serving benchmark's own cost").
-bench_backend_option = click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="asyncio",
-    show_default=True,
-    help="The event loop to run on (asyncio costs the client least per token).",
-)
+bench_backend_option = backend_option("asyncio", "asyncio costs the client least per token")
 
 #: Slots of the local server a benchmark starts when given no --url.
 _BENCH_LOCAL_SLOTS = 4
@@ -45,44 +39,25 @@ _BENCH_LOCAL_SLOTS = 4
 )
 @api_key_option
 @bench_backend_option
-@click.option(
+@count_option(
     "--concurrency",
-    type=click.IntRange(min=1),
     help="A closed loop: this many requests open at once, a new one as each ends.",
 )
-@click.option(
-    "--rate",
-    type=click.FloatRange(min=0, min_open=True),
-    help="An open loop: this many requests a second, at random (Poisson) times.",
+@positive_option(
+    "--rate", help="An open loop: this many requests a second, at random (Poisson) times."
 )
-@click.option(
+@positive_option(
     "--burstiness",
-    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
-    show_default=True,
     help="With --rate: the gamma shape of the gaps (1: Poisson; lower: burstier).",
 )
-@click.option(
-    "--max-concurrency",
-    type=click.IntRange(min=1),
-    help="With --rate: the most requests open at once.",
+@count_option("--max-concurrency", help="With --rate: the most requests open at once.")
+@count_option(
+    "--requests", help="Requests to measure (default 100, or as many as --duration allows)."
 )
-@click.option(
-    "--requests",
-    type=click.IntRange(min=1),
-    help="Requests to measure (default 100, or as many as --duration allows).",
-)
-@click.option(
-    "--duration",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds to send requests for.",
-)
-@click.option(
-    "--warmup",
-    type=click.IntRange(min=0),
-    default=1,
-    show_default=True,
-    help="Requests sent first and not counted (0: none).",
+@positive_option("--duration", help="Seconds to send requests for.")
+@count_option(
+    "--warmup", minimum=0, default=1, help="Requests sent first and not counted (0: none)."
 )
 @click.option(
     "--input-tokens",
@@ -90,11 +65,9 @@ _BENCH_LOCAL_SLOTS = 4
     show_default=True,
     help="Prompt length in tokens, N or LOW:HIGH (exact: built with the server's tokenizer).",
 )
-@click.option(
+@count_option(
     "--output-tokens",
-    type=click.IntRange(min=1),
     default=64,
-    show_default=True,
     help="Tokens each request generates (exact: the end of sequence is ignored).",
 )
 @click.option(
@@ -103,12 +76,8 @@ _BENCH_LOCAL_SLOTS = 4
     type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
     help='A JSONL file of prompts ({"prompt": "...", "max_tokens": N}) instead.',
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="The seed of the prompt lengths and the arrivals.",
+@count_option(
+    "--seed", minimum=0, default=0, help="The seed of the prompt lengths and the arrivals."
 )
 @click.option(
     "--json",
@@ -122,11 +91,9 @@ _BENCH_LOCAL_SLOTS = 4
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Draw latency percentiles and throughput over time to this PNG (the plot extra).",
 )
-@click.option(
+@count_option(
     "--workers",
-    type=click.IntRange(min=1),
     default=1,
-    show_default=True,
     help="Client processes that share the load, so that one Python process is never the "
     "limit; their results are merged.",
 )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
 import click
 
 from .._host.host import ENV_API_KEY
@@ -10,13 +13,18 @@ __all__ = [
     "BACKENDS",
     "api_key_option",
     "backend_option",
+    "count_option",
     "main",
+    "positive_option",
     "required_url_option",
     "url_option",
 ]
 
 #: The event loops a command can run on.
 BACKENDS = ("trio", "asyncio")
+
+#: What click's option decorators are.
+Decorator: TypeAlias = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 url_option = click.option(
     "--url",
@@ -36,13 +44,42 @@ api_key_option = click.option(
     show_envvar=True,
     help="Bearer token for the server (better given in the environment).",
 )
-backend_option = click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="trio",
-    show_default=True,
-    help="The event loop to run on.",
-)
+
+
+def backend_option(default: str = "trio", why: str = "") -> Decorator:
+    """``--backend``: the event loop to run on, *default* unless given (*why* says why
+    it is the default)."""
+    return click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default=default,
+        show_default=True,
+        help=f"The event loop to run on{f' ({why})' if why else ''}.",
+    )
+
+
+def count_option(*names: str, help: str, default: int | None = None, minimum: int = 1) -> Decorator:
+    """An option that takes a count of at least *minimum*."""
+    return click.option(
+        *names,
+        type=click.IntRange(min=minimum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def positive_option(
+    *names: str, help: str, default: float | None = None, maximum: float | None = None
+) -> Decorator:
+    """An option that takes a number above 0 (and at most *maximum*)."""
+    return click.option(
+        *names,
+        type=click.FloatRange(min=0, min_open=True, max=maximum),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
 
 
 @click.group()

@@ -18,7 +18,7 @@ __all__ = ["health", "props"]
 @main.command()
 @required_url_option
 @api_key_option
-@backend_option
+@backend_option()
 def health(url: str, api_key: str | None, backend: str) -> None:
     """Print the server's health (GET /health) as JSON; exit 1 if not ready."""
     if not print_query(url, api_key, backend, "health").ready:
@@ -28,7 +28,7 @@ def health(url: str, api_key: str | None, backend: str) -> None:
 @main.command()
 @required_url_option
 @api_key_option
-@backend_option
+@backend_option()
 def props(url: str, api_key: str | None, backend: str) -> None:
     """Print what the server says about itself (GET /props and /slots) as JSON."""
     print_query(url, api_key, backend, "props")

@@ -17,7 +17,7 @@ from .._relay.server import (
     exposed,
 )
 from .engine import engine_url
-from .group import api_key_option, main, url_option
+from .group import api_key_option, count_option, main, positive_option, url_option
 from .running import run
 
 __all__ = ["relay"]
@@ -42,18 +42,15 @@ RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
     show_envvar=True,
     help="Bearer token every client must send (better given in the environment).",
 )
-@click.option(
+@count_option(
     "--max-connections",
-    type=click.IntRange(min=1),
     default=DEFAULT_MAX_CONNECTIONS,
-    show_default=True,
     help="Connections served at once; more are refused with HTTP 503.",
 )
-@click.option(
+@positive_option(
     "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True, max=86400),
     default=DEFAULT_IDLE_TIMEOUT_S,
-    show_default=True,
+    maximum=86400,
     help="Seconds to wait for a client's task, and for a client that stops reading.",
 )
 @click.option("--allow-extra", is_flag=True, help="Let tasks carry extra llama.cpp fields.")

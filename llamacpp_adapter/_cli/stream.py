@@ -12,7 +12,7 @@ import click
 from .._adapter import LlamaCppHttpAdapter
 from .._types import End, Metrics, TaskRequest, Token
 from .engine import engine_url
-from .group import api_key_option, backend_option, main, url_option
+from .group import api_key_option, backend_option, count_option, main, url_option
 from .running import run
 
 __all__ = ["stream"]
@@ -33,14 +33,8 @@ LOCAL_TEMPERATURE = 0.8
 )
 @url_option
 @api_key_option
-@backend_option
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="The most tokens to generate.",
-)
+@backend_option()
+@count_option("--max-tokens", default=64, help="The most tokens to generate.")
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0.0),

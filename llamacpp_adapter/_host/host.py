@@ -20,7 +20,6 @@ import os
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from types import TracebackType
 from typing import Any
 
 import anyio
@@ -62,7 +61,7 @@ DEFAULT_CALL_TIMEOUT_S = 5.0
 _MAX_NAME_CHARS = 200
 
 
-class AdapterHost:
+class AdapterHost(anyio.abc.AsyncResource):
     """Pools of llama.cpp replicas, with dispatch by free slots and retries.
 
     ::
@@ -149,14 +148,6 @@ class AdapterHost:
         for replica in self._pools:
             self._watch(replica)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop the watchers, close the adapters the host made, stop serving metrics."""

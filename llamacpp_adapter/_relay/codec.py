@@ -95,25 +95,10 @@ def encode_event(event: StreamEvent) -> bytes:
         assert isinstance(event, Started)
         message = _Started(job_id=event.job_id)
     elif kind is Metrics:
-        assert isinstance(event, Metrics)
-        message = _Metrics(
-            prompt_tokens=event.prompt_tokens,
-            prompt_ms=event.prompt_ms,
-            prompt_tokens_per_s=event.prompt_tokens_per_s,
-            predicted_tokens=event.predicted_tokens,
-            predicted_ms=event.predicted_ms,
-            predicted_tokens_per_s=event.predicted_tokens_per_s,
-            cached_tokens=event.cached_tokens,
-        )
+        # Its wire names are its own (a field the wire lacks is a TypeError here).
+        message = _Metrics(**msgspec.structs.asdict(event))
     else:
-        assert isinstance(event, End)
-        message = _End(
-            tokens_out=event.tokens_out,
-            stop_reason=event.stop_reason,
-            tokens_in=event.tokens_in,
-            truncated=event.truncated,
-            stop_word=event.stop_word,
-        )
+        message = _End(**msgspec.structs.asdict(event))
     return _encoder.encode(message)
 
 
@@ -147,25 +132,9 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
         assert isinstance(message, _Started)
         return Started(job_id=message.job_id)
     if kind is _Metrics:
-        assert isinstance(message, _Metrics)
-        return Metrics(
-            prompt_tokens=message.prompt_tokens,
-            prompt_ms=message.prompt_ms,
-            prompt_tokens_per_s=message.prompt_tokens_per_s,
-            predicted_tokens=message.predicted_tokens,
-            predicted_ms=message.predicted_ms,
-            predicted_tokens_per_s=message.predicted_tokens_per_s,
-            cached_tokens=message.cached_tokens,
-        )
+        return Metrics(**msgspec.structs.asdict(message))
     if kind is _End:
-        assert isinstance(message, _End)
-        return End(
-            tokens_out=message.tokens_out,
-            stop_reason=message.stop_reason,
-            tokens_in=message.tokens_in,
-            truncated=message.truncated,
-            stop_word=message.stop_word,
-        )
+        return End(**msgspec.structs.asdict(message))
     assert isinstance(message, _Error)
     return _error(message)
 

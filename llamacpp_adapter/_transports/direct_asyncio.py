@@ -14,6 +14,7 @@ import anyio
 
 from .._exceptions import ProtocolError, WorkerError, WorkerReset
 from .._sansio.http11 import ResponseParser
+from . import direct
 from .base import CLOSE_TIMEOUT_S, NO_CONNECTION, NO_TLS_ANSWER
 from .direct import (
     HIGH_WATER_BYTES,
@@ -21,9 +22,6 @@ from .direct import (
     DirectBody,
     Endpoint,
     StreamTimeouts,
-    answer_cut,
-    connection_failed,
-    read_timed_out,
 )
 
 __all__ = ["AsyncioBody"]
@@ -66,7 +64,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
                 )
         except (OSError, TimeoutError) as exc:
             timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
-            raise connection_failed(exc, OPENING, timed_out=timed_out) from None
+            raise direct.connection_failed(exc, OPENING, timed_out=timed_out) from None
         try:
             await body._write(request, timeouts.write)
             while not body.parser.head_complete:
@@ -110,7 +108,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._error is None and not self.parser.complete:
-            self._error = connection_failed(exc, "while reading the stream")
+            self._error = direct.connection_failed(exc, "while reading the stream")
         self._lost = True
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
@@ -156,7 +154,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
                 with anyio.fail_after(within_s):
                     await drained
             except TimeoutError as exc:
-                raise connection_failed(exc, OPENING) from None
+                raise direct.connection_failed(exc, OPENING) from None
         if self._error is not None:
             raise self._error
 
@@ -170,7 +168,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         if self._error is not None:
             raise self._error
         if self._ended:
-            raise answer_cut(when)
+            raise direct.answer_cut(when)
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         self._wait_began = loop.time()
@@ -190,7 +188,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
             return  # no wait in progress: the next one arms the timer again
         due = self._wait_began + self._read_timeout
         if self._loop.time() >= due:
-            self._fail(read_timed_out(when))
+            self._fail(direct.read_timed_out(when))
         else:
             self._timer = self._loop.call_at(due, self._check_timeout, when)
 

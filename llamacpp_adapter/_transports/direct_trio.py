@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from .._sansio.http11 import ResponseParser
+from . import direct
 from .base import NO_TLS_ANSWER
 from .direct import (
     NOT_SENT,
@@ -18,9 +19,6 @@ from .direct import (
     DirectBody,
     Endpoint,
     StreamTimeouts,
-    answer_cut,
-    connection_failed,
-    read_timed_out,
 )
 
 __all__ = ["TrioBody"]
@@ -48,7 +46,7 @@ class TrioBody(DirectBody):
             with trio.fail_after(timeouts.connect):
                 tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
         except (OSError, trio.TooSlowError) as exc:
-            raise connection_failed(exc, OPENING) from None
+            raise direct.connection_failed(exc, OPENING) from None
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         handshaking = False
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
@@ -66,7 +64,7 @@ class TrioBody(DirectBody):
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             await trio.aclose_forcefully(stream)
             timed_out = NO_TLS_ANSWER if handshaking else NOT_SENT
-            raise connection_failed(exc, OPENING, timed_out=timed_out) from None
+            raise direct.connection_failed(exc, OPENING, timed_out=timed_out) from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -77,7 +75,7 @@ class TrioBody(DirectBody):
         while not parser.head_complete:
             data = await self._receive(OPENING)
             if not data:
-                raise answer_cut(OPENING)
+                raise direct.answer_cut(OPENING)
             body = parser.feed(data)
             if body:
                 self._waiting.append(body)
@@ -88,7 +86,7 @@ class TrioBody(DirectBody):
             return await self._recv(READ_BYTES)
         with trio.move_on_after(timeout):
             return await self._recv(READ_BYTES)
-        raise read_timed_out(when)  # the read was cancelled at the timeout
+        raise direct.read_timed_out(when)  # the read was cancelled at the timeout
 
     async def read(self) -> bytes | None:
         if self._waiting:
@@ -100,12 +98,12 @@ class TrioBody(DirectBody):
             try:
                 data = await self._receive("while reading the stream")
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise connection_failed(exc, "while reading the stream") from None
+                raise direct.connection_failed(exc, "while reading the stream") from None
             if not data:
                 parser.feed_eof()
                 if parser.complete:
                     return None
-                raise answer_cut("while reading the stream")
+                raise direct.answer_cut("while reading the stream")
             body = parser.feed(data)
             if body:
                 return body
