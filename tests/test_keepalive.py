@@ -121,14 +121,19 @@ async def test_an_idempotent_request_on_a_connection_closed_unseen_is_sent_once_
     assert answered == ["/health", "/health", "/tokenize"]
 
 
-async def test_a_request_sent_again_is_sent_only_once_more() -> None:
-    async def script(connection: Connection) -> None:
-        if connection.path == "/health":
-            await connection.send(HEALTHY)
-            await connection.next_request()
-        # Any other request that opens a connection: closed unanswered.
+async def health_then_nothing(connection: Connection) -> None:
+    """``/health`` is answered, and the request after it on the same connection is not;
+    any other request that opens a connection is closed unanswered."""
+    if connection.path == "/health":
+        await connection.send(HEALTHY)
+        await connection.next_request()
 
-    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+
+async def test_a_request_sent_again_is_sent_only_once_more() -> None:
+    async with (
+        scripted_server(health_then_nothing) as server,
+        LlamaCppHttpAdapter(server.url) as adapter,
+    ):
         assert (await adapter.health()).ready
         with pytest.raises(WorkerReset, match="GET /metrics, sent again after") as info:
             await adapter.metrics()
@@ -156,13 +161,11 @@ async def test_a_streamed_completion_is_never_sent_again() -> None:
 
 
 async def test_a_streamed_completion_on_the_direct_path_has_a_connection_of_its_own() -> None:
-    async def script(connection: Connection) -> None:
-        if connection.path == "/health":
-            await connection.send(HEALTHY)
-            await connection.next_request()
-        # The completion: closed unanswered, on the connection it opened for itself.
-
-    async with scripted_server(script) as server, LlamaCppHttpAdapter(server.url) as adapter:
+    # The completion is closed unanswered, on the connection it opened for itself.
+    async with (
+        scripted_server(health_then_nothing) as server,
+        LlamaCppHttpAdapter(server.url) as adapter,
+    ):
         assert (await adapter.health()).ready
         with pytest.raises(WorkerReset, match="while opening the stream") as info:
             async with adapter.submit(TaskRequest("hi")):
