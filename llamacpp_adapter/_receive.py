@@ -1,21 +1,70 @@
 """One receive interface for every stream of a task's events: :class:`EventReceiveStream`,
 which :class:`EventStream`, :class:`HostStream` and :class:`RelayStream` share. It is
 anyio's ``ObjectReceiveStream``, so a stream stands wherever a memory channel's receive
-end stands; and :class:`ReadTurn`, which lets one task at a time do a stream's read."""
+end stands.
+
+The receiving is written once, here, over one state (:class:`StreamState`, its
+transitions in :data:`TRANSITIONS`); a stream says only how it reads its next events,
+what a failure of that read means, and how its source closes.
+"""
 
 from __future__ import annotations
 
+import enum
+import logging
 from abc import abstractmethod
+from typing import Final
 
 import anyio
 from anyio.abc import ObjectReceiveStream
 
+from ._exceptions import InternalError, WorkerError
 from ._types import StreamEvent
 
-__all__ = ["CLOSED_MESSAGE", "EventReceiveStream", "ReadTurn"]
+__all__ = ["CLOSED_MESSAGE", "TRANSITIONS", "EventReceiveStream", "StreamState"]
+
+logger = logging.getLogger("llamacpp_adapter")
 
 #: What ``anyio.ClosedResourceError`` says when a closed stream is read.
 CLOSED_MESSAGE = "the stream was closed (its block was left, or aclose() was called)"
+
+
+class StreamState(enum.Enum):
+    """Where a stream of events is.
+
+    * ``OPEN``: events are handed out as they are asked for.
+    * ``READING``: a task is reading the stream's source; another task that asks for an
+      event waits for that read, which may bring it.
+    * ``ENDED``: the last event was handed out: ``EndOfStream`` from then on.
+    * ``FAILED``: the failure that ended it was raised: ``EndOfStream`` from then on.
+    * ``CLOSED``: closed before its end (:meth:`~EventReceiveStream.aclose`, or its
+      block left): ``ClosedResourceError`` from then on.
+    """
+
+    OPEN = "open"
+    READING = "reading"
+    ENDED = "ended"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+#: Every change of state a stream may make; each happens in :class:`EventReceiveStream`.
+TRANSITIONS: Final[dict[StreamState, frozenset[StreamState]]] = {
+    # A cancel (FAILED) or aclose() (CLOSED) while no task reads.
+    StreamState.OPEN: frozenset({StreamState.READING, StreamState.FAILED, StreamState.CLOSED}),
+    StreamState.READING: frozenset(
+        {StreamState.OPEN, StreamState.ENDED, StreamState.FAILED, StreamState.CLOSED}
+    ),
+    StreamState.ENDED: frozenset(),
+    StreamState.FAILED: frozenset(),
+    StreamState.CLOSED: frozenset(),
+}
+
+_OPEN = StreamState.OPEN
+_READING = StreamState.READING
+_ENDED = StreamState.ENDED
+_FAILED = StreamState.FAILED
+_CLOSED = StreamState.CLOSED
 
 
 class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
@@ -29,11 +78,17 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
     * ``async for event in stream`` is the same loop, ending at ``EndOfStream``.
     * ``stream.receive_nowait()`` gives an event that is already decoded and waits for
       nothing; ``anyio.WouldBlock`` when the next one needs a read.
+    * ``await stream.receive_batch()`` gives every event already decoded, or those of
+      the next read: a consumer that handles events in bulk pays one await a read.
     * ``await stream.aclose()`` closes it at once: its response (or connection) closes,
       so the engine stops generating and frees its slot.
 
+    Taking an event that is already decoded is not a checkpoint: a loop that finds one
+    waiting never yields to the scheduler for it (the read that brought it did). A
+    consumer that must let other tasks run between events awaits a checkpoint itself.
+
     Several tasks may receive from one stream, as from one memory channel: each event
-    goes to one of them, in order; while one task reads the network, the others wait
+    goes to one of them, in order; while one task reads the source, the others wait
     for that read. A failure goes to the task whose read met it; the others then see
     the end of the stream.
 
@@ -42,14 +97,68 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
     """
 
     job_id: str
+    _batch: list[StreamEvent]
+    _index: int
+    _state: StreamState
+    _read_done: anyio.Event | None
+    _interruption: Exception | None
+    _released: bool
+
+    def _start(self, first: list[StreamEvent]) -> None:
+        """Begin with *first* waiting, the stream open."""
+        self._batch = first
+        self._index = 0
+        self._state = _OPEN
+        self._read_done = None  # made when a second task waits for a read
+        # Why the stream was ended from outside its reading task (a cancel, or aclose()
+        # while another task reads): what the reader gets.
+        self._interruption = None
+        self._released = False
+
+    # --- What each stream says -------------------------------------------------------------
+
+    @abstractmethod
+    async def _read(self) -> list[StreamEvent]:
+        """The next events from the source, at least one; ``[]`` at its clean end.
+
+        Raises:
+            Exception: whatever the read met (:meth:`_failure` says what it means).
+        """
+
+    def _error_for(self, exc: Exception) -> Exception:
+        """What the reader gets for *exc*, which :meth:`_read` raised (a failure of
+        ours as it is; anything else logged, and an :class:`InternalError`)."""
+        if isinstance(exc, WorkerError):
+            return exc
+        logger.exception("unexpected failure while reading a stream")
+        return InternalError(f"unexpected {type(exc).__name__} while reading the stream")
+
+    @abstractmethod
+    async def _release(self, failure: WorkerError | None) -> None:
+        """The stream ended (*failure*: how, or None at its clean end, or when it was
+        closed): close its source now, and count the outcome. Called once, by
+        :meth:`_end`."""
+
+    @abstractmethod
+    async def _interrupt_read(self) -> None:
+        """Make the read in progress fail at once (close its source under it)."""
+
+    # --- Receiving, once for every stream ------------------------------------------------------
 
     def __aiter__(self) -> EventReceiveStream:
         return self
 
-    @abstractmethod
     async def __anext__(self) -> StreamEvent:
-        """The next event; ``StopAsyncIteration`` after the last (each stream's own fast
-        path: ``receive()`` is built on it)."""
+        """The next event; ``StopAsyncIteration`` after the last."""
+        index = self._index
+        batch = self._batch
+        if index < len(batch):
+            self._index = index + 1
+            return batch[index]
+        if not await self._fill():
+            raise StopAsyncIteration
+        self._index = 1
+        return self._batch[0]
 
     async def receive(self) -> StreamEvent:
         """The next event.
@@ -64,7 +173,6 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
         except StopAsyncIteration:
             raise anyio.EndOfStream from None
 
-    @abstractmethod
     def receive_nowait(self) -> StreamEvent:
         """The next event, when it is already decoded.
 
@@ -73,35 +181,131 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
             anyio.EndOfStream: after the stream's last event.
             anyio.ClosedResourceError: once the stream was closed.
         """
+        index = self._index
+        batch = self._batch
+        if index < len(batch):
+            self._index = index + 1
+            return batch[index]
+        state = self._state
+        if state is _ENDED or state is _FAILED:
+            raise anyio.EndOfStream
+        if state is _CLOSED:
+            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+        raise anyio.WouldBlock
+
+    async def receive_batch(self) -> list[StreamEvent]:
+        """Every event already decoded, or, when none is, those of the next read; ``[]``
+        after the last. The events are taken: they are not received again.
+
+        Raises:
+            WorkerError: the failure that ended the stream, after the events before it.
+            anyio.ClosedResourceError: once the stream was closed.
+        """
+        index = self._index
+        batch = self._batch
+        if index >= len(batch):
+            if not await self._fill():
+                return []
+            index, batch = 0, self._batch
+        self._batch, self._index = [], 0
+        return batch if index == 0 else batch[index:]
 
     @property
-    @abstractmethod
     def buffered(self) -> int:
         """Events decoded and waiting: that many ``receive_nowait()`` calls succeed."""
+        return len(self._batch) - self._index
 
+    @property
+    def state(self) -> StreamState:
+        return self._state
 
-class ReadTurn:
-    """Whose turn it is to read a stream's source: one task at a time. A task that finds
-    the turn taken waits until that read ends, then looks again, since that read may
-    have brought the event it wants. Nothing is allocated until a second task waits."""
+    async def aclose(self) -> None:
+        """Close the stream now: its source closes, so the engine frees the slot. A task
+        waiting in :meth:`receive` gets ``anyio.ClosedResourceError``; after the
+        stream's end, nothing changes."""
+        state = self._state
+        if state is _READING:
+            await self._interrupt(anyio.ClosedResourceError(CLOSED_MESSAGE))
+        elif state is _OPEN:
+            self._batch, self._index = [], 0
+            self._to(_CLOSED)
+            await self._end(None)
 
-    __slots__ = ("_ended", "taken")
+    async def _interrupt(self, reason: Exception) -> None:
+        """End the stream with *reason* from outside its reading task: the source closes
+        now, so that the engine frees its slot, and the reader gets *reason* from its
+        next read, or the one it is in (after the events already decoded)."""
+        if self._state not in (_OPEN, _READING) or self._interruption is not None:
+            return
+        self._interruption = reason
+        if self._state is _READING:
+            await self._interrupt_read()  # the read fails; the reader does the rest
+        else:
+            await self._end(reason)
 
-    def __init__(self) -> None:
-        self.taken = False
-        self._ended: anyio.Event | None = None
+    async def _fill(self) -> bool:
+        """Read the next events into the batch; False at the end.
 
-    def take(self) -> None:
-        self.taken = True
+        Raises:
+            WorkerError: the failure that ended the stream.
+            anyio.ClosedResourceError: once the stream was closed.
+        """
+        while True:
+            state = self._state
+            if state is _OPEN:
+                break
+            if state is _READING:
+                # Another task is reading: its read may bring the next event.
+                if self._read_done is None:
+                    self._read_done = anyio.Event()
+                await self._read_done.wait()
+                if self._index < len(self._batch):
+                    self._index, batch = 0, self._batch[self._index :]
+                    self._batch = batch
+                    return True
+                continue
+            if state is _CLOSED:
+                raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+            return False  # ENDED, FAILED
+        interruption = self._interruption
+        if interruption is not None:
+            # Ended from outside: its source is closed already, or closes now.
+            self._to(_CLOSED if isinstance(interruption, anyio.ClosedResourceError) else _FAILED)
+            await self._end(interruption)
+            raise interruption
+        self._to(_READING)
+        try:
+            batch = await self._read()
+        except Exception as exc:
+            error = self._interruption or self._error_for(exc)
+            closed = isinstance(error, anyio.ClosedResourceError)
+            self._to(_CLOSED if closed else _FAILED)
+            await self._end(error)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException:
+            # Cancelled while reading: the stream stays as it was, for another read.
+            self._to(_OPEN)
+            raise
+        if not batch:
+            self._to(_ENDED)
+            await self._end(None)
+            return False
+        self._to(_OPEN)
+        self._batch, self._index = batch, 0
+        return True
 
-    def give_back(self) -> None:
-        self.taken = False
-        if self._ended is not None:
-            self._ended.set()
-            self._ended = None
+    async def _end(self, failure: Exception | None) -> None:
+        """Release the stream's source once, with its *failure* (one of ours, or None)."""
+        if not self._released:
+            self._released = True
+            await self._release(failure if isinstance(failure, WorkerError) else None)
 
-    async def wait(self) -> None:
-        """Return once the read in progress has ended."""
-        if self._ended is None:
-            self._ended = anyio.Event()
-        await self._ended.wait()
+    def _to(self, state: StreamState) -> None:
+        assert state in TRANSITIONS[self._state], (self._state, state)
+        leaving_read = self._state is _READING
+        self._state = state
+        if leaving_read and self._read_done is not None:
+            self._read_done.set()
+            self._read_done = None

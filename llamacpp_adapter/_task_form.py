@@ -169,26 +169,18 @@ async def feed_channel(
         async with opening as events:
             task_status.started(job_id)
             try:
-                async for event in events:
+                while batch := await events.receive_batch():
                     full = 0  # sends in a row of this read that found the channel full
-                    while True:
+                    for event in batch:
                         item = (job_id, event)
                         if full < _FULL_BEFORE_WAITING:
                             try:
                                 send_nowait(item)
                                 full = 0
+                                continue
                             except _FULL:
                                 full += 1
-                                await send(item)
-                        else:
-                            await send(item)
-                        if not events.buffered:
-                            break
-                        # The rest of that read's events, decoded already: no await.
-                        try:
-                            event = events.receive_nowait()
-                        except anyio.WouldBlock:
-                            break  # what was counted was not for the consumer (a replica's Started)
+                        await send(item)
             except WorkerError as exc:
                 await send((job_id, exc))
     except _RECEIVER_GONE:

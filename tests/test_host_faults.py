@@ -83,6 +83,12 @@ def tokens(count: int) -> Script:
     return handle
 
 
+async def first_token_then_nothing(connection: Connection) -> None:
+    """A stream that sends its first token and then nothing, until it is closed."""
+    await connection.send(STREAM_HEAD + chunked(token_event(1)))
+    await trio.sleep_forever()
+
+
 def cut_after(count: int) -> Script:
     """Headers and *count* tokens, then the connection closes mid-stream."""
 
@@ -298,12 +304,8 @@ async def test_pool_unavailable_when_no_slot_frees_in_time(
     # slot_wait_s=0: a saturated pool fails at once, with not a moment of waiting.
     mock_clock.autojump_threshold = 0
 
-    async def endless(connection: Connection) -> None:
-        await connection.send(STREAM_HEAD + chunked(token_event(1)))
-        await trio.sleep_forever()
-
     async with host_for_test(slot_wait_s=slot_wait_s) as host:
-        await add_replica(nursery, host, "r0", Engine(endless))
+        await add_replica(nursery, host, "r0", Engine(first_token_then_nothing))
         async with host.submit("pool", TaskRequest("a")), host.submit("pool", TaskRequest("b")):
             assert host.replicas("pool")[0].free_slots == 0
             start = trio.current_time()
@@ -332,7 +334,9 @@ def sample(
 
 
 async def test_the_metrics_endpoint_serves_what_happened(nursery: trio.Nursery) -> None:
-    flaky = Engine(answer(503, "Service Unavailable", LOADING), tokens(5))
+    flaky = Engine(
+        answer(503, "Service Unavailable", LOADING), tokens(5), tokens(5), first_token_then_nothing
+    )
     async with host_for_test(retry=RetryPolicy(initial_backoff_s=0.0)) as host:
         await add_replica(nursery, host, "r0", flaky)
         url = host.metrics.serve()
@@ -342,7 +346,7 @@ async def test_the_metrics_endpoint_serves_what_happened(nursery: trio.Nursery) 
         async with host.submit("pool", TaskRequest("x")) as events:
             async for event in events:
                 if isinstance(event, Token):
-                    break  # left early: cancelled
+                    break  # left while the stream runs: cancelled
         samples = await trio.to_thread.run_sync(scrape, url)
     r0 = {"replica": "r0"}
     assert sample(samples, "llamacpp_adapter_requests_total", outcome="ok", **r0) == 2
@@ -499,11 +503,7 @@ async def test_an_unbound_replica_gets_no_new_work(nursery: trio.Nursery) -> Non
 
 
 async def test_cancel_ends_the_job_on_its_replica_without_a_retry(nursery: trio.Nursery) -> None:
-    async def endless(connection: Connection) -> None:
-        await connection.send(STREAM_HEAD + chunked(token_event(1)))
-        await trio.sleep_forever()
-
-    engine = Engine(endless)
+    engine = Engine(first_token_then_nothing)
     async with host_for_test() as host:
         await add_replica(nursery, host, "r0", engine)
         task = TaskRequest("x", job_id="job-7")

@@ -345,29 +345,21 @@ class OneRead(EventReceiveStream):
 
     def __init__(self) -> None:
         self.job_id = "job"
-        self._events: list[StreamEvent] = []
-        self._read = False
+        self._done = False
+        self._start([])
 
-    async def __anext__(self) -> StreamEvent:
-        if not self._events and not self._read:
-            await anyio.lowlevel.checkpoint()
-            self._read = True
-            self._events = [Started("job"), *(Token(i, "x") for i in range(READ_EVENTS))]
-        if not self._events:
-            raise StopAsyncIteration
-        return self._events.pop(0)
+    async def _read(self) -> list[StreamEvent]:
+        if self._done:
+            return []
+        await anyio.lowlevel.checkpoint()
+        self._done = True
+        return [Started("job"), *(Token(i, "x") for i in range(READ_EVENTS))]
 
-    def receive_nowait(self) -> StreamEvent:
-        if not self._events:
-            raise anyio.WouldBlock
-        return self._events.pop(0)
+    async def _interrupt_read(self) -> None:
+        pass
 
-    @property
-    def buffered(self) -> int:
-        return len(self._events)
-
-    async def aclose(self) -> None:
-        self._events = []
+    async def _release(self, failure: WorkerError | None) -> None:
+        pass
 
 
 class CountingSend:

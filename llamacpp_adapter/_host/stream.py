@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from bisect import bisect_left as _bisect
 from contextlib import AsyncExitStack
 from typing import Any
@@ -19,7 +20,7 @@ import anyio
 
 from .._adapter import ENGINE
 from .._exceptions import WorkerError
-from .._receive import CLOSED_MESSAGE, EventReceiveStream, ReadTurn
+from .._receive import EventReceiveStream
 from .._stream import EventStream
 from .._types import End, Started, StreamEvent, TaskRequest, Token
 from .metrics import LatencySeries
@@ -41,7 +42,9 @@ class HostStream(EventReceiveStream):
 
     Until the first token, a retriable failure sends the task to another replica (the
     consumer sees nothing of it); after the first token, a failure is raised after the
-    tokens already delivered.
+    tokens already delivered. The host reads the replica's events a read at a time; the
+    time to the first token and the gaps between tokens it records are those of its
+    reads.
 
     Attributes:
         job_id: the task's ``job_id``.
@@ -81,15 +84,13 @@ class HostStream(EventReceiveStream):
         self._tokens = 0
         self._min_context = 0
         self._failed_on: set[Replica] = set()  # replicas this task failed on
-        self._started_sent = False
         self._current: Replica | None = None
         self._events: EventStream | None = None
         self._attempt: AsyncExitStack | None = None
         self._failure: WorkerError | None = None
-        self._ended = False
-        self._closed = False
-        self._finished = False  # its end or its failure was handed out
-        self._turn = ReadTurn()
+        self._ended = False  # the replica's End was read
+        self._retrying: anyio.CancelScope | None = None  # placing the task again
+        self._start([Started(self.job_id)])
 
     @classmethod
     async def open(
@@ -117,104 +118,88 @@ class HostStream(EventReceiveStream):
         return stream
 
     @property
-    def tokens_delivered(self) -> int:
-        """:class:`Token` events handed to the consumer so far (an :class:`EventStream`
-        counts those decoded, in ``tokens_decoded``)."""
+    def tokens_received(self) -> int:
+        """:class:`Token` events read from the replica so far: the consumer's, and those
+        still waiting in :attr:`buffered`."""
         return self._tokens
 
     @property
-    def buffered(self) -> int:
-        events = self._events
-        return (not self._started_sent) + (0 if events is None else events.buffered)
+    def tokens_delivered(self) -> int:
+        """The old name of :attr:`tokens_received`."""
+        warnings.warn(
+            "HostStream.tokens_delivered is now tokens_received",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._tokens
 
-    def __aiter__(self) -> HostStream:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        while True:
-            try:
-                # An event of the replica's last read, already decoded: no await.
-                return self.receive_nowait()
-            except anyio.WouldBlock:
-                pass
-            except anyio.EndOfStream:
-                raise StopAsyncIteration from None
-            events = self._events
-            assert events is not None  # else receive_nowait() ended the stream
-            if self._turn.taken:
-                await self._turn.wait()  # another task is reading
-                continue
-            self._turn.take()
-            try:
-                read = await self._read(events)
-            except (StopAsyncIteration, WorkerError):
-                self._finished = True  # its end, or the failure that ended it
-                raise
-            finally:
-                self._turn.give_back()
-            # None: the task went to another replica, or the replica's own Started.
-            event = None if read is None else self._delivered(read)
-            if event is not None:
-                return event
-
-    def _delivered(self, event: StreamEvent) -> StreamEvent | None:
-        """Count *event* as handed to the consumer; None for the replica's own Started
-        (the host sent its own)."""
-        kind = type(event)
-        if kind is Token:
-            self._on_token()
-        elif kind is Started:
-            return None
-        elif kind is End:
-            self._ended = True
-        return event
-
-    async def _read(self, events: EventStream) -> StreamEvent | None:
-        """The replica's next event; None when its failure sent the task to another."""
-        try:
-            return await events.__anext__()
-        except (StopAsyncIteration, anyio.ClosedResourceError):
-            await self._close_attempt()
-            raise
-        except WorkerError as exc:
-            # The replica's response is closed already; free its slot and count the
-            # failure now, not when the consumer leaves the block.
-            self._failure = exc
-            replica = self._current
-            await self._close_attempt()
-            if self._tokens == 0 and await self._retry(exc, replica):
-                await self._open(last=exc)
-                return None
-            raise
-
-    def receive_nowait(self) -> StreamEvent:
-        if not self._started_sent:
-            self._started_sent = True
-            return Started(self.job_id)
+    async def _read(self) -> list[StreamEvent]:
+        """The replica's next events; when its failure comes before the first token and
+        the policy says so, the task goes to another replica, unseen."""
         while True:
             events = self._events
             if events is None:
-                if self._closed and not self._finished:
-                    raise anyio.ClosedResourceError(CLOSED_MESSAGE)
-                raise anyio.EndOfStream
-            if not events.buffered:
-                raise anyio.WouldBlock
-            event = self._delivered(events.receive_nowait())
-            if event is not None:
-                return event
+                return []
+            try:
+                batch = await events.receive_batch()
+            except anyio.ClosedResourceError:
+                await self._close_attempt()
+                raise
+            except WorkerError as exc:
+                # The replica's response is closed already; free its slot and count the
+                # failure now, not when the consumer leaves the block.
+                self._failure = exc
+                replica = self._current
+                await self._close_attempt()
+                if self._tokens or not await self._try_again(exc, replica):
+                    raise
+                continue
+            if not batch:
+                await self._close_attempt()
+                return []
+            batch = self._received(batch)
+            if batch:
+                return batch
 
-    async def aclose(self) -> None:
-        """Close the stream now: the replica's response closes and its slot is freed.
-        A task waiting in :meth:`receive` gets ``anyio.ClosedResourceError``."""
-        self._closed = True
-        events = self._events
-        if self._turn.taken and events is not None:
-            await events.aclose()  # the reading task then frees the slot
-        else:
-            await self._close_attempt()
+    async def _try_again(self, error: WorkerError, replica: Replica | None) -> bool:
+        """Open the task on another replica after *error*, if the policy says so; an
+        aclose() meanwhile stops that at once."""
+        try:
+            with anyio.CancelScope() as self._retrying:
+                if not await self._retry(error, replica):
+                    return False
+                await self._open(last=error)
+        finally:
+            self._retrying = None
+        if self._interruption is not None:
+            raise self._interruption
+        return True
 
-    def _on_token(self) -> None:
+    def _received(self, batch: list[StreamEvent]) -> list[StreamEvent]:
+        """Count the tokens and the end of a batch read from the replica; without the
+        replica's own Started (the host sent its own)."""
+        if type(batch[0]) is Started:
+            batch = batch[1:]
         now = _monotonic()
+        for event in batch:
+            kind = type(event)
+            if kind is Token:
+                self._on_token(now)
+            elif kind is End:
+                self._ended = True
+        return batch
+
+    async def _interrupt_read(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+        events = self._events
+        if events is not None:
+            await events.aclose()  # the reading task then frees the slot
+
+    async def _release(self, failure: WorkerError | None) -> None:
+        await self._close_attempt()
+
+    def _on_token(self, now: float) -> None:
         if self._tokens:
             # Inlined LatencySeries.observe: this runs for every token.
             series = self._token_latency

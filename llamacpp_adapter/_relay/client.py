@@ -9,10 +9,8 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import anyio
-
-from .._exceptions import ProtocolError, WorkerError, WorkerReset
-from .._receive import CLOSED_MESSAGE, EventReceiveStream
+from .._exceptions import WorkerError, WorkerReset
+from .._receive import EventReceiveStream
 from .._types import End, StreamEvent, TaskRequest
 from .codec import decode_event, encode_task
 from .ws_client import ConnectionClosed, WebSocketClient, connect
@@ -30,51 +28,30 @@ class RelayStream(EventReceiveStream):
     def __init__(self, ws: WebSocketClient, job_id: str) -> None:
         self.job_id = job_id
         self._ws = ws
-        self._done = False
-        self._closed = False
+        self._got_end = False
+        self._start([])
 
-    @property
-    def buffered(self) -> int:
-        return 0
-
-    def __aiter__(self) -> RelayStream:
-        return self
-
-    def receive_nowait(self) -> StreamEvent:
-        if self._closed:
-            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
-        if self._done:
-            raise anyio.EndOfStream
-        raise anyio.WouldBlock
-
-    async def aclose(self) -> None:
-        """Close the connection now, which cancels the task at the relay."""
-        self._closed = True
-        await self._ws.aclose()  # shielded and bounded
-
-    async def __anext__(self) -> StreamEvent:
-        if self._done:
-            raise StopAsyncIteration
-        if self._closed:
-            raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+    async def _read(self) -> list[StreamEvent]:
+        if self._got_end:
+            return []
         try:
             message = await self._ws.get_message()
         except ConnectionClosed as exc:
-            self._done = True
             raise WorkerReset(
                 f"the relay closed the connection before the end ({exc.code} {exc.reason})"
             ) from None
-        try:
-            event = decode_event(message)
-        except ProtocolError:
-            self._done = True
-            raise
+        event = decode_event(message)
         if isinstance(event, WorkerError):
-            self._done = True
             raise event
         if type(event) is End:
-            self._done = True
-        return event
+            self._got_end = True
+        return [event]
+
+    async def _interrupt_read(self) -> None:
+        await self._ws.aclose()  # shielded and bounded
+
+    async def _release(self, failure: WorkerError | None) -> None:
+        await self._ws.aclose()
 
 
 @asynccontextmanager
