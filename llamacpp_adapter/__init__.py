@@ -19,7 +19,7 @@ from ._exceptions import (
     WorkerReset,
 )
 from ._host.retry import GiveUp, RetryDecision, RetryLater, RetryPolicy, TryLargerContext
-from ._receive import EventReceiveStream
+from ._receive import EventReceiveStream, StreamState
 from ._sansio.completion import CompletionStreamDecoder, completion_body
 from ._sansio.sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
@@ -108,6 +108,7 @@ __all__ = [
     "SSEEvent",
     "Started",
     "StreamEvent",
+    "StreamState",
     "TaskRequest",
     "Token",
     "TryLargerContext",

@@ -217,6 +217,7 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
 
     @property
     def state(self) -> StreamState:
+        """Where the stream is: open, reading, ended, failed or closed."""
         return self._state
 
     async def aclose(self) -> None:
