@@ -400,3 +400,34 @@ def test_a_task_waits_for_a_replica_bound_a_moment_before_it_and_keeps_its_place
     new.looked()
     serve(line, [a, new])
     assert (early.placed, late.placed) == (a, None)
+
+
+def test_a_mismatched_replica_stays_reported_as_such_through_a_run_of_health() -> None:
+    metrics = HostMetrics()
+    pools = Pools(slot_wait_s=1.0, rng=random.Random(0))
+    learned(pools, "a", "b100-aaaa", "digest-one")
+    other = Replica(
+        "p",
+        "b",
+        ADAPTER,
+        metrics,
+        unhealthy_after=2,
+        blames=POLICY.blames_replica,
+        on_change=pools.changed,
+        on_learned=pools.check_pin,
+    )
+    pools.add(other)
+    other.learned(WorkerProps(2, None, 1024, "m.gguf", build_info="b100-aaaa", model_digest="x"))
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value(
+            "llamacpp_adapter_replica_mismatched",
+            {"engine": "llama.cpp", "pool": "p", "replica": "b"},
+        )
+
+    assert other.mismatch is not None
+    assert gauge() == 1
+    other.mark_unhealthy("a probe failed")
+    other.mark_healthy()
+    assert other.status().mismatch is not None  # it still gets no work
+    assert gauge() == 1  # and the gauge still says so

@@ -281,7 +281,6 @@ class Replica:
             return
         self._healthy = True
         self._metrics.healthy.set(1)
-        self._metrics.mismatched.set(0)
         logger.info("replica healthy again", extra=self.log_fields())
         self._health_flipped()
 
