@@ -142,7 +142,7 @@ class EngineRequests:
                 raise ProtocolError(f"{doing} answered more than {MAX_JSON_BODY_BYTES} bytes")
             return response, body
         except httpx.HTTPError as exc:
-            raise http_error(exc, f"during {doing}") from exc
+            raise http_error(exc, f"during {doing}", body=True) from exc
         finally:
             await close_response(response)
 

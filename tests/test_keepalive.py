@@ -6,6 +6,8 @@ socket; the fault server shows each case on Trio and asyncio."""
 from __future__ import annotations
 
 import anyio
+import h11
+import httpcore
 import httpx
 import pytest
 
@@ -45,19 +47,44 @@ KEPT = ("http11.send_request_headers.started",)
 OPENED = ("connection.connect_tcp.started", "connection.connect_tcp.complete", *KEPT)
 
 
+def raised(error: BaseException, *causes: BaseException) -> BaseException:
+    """*error* as httpx raises it: from httpcore's error, from h11's (each ``from`` the
+    next)."""
+    for outer, inner in zip((error, *causes), causes, strict=False):
+        outer.__cause__ = inner
+    return error
+
+
+def closed_unanswered(message: str = CLOSED_UNANSWERED) -> BaseException:
+    """A kept connection the server had closed: httpcore says so itself."""
+    return raised(httpx.RemoteProtocolError(message), httpcore.RemoteProtocolError(message))
+
+
+def malformed(message: str = "illegal status line: bytearray(b'XX')") -> BaseException:
+    """Malformed HTTP: h11 found it, httpcore and httpx pass it on."""
+    return raised(
+        httpx.RemoteProtocolError(message),
+        httpcore.RemoteProtocolError(message),
+        h11.RemoteProtocolError(message, 400),
+    )
+
+
 @pytest.mark.parametrize(
     ("events", "error", "again"),
     [
-        (KEPT, httpx.RemoteProtocolError(CLOSED_UNANSWERED), True),
+        (KEPT, closed_unanswered(), True),
         (KEPT, httpx.ReadError("[Errno 104] Connection reset by peer"), True),
         (KEPT, httpx.WriteError("[Errno 32] Broken pipe"), True),
+        # Decided by the errors' types, not their words: a reworded message is the same.
+        (KEPT, closed_unanswered("the server hung up"), True),
+        (KEPT, malformed("peer closed the status line badly"), False),
         # A fresh connection that fails says something about the server.
-        (OPENED, httpx.RemoteProtocolError(CLOSED_UNANSWERED), False),
+        (OPENED, closed_unanswered(), False),
         (OPENED, httpx.ReadError("[Errno 104] Connection reset by peer"), False),
         # A transport that reports nothing: nobody can say the connection was a kept one.
-        ((), httpx.RemoteProtocolError(CLOSED_UNANSWERED), False),
+        ((), closed_unanswered(), False),
         # Malformed HTTP, a timeout, a refused connection: never.
-        (KEPT, httpx.RemoteProtocolError("illegal status line: bytearray(b'XX')"), False),
+        (KEPT, malformed(), False),
         (KEPT, httpx.ReadTimeout("timed out"), False),
         (KEPT, httpx.ConnectError("[Errno 111] Connection refused"), False),
         (KEPT, httpx.PoolTimeout("no connection"), False),

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 import anyio
+import h11
 import httpx
 
 from .._exceptions import DecodeTimeout, ProtocolError, WorkerError, WorkerReset
@@ -21,7 +22,7 @@ __all__ = [
     "HttpxBody",
     "answer_error",
     "close_response",
-    "closed_early",
+    "found_by_h11",
     "http_error",
     "read_at_most",
     "read_error_body",
@@ -29,7 +30,6 @@ __all__ = [
 
 #: The most bytes of an error response's body that are read to find its message.
 MAX_ERROR_BODY_BYTES = 64 * 1024
-_PEER_CLOSED_MARKS = ("peer closed", "peer unexpectedly closed", "disconnected")
 
 
 class HttpxBody:
@@ -50,7 +50,7 @@ class HttpxBody:
         except StopAsyncIteration:
             return None
         except httpx.HTTPError as exc:
-            raise http_error(exc, "while reading the stream") from exc
+            raise http_error(exc, "while reading the stream", body=True) from exc
         finally:
             self._reading = False
 
@@ -72,13 +72,14 @@ async def close_response(response: httpx.Response) -> None:
         await response.aclose()
 
 
-def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
-    """Our error for an httpx one, *when* (e.g. "while opening the stream") it happened.
-    This is the one place where httpx's exceptions become ours."""
+def http_error(exc: httpx.HTTPError, when: str, *, body: bool = False) -> WorkerError:
+    """Our error for an httpx one, *when* (e.g. "while opening the stream") it happened,
+    while reading an answer's *body* or before. This is the one place where httpx's
+    exceptions become ours."""
     error: WorkerError
     if isinstance(exc, httpx.ReadTimeout):
         error = DecodeTimeout(f"no data from the engine within the read timeout, {when}")
-    elif isinstance(exc, httpx.TransportError) and not _malformed(exc):
+    elif isinstance(exc, httpx.TransportError) and not _malformed(exc, body=body):
         if isinstance(exc, httpx.ConnectTimeout):
             secure = exc.request.url.scheme == "https"
             reason = NO_TLS_ANSWER if secure else NO_CONNECTION
@@ -95,18 +96,20 @@ def http_error(exc: httpx.HTTPError, when: str) -> WorkerError:
     return error
 
 
-def _malformed(exc: httpx.TransportError) -> bool:
-    """Whether *exc* says the engine sent malformed HTTP (a bad chunk header, a bad
-    status line): its fault, not the network's."""
-    return isinstance(exc, httpx.RemoteProtocolError) and not closed_early(exc)
+def _malformed(exc: httpx.TransportError, *, body: bool) -> bool:
+    """Whether *exc* says the engine sent malformed HTTP (a bad status line or header):
+    its fault, not the network's. Once the body had begun, h11 reports a connection
+    closed mid-body as it reports a bad chunk, and both count as a cut stream (the
+    direct path, whose parser tells them apart, says which)."""
+    return isinstance(exc, httpx.RemoteProtocolError) and not body and found_by_h11(exc)
 
 
-def closed_early(exc: httpx.RemoteProtocolError) -> bool:
-    """Whether *exc* says the engine closed the connection before its answer was whole.
-    httpx raises the same error for malformed HTTP; h11's and httpcore's messages tell
-    the two apart."""
-    message = str(exc)
-    return any(mark in message for mark in _PEER_CLOSED_MARKS)
+def found_by_h11(exc: BaseException) -> bool:
+    """Whether *exc* stems from h11 finding the answer's HTTP malformed. httpx raises
+    ``RemoteProtocolError`` for that and for a server that closed the connection before
+    its answer began; only the first has h11's error under it (httpcore raises the
+    second itself)."""
+    return caused_by(exc, h11.RemoteProtocolError)
 
 
 def answer_error(response: httpx.Response, body: bytes) -> WorkerError:

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import httpx
 
-from .httpx import closed_early
+from .httpx import found_by_h11
 
 __all__ = ["NOT_KEPT", "ConnectionTrace", "may_send_again"]
 
@@ -64,5 +64,5 @@ def may_send_again(exc: httpx.HTTPError, trace: ConnectionTrace) -> bool:
     if not trace.reused:
         return False
     if isinstance(exc, httpx.RemoteProtocolError):
-        return closed_early(exc)
+        return not found_by_h11(exc)  # closed unanswered, not malformed
     return isinstance(exc, httpx.ReadError | httpx.WriteError)
