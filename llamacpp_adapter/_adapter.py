@@ -19,7 +19,7 @@ import msgspec
 from ._exceptions import AdapterError, DeadlineUnmet, JobCancelled, ProtocolError, WorkerError
 from ._redact import redact_secrets, secret_mask
 from ._requests import ENGINE, EngineRequests
-from ._route import check_base_url, direct_route, split_credentials
+from ._route import check_base_url, engine_route, split_credentials
 from ._sansio.completion import EXTRA_EVENTS_PER_SLICE, completion_body
 from ._sansio.errors import error_message, json_or_none
 from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
@@ -28,7 +28,7 @@ from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
 from ._types import TaskRequest, WorkerHealth, WorkerProps
 from ._validate import count, is_int
-from .http_util import default_client, with_bearer
+from .http_util import DEFAULT_TIMEOUTS, default_client, with_bearer
 
 __all__ = ["ENGINE", "LlamaCppHttpAdapter"]
 
@@ -91,15 +91,22 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         self._headers = with_bearer(headers, api_key)
         self._key_mask = None if api_key is None else secret_mask(api_key)
         self._owns_client = client is None
-        self._client = client if client is not None else default_client(timeouts=timeouts)
+        # Streams take the direct path, with no HTTP client between the socket and the
+        # parser, unless the caller brought a client (proxies, its own TLS or auth: what
+        # it does, httpx does, for every request) or the environment names a proxy for
+        # the server. The adapter's own client takes the route it decides, proxy or none.
+        direct = None
+        if client is None:
+            route = engine_route(base_url, timeouts or DEFAULT_TIMEOUTS)
+            client = default_client(
+                timeouts=timeouts, proxy=route.proxy, tls=route.tls, trust_env=False
+            )
+            direct = route.direct
+        self._client = client
         self._blank_lines_per_read = buffer - EXTRA_EVENTS_PER_SLICE
         self._max_event_bytes = max_event_bytes
         read_timeout = self._client.timeout.read
         self._event_timeout_s = math.inf if read_timeout is None else read_timeout
-        # Streams take the direct path, with no HTTP client between the socket and the
-        # parser, unless the caller brought a client (proxies, its own TLS or auth: what
-        # it does, httpx does) or the environment names a proxy for the server.
-        direct = None if client is not None else direct_route(base_url, self._client.timeout)
         self._requests = EngineRequests(
             base_url, self._client, self._headers, direct, self._safe_url
         )

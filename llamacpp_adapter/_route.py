@@ -1,11 +1,13 @@
 """Where the engine is: its base URL checked and its credentials taken out of it, and the
-route a stream takes there (the direct path, or httpx's where the environment names a
-proxy)."""
+route every request takes there: through the proxy the environment names for it (by the
+standard library's rules, decided once, and given to httpx to apply), or, where there is
+none, straight to it (a stream on the direct path)."""
 
 from __future__ import annotations
 
 import base64
 import math
+import ssl
 import urllib.request
 from dataclasses import dataclass
 
@@ -15,7 +17,7 @@ from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets
 from ._transports.direct import Endpoint, StreamTimeouts
 from .http_util import register_secret
 
-__all__ = ["DirectRoute", "check_base_url", "direct_route", "split_credentials"]
+__all__ = ["DirectRoute", "Route", "check_base_url", "engine_route", "split_credentials"]
 
 
 @dataclass(frozen=True)
@@ -28,14 +30,37 @@ class DirectRoute:
     timeouts: StreamTimeouts
 
 
-def direct_route(base_url: str, timeouts: httpx.Timeout) -> DirectRoute | None:
-    """The direct path to *base_url*, or None where httpx must go (a proxy named by the
-    environment, as httpx would use it)."""
+@dataclass(frozen=True)
+class Route:
+    """The one route every request to the engine takes.
+
+    Attributes:
+        proxy: the proxy the environment names for the engine, or None.
+        tls: the TLS context for an ``https`` engine (certificates verified, with
+            ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` where set), or None.
+        direct: how a stream reaches the engine with no proxy; None through one.
+    """
+
+    proxy: str | None
+    tls: ssl.SSLContext | None
+    direct: DirectRoute | None
+
+
+def engine_route(base_url: str, timeouts: httpx.Timeout) -> Route:
+    """The route to *base_url*: the environment's proxy for its scheme (``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY``) unless ``NO_PROXY`` exempts its host, by the
+    standard library's rules."""
     url = httpx.URL(base_url)
     proxies = urllib.request.getproxies_environment()
-    if (url.scheme in proxies or "all" in proxies) and not urllib.request.proxy_bypass(url.host):
-        return None
+    proxy = None
+    if not urllib.request.proxy_bypass(url.host):
+        proxy = proxies.get(url.scheme) or proxies.get("all")
     tls = httpx.create_ssl_context() if url.scheme == "https" else None
+    direct = None if proxy is not None else _direct(url, tls, timeouts)
+    return Route(proxy, tls, direct)
+
+
+def _direct(url: httpx.URL, tls: ssl.SSLContext | None, timeouts: httpx.Timeout) -> DirectRoute:
     port = url.port or (443 if url.scheme == "https" else 80)
     return DirectRoute(
         Endpoint(url.host, port, tls),

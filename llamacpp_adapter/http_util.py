@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import httpx
@@ -47,16 +48,24 @@ def default_client(
     timeouts: httpx.Timeout | None = None,
     headers: Mapping[str, str] | None = None,
     max_connections: int = _DEFAULT_MAX_CONNECTIONS,
+    proxy: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    trust_env: bool = True,
 ) -> httpx.AsyncClient:
     """Return a new ``httpx.AsyncClient`` with this library's defaults.
 
-    TLS certificates are verified; to trust a private CA, build your own client.
-    The caller owns the client and must close it (``await client.aclose()``).
+    TLS certificates are verified (with *tls*, a context of your own, when given; to
+    trust a private CA, give one, or build your own client). With *trust_env* (as httpx
+    does by default) the client takes its proxies and its certificates' locations from
+    the environment; without it, it goes through *proxy* alone. The caller owns the
+    client and must close it (``await client.aclose()``).
     """
     return httpx.AsyncClient(
         timeout=DEFAULT_TIMEOUTS if timeouts is None else timeouts,
         headers=dict(headers or {}),
-        verify=True,
+        verify=True if tls is None else tls,
+        proxy=proxy,
+        trust_env=trust_env,
         limits=httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=min(max_connections, _DEFAULT_MAX_KEEPALIVE_CONNECTIONS),
