@@ -23,19 +23,33 @@ _TOKEN_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class LatencySeries:
-    """One label set of a :class:`LatencyHistogram`: plain counts per bucket."""
+    """One label set of a :class:`LatencyHistogram`: plain counts per bucket, and their
+    sum. An observation changes :attr:`version` before and after it (odd while it is
+    under way), so that a scrape from another thread can take a snapshot in which the
+    counts and the sum agree (:meth:`snapshot`)."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("bounds", "counts", "total", "version")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.total = 0.0
+        self.version = 0
 
     def observe(self, seconds: float) -> None:
         """Count one observation (buckets are "less or equal", as Prometheus's)."""
+        self.version += 1
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
+        self.version += 1
+
+    def snapshot(self) -> tuple[list[int], float]:
+        """The counts and their sum as one observation left them (from any thread)."""
+        while True:
+            version = self.version
+            counts, total = list(self.counts), self.total
+            if version % 2 == 0 and version == self.version:
+                return counts, total
 
 
 class LatencyHistogram(Collector):
@@ -69,9 +83,10 @@ class LatencyHistogram(Collector):
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
         edges = [repr(float(bound)) for bound in self._bounds] + ["+Inf"]
         for values, series in list(self._series.items()):
-            cumulative = itertools.accumulate(list(series.counts))
+            counts, total = series.snapshot()
+            cumulative = itertools.accumulate(counts)
             buckets = [(edge, float(count)) for edge, count in zip(edges, cumulative, strict=True)]
-            family.add_metric(list(values), buckets, series.total)
+            family.add_metric(list(values), buckets, total)
         yield family
 
 

@@ -204,8 +204,10 @@ class HostStream(EventReceiveStream):
             # Inlined LatencySeries.observe: this runs for every token.
             series = self._token_latency
             gap = now - self._last_token_at
+            series.version += 1
             series.counts[_bisect(series.bounds, gap)] += 1
             series.total += gap
+            series.version += 1
         else:
             replica = self._current
             assert replica is not None
