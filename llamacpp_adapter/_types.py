@@ -251,7 +251,8 @@ class End(msgspec.Struct, frozen=True, gc=False):
 
 
 StreamEvent: TypeAlias = Started | Token | Metrics | End
-"""Any event of a task's stream (``TokenEvent`` before 0.2, a name it outgrew)."""
+"""Any event of a task's stream. Its first name, ``TokenEvent``, still imports, with a
+DeprecationWarning."""
 
 
 # --- What a worker reports ------------------------------------------------------------

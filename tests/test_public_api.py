@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import types
@@ -92,3 +93,17 @@ def test_an_old_name_still_imports_with_a_warning() -> None:
         from llamacpp_adapter import TokenEvent
     assert TokenEvent is llamacpp_adapter.StreamEvent
     assert "TokenEvent" not in llamacpp_adapter.__all__
+
+
+def test_no_text_of_the_package_names_a_version_it_has_not_reached() -> None:
+    """A deprecation or change is told against the versions there are (``TokenEvent``
+    was said to be the name "before 0.2" in 0.1.0)."""
+    own = tuple(int(part) for part in llamacpp_adapter.__version__.split(".")[:2])
+    mention = re.compile(r"\b(?:before|since|until|from|in|after) (\d+)\.(\d+)\b")
+    ahead = [
+        f"{path.relative_to(PACKAGE)}: {match.group(0)}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for match in mention.finditer(path.read_text())
+        if (int(match.group(1)), int(match.group(2))) > own
+    ]
+    assert not ahead, ahead
