@@ -21,11 +21,11 @@ from ._transports.direct import open_direct
 from ._transports.httpx import (
     MAX_ERROR_BODY_BYTES,
     HttpxBody,
-    answer_error,
     close_response,
     http_error,
     read_at_most,
     read_error_body,
+    response_error,
 )
 from ._transports.keepalive import NOT_KEPT, ConnectionTrace, may_send_again
 
@@ -110,7 +110,7 @@ class EngineRequests:
             raise http_error(exc, "while opening the stream") from exc
         try:
             if response.status_code != 200:
-                raise answer_error(response, await read_error_body(response))
+                raise response_error(response, await read_error_body(response))
             content_type = response.headers.get("content-type", "")
             if not content_type.startswith("text/event-stream"):
                 raise ProtocolError(f"the engine answered {content_type!r}, not text/event-stream")
@@ -183,7 +183,7 @@ class EngineRequests:
         """
         response, content = await self.fetch(method, path, json)
         if response.status_code != 200:
-            raise answer_error(response, content)
+            raise response_error(response, content)
         return content
 
     async def get_json(self, path: str) -> Any:

@@ -60,7 +60,7 @@ def replica(
         on_change=on_change or Changes(),
     )
     if slots is not None:
-        made.learned(WorkerProps(slots, None, context, "m.gguf"))
+        made.record_props(WorkerProps(slots, None, context, "m.gguf"))
     return made
 
 
@@ -125,7 +125,7 @@ def test_the_most_free_slots_wins() -> None:
 
 def test_other_clients_use_of_slots_counts() -> None:
     a, b = replica("a", slots=2), replica("b", slots=2)
-    a.saw_slots([{"is_processing": True}, {"is_processing": False}])
+    a.record_slots([{"is_processing": True}, {"is_processing": False}])
     assert a.free_slots() == 1
     assert pick([a, b]) is b
 
@@ -148,8 +148,8 @@ def test_no_free_slot_means_wait_for_a_change() -> None:
 def test_retry_after_keeps_a_replica_out_until_it_passes() -> None:
     a, b = replica("a"), replica("b")
     busy = AdapterError("busy", status=429, retry_after=3.0)
-    a.failed(busy, now=10.0)
-    b.failed(AdapterError("busy", status=429, retry_after=5.0), now=10.0)
+    a.record_failure(busy, now=10.0)
+    b.record_failure(AdapterError("busy", status=429, retry_after=5.0), now=10.0)
     assert pick([a, b], now=12.0) == Wait(13.0)
     assert pick([a, b], now=13.0) is a
     assert pick([a, b], now=15.0) in (a, b)
@@ -168,9 +168,9 @@ def test_a_run_of_blamed_failures_marks_a_replica_unhealthy() -> None:
     changes = Changes()
     a = replica("a", unhealthy_after=2, on_change=changes)
     before = changes.count
-    a.failed(WorkerReset("cut"), now=0.0)
+    a.record_failure(WorkerReset("cut"), now=0.0)
     assert a.healthy
-    a.failed(WorkerReset("cut"), now=0.0)
+    a.record_failure(WorkerReset("cut"), now=0.0)
     assert not a.healthy
     assert not a.placeable
     assert changes.count > before  # a waiting task looks again
@@ -182,11 +182,11 @@ def test_a_run_of_blamed_failures_marks_a_replica_unhealthy() -> None:
 def test_a_failure_not_blamed_and_a_first_token_keep_it_healthy() -> None:
     a = replica("a", unhealthy_after=2)
     for _ in range(5):
-        a.failed(AdapterError("busy", status=429), now=0.0)
+        a.record_failure(AdapterError("busy", status=429), now=0.0)
     assert a.healthy
-    a.failed(WorkerReset("cut"), now=0.0)
-    a.first_token(0.01)  # ends the run
-    a.failed(WorkerReset("cut"), now=0.0)
+    a.record_failure(WorkerReset("cut"), now=0.0)
+    a.record_first_token(0.01)  # ends the run
+    a.record_failure(WorkerReset("cut"), now=0.0)
     assert a.healthy
 
 
@@ -195,7 +195,7 @@ def test_learned_props_count_what_other_clients_use() -> None:
     assert not a.placeable
     assert a.free_slots() == 0
     a.take()
-    a.learned(WorkerProps(4, 1, 2048, "m.gguf"))  # 3 busy: 1 ours, 2 others'
+    a.record_props(WorkerProps(4, 1, 2048, "m.gguf"))  # 3 busy: 1 ours, 2 others'
     status = a.status()
     assert (status.slots_total, status.context_size, status.in_flight) == (4, 2048, 1)
     assert status.free_slots == 1
@@ -226,7 +226,7 @@ def learned(pools: Pools, name: str, build: str, model: str) -> Replica:
         on_learned=pools.check_pin,
     )
     pools.add(made)
-    made.learned(WorkerProps(2, None, 1024, "m.gguf", build_info=build, model_digest=model))
+    made.record_props(WorkerProps(2, None, 1024, "m.gguf", build_info=build, model_digest=model))
     return made
 
 
@@ -289,8 +289,8 @@ async def test_a_freed_slot_goes_to_the_task_that_waited_longest() -> None:
         on_change=pools.changed,
     )
     pools.add(only)
-    only.learned(WorkerProps(1, None, 1024, "m.gguf"))
-    only.looked()
+    only.record_props(WorkerProps(1, None, 1024, "m.gguf"))
+    only.record_first_look()
     order: list[str] = []
 
     async def task(name: str) -> None:
@@ -372,13 +372,13 @@ def test_a_task_that_can_never_be_placed_is_failed() -> None:
     doomed = waiter(1, TaskRequest([1] * 2000))
     line.join(doomed)
     serve(line, [replica("a", context=1024)])
-    assert isinstance(doomed.failed, PromptTooLarge)
+    assert isinstance(doomed.refused, PromptTooLarge)
     assert len(line) == 0
 
 
 def test_the_line_looks_again_when_a_retry_after_runs_out() -> None:
     a = replica("a")
-    a.failed(AdapterError("busy", status=429, retry_after=2.0), now=10.0)
+    a.record_failure(AdapterError("busy", status=429, retry_after=2.0), now=10.0)
     line = WaitingLine()
     line.join(waiter(1))
     assert serve(line, [a], now=10.0) == 12.0
@@ -388,7 +388,7 @@ def test_the_line_looks_again_when_a_retry_after_runs_out() -> None:
 
 def test_a_task_waits_for_a_replica_bound_a_moment_before_it_and_keeps_its_place() -> None:
     a = replica("a", slots=1)
-    a.looked()
+    a.record_first_look()
     new = replica("new", slots=1)  # bound a moment ago: its first look is on its way
     new.take()  # busy: one slot in all is free
     line = WaitingLine()
@@ -397,7 +397,7 @@ def test_a_task_waits_for_a_replica_bound_a_moment_before_it_and_keeps_its_place
     line.join(early)
     serve(line, [a, new])
     assert (early.placed, late.placed) == (None, None)
-    new.looked()
+    new.record_first_look()
     serve(line, [a, new])
     assert (early.placed, late.placed) == (a, None)
 
@@ -417,7 +417,9 @@ def test_a_mismatched_replica_stays_reported_as_such_through_a_run_of_health() -
         on_learned=pools.check_pin,
     )
     pools.add(other)
-    other.learned(WorkerProps(2, None, 1024, "m.gguf", build_info="b100-aaaa", model_digest="x"))
+    other.record_props(
+        WorkerProps(2, None, 1024, "m.gguf", build_info="b100-aaaa", model_digest="x")
+    )
 
     def gauge() -> float | None:
         return metrics.registry.get_sample_value(

@@ -211,7 +211,7 @@ class AdapterHost(anyio.abc.AsyncResource):
         watcher = self._watchers.pop(bound, None)
         if watcher is not None:
             watcher.stop()
-        bound.unbound()
+        bound.unbind()
         logger.info("replica unbound", extra=bound.log_fields())
         return bound.adapter
 

@@ -131,7 +131,7 @@ class Waiter:
     served: Callable[[], None] = field(default=lambda: None, repr=False)
     placed: Replica | None = None
     placed_at: float = math.nan
-    failed: WorkerError | None = None
+    refused: WorkerError | None = None
 
 
 class WaitingLine:
@@ -144,20 +144,20 @@ class WaitingLine:
     """
 
     def __init__(self) -> None:
-        self._waiting: list[Waiter] = []
+        self._waiters: list[Waiter] = []
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return len(self._waiters)
 
     def __iter__(self) -> Iterator[Waiter]:
-        return iter(self._waiting)
+        return iter(self._waiters)
 
     def join(self, waiter: Waiter) -> None:
-        bisect.insort(self._waiting, waiter, key=lambda each: each.ticket)
+        bisect.insort(self._waiters, waiter, key=lambda each: each.ticket)
 
     def leave(self, waiter: Waiter) -> None:
-        if waiter in self._waiting:
-            self._waiting.remove(waiter)
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def serve(
         self, pool: str, replicas: Sequence[Replica], *, now: float, rng: random.Random
@@ -169,7 +169,7 @@ class WaitingLine:
         Returns when to look again if nothing changes (``math.inf``: only on a
         change)."""
         look_again = math.inf
-        for waiter in list(self._waiting):
+        for waiter in list(self._waiters):
             if now >= waiter.deadline or not all(r.has_looked for r in waiter.learning):
                 continue
             try:
@@ -183,14 +183,14 @@ class WaitingLine:
                     rng=rng,
                 )
             except WorkerError as exc:
-                waiter.failed = exc
+                waiter.refused = exc
             else:
                 if isinstance(choice, Wait):
                     look_again = min(look_again, choice.until)
                     continue
                 choice.take()
                 waiter.placed, waiter.placed_at = choice, now
-            self._waiting.remove(waiter)
+            self._waiters.remove(waiter)
             waiter.served()
         return look_again
 
@@ -261,7 +261,7 @@ class Pools:
             return
         for each in replicas:
             if each.identity is not None:
-                each.differs(pin_mismatch(first, each))
+                each.set_mismatch(pin_mismatch(first, each))
 
     def open(self) -> None:
         """Start telling waiting tasks of changes (inside the event loop)."""
@@ -354,7 +354,7 @@ class Pools:
                 await replica.wait_first_look()
             slot_deadline = anyio.current_time() + self._slot_wait_s
             look_again = self._serve(pool)
-            while waiter.placed is None and waiter.failed is None:
+            while waiter.placed is None and waiter.refused is None:
                 now = anyio.current_time()
                 if now >= deadline:
                     return None
@@ -374,7 +374,7 @@ class Pools:
             line.leave(waiter)
             if not line and self._lines.get(pool) is line:
                 del self._lines[pool]
-        if waiter.failed is not None:
-            raise waiter.failed
+        if waiter.refused is not None:
+            raise waiter.refused
         assert waiter.placed is not None
         return waiter.placed, waiter.placed_at

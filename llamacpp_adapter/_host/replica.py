@@ -73,10 +73,10 @@ class _ReplicaMetrics:
         self.healthy = metrics.replica_healthy.labels(*labels)
         self.mismatched = metrics.replica_mismatched.labels(*labels)
 
-    def ended(self, outcome: str) -> None:
+    def count_end(self, outcome: str) -> None:
         self.family.requests.labels(*self.labels, outcome).inc()
 
-    def retried(self, reason: str) -> None:
+    def count_retry(self, reason: str) -> None:
         self.family.retries.labels(*self.labels, reason).inc()
 
     def remove(self) -> None:
@@ -225,7 +225,7 @@ class Replica:
 
     # --- What the watcher learns -------------------------------------------------------
 
-    def looked(self) -> None:
+    def record_first_look(self) -> None:
         """Its first ``props()`` answered or failed: tasks waiting for it go on."""
         if self._looked:
             return
@@ -234,7 +234,7 @@ class Replica:
             self._looked_at.set()
         self._on_change()
 
-    def learned(self, props: WorkerProps) -> None:
+    def record_props(self, props: WorkerProps) -> None:
         """Its slots and context, from ``props()``."""
         self._slots_total = props.slots_total
         self._context_size = props.context_size
@@ -245,7 +245,7 @@ class Replica:
         self._on_learned(self)
         self._on_change()
 
-    def differs(self, why: str | None) -> None:
+    def set_mismatch(self, why: str | None) -> None:
         """It runs another engine build or model than its pool's first replica (*why*),
         so it gets no work; or (``None``) it runs the same."""
         if why == self._mismatch:
@@ -258,7 +258,7 @@ class Replica:
             logger.warning("replica gets no work: %s", why, extra=self.log_fields())
         self._on_change()
 
-    def saw_slots(self, slots: Sequence[object]) -> None:
+    def record_slots(self, slots: Sequence[object]) -> None:
         """Its slots, from ``/slots``: how many there are, and how many other clients use."""
         busy = sum(1 for slot in slots if isinstance(slot, dict) and slot.get("is_processing"))
         self._slots_total = len(slots) or self._slots_total
@@ -303,14 +303,14 @@ class Replica:
         self._metrics.in_flight.dec()
         self._on_change()
 
-    def first_token(self, waited_s: float) -> LatencySeries:
+    def record_first_token(self, waited_s: float) -> LatencySeries:
         """A stream's first token came *waited_s* after its task was submitted; it ends
         the run of failures. Returns the series its later tokens' gaps go in."""
         self._failures = 0
         self._metrics.time_to_first_token.observe(waited_s)
         return self._metrics.token_latency
 
-    def failed(self, error: WorkerError, *, now: float) -> None:
+    def record_failure(self, error: WorkerError, *, now: float) -> None:
         """A stream or a call on it failed with *error* at *now*; a run of failures the
         policy blames on it marks it unhealthy."""
         if isinstance(error, AdapterError) and error.retry_after is not None:
@@ -321,18 +321,18 @@ class Replica:
         if self._failures >= self._unhealthy_after:
             self.mark_unhealthy(f"{self._failures} failures in a row, {error.code}")
 
-    def ended(self, outcome: str, tokens: int) -> None:
+    def record_end(self, outcome: str, tokens: int) -> None:
         """A stream on it ended with *outcome* (``ok``, ``cancelled`` or an error code),
         after *tokens* tokens."""
-        self._metrics.ended(outcome)
+        self._metrics.count_end(outcome)
         if tokens:
             self._metrics.tokens_out.inc(tokens)
 
-    def retried(self, reason: str) -> None:
+    def record_retry(self, reason: str) -> None:
         """A task that failed on it with *reason* (an error code) is tried again."""
-        self._metrics.retried(reason)
+        self._metrics.count_retry(reason)
 
-    def unbound(self) -> None:
+    def unbind(self) -> None:
         """It was taken out of its pool: its gauges go, and no task waits on it."""
         self._metrics.remove()
-        self.looked()
+        self.record_first_look()

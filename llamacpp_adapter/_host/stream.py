@@ -88,7 +88,7 @@ class HostStream(EventReceiveStream):
         self._events: EventStream | None = None
         self._attempt: AsyncExitStack | None = None
         self._failure: WorkerError | None = None
-        self._ended = False  # the replica's End was read
+        self._got_end = False  # the replica's End was read
         self._retrying: anyio.CancelScope | None = None  # placing the task again
         self._start([Started(self.job_id)])
 
@@ -186,7 +186,7 @@ class HostStream(EventReceiveStream):
             if kind is Token:
                 self._on_token(now)
             elif kind is End:
-                self._ended = True
+                self._got_end = True
         return batch
 
     async def _interrupt_read(self) -> None:
@@ -211,7 +211,7 @@ class HostStream(EventReceiveStream):
         else:
             replica = self._current
             assert replica is not None
-            self._token_latency = replica.first_token(now - self._submitted_at)
+            self._token_latency = replica.record_first_token(now - self._submitted_at)
         self._last_token_at = now
         self._tokens += 1
 
@@ -265,7 +265,7 @@ class HostStream(EventReceiveStream):
         self._current = replica
         self.replica = replica.name
         self._failure = None
-        self._ended = False
+        self._got_end = False
         attempt = AsyncExitStack()
         attempt.callback(replica.release)
         self._attempt = attempt
@@ -295,7 +295,7 @@ class HostStream(EventReceiveStream):
         if isinstance(decision, GiveUp):
             return False
         if isinstance(decision, RetryLater):
-            replica.retried(error.code)
+            replica.record_retry(error.code)
             logger.info("retrying the task after %s", error.code, extra=self._log_fields())
             await anyio.sleep(decision.delay)
         else:
@@ -315,11 +315,11 @@ class HostStream(EventReceiveStream):
         finally:
             if failure is not None:
                 self._failed_on.add(replica)
-                replica.failed(failure, now=anyio.current_time())
+                replica.record_failure(failure, now=anyio.current_time())
                 outcome = failure.code
             else:
-                outcome = "ok" if self._ended else "cancelled"
-            replica.ended(outcome, self._tokens)
+                outcome = "ok" if self._got_end else "cancelled"
+            replica.record_end(outcome, self._tokens)
 
     def _log_fields(self) -> dict[str, Any]:
         return {

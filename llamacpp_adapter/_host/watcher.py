@@ -50,7 +50,7 @@ class ReplicaWatcher:
                 if failure is not None:
                     replica.mark_unhealthy(f"its props could not be read: {failure}")
             finally:
-                replica.looked()
+                replica.record_first_look()
             while True:
                 interval = self._refresh_interval_s if replica.healthy else self._probe_interval_s
                 with anyio.move_on_after(interval) as waited:
@@ -73,7 +73,7 @@ class ReplicaWatcher:
                 return exc.code
         if scope.cancelled_caught:
             return "no answer in time"
-        self.replica.learned(props)
+        self.replica.record_props(props)
         return None
 
     async def refresh(self) -> None:
@@ -84,12 +84,12 @@ class ReplicaWatcher:
                 slots = await replica.adapter.slots()
             except AdapterError as exc:
                 if exc.status not in (404, 501):  # 404, 501: no /slots; keep props()'s
-                    self._failed(exc)
+                    self._record_failure(exc)
                 return
             except WorkerError as exc:
-                self._failed(exc)
+                self._record_failure(exc)
                 return
-            replica.saw_slots(slots)
+            replica.record_slots(slots)
 
     async def probe(self) -> None:
         """Ask an unhealthy replica's ``/health``; when ready, learn it again."""
@@ -99,5 +99,5 @@ class ReplicaWatcher:
         if ready and await self.learn() is None:
             self.replica.mark_healthy()
 
-    def _failed(self, error: WorkerError) -> None:
-        self.replica.failed(error, now=anyio.current_time())
+    def _record_failure(self, error: WorkerError) -> None:
+        self.replica.record_failure(error, now=anyio.current_time())

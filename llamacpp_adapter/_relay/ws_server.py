@@ -60,7 +60,7 @@ class ServerConnection(WebSocket):
         self._broken = False  # a write failed: nothing more can be written
         self._outbox_filled = anyio.Event()
         self._outbox_drained = anyio.Event()
-        self._finished = anyio.Event()  # the closing handshake is over, or cannot happen
+        self._closing_over = anyio.Event()  # the closing handshake is over, or cannot happen
         self._messages: MemoryObjectReceiveStream[str | bytes] | None = None
 
     # --- The opening handshake ------------------------------------------------------------
@@ -98,7 +98,7 @@ class ServerConnection(WebSocket):
             ConnectionClosed: the client is gone.
         """
         try:
-            await self._stream.send(http_answer(status, body))
+            await self._stream.send(http_response(status, body))
         except LOST:
             raise ConnectionClosed(ABNORMAL_CLOSURE, "the client went") from None
         finally:
@@ -157,7 +157,7 @@ class ServerConnection(WebSocket):
     async def wait_closed(self) -> ConnectionClosed:
         """How the connection closed, once it has: the client's close or violation, or
         a lost connection (inside :meth:`open`)."""
-        await self._finished.wait()
+        await self._closing_over.wait()
         assert self._closed is not None
         return self._closed
 
@@ -192,7 +192,7 @@ class ServerConnection(WebSocket):
                 with suppress(LocalProtocolError):  # the client's close came first
                     self._queue(self._protocol.send(CloseConnection(code=code, reason=reason)))
             with anyio.move_on_after(CLOSE_TIMEOUT_S):
-                await self._finished.wait()
+                await self._closing_over.wait()
                 await self._drained()
         finally:
             await self._hang_up()
@@ -229,7 +229,7 @@ class ServerConnection(WebSocket):
                 self._outbox.clear()
                 if self._closed is None:
                     self._closed = ConnectionClosed(ABNORMAL_CLOSURE, "the connection was lost")
-                self._finished.set()
+                self._closing_over.set()
             finally:
                 self._sending = False
                 drained, self._outbox_drained = self._outbox_drained, anyio.Event()
@@ -251,10 +251,10 @@ class ServerConnection(WebSocket):
     async def _closing_done(self) -> None:
         # The close frame owed, if any, is queued: the writer sends it, and whoever owns
         # the connection drops the socket (close(), or leaving open()).
-        self._finished.set()
+        self._closing_over.set()
 
 
-def http_answer(status: int, body: bytes) -> bytes:
+def http_response(status: int, body: bytes) -> bytes:
     """A whole HTTP/1.1 response that ends the connection."""
     phrase = http.HTTPStatus(status).phrase
     head = (

@@ -149,7 +149,7 @@ class SSEDecoder:
         Raises:
             ProtocolError: if the decoder is broken (see :meth:`feed`).
         """
-        self._raise_if_failed()
+        self._raise_error()
         self._reset()
         return []
 
@@ -159,15 +159,15 @@ class SSEDecoder:
         # The bound is checked for each complete line and, here, for the line still
         # open: so it holds at every point of the stream, however the bytes were cut.
         if self._data_bytes + len(self._line) > self._max_event_bytes:
-            self._fail()
+            self._break_bound()
 
-    def _raise_if_failed(self) -> None:
+    def _raise_error(self) -> None:
         if self.error is not None:
             raise self.error
 
     def _complete_lines(self, data: bytes) -> list[bytes]:
         """Return the lines that *data* completes, without their line ends."""
-        self._raise_if_failed()
+        self._raise_error()
         if not data:
             return []
         if not self._bom_done:
@@ -208,7 +208,7 @@ class SSEDecoder:
             self._dispatch(events)
             return
         if self._data_bytes + len(raw) >= self._max_event_bytes:
-            self._fail()  # with its line end, this line breaks the bound
+            self._break_bound()  # with its line end, this line breaks the bound
         if raw[0] == 0x3A:  # ":" starts a comment
             return
         line = raw.decode("utf-8", "replace")
@@ -246,7 +246,7 @@ class SSEDecoder:
             self._data_bytes = 0
         self._event_type = ""
 
-    def _fail(self) -> None:
+    def _break_bound(self) -> None:
         self.error = ProtocolError(
             f"an SSE event exceeds the bound of {self._max_event_bytes} bytes"
         )

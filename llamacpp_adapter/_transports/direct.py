@@ -31,10 +31,10 @@ __all__ = [
     "DirectBody",
     "Endpoint",
     "StreamTimeouts",
-    "answer_cut",
-    "connection_failed",
+    "connection_error",
     "open_direct",
     "read_timed_out",
+    "response_cut",
 ]
 
 NOT_SENT = "the request could not be sent within the write timeout"
@@ -94,7 +94,7 @@ async def open_direct(endpoint: Endpoint, request: bytes, timeouts: StreamTimeou
     return await AsyncioBody.open(endpoint, request, timeouts)
 
 
-def connection_failed(
+def connection_error(
     exc: BaseException, when: str, *, timed_out: str = NO_CONNECTION
 ) -> WorkerReset:
     """Our error for a connection that failed *when*; *timed_out* says why, when a
@@ -113,7 +113,7 @@ def read_timed_out(when: str) -> DecodeTimeout:
     return DecodeTimeout(f"no data from the engine within the read timeout, {when}")
 
 
-def answer_cut(when: str) -> WorkerReset:
+def response_cut(when: str) -> WorkerReset:
     return WorkerReset(
         f"the connection to the engine failed {when}: the engine closed the connection "
         "before the answer was whole"

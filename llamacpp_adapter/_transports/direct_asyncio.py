@@ -64,7 +64,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
                 )
         except (OSError, TimeoutError) as exc:
             timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
-            raise direct.connection_failed(exc, OPENING, timed_out=timed_out) from None
+            raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None
         try:
             await body._write(request, timeouts.write)
             while not body.parser.head_complete:
@@ -88,10 +88,10 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         try:
             body = parser.feed(data)
         except ProtocolError as exc:
-            self._fail(exc)
+            self._end_with(exc)
             return
         if parser.error is not None:
-            self._fail(parser.error)  # after the body before it, which read() gives first
+            self._end_with(parser.error)  # after the body before it, which read() gives first
         if body:
             self._pieces.append(body)
             self._waiting_bytes += len(body)
@@ -108,7 +108,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._error is None and not self.parser.complete:
-            self._error = direct.connection_failed(exc, "while reading the stream")
+            self._error = direct.connection_error(exc, "while reading the stream")
         self._lost = True
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
@@ -129,7 +129,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         self._ended = True
         self._wake()
 
-    def _fail(self, error: WorkerError) -> None:
+    def _end_with(self, error: WorkerError) -> None:
         if self._error is None:
             self._error = error
         if self._transport is not None:
@@ -154,7 +154,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
                 with anyio.fail_after(within_s):
                     await drained
             except TimeoutError as exc:
-                raise direct.connection_failed(exc, OPENING) from None
+                raise direct.connection_error(exc, OPENING) from None
         if self._error is not None:
             raise self._error
 
@@ -168,7 +168,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         if self._error is not None:
             raise self._error
         if self._ended:
-            raise direct.answer_cut(when)
+            raise direct.response_cut(when)
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         self._wait_began = loop.time()
@@ -188,7 +188,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
             return  # no wait in progress: the next one arms the timer again
         due = self._wait_began + self._read_timeout
         if self._loop.time() >= due:
-            self._fail(direct.read_timed_out(when))
+            self._end_with(direct.read_timed_out(when))
         else:
             self._timer = self._loop.call_at(due, self._check_timeout, when)
 

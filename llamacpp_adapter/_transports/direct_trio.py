@@ -46,7 +46,7 @@ class TrioBody(DirectBody):
             with trio.fail_after(timeouts.connect):
                 tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
         except (OSError, trio.TooSlowError) as exc:
-            raise direct.connection_failed(exc, OPENING) from None
+            raise direct.connection_error(exc, OPENING) from None
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         handshaking = False
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
@@ -64,7 +64,7 @@ class TrioBody(DirectBody):
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             await trio.aclose_forcefully(stream)
             timed_out = NO_TLS_ANSWER if handshaking else NOT_SENT
-            raise direct.connection_failed(exc, OPENING, timed_out=timed_out) from None
+            raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -75,7 +75,7 @@ class TrioBody(DirectBody):
         while not parser.head_complete:
             data = await self._receive(OPENING)
             if not data:
-                raise direct.answer_cut(OPENING)
+                raise direct.response_cut(OPENING)
             body = parser.feed(data)
             if body:
                 self._waiting.append(body)
@@ -98,12 +98,12 @@ class TrioBody(DirectBody):
             try:
                 data = await self._receive("while reading the stream")
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise direct.connection_failed(exc, "while reading the stream") from None
+                raise direct.connection_error(exc, "while reading the stream") from None
             if not data:
                 parser.feed_eof()
                 if parser.complete:
                     return None
-                raise direct.answer_cut("while reading the stream")
+                raise direct.response_cut("while reading the stream")
             body = parser.feed(data)
             if body:
                 return body

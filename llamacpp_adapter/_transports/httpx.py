@@ -20,12 +20,12 @@ from .base import CLOSE_TIMEOUT_S, NO_CONNECTION, NO_TLS_ANSWER, caused_by, reas
 __all__ = [
     "MAX_ERROR_BODY_BYTES",
     "HttpxBody",
-    "answer_error",
     "close_response",
     "found_by_h11",
     "http_error",
     "read_at_most",
     "read_error_body",
+    "response_error",
 ]
 
 #: The most bytes of an error response's body that are read to find its message.
@@ -112,7 +112,7 @@ def found_by_h11(exc: BaseException) -> bool:
     return caused_by(exc, h11.RemoteProtocolError)
 
 
-def answer_error(response: httpx.Response, body: bytes) -> WorkerError:
+def response_error(response: httpx.Response, body: bytes) -> WorkerError:
     """The error for a non-success *response* with *body*."""
     return status_error(
         response.status_code, response.reason_phrase, response.headers, body, now=time.time()
