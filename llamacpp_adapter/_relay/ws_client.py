@@ -1,5 +1,6 @@
 """A WebSocket client connection on any event loop: wsproto's sans-IO protocol over an
-anyio byte stream (TCP, or TLS with the system's trust or a given context).
+anyio byte stream (TCP, or TLS with the system's trust or a given context). (httpx-ws
+was weighed: it bounds no message sent in fragments; see benchmarks/NOTES.md.)
 
 :func:`connect` opens it, with the handshake, and closes it on every way out. Errors are
 ours: a refused handshake is :class:`AdapterError` with its status, an unreachable or
