@@ -60,17 +60,15 @@ def reliability(session: nox.Session) -> None:
     (``-- N`` for a soak N times as long)."""
     session.install("-e", ".[test,engine]", env=ENGINE_BUILD_ENV)
     scale = session.posargs[0] if session.posargs else "1"
-    faults = Path(session.create_tmp()) / "faults.jsonl"
-    soak = Path(session.create_tmp()) / "soak.jsonl"
-    for report in (faults, soak):
-        report.unlink(missing_ok=True)
-    env = {
-        "LLAMACPP_ADAPTER_FAULT_REPORT": str(faults),
-        "LLAMACPP_ADAPTER_SOAK_REPORT": str(soak),
-        "LLAMACPP_ADAPTER_SOAK": scale,
-    }
-    session.run("pytest", "tests/test_fault_matrix.py", "tests/test_soak.py", env=env)
-    session.run("python", "-m", "tests.reliability_report", str(faults), str(soak))
+    report = Path(session.create_tmp()) / "reliability.xml"
+    session.run(
+        "pytest",
+        "tests/scripted/test_fault_matrix.py",
+        "tests/engine/test_soak.py",
+        f"--junitxml={report}",
+        env={"LLAMACPP_ADAPTER_SOAK": scale},
+    )
+    session.run("python", "-m", "tests.support.reliability_report", str(report))
 
 
 @nox.session

@@ -8,7 +8,7 @@ and key file), answers ``/props``, ``/slots``, ``/v1/models`` and ``/health`` as
 captured server did, keeping the connection for the next request as llama-server does
 (it closes it after a stream, and when the client asks), and answers every
 other request with a streamed SSE body in llama-server's wire format, built with the test suite's
-wire fixtures (``tests/wire.py``: the captured status line and headers, chunked
+wire fixtures (``tests/support/wire.py``: the captured status line and headers, chunked
 bodies). The request's JSON body picks
 what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
 
@@ -33,7 +33,7 @@ import time
 
 import trio
 
-from tests.wire import (
+from tests.support.wire import (
     LAST_CHUNK,
     MODELS,
     PROPS,

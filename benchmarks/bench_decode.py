@@ -6,7 +6,7 @@ the same size: httpx-sse through its public ``EventSource.iter_sse()`` with
 ``CompletionStreamDecoder``, which also builds a typed ``Token`` per event. The floors
 decode the bare payloads, already split, with ``json.loads`` and with ``msgspec``.
 
-The stream is built from a real llama-server capture (``tests/golden/long.sse``): its
+The stream is built from a real llama-server capture (``tests/support/golden/long.sse``): its
 token chunks, repeated with a rising ``tokens_predicted``, then its final chunk.
 
 Run it with the others: ``python -m benchmarks`` (``nox -s bench``).
@@ -31,7 +31,7 @@ from llamacpp_adapter import CompletionStreamDecoder, SSEDecoder, Token
 
 from ._common import Table, Target
 
-CAPTURE = Path(__file__).resolve().parents[1] / "tests" / "golden" / "long.sse"
+CAPTURE = Path(__file__).resolve().parents[1] / "tests" / "support" / "golden" / "long.sse"
 TARGET_RATIO = 4.0
 
 

@@ -1,0 +1,170 @@
+"""The serving benchmark's command against a real llama-server: a run cut by SIGINT,
+workers and their merged result, a local server when given no URL, and bad input as
+one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from llamacpp_adapter import LlamaCppHttpAdapter
+from llamacpp_adapter._local.server import LocalLlamaServer
+
+from ..support.commands import COMMAND, assert_one_line_error, run_command
+from ..support.resources import engines
+
+LATENCIES = ("ttft", "tpot", "itl", "e2el")
+
+
+def check_ordered(figures: dict[str, object]) -> None:
+    for name in LATENCIES:
+        p50, p90, p99 = (float(figures[f"p{p}_{name}_ms"]) for p in (50, 90, 99))  # type: ignore[arg-type]
+        assert p50 <= p90 <= p99, name
+
+
+async def busy_slots(url: str) -> int:
+    async with LlamaCppHttpAdapter(url) as adapter:
+        return sum(1 for slot in await adapter.slots() if slot["is_processing"])
+
+
+def interrupt_when_busy(command: list[str], server: LocalLlamaServer) -> tuple[int, str, str]:
+    """Run *command*, send it SIGINT once both of *server*'s slots stream; its exit
+    code, stdout and stderr."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        deadline = time.monotonic() + 60
+        # Another process's state: nothing to wait on but the answer.
+        while trio.run(busy_slots, server.base_url) < 2:
+            assert time.monotonic() < deadline, "the run never filled the slots"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    return process.returncode, out.decode(), err.decode()
+
+
+def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "result.json"
+    command = [
+        *COMMAND, "bench", "--url", llama_server.base_url,
+        "--concurrency", "2", "--requests", "6", "--warmup", "0",
+        "--output-tokens", "30000", "--json", str(output),
+    ]  # fmt: skip
+    code, summary, _ = interrupt_when_busy(command, llama_server)
+    assert code == 128 + signal.SIGINT
+    assert "(partial)" in summary
+    assert trio.run(busy_slots, llama_server.base_url) == 0  # freed as the run ended
+    figures = json.loads(output.read_text())
+    assert figures["partial"] is True
+    assert figures["command"][1] == "bench"
+    assert "api_key" not in figures["config"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["--rate", "0"], "--rate"),
+        (["--concurrency", "0"], "--concurrency"),
+        (["--concurrency", "2", "--rate", "3"], "--concurrency"),
+        (["--input-tokens", "x"], "--input-tokens"),
+        (["--input-tokens", "9:3"], "input lengths"),
+        (["--prompts", "{missing}"], "--prompts"),
+        (["--prompts", "{directory}"], "--prompts"),
+        (["--prompts", "{not_json}"], "not JSON"),
+        (["--url", "{unreachable}"], "--url"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    arguments: list[str], says: str, llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    not_json = tmp_path / "bad.jsonl"
+    not_json.write_text("{not json\n")
+    places = {
+        "{missing}": str(tmp_path / "missing.jsonl"),
+        "{directory}": str(tmp_path),
+        "{not_json}": str(not_json),
+        "{unreachable}": "http://127.0.0.1:9",
+    }
+    url = [] if "--url" in arguments else ["--url", llama_server.base_url]
+    result = run_command("bench", *url, *(places.get(a, a) for a in arguments))
+    assert_one_line_error(result, says, 2)
+
+
+def test_workers_share_the_load_and_their_results_merge(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "merged.json"
+    result = run_command(
+        "bench", "--url", llama_server.base_url, "--concurrency", "2", "--requests", "9",
+        "--warmup", "2", "--output-tokens", "10", "--workers", "2", "--json", str(output),
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["completed"] == 9
+    # The server's own /props, whole: its build and its slots among the rest.
+    assert figures["server_props"][0]["total_slots"] == 2
+    assert "build_info" in figures["server_props"][0]
+    assert figures["client"]["processes"] == 2
+    # The warm-up's tokens are the server's too: 9 + 2 requests of 10.
+    assert figures["token_check"] == {"client_tokens": 110, "server_tokens": 110, "equal": True}
+    check_ordered(figures)
+
+    # Two results merged by hand: the same requests, the same figures.
+    halves = []
+    for number, share in enumerate((4, 5)):
+        path = tmp_path / f"part-{number}.json"
+        half = run_command(
+            "bench", "--url", llama_server.base_url, "--requests", str(share),
+            "--warmup", "0", "--output-tokens", "6", "--json", str(path), timeout=120,
+        )  # fmt: skip
+        assert half.returncode == 0, half.stderr
+        halves.append(path)
+    merged_path = tmp_path / "by-hand.json"
+    merged = run_command("bench", "merge", *map(str, halves), "--json", str(merged_path))
+    assert merged.returncode == 0, merged.stderr
+    assert "Successful requests:                    9" in merged.stdout
+    assert json.loads(merged_path.read_text())["total_output_tokens"] == 54
+
+
+def test_without_a_url_bench_runs_against_a_local_server_it_starts() -> None:
+    running = engines()
+    result = run_command(
+        "bench", "--requests", "6", "--concurrency", "3", "--output-tokens", "5",
+        "--warmup", "0", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Successful requests:                    6" in result.stdout
+    assert "Client tokens = server's:               True" in result.stdout
+    assert "starting a local llama-server" in result.stderr
+    assert not engines() - running  # stopped with the run
+
+
+def test_workers_cut_by_sigint_write_a_partial_result(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "result.json"
+    command = [
+        *COMMAND, "bench", "--url", llama_server.base_url,
+        "--concurrency", "2", "--requests", "4", "--warmup", "0", "--workers", "2",
+        "--output-tokens", "30000", "--json", str(output),
+    ]  # fmt: skip
+    code, _, errors = interrupt_when_busy(command, llama_server)
+    assert code == 128 + signal.SIGINT, errors
+    assert "Traceback" not in errors, errors
+    assert trio.run(busy_slots, llama_server.base_url) == 0
+    assert json.loads(output.read_text())["partial"] is True
+
+
+def test_merging_what_is_not_a_result_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    for content in ("{not json", '{"partial": false}', "[]"):
+        path = tmp_path / "bad.json"
+        path.write_text(content)
+        result = run_command("bench", "merge", str(path))
+        assert_one_line_error(result, "not a result of llamacpp-adapter bench", 2)
