@@ -3,10 +3,6 @@ slot freed as soon as a client leaves."""
 
 from __future__ import annotations
 
-import time
-
-import trio
-
 from llamacpp_adapter import (
     End,
     LlamaCppHttpAdapter,
@@ -17,7 +13,8 @@ from llamacpp_adapter import (
 )
 from llamacpp_adapter._local.server import LocalLlamaServer
 
-from ..support.relays import TOKEN, collect, poll_until, relay_over, texts
+from ..support.engine import assert_stopped_early, tokens_generated, wait_until_idle
+from ..support.relays import TOKEN, collect, relay_over, texts
 
 
 async def test_a_relay_client_gets_the_tokens_of_a_direct_submit(
@@ -43,23 +40,20 @@ async def test_a_relay_client_gets_the_tokens_of_a_direct_submit(
     assert relayed[-1] == expected[-1]
 
 
-async def slots_busy(server: LocalLlamaServer) -> int:
-    async with LlamaCppHttpAdapter(server.base_url) as adapter:
-        return sum(1 for slot in await adapter.slots() if slot["is_processing"])
-
-
-async def test_a_client_that_leaves_mid_stream_frees_the_slot_within_a_second(
+async def test_a_client_that_leaves_mid_stream_stops_the_engine_and_frees_the_slot(
     llama_server: LocalLlamaServer,
 ) -> None:
     long_task = TaskRequest("a long one", max_tokens=30000, extra={"ignore_eos": True})
-    async with relay_over(llama_server.base_url, allow_extra=True) as (url, relay):
+    async with (
+        LlamaCppHttpAdapter(llama_server.base_url) as engine,
+        relay_over(llama_server.base_url, allow_extra=True) as (url, relay),
+    ):
+        await wait_until_idle(engine)
+        before = await tokens_generated(engine)
         async with open_relay_stream(url, long_task) as events:
             async for event in events:
                 if isinstance(event, Token) and event.i == 5:
                     break
-            assert await slots_busy(llama_server) == 1
-        left = time.monotonic()
-        with trio.fail_after(1.0):
-            await poll_until(lambda: slots_busy(llama_server), 0)
-        assert time.monotonic() - left < 1.0
+            assert sum(1 for slot in await engine.slots() if slot["is_processing"]) == 1
+        await assert_stopped_early(engine, before)
         assert relay.streams == {}

@@ -5,7 +5,6 @@ the caller's bounded memory channel, on Trio and asyncio."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
@@ -33,6 +32,7 @@ from llamacpp_adapter import (
 from llamacpp_adapter._local.server import LocalLlamaServer
 
 from ..support.channels import gather
+from ..support.engine import assert_stopped_early, tokens_generated, wait_until_idle
 from ..support.scripted import Connection, scripted_server
 from ..support.wire import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
 
@@ -43,9 +43,6 @@ FOUR_SLOTS = 4
 
 
 ENDLESS = {"ignore_eos": True}
-
-
-FREE_WITHIN_S = 1.0
 
 
 CHANNEL_ITEMS = 8
@@ -79,13 +76,6 @@ def assert_a_whole_job(items: list[StreamEvent | WorkerError], job_id: str) -> l
     assert [type(item) for item in items[1:]] == [Token] * len(tokens) + [Metrics, End]
     assert [t.i for t in tokens] == list(range(len(tokens)))
     return tokens
-
-
-async def wait_until_idle(adapter: LlamaCppHttpAdapter, within_s: float) -> None:
-    """Poll /slots (another process: nothing to wait on) until no slot is processing."""
-    with anyio.fail_after(within_s):
-        while any(slot["is_processing"] for slot in await adapter.slots()):  # noqa: ASYNC110
-            await anyio.sleep(0.01)
 
 
 async def test_a_fan_in_of_six_streams_from_a_four_slot_server(
@@ -162,7 +152,8 @@ async def test_an_unreachable_engine_is_raised_by_start_and_the_channel_ends() -
 async def test_the_receiver_leaving_ends_every_task_and_frees_every_slot(
     adapter: LlamaCppHttpAdapter, how: str
 ) -> None:
-    await wait_until_idle(adapter, 5.0)
+    await wait_until_idle(adapter)
+    before = await tokens_generated(adapter)
     send, receive = anyio.create_memory_object_stream[JobItem](CHANNEL_ITEMS)
     async with anyio.create_task_group() as group:
         async with send:
@@ -174,14 +165,12 @@ async def test_the_receiver_leaving_ends_every_task_and_frees_every_slot(
             tokens += isinstance(item, Token)
             if tokens == 10:
                 break
-        left = time.monotonic()
         if how == "receiver closes":
             await receive.aclose()  # the tasks end quietly: the group raises nothing
         else:
             group.cancel_scope.cancel()
     receive.close()
-    await wait_until_idle(adapter, FREE_WITHIN_S)
-    assert time.monotonic() - left < FREE_WITHIN_S
+    await assert_stopped_early(adapter, before)
 
 
 async def test_two_tasks_may_receive_from_one_stream(adapter: LlamaCppHttpAdapter) -> None:

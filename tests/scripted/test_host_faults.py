@@ -9,7 +9,6 @@ import json
 import logging
 import random
 import socket
-import time
 from typing import Any
 
 import anyio
@@ -251,10 +250,9 @@ async def test_a_replica_that_keeps_failing_is_probed_before_it_gets_work(
 # --- PoolUnavailable, at once ------------------------------------------------------------
 
 #: What the host would spend waiting, were it to queue a task it cannot place: its slot
-#: wait and its retry deadline. "At once" is far less than either, however busy the
-#: machine (this is no speed test: the decision takes microseconds).
+#: wait and its retry deadline. The tests run on a MockClock that jumps ahead whenever
+#: every task waits, so a wait of either shows as that much time, and "at once" is none.
 QUEUEING_WOULD_TAKE_S = 30.0
-AT_ONCE_S = 2.0
 
 
 def fail_fast_host() -> AdapterHost:
@@ -263,29 +261,34 @@ def fail_fast_host() -> AdapterHost:
     )
 
 
-async def assert_fast_pool_unavailable(host: AdapterHost, request: TaskRequest, match: str) -> None:
-    start = time.perf_counter()
+async def assert_fast_pool_unavailable(
+    host: AdapterHost, request: TaskRequest, match: str, clock: MockClock
+) -> None:
+    clock.autojump_threshold = 0
+    start = trio.current_time()
     with pytest.raises(PoolUnavailable, match=match):
         await run_task(host, request)
-    assert time.perf_counter() - start < AT_ONCE_S
+    assert trio.current_time() - start < QUEUEING_WOULD_TAKE_S / 10
 
 
-async def test_pool_unavailable_when_nothing_is_bound() -> None:
+async def test_pool_unavailable_when_nothing_is_bound(mock_clock: MockClock) -> None:
     async with fail_fast_host() as host:
-        await assert_fast_pool_unavailable(host, TaskRequest("x"), "no replica is bound")
+        await assert_fast_pool_unavailable(
+            host, TaskRequest("x"), "no replica is bound", mock_clock
+        )
 
 
-async def test_pool_unavailable_when_every_replica_is_unhealthy() -> None:
+async def test_pool_unavailable_when_every_replica_is_unhealthy(mock_clock: MockClock) -> None:
     async with fail_fast_host() as host:
         for name in ("r0", "r1"):  # nothing listens there: refused at once
             host.bind("pool", name, LlamaCppHttpAdapter(f"http://127.0.0.1:{unused_port()}"))
-        await assert_fast_pool_unavailable(host, TaskRequest("x"), "unhealthy")
+        await assert_fast_pool_unavailable(host, TaskRequest("x"), "unhealthy", mock_clock)
         for name in ("r0", "r1"):
             await host.unbind("pool", name).aclose()
 
 
 async def test_pool_unavailable_when_the_task_exceeds_every_context(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, mock_clock: MockClock
 ) -> None:
     engine = Engine(tokens(1))
     async with fail_fast_host() as host:
@@ -293,7 +296,7 @@ async def test_pool_unavailable_when_the_task_exceeds_every_context(
         await add_replica(nursery, host, "r1", engine)
         # The captured server's slots hold 256 tokens; this prompt is 300 token ids.
         big = TaskRequest(list(range(1, 301)))
-        await assert_fast_pool_unavailable(host, big, "larger than the context")
+        await assert_fast_pool_unavailable(host, big, "larger than the context", mock_clock)
     assert engine.times == []  # decided without asking the engine
 
 
@@ -488,7 +491,9 @@ async def test_slots_other_clients_take_are_read_again_from_slots(
         assert len(await run_task(host)) == 4  # Started, Token, Metrics, End
 
 
-async def test_an_unbound_replica_gets_no_new_work(nursery: trio.Nursery) -> None:
+async def test_an_unbound_replica_gets_no_new_work(
+    nursery: trio.Nursery, mock_clock: MockClock
+) -> None:
     kept, dropped = Engine(tokens(1)), Engine(tokens(1))
     async with host_for_test() as host:
         await add_replica(nursery, host, "kept", kept)
@@ -498,7 +503,9 @@ async def test_an_unbound_replica_gets_no_new_work(nursery: trio.Nursery) -> Non
             await run_task(host)
         assert (len(kept.times), len(dropped.times)) == (4, 0)
         await host.unbind("pool", "kept").aclose()
-        await assert_fast_pool_unavailable(host, TaskRequest("x"), "no replica is bound")
+        await assert_fast_pool_unavailable(
+            host, TaskRequest("x"), "no replica is bound", mock_clock
+        )
         await adapter.aclose()
 
 
