@@ -1,0 +1,3 @@
+"""Task streams over WebSocket: the relay's server (``server``) and client (``client``),
+the messages both speak (``codec``, pure), and the WebSocket connections under them,
+wsproto over anyio's streams (``websocket``, shared; ``ws_server``; ``ws_client``)."""
