@@ -19,6 +19,7 @@ from ._exceptions import (
     WorkerReset,
 )
 from ._host.retry import GiveUp, RetryDecision, RetryLater, RetryPolicy, TryLargerContext
+from ._pause import PausePolicy
 from ._receive import EventReceiveStream, StreamState
 from ._sansio.completion import CompletionStreamDecoder, completion_body
 from ._sansio.sse import SSEDecoder, SSEEvent
@@ -95,6 +96,7 @@ __all__ = [
     "JobItemSendStream",
     "LlamaCppHttpAdapter",
     "Metrics",
+    "PausePolicy",
     "PoolUnavailable",
     "PromptTooLarge",
     "ProtocolError",

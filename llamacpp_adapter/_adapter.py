@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -17,25 +17,53 @@ import httpx
 import msgspec
 
 from ._exceptions import AdapterError, DeadlineUnmet, JobCancelled, ProtocolError, WorkerError
+from ._pause import PausePolicy
 from ._redact import redact_secrets, secret_mask
 from ._requests import ENGINE, EngineRequests
 from ._route import check_base_url, engine_route, split_credentials
-from ._sansio.completion import EXTRA_EVENTS_PER_SLICE, completion_body
+from ._sansio.completion import EXTRA_EVENTS_PER_SLICE, completion_body, echo_bytes
+from ._sansio.continuation import Ledger
 from ._sansio.errors import error_message, json_or_none
 from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
-from ._stream import EventStream
+from ._stream import EventStream, Pausing
 from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
 from ._types import TaskRequest, WorkerHealth, WorkerProps
 from ._validate import count, is_int
 from .http_util import DEFAULT_TIMEOUTS, default_client, with_bearer
 
-__all__ = ["ENGINE", "LlamaCppHttpAdapter"]
+__all__ = ["DEFAULT_PAUSE", "ENGINE", "LlamaCppHttpAdapter", "Placement"]
 
 logger = logging.getLogger("llamacpp_adapter")
 
 _MIN_BUFFER_EVENTS = 8
 _LOADING_STATUS = 503
+#: The adapter's pause policy unless it is given another (or None).
+DEFAULT_PAUSE = PausePolicy()
+
+
+class Placement(Protocol):
+    """Where a paused stream goes on, when something above the adapter places its
+    tasks (the host): it watches the stream, is told of the pause, and is asked for
+    the adapter to resume on."""
+
+    def watch(self, stream: EventStream) -> None:
+        """Run ``stream.watch()`` as a task of its own until the stream is closed (a
+        stream opened through an exit stack cannot have the adapter's task beside it)."""
+
+    def paused(self) -> None:
+        """The stream's connection closed for a pause: its slot is free."""
+
+    async def place(self) -> LlamaCppHttpAdapter:
+        """The adapter to resume the stream on, its slot counted.
+
+        Raises:
+            WorkerError: when no replica can take it.
+        """
+
+    async def failed(self, error: WorkerError) -> bool:
+        """Opening the resume on the adapter last placed failed with *error*: whether
+        to place it again (its slot is released either way)."""
 
 
 class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
@@ -63,6 +91,12 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         max_event_bytes: the bound on one SSE event from the server, beyond the room
             made for what a stream's final chunk repeats of its request (llama-server
             repeats the prompt there): up to six times the request's bytes.
+        pause: when a stream whose consumer stopped taking events is paused on the
+            engine (its connection closed, so that llama-server stops generating, and
+            resumed where it stopped once the consumer has taken what was read):
+            :class:`PausePolicy` ``()`` by default; ``None`` never pauses, and
+            llama-server then goes on generating up to ``max_tokens`` while a consumer
+            is away. A stream is watched by a task of its own ``submit()`` block.
 
     The adapter takes its configuration from its arguments only; it never reads the
     environment. Use it as an async context manager, or call :meth:`aclose`.
@@ -77,6 +111,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         timeouts: httpx.Timeout | None = None,
         buffer: int = 64,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        pause: PausePolicy | None = DEFAULT_PAUSE,
     ) -> None:
         base_url, basic_auth = split_credentials(check_base_url(base_url))
         #: The server's address, without any user or password it was given with.
@@ -103,6 +138,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             )
             direct = route.direct
         self._client = client
+        self._buffer = buffer
         self._blank_lines_per_read = buffer - EXTRA_EVENTS_PER_SLICE
         self._max_event_bytes = max_event_bytes
         read_timeout = self._client.timeout.read
@@ -110,6 +146,10 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         self._requests = EngineRequests(
             base_url, self._client, self._headers, direct, self._safe_url
         )
+        if pause is not None and not isinstance(pause, PausePolicy):
+            raise TypeError("pause must be a PausePolicy or None")
+        #: When a stream is paused on the engine (``None``: never).
+        self.pause = pause
         self._streams: dict[str, set[EventStream]] = {}
         self._closed = False
 
@@ -131,6 +171,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         request: TaskRequest,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
+        _placement: Placement | None = None,
     ) -> AsyncIterator[EventStream]:
         """Run *request* on the engine; the block receives its :class:`EventStream`.
 
@@ -146,7 +187,8 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 
         Leaving the block, normally, by ``break``, by an exception or by cancellation,
         closes the response at once; llama-server then stops generating and frees its
-        slot.
+        slot. A stream the adapter's :class:`PausePolicy` may pause is watched, while
+        the block runs, by a task of the block's own.
 
         Args:
             request: the task.
@@ -158,11 +200,29 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         """
         if self._closed:
             raise RuntimeError("the adapter is closed")
+        pause = self.pause
+        backlog = self._buffer if pause is None or pause.backlog is None else pause.backlog
+        pausable = pause is not None and pause.applies_to(request, backlog=backlog)
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         with anyio.CancelScope(deadline=deadline) as opening:
-            source, echoed = await self._open_stream(request)
+            source, fields, echoed = await self._open_stream(request, pausable=pausable)
         if opening.cancelled_caught:
             raise DeadlineUnmet(f"the stream did not open within {timeout} s")
+        pausing = None
+        if pausable:
+            assert pause is not None
+            pausing = Pausing(
+                pause,
+                backlog,
+                fields,
+                Ledger(
+                    greedy=request.temperature == 0,
+                    stops=bool(request.stop),
+                    max_tokens=request.max_tokens,
+                ),
+                paused=_placement.paused if _placement is not None else _nothing,
+                reopen=functools.partial(self._reopen, placement=_placement),
+            )
         stream = EventStream(
             request.job_id,
             source,
@@ -172,10 +232,18 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             deadline=deadline,
             event_timeout_s=self._event_timeout_s,
             on_end=functools.partial(self._log_end, started=time.monotonic()),
+            pausing=pausing,
         )
         self._streams.setdefault(request.job_id, set()).add(stream)
         try:
-            yield stream
+            if pausing is None:
+                yield stream
+            elif _placement is not None:
+                _placement.watch(stream)
+                yield stream
+            else:
+                async with _watching(stream):
+                    yield stream
         finally:
             self._forget(stream)
             await stream.aclose()
@@ -242,20 +310,39 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             if not streams:
                 del self._streams[stream.job_id]
 
-    async def _open_stream(self, request: TaskRequest) -> tuple[BodySource, int]:
-        """Open the stream; return its body, and the most bytes the engine may send
-        back of what the request sent (llama-server's final chunk repeats the prompt)."""
+    async def _open_stream(
+        self, request: TaskRequest, *, pausable: bool
+    ) -> tuple[BodySource, dict[str, Any], int]:
+        """Open the stream; return its body, the fields of its request, and the most
+        bytes the engine may send back of what the request sent (llama-server's final
+        chunk repeats the prompt). A stream that may be paused asks for the engine's
+        timings with every token, so that those of a request it leaves are known."""
         prompt = None
         if request.messages is not None:
             prompt = await self.apply_template(request.messages)
         fields = completion_body(request, prompt=prompt)
+        if pausable:
+            fields.setdefault("timings_per_token", True)
         body = msgspec.json.encode(fields)
         source = await self._requests.open_stream(body)
         logger.debug(
             "stream opened",
             extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
         )
-        return source, _echo_bytes(fields["prompt"], len(body))
+        return source, fields, echo_bytes(fields["prompt"], len(body))
+
+    async def _reopen(self, body: bytes, *, placement: Placement | None) -> BodySource:
+        """Open *body*, the request that resumes a paused stream: here, or where
+        *placement* places it."""
+        if placement is None:
+            return await self._requests.open_stream(body)
+        while True:
+            adapter = await placement.place()
+            try:
+                return await adapter._requests.open_stream(body)
+            except WorkerError as exc:
+                if not await placement.failed(exc):
+                    raise
 
     def _log_end(self, stream: EventStream, failure: WorkerError | None, *, started: float) -> None:
         fields = {
@@ -421,20 +508,28 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 # --- Helpers ---------------------------------------------------------------------------
 
 
-#: What the engine's JSON may take for one byte the request sent: a control character
-#: comes back escaped as ``\u00XX``.
-_ESCAPED_BYTES_PER_BYTE = 6
-#: The most bytes of text one token of a prompt given as token ids may come back as.
-_MAX_TOKEN_TEXT_BYTES = 64
+def _nothing() -> None:
+    pass
 
 
-def _echo_bytes(prompt: str | list[int], body_bytes: int) -> int:
-    """The most bytes an answer may spend repeating a request of *body_bytes* bytes
-    whose prompt is *prompt* (a prompt of token ids comes back as their text)."""
-    echoed = body_bytes
-    if not isinstance(prompt, str):
-        echoed += len(prompt) * _MAX_TOKEN_TEXT_BYTES
-    return _ESCAPED_BYTES_PER_BYTE * echoed
+@asynccontextmanager
+async def _watching(stream: EventStream) -> AsyncIterator[None]:
+    """Run *stream*'s watcher beside the block. The block's own exception comes out as
+    itself, not in an exception group: the watcher raises nothing."""
+    lone: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(stream.watch)
+            try:
+                yield
+            finally:
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as errors:
+        if len(errors.exceptions) != 1:
+            raise
+        lone = errors.exceptions[0]
+    if lone is not None:
+        raise lone
 
 
 def _int_or_none(value: Any) -> int | None:

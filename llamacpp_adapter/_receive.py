@@ -35,6 +35,9 @@ class StreamState(enum.Enum):
     * ``OPEN``: events are handed out as they are asked for.
     * ``READING``: a task is reading the stream's source; another task that asks for an
       event waits for that read, which may bring it.
+    * ``PAUSED``: its source was closed while its consumer took nothing (the engine
+      stopped); the events read before wait, and the next read goes on where it
+      stopped (see :class:`PausePolicy`).
     * ``ENDED``: the last event was handed out: ``EndOfStream`` from then on.
     * ``FAILED``: the failure that ended it was raised: ``EndOfStream`` from then on.
     * ``CLOSED``: closed before its end (:meth:`~EventReceiveStream.aclose`, or its
@@ -43,6 +46,7 @@ class StreamState(enum.Enum):
 
     OPEN = "open"
     READING = "reading"
+    PAUSED = "paused"
     ENDED = "ended"
     FAILED = "failed"
     CLOSED = "closed"
@@ -50,11 +54,22 @@ class StreamState(enum.Enum):
 
 #: Every change of state a stream may make; each happens in :class:`EventReceiveStream`.
 TRANSITIONS: Final[dict[StreamState, frozenset[StreamState]]] = {
-    # A cancel (FAILED) or aclose() (CLOSED) while no task reads.
-    StreamState.OPEN: frozenset({StreamState.READING, StreamState.FAILED, StreamState.CLOSED}),
-    StreamState.READING: frozenset(
-        {StreamState.OPEN, StreamState.ENDED, StreamState.FAILED, StreamState.CLOSED}
+    # A cancel (FAILED) or aclose() (CLOSED) while no task reads; a pause.
+    StreamState.OPEN: frozenset(
+        {StreamState.READING, StreamState.PAUSED, StreamState.FAILED, StreamState.CLOSED}
     ),
+    # A read done (OPEN), or a resume cancelled before it opened (PAUSED).
+    StreamState.READING: frozenset(
+        {
+            StreamState.OPEN,
+            StreamState.PAUSED,
+            StreamState.ENDED,
+            StreamState.FAILED,
+            StreamState.CLOSED,
+        }
+    ),
+    # The read that resumes it, a cancel or aclose().
+    StreamState.PAUSED: frozenset({StreamState.READING, StreamState.FAILED, StreamState.CLOSED}),
     StreamState.ENDED: frozenset(),
     StreamState.FAILED: frozenset(),
     StreamState.CLOSED: frozenset(),
@@ -62,6 +77,7 @@ TRANSITIONS: Final[dict[StreamState, frozenset[StreamState]]] = {
 
 _OPEN = StreamState.OPEN
 _READING = StreamState.READING
+_PAUSED = StreamState.PAUSED
 _ENDED = StreamState.ENDED
 _FAILED = StreamState.FAILED
 _CLOSED = StreamState.CLOSED
@@ -118,8 +134,9 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
     # --- What each stream says -------------------------------------------------------------
 
     @abstractmethod
-    async def _read(self) -> list[StreamEvent]:
+    async def _read(self, limit: int | None = None) -> list[StreamEvent]:
         """The next events from the source, at least one; ``[]`` at its clean end.
+        With *limit*, about that many at most (a few more may complete in one slice).
 
         Raises:
             Exception: whatever the read met (:meth:`_failure` says what it means).
@@ -142,6 +159,11 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
     @abstractmethod
     async def _interrupt_read(self) -> None:
         """Make the read in progress fail at once (close its source under it)."""
+
+    def _source_closed(self) -> bool:
+        """Whether the stream is paused: its source closed, the next read opens it
+        again (a stream that is never paused says no)."""
+        return False
 
     # --- Receiving, once for every stream ------------------------------------------------------
 
@@ -217,7 +239,7 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
 
     @property
     def state(self) -> StreamState:
-        """Where the stream is: open, reading, ended, failed or closed."""
+        """Where the stream is: open, reading, paused, ended, failed or closed."""
         return self._state
 
     async def aclose(self) -> None:
@@ -227,7 +249,7 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
         state = self._state
         if state is _READING:
             await self._interrupt(anyio.ClosedResourceError(CLOSED_MESSAGE))
-        elif state is _OPEN:
+        elif state is _OPEN or state is _PAUSED:
             self._batch, self._index = [], 0
             self._to(_CLOSED)
             await self._end(None)
@@ -236,13 +258,44 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
         """End the stream with *reason* from outside its reading task: the source closes
         now, so that the engine frees its slot, and the reader gets *reason* from its
         next read, or the one it is in (after the events already decoded)."""
-        if self._state not in (_OPEN, _READING) or self._interruption is not None:
+        if self._state not in (_OPEN, _READING, _PAUSED) or self._interruption is not None:
             return
         self._interruption = reason
         if self._state is _READING:
             await self._interrupt_read()  # the read fails; the reader does the rest
         else:
             await self._end(reason)
+
+    async def _read_ahead(self, limit: int) -> bool:
+        """Read the source's next events (about *limit* at most) for a consumer that is
+        away, after those waiting (while it reads, a consumer that comes back and asks
+        for more waits for it). Returns whether there may be more to read: not at the
+        source's end, nor after a failure, which the consumer gets after the events
+        before it.
+        """
+        if self._state is not _OPEN or self._interruption is not None:
+            return False
+        self._to(_READING)
+        try:
+            events = await self._read(limit)
+        except Exception as exc:
+            error = self._interruption or self._error_for(exc)
+            self._interruption = error  # the consumer's next read raises it
+            self._to(_OPEN)
+            await self._end(error)
+            return False
+        except BaseException:
+            self._to(_OPEN)
+            raise
+        if not events:
+            self._to(_ENDED)  # the events waiting are the last
+            await self._end(None)
+            return False
+        waiting = self._batch[self._index :]
+        waiting += events
+        self._batch, self._index = waiting, 0
+        self._to(_OPEN)
+        return True
 
     async def _fill(self) -> bool:
         """Read the next events into the batch; False at the end.
@@ -253,7 +306,7 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
         """
         while True:
             state = self._state
-            if state is _OPEN:
+            if state is _OPEN or state is _PAUSED:
                 break
             if state is _READING:
                 # Another task is reading: its read may bring the next event.
@@ -286,8 +339,9 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
                 raise
             raise error from exc
         except BaseException:
-            # Cancelled while reading: the stream stays as it was, for another read.
-            self._to(_OPEN)
+            # Cancelled while reading: the stream stays as it was, for another read (or
+            # paused still, when the read was to resume it and had not yet).
+            self._to(_PAUSED if self._source_closed() else _OPEN)
             raise
         if not batch:
             self._to(_ENDED)

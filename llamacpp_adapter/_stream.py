@@ -1,22 +1,58 @@
-"""One streamed completion, read as its consumer pulls: :class:`EventStream`."""
+"""One streamed completion, read as its consumer pulls: :class:`EventStream`; and what
+pauses it on the engine while its consumer is away (:class:`Pausing`)."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
+import msgspec
 
 from ._exceptions import DeadlineUnmet, DecodeTimeout, WorkerError
+from ._pause import PausePolicy
 from ._receive import EventReceiveStream, StreamState
-from ._sansio.completion import CompletionStreamDecoder
+from ._sansio.completion import (
+    EXTRA_EVENTS_PER_SLICE,
+    CompletionStreamDecoder,
+    continuation_body,
+    echo_bytes,
+)
+from ._sansio.continuation import Ledger
 from ._transports.base import BodySource
 from ._types import Started, StreamEvent
 
-__all__ = ["EventStream"]
+__all__ = ["EventStream", "Pausing"]
 
 logger = logging.getLogger("llamacpp_adapter")
+
+_OPEN = StreamState.OPEN
+_PAUSED = StreamState.PAUSED
+_DONE = (StreamState.ENDED, StreamState.FAILED, StreamState.CLOSED)
+
+
+@dataclass
+class Pausing:
+    """What a stream that may be paused on the engine needs.
+
+    Attributes:
+        policy: when it is paused.
+        backlog: the events read ahead that make a pause.
+        fields: the body of its request, from which a resume's body is made.
+        ledger: what it has generated.
+        paused: told once its connection closed for a pause (the slot is free).
+        reopen: opens the body of a resume where the stream goes on.
+    """
+
+    policy: PausePolicy
+    backlog: int
+    fields: dict[str, Any]
+    ledger: Ledger
+    paused: Callable[[], None]
+    reopen: Callable[[bytes], Awaitable[BodySource]]
 
 
 class EventStream(EventReceiveStream):
@@ -27,8 +63,12 @@ class EventStream(EventReceiveStream):
 
     Reading is driven by the consumer: when the events of the last read are all taken,
     the next ``__anext__`` reads from the network, decodes that read, and hands its
-    events out one at a time. So no more than ``buffer`` events ever wait, nothing is
-    read while the consumer is busy, and TCP flow control holds the engine back.
+    events out one at a time. So no more than ``buffer`` events wait, and nothing is
+    read while the consumer is busy. TCP flow control then holds the bytes back, but
+    not llama-server, which goes on generating: a stream that may be paused
+    (:class:`PausePolicy`) reads ahead once its consumer has been away for a while,
+    and closes its connection when the engine is far enough ahead; when the consumer
+    has taken what was read, the stream goes on where it stopped.
 
     A failure is raised from the iteration, as a :class:`WorkerError`, after every event
     that arrived before it; the response is closed at once.
@@ -45,14 +85,19 @@ class EventStream(EventReceiveStream):
         "_deadline",
         "_decoder",
         "_event_timeout_s",
+        "_events_read",
         "_index",
         "_interruption",
+        "_max_event_bytes",
         "_on_end",
+        "_pausing",
         "_read_done",
         "_released",
+        "_resume_due",
         "_source",
         "_state",
         "job_id",
+        "pauses",
     )
 
     def __init__(
@@ -65,15 +110,23 @@ class EventStream(EventReceiveStream):
         deadline: float,
         event_timeout_s: float,
         on_end: Callable[[EventStream, WorkerError | None], None],
+        pausing: Pausing | None = None,
     ) -> None:
         self.job_id = job_id
         self._source = source
-        self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes)
+        self._max_event_bytes = max_event_bytes
+        self._pausing = pausing
+        ledger = None if pausing is None else pausing.ledger
+        self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes, ledger=ledger)
         self._blank_lines = blank_lines_per_read
         self._deadline = deadline
         self._event_timeout_s = event_timeout_s
         self._on_end = on_end
         self._bytes_received = 0
+        self._events_read = 0
+        self._resume_due = False  # paused: the next read opens the resume
+        #: How many times the stream was paused on the engine.
+        self.pauses = 0
         self._start([Started(job_id)])
 
     @property
@@ -93,6 +146,93 @@ class EventStream(EventReceiveStream):
         in the buffer."""
         return self._decoder.tokens_decoded
 
+    @property
+    def pausable(self) -> bool:
+        """Whether the stream may be paused on the engine (see :class:`PausePolicy`)."""
+        return self._pausing is not None
+
+    async def watch(self) -> None:
+        """Pause the stream on the engine while its consumer is away, as its policy
+        says, until the stream ends; run as a task beside the consumer (``submit()``
+        does). It raises nothing: a failure of a read it makes goes to the consumer,
+        after the events before it."""
+        pausing = self._pausing
+        if pausing is None:
+            return
+        policy = pausing.policy
+        period = policy.pause_after / 2
+        taken = self._taken()
+        since = anyio.current_time()
+        while self._state not in _DONE and not self._decoder.finished:
+            await anyio.sleep(period)
+            now = anyio.current_time()
+            if self._state is not _OPEN or self._taken() != taken:
+                # Taking events, or waiting for the engine, or paused already.
+                taken, since = self._taken(), now
+                continue
+            if now - since < policy.pause_after:
+                continue
+            await self._read_ahead_or_pause(pausing, taken)
+            taken, since = self._taken(), anyio.current_time()
+
+    async def _read_ahead_or_pause(self, pausing: Pausing, taken: int) -> None:
+        """The consumer has taken nothing for a while: read ahead while it stays away,
+        and pause the stream once the backlog is full, if it can be resumed exactly."""
+        backlog = pausing.backlog
+        ledger = pausing.ledger
+        while self._taken() == taken and not self._decoder.finished:
+            # A slice of N events may give a few more (see EXTRA_EVENTS_PER_SLICE): no
+            # more than the backlog wait.
+            room = backlog - self.buffered - EXTRA_EVENTS_PER_SLICE
+            if room < 1:
+                remaining = ledger.remaining
+                if ledger.can_resume(backlog) and (remaining is None or remaining > backlog):
+                    await self._pause(pausing)
+                return  # or not: TCP holds the bytes back, as it does for any stream
+            if not await self._read_ahead(room):
+                return
+
+    async def _pause(self, pausing: Pausing) -> None:
+        """Close the connection: the engine stops and frees the slot; the events read
+        wait, and the next read resumes the stream."""
+        self._to(_PAUSED)
+        self._resume_due = True
+        self.pauses += 1
+        source = self._source
+        pausing.paused()
+        logger.debug(
+            "stream paused on the engine",
+            extra={"job_id": self.job_id, "tokens_out": pausing.ledger.tokens},
+        )
+        await source.aclose()
+
+    def _taken(self) -> int:
+        """How many events the consumer has taken (it is back once this moves)."""
+        return self._events_read - (len(self._batch) - self._index)
+
+    def _source_closed(self) -> bool:
+        return self._resume_due
+
+    async def _resume(self, pausing: Pausing) -> None:
+        """Open the request that goes on where the stream was paused."""
+        ledger = pausing.ledger
+        generated, point = ledger.continuation()
+        remaining = pausing.fields["n_predict"]
+        fields = continuation_body(
+            pausing.fields, generated, None if remaining < 0 else remaining - point
+        )
+        body = msgspec.json.encode(fields)
+        source = await pausing.reopen(body)
+        ledger.resume()
+        self._source = source
+        self._resume_due = False
+        bound = self._max_event_bytes + echo_bytes(fields["prompt"], len(body))
+        self._decoder = CompletionStreamDecoder(max_event_bytes=bound, ledger=ledger)
+        logger.debug(
+            "stream resumed",
+            extra={"job_id": self.job_id, "tokens_out": point, "parts": ledger.parts},
+        )
+
     async def cancel(self, error: WorkerError) -> None:
         """End the stream with *error* (the adapter's ``cancel(job_id)`` gives
         :class:`JobCancelled`): its response closes now, so that the engine frees the
@@ -109,15 +249,27 @@ class EventStream(EventReceiveStream):
         if failure is not None or self._state is StreamState.ENDED:
             self._on_end(self, failure)
 
-    async def _read(self) -> list[StreamEvent]:
-        """The events of the next slice of the body that has any; [] at its clean end."""
+    async def _read(self, limit: int | None = None) -> list[StreamEvent]:
+        """The events of the next slice of the body that has any (*limit* blank lines
+        at most, or the adapter's own); [] at its clean end."""
+        if self._resume_due:
+            assert self._pausing is not None
+            with anyio.CancelScope(deadline=self._deadline) as scope:
+                await self._resume(self._pausing)
+            if scope.cancelled_caught:
+                raise DeadlineUnmet(f"the deadline passed after {self.tokens_decoded} tokens")
+        events = await self._read_events(self._blank_lines if limit is None else limit)
+        self._events_read += len(events)
+        return events
+
+    async def _read_events(self, limit: int) -> list[StreamEvent]:
         decoder = self._decoder
         read = False
         partial_since = math.inf  # when a read first brought bytes but no whole event
         while True:
             if self._interruption is not None:
                 raise self._interruption
-            events = decoder.next_events(self._blank_lines)
+            events = decoder.next_events(limit)
             if events:
                 return events
             if read and self._event_timeout_s != math.inf:

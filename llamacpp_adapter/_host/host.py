@@ -302,7 +302,9 @@ class AdapterHost(anyio.abc.AsyncResource):
         """
         if self._task_group is None:
             raise RuntimeError("use the host inside its async with block")
-        stream = await HostStream.open(self._pools, self.retry, self._rng, pool, request, timeout)
+        stream = await HostStream.open(
+            self._pools, self.retry, self._rng, pool, request, timeout, self._task_group
+        )
         try:
             yield stream
         finally:

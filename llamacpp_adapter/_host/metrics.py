@@ -101,7 +101,13 @@ class HostMetrics:
       request to its first token (a histogram);
     * ``llamacpp_adapter_token_latency_seconds{engine,pool,replica}``: between one
       token and the next (a histogram);
-    * ``llamacpp_adapter_in_flight_streams{engine,pool,replica}``: open streams;
+    * ``llamacpp_adapter_in_flight_streams{engine,pool,replica}``: open streams (a
+      stream paused on the engine holds no slot, and is not counted);
+    * ``llamacpp_adapter_pauses_total{engine,pool,replica}``: streams paused on the
+      replica while their consumers were away (:class:`PausePolicy`);
+    * ``llamacpp_adapter_resumes_total{engine,pool,replica,where}``: paused streams
+      resumed on the replica, ``where`` it paused (``same``) or on another
+      (``other``: its cache was elsewhere, or the replica it paused on was gone);
     * ``llamacpp_adapter_retries_total{engine,pool,replica,reason}``: attempts that
       failed before the first token and were tried again (``reason`` is the code);
     * ``llamacpp_adapter_replica_healthy{engine,pool,replica}``: 1 when the replica
@@ -139,6 +145,18 @@ class HostMetrics:
         reg.register(self.token_latency)
         self.in_flight = Gauge(
             f"{_PREFIX}_in_flight_streams", "Streams open on the replica.", _LABELS, registry=reg
+        )
+        self.pauses = Counter(
+            f"{_PREFIX}_pauses",
+            "Streams paused on the replica while their consumers were away.",
+            _LABELS,
+            registry=reg,
+        )
+        self.resumes = Counter(
+            f"{_PREFIX}_resumes",
+            "Paused streams resumed on the replica: where they paused, or another.",
+            [*_LABELS, "where"],
+            registry=reg,
         )
         self.retries = Counter(
             f"{_PREFIX}_retries",

@@ -25,6 +25,9 @@ from .replica import Replica
 
 __all__ = ["Pools", "Wait", "Waiter", "WaitingLine", "choose", "pin_mismatch"]
 
+#: What a ticket at the head of the line is lowered by: more than any count of tickets.
+_HEAD_OF_LINE = 1 << 62
+
 
 @dataclass(frozen=True)
 class Wait:
@@ -43,12 +46,14 @@ def choose(
     avoid: Collection[Replica],
     now: float,
     rng: random.Random,
+    prefer: Replica | None = None,
 ) -> Replica | Wait:
     """The replica of *pool* to run *request* on: of those healthy, with their slots
     known and a context of at least *min_context* tokens (and more than the prompt's,
     when it is given as ids), past any ``Retry-After`` at *now* and with a free slot,
-    one that the task has not failed on (*avoid*) before one it has, then one with the
-    most free slots, drawn with *rng* among equals.
+    *prefer* if it is one of them (a paused stream goes back to its cache), then one
+    that the task has not failed on (*avoid*) before one it has, then one with the most
+    free slots, drawn with *rng* among equals.
 
     Raises:
         PoolUnavailable: when no replica could ever take the task: none is bound, or
@@ -78,6 +83,8 @@ def choose(
     ready = [r for r in fitting if r.cool_until <= now and r.free_slots() > 0]
     if not ready:
         return Wait(min((r.cool_until for r in fitting if r.cool_until > now), default=math.inf))
+    if prefer is not None and prefer in ready:
+        return prefer
     ready = [r for r in ready if r not in avoid] or ready
     most = max(r.free_slots() for r in ready)
     return rng.choice([r for r in ready if r.free_slots() == most])
@@ -115,6 +122,8 @@ class Waiter:
         deadline: when it stops waiting; past it, it is given nothing.
         learning: replicas bound a moment before it came, whose first look it waits
             for before it is placed (so that it goes where it fits best).
+        prefer: the replica it goes to when that one has a free slot (a paused stream
+            goes back to its cache).
         served: called once it is placed or failed.
         placed: the replica it was given (its slot counted), once placed.
         placed_at: when it was given it.
@@ -129,6 +138,7 @@ class Waiter:
     deadline: float = math.inf
     learning: Collection[Replica] = ()
     served: Callable[[], None] = field(default=lambda: None, repr=False)
+    prefer: Replica | None = None
     placed: Replica | None = None
     placed_at: float = math.nan
     refused: WorkerError | None = None
@@ -181,6 +191,7 @@ class WaitingLine:
                     avoid=waiter.avoid,
                     now=now,
                     rng=rng,
+                    prefer=waiter.prefer,
                 )
             except WorkerError as exc:
                 waiter.refused = exc
@@ -288,6 +299,12 @@ class Pools:
         that asks again (a retry) keeps its place by giving the same ticket."""
         return next(self._tickets)
 
+    @staticmethod
+    def head_ticket(ticket: int) -> int:
+        """A place ahead of every new task's, for the task of *ticket* when it comes
+        back (a paused stream that resumes), in the order of those tickets."""
+        return ticket - _HEAD_OF_LINE
+
     def _wait_event(self) -> anyio.Event:
         if self._changed is None:
             raise RuntimeError("use the host inside its async with block")
@@ -323,11 +340,13 @@ class Pools:
         min_context: int,
         avoid: Collection[Replica],
         ticket: int | None = None,
+        prefer: Replica | None = None,
     ) -> tuple[Replica, float] | None:
         """Choose a replica of *pool* for *request* and count a stream on it (the
         caller releases it); the replica and when it was given, or None when
         *deadline* passes first. The task waits in the pool's line, after
-        every task with a lower *ticket* (a new one by default).
+        every task with a lower *ticket* (a new one by default); it goes to *prefer*
+        when that one has a free slot.
 
         Raises:
             PoolUnavailable: when no replica could take the task, or none had a free
@@ -344,6 +363,7 @@ class Pools:
             deadline,
             [r for r in self.of(pool) if not r.has_looked],
             served.set,
+            prefer,
         )
         line = self._lines.setdefault(pool, WaitingLine())
         line.join(waiter)

@@ -70,6 +70,7 @@ class _ReplicaMetrics:
         self.time_to_first_token = metrics.time_to_first_token.labels(*labels)
         self.token_latency = metrics.token_latency.labels(*labels)
         self.in_flight = metrics.in_flight.labels(*labels)
+        self.pauses = metrics.pauses.labels(*labels)
         self.healthy = metrics.replica_healthy.labels(*labels)
         self.mismatched = metrics.replica_mismatched.labels(*labels)
 
@@ -78,6 +79,9 @@ class _ReplicaMetrics:
 
     def count_retry(self, reason: str) -> None:
         self.family.retries.labels(*self.labels, reason).inc()
+
+    def count_resume(self, where: str) -> None:
+        self.family.resumes.labels(*self.labels, where).inc()
 
     def remove(self) -> None:
         # Its gauges go with it; its counters and histograms keep what they counted.
@@ -327,6 +331,15 @@ class Replica:
         self._metrics.count_end(outcome)
         if tokens:
             self._metrics.tokens_out.inc(tokens)
+
+    def record_pause(self) -> None:
+        """A stream on it was paused while its consumer was away: its slot is free
+        (:meth:`release` says so)."""
+        self._metrics.pauses.inc()
+
+    def record_resume(self, *, same: bool) -> None:
+        """A paused stream was resumed on it: where it paused (*same*), or not."""
+        self._metrics.count_resume("same" if same else "other")
 
     def record_retry(self, reason: str) -> None:
         """A task that failed on it with *reason* (an error code) is tried again."""

@@ -17,8 +17,9 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
+import anyio.abc
 
-from .._adapter import ENGINE
+from .._adapter import ENGINE, LlamaCppHttpAdapter
 from .._exceptions import WorkerError
 from .._receive import EventReceiveStream
 from .._stream import EventStream
@@ -46,6 +47,13 @@ class HostStream(EventReceiveStream):
     time to the first token and the gaps between tokens it records are those of its
     reads.
 
+    A stream paused on its replica while the consumer was away (the replica's adapter's
+    :class:`PausePolicy`) frees its slot there; it resumes on the same replica, where
+    its cache is, when that one has a free slot, and otherwise on the first replica of
+    the pool to have one (at the cost of its prompt again), waiting at the head of the
+    pool's line. A replica that fails it then is avoided, as a failure before the first
+    token is. It stays one task in the host's figures.
+
     Attributes:
         job_id: the task's ``job_id``.
         pool: the pool the task was sent to.
@@ -54,6 +62,7 @@ class HostStream(EventReceiveStream):
         arrived_at: when the task was submitted, on the event loop's clock.
         queued_s: the seconds the task waited in its pool's line for a replica (over
             all its attempts): of the time to its first token, the host's share.
+        resumes: how many times it was resumed after a pause.
     """
 
     def __init__(
@@ -64,12 +73,17 @@ class HostStream(EventReceiveStream):
         pool: str,
         request: TaskRequest,
         timeout: float | None,
+        group: anyio.abc.TaskGroup,
     ) -> None:
         self.job_id = request.job_id
         self.pool = pool
         self.replica = ""
         self.attempts = 0
         self.queued_s = 0.0
+        self.resumes = 0
+        self._group = group
+        self._holding: Replica | None = None  # the replica whose slot it holds
+        self._paused_on: Replica | None = None  # the replica it was paused on
         self._pools = pools
         self._ticket = pools.ticket()  # its place in the waiting line, kept by a retry
         self._policy = policy
@@ -101,15 +115,16 @@ class HostStream(EventReceiveStream):
         pool: str,
         request: TaskRequest,
         timeout: float | None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
+        group: anyio.abc.TaskGroup,
     ) -> HostStream:
         """The stream of *request*, placed and open (:meth:`AdapterHost.submit` opens
-        it: use that).
+        it: use that). The watchers of its attempts' streams run in *group*.
 
         Raises:
             WorkerError: the failure that ended the attempts (the last one, when the
                 retry deadline passed while waiting for a replica).
         """
-        stream = cls(pools, policy, rng, pool, request, timeout)
+        stream = cls(pools, policy, rng, pool, request, timeout, group)
         try:
             await stream._open()
         except BaseException:
@@ -133,7 +148,7 @@ class HostStream(EventReceiveStream):
         )
         return self._tokens
 
-    async def _read(self) -> list[StreamEvent]:
+    async def _read(self, limit: int | None = None) -> list[StreamEvent]:
         """The replica's next events; when its failure comes before the first token and
         the policy says so, the task goes to another replica, unseen."""
         while True:
@@ -236,27 +251,31 @@ class HostStream(EventReceiveStream):
                 )
             return
 
-    async def _place(self, last: WorkerError | None) -> Replica:
-        """A replica for the next attempt, its slot counted.
+    async def _place(self, last: WorkerError | None, *, resuming: bool = False) -> Replica:
+        """A replica for the next attempt (or the resume of a paused stream), its slot
+        counted.
 
         Raises:
             PoolUnavailable: when no replica can take the task.
             WorkerError: what the policy says ends a wait for a replica that ran out.
         """
         deadline = self._deadline if last is None else self._retry_deadline
-        asked = self.arrived_at if last is None else anyio.current_time()
+        first = last is None and not resuming
+        asked = self.arrived_at if first else anyio.current_time()
         placed = await self._pools.place(
             self.pool,
             self._request,
             deadline=deadline,
             min_context=self._min_context,
             avoid=self._failed_on,
-            ticket=self._ticket,
+            ticket=self._pools.head_ticket(self._ticket) if resuming else self._ticket,
+            prefer=self._paused_on if resuming else None,
         )
         if placed is None:
             now = anyio.current_time()
             raise self._policy.out_of_time(last, now=now, deadline=self._deadline, pool=self.pool)
         replica, placed_at = placed
+        self._holding = replica
         self.queued_s += placed_at - asked
         return replica
 
@@ -267,12 +286,12 @@ class HostStream(EventReceiveStream):
         self._failure = None
         self._got_end = False
         attempt = AsyncExitStack()
-        attempt.callback(replica.release)
+        attempt.callback(self._release_slot)
         self._attempt = attempt
         remaining = None if self._deadline == math.inf else self._deadline - anyio.current_time()
         try:
             self._events = await attempt.enter_async_context(
-                replica.adapter.submit(self._request, timeout=remaining)
+                replica.adapter.submit(self._request, timeout=remaining, _placement=self)
             )
         except WorkerError as exc:
             self._failure = exc
@@ -302,6 +321,52 @@ class HostStream(EventReceiveStream):
             self._min_context = max(self._min_context, decision.min_context)
         return True
 
+    def _release_slot(self) -> None:
+        """Free the slot the stream holds, if it holds one."""
+        replica, self._holding = self._holding, None
+        if replica is not None:
+            replica.release()
+
+    # --- What the replica's adapter asks of the host for a stream it may pause ----------
+
+    def watch(self, stream: EventStream) -> None:
+        """Run the attempt's stream's watcher in the host's task group, until the
+        attempt closes."""
+        assert self._attempt is not None
+        scope = anyio.CancelScope()
+        self._attempt.callback(scope.cancel)
+        self._group.start_soon(_watch, scope, stream)
+
+    def paused(self) -> None:
+        """The stream was paused on its replica: its slot there is free."""
+        replica = self._current
+        assert replica is not None
+        self._paused_on = replica
+        self._release_slot()
+        replica.record_pause()
+
+    async def place(self) -> LlamaCppHttpAdapter:
+        """The adapter to resume the paused stream on: its replica's when it has a free
+        slot, or the first of the pool to have one, the task at the head of the line."""
+        replica = await self._place(None, resuming=True)
+        self.resumes += 1
+        replica.record_resume(same=replica is self._paused_on)
+        self._current = replica
+        self.replica = replica.name
+        return replica.adapter
+
+    async def failed(self, error: WorkerError) -> bool:
+        """Opening the resume on the replica placed failed with *error*: whether to
+        place it again is the retry policy's to say. A replica failed on is avoided
+        from then on; when the task gives up, its close counts the failure."""
+        replica = self._current
+        self._release_slot()
+        if replica is None or not await self._retry(error, replica):
+            return False
+        self._failed_on.add(replica)
+        replica.record_failure(error, now=anyio.current_time())
+        return True
+
     async def _close_attempt(self) -> None:
         """Close the current attempt's stream, free its slot, count its outcome."""
         attempt, self._attempt = self._attempt, None
@@ -329,3 +394,8 @@ class HostStream(EventReceiveStream):
             "replica_id": self.replica,
             "tokens_out": self._tokens,
         }
+
+
+async def _watch(scope: anyio.CancelScope, stream: EventStream) -> None:
+    with scope:
+        await stream.watch()

@@ -31,7 +31,7 @@ class RelayStream(EventReceiveStream):
         self._got_end = False
         self._start([])
 
-    async def _read(self) -> list[StreamEvent]:
+    async def _read(self, limit: int | None = None) -> list[StreamEvent]:
         if self._got_end:
             return []
         try:

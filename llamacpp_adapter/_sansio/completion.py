@@ -1,6 +1,7 @@
 """Pure mapping between this library's types and llama.cpp's native ``/completion`` API.
 
 * :func:`completion_body`: a :class:`TaskRequest` as the JSON body of ``POST /completion``.
+* :func:`continuation_body`: the body that resumes a paused stream where it stopped.
 * :class:`CompletionStreamDecoder`: the bytes of a streamed ``/completion`` response as
   :class:`Token`, :class:`Metrics` and :class:`End` events. It is sans-IO like
   :class:`SSEDecoder`, which it uses.
@@ -22,6 +23,7 @@ import msgspec
 
 from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
 from .._types import End, Metrics, StreamEvent, TaskRequest, Token
+from .continuation import Ledger, Totals
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "UNLIMITED",
     "CompletionStreamDecoder",
     "completion_body",
+    "continuation_body",
+    "echo_bytes",
 ]
 
 logger = logging.getLogger("llamacpp_adapter")
@@ -72,6 +76,49 @@ def completion_body(request: TaskRequest, *, prompt: str | None = None) -> dict[
         body["stop"] = list(request.stop)
     body.update(request.extra)
     return body
+
+
+_SEEDS = 2**32
+
+
+def continuation_body(
+    fields: dict[str, Any], generated: list[int], remaining: int | None
+) -> dict[str, Any]:
+    """The body that resumes the stream of *fields* (a body :func:`completion_body`
+    made) after the tokens *generated*, with *remaining* tokens still to generate
+    (``None``: no bound).
+
+    The prompt is the task's followed by the generated ids: a text prompt is sent as
+    the first item of a mixed list, which llama-server tokenizes as it tokenized the
+    text alone (with its BOS), so the prefix is token for token what the engine has in
+    its cache. A seeded sampler gets the seed moved on by the tokens generated, so that
+    the new request does not draw again the numbers the first one drew.
+    """
+    body = dict(fields)
+    prompt = fields["prompt"]
+    body["prompt"] = [prompt, *generated] if isinstance(prompt, str) else [*prompt, *generated]
+    body["n_predict"] = -1 if remaining is None else remaining
+    seed = fields.get("seed")
+    if generated and isinstance(seed, int) and fields.get("temperature", 0.0) > 0:
+        body["seed"] = (seed + len(generated)) % _SEEDS
+    return body
+
+
+#: What the engine's JSON may take for one byte the request sent: a control character
+#: comes back escaped as ``\u00XX``.
+_ESCAPED_BYTES_PER_BYTE = 6
+#: The most bytes of text one token of a prompt given as token ids may come back as.
+_MAX_TOKEN_TEXT_BYTES = 64
+
+
+def echo_bytes(prompt: str | list[Any], body_bytes: int) -> int:
+    """The most bytes an answer may spend repeating a request of *body_bytes* bytes
+    whose prompt is *prompt* (token ids come back as their text): llama-server's final
+    chunk repeats the prompt, so a bound on one event must make room for it."""
+    echoed = body_bytes
+    if not isinstance(prompt, str):
+        echoed += len(prompt) * _MAX_TOKEN_TEXT_BYTES
+    return _ESCAPED_BYTES_PER_BYTE * echoed
 
 
 # gc=False: many of these are made per second, and tracking them for the cycle
@@ -156,6 +203,7 @@ class CompletionStreamDecoder:
     __slots__ = (
         "_finished",
         "_last_predicted",
+        "_ledger",
         "_max_event_bytes",
         "_next_i",
         "_partial",
@@ -167,7 +215,9 @@ class CompletionStreamDecoder:
         "error",
     )
 
-    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, ledger: Ledger | None = None
+    ) -> None:
         self._sse = SSEDecoder(max_event_bytes)
         self._max_event_bytes = max_event_bytes
         # What was received and not decoded: events split at their blank lines (from
@@ -177,7 +227,10 @@ class CompletionStreamDecoder:
         self._tail = b""
         self._skip_lf = False  # the last read ended with CR: an LF that follows is its end
         self._partial = False  # the SSE decoder holds part of an event: it takes all
-        self._next_i = 0
+        # A stream that may be paused keeps what it generated in its ledger, over the
+        # requests it takes; this decoder reads one of them.
+        self._ledger = ledger
+        self._next_i = 0 if ledger is None else ledger.events
         self._last_predicted = 0
         self._finished = False
         #: The fault the next call raises, once one was found.
@@ -346,6 +399,7 @@ class CompletionStreamDecoder:
             raise ProtocolError("data after the stream's final chunk")
         append = events.append
         as_tuple = tuple
+        ledger = self._ledger
         i = self._next_i
         last = self._last_predicted
         try:
@@ -367,6 +421,11 @@ class CompletionStreamDecoder:
                             "it must increase with every chunk"
                         )
                     last = predicted
+                if ledger is not None and not ledger.token(
+                    content, chunk.tokens, predicted, chunk.timings
+                ):
+                    i += 1  # generated again after a resume: the consumer has it
+                    continue
                 append(Token(i, content, as_tuple(chunk.tokens)))
                 i += 1
         finally:
@@ -382,35 +441,58 @@ class CompletionStreamDecoder:
         if chunk.stop is None or chunk.content is None:
             missing = "stop" if chunk.stop is None else "content"
             raise ProtocolError(f"a stream chunk has no {missing!r} field")
+        ledger = self._ledger
         if chunk.content or chunk.tokens:
-            events.append(Token(self._next_i, chunk.content, tuple(chunk.tokens)))
+            i = self._next_i
             self._next_i += 1
+            if ledger is None or ledger.token(
+                chunk.content, chunk.tokens, chunk.tokens_predicted, chunk.timings
+            ):
+                events.append(Token(i, chunk.content, tuple(chunk.tokens)))
         timings = chunk.timings
+        tokens_out, tokens_in = chunk.tokens_predicted, chunk.tokens_evaluated
+        metrics = None
+        if ledger is not None:
+            tokens_out, tokens_in, totals = ledger.end(tokens_out, tokens_in, timings)
+            if totals is not None and ledger.parts > 1:
+                metrics = _metrics(totals)
         if timings is not None:
-            events.append(
-                Metrics(
-                    prompt_tokens=timings.prompt_n,
-                    prompt_ms=timings.prompt_ms,
-                    prompt_tokens_per_s=timings.prompt_per_second,
-                    predicted_tokens=timings.predicted_n,
-                    predicted_ms=timings.predicted_ms,
-                    predicted_tokens_per_s=timings.predicted_per_second,
-                    cached_tokens=timings.cache_n,
-                )
-            )
-        tokens_out = chunk.tokens_predicted
+            events.append(metrics or _metrics(timings))
         if tokens_out is None:
             tokens_out = timings.predicted_n if timings is not None else self._next_i
         events.append(
             End(
                 tokens_out=tokens_out,
                 stop_reason=chunk.stop_type or "none",
-                tokens_in=chunk.tokens_evaluated,
+                tokens_in=tokens_in,
                 truncated=chunk.truncated,
                 stop_word=chunk.stopping_word or None,
             )
         )
         self._finished = True
+
+
+def _metrics(timings: _Timings | Totals) -> Metrics:
+    """The engine's *timings* as a :class:`Metrics` event (the rates are worked out from
+    the counts and times of a stream that took several requests)."""
+    if isinstance(timings, _Timings):
+        prompt_rate, predicted_rate = timings.prompt_per_second, timings.predicted_per_second
+    else:
+        prompt_rate = _rate(timings.prompt_n, timings.prompt_ms)
+        predicted_rate = _rate(timings.predicted_n, timings.predicted_ms)
+    return Metrics(
+        prompt_tokens=timings.prompt_n,
+        prompt_ms=timings.prompt_ms,
+        prompt_tokens_per_s=prompt_rate,
+        predicted_tokens=timings.predicted_n,
+        predicted_ms=timings.predicted_ms,
+        predicted_tokens_per_s=predicted_rate,
+        cached_tokens=timings.cache_n,
+    )
+
+
+def _rate(count: int, ms: float) -> float:
+    return count * 1000.0 / ms if ms > 0 else 0.0
 
 
 def _log_out_of_order(predicted: int, last: int) -> None:

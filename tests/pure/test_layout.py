@@ -18,6 +18,7 @@ PACKAGE = Path(llamacpp_adapter.__file__).parent
 #: Modules of pure logic outside ``_sansio``: fed values, they return values.
 PURE = {
     "_exceptions",
+    "_pause",
     "_redact",
     "_types",
     "_validate",
