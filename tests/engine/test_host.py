@@ -20,6 +20,7 @@ from llamacpp_adapter import (
     End,
     HostStream,
     LlamaCppHttpAdapter,
+    PausePolicy,
     PoolUnavailable,
     RetryPolicy,
     TaskRequest,
@@ -44,12 +45,19 @@ def replicas() -> Iterator[tuple[LocalLlamaServer, LocalLlamaServer]]:
 
 
 @asynccontextmanager
-async def host_of(*servers: LocalLlamaServer, **options: object) -> AsyncIterator[AdapterHost]:
+async def host_of(
+    *servers: LocalLlamaServer, pause: PausePolicy | None = None, **options: object
+) -> AsyncIterator[AdapterHost]:
+    """A host of one pool, "pool", of *servers* as replicas r0, r1, ... Its adapters
+    pause no stream unless given a *pause* policy: these tests hold slots with streams
+    whose consumers wait (tests/engine/test_pause.py has the pauses)."""
     async with AsyncExitStack() as stack:
         host = AdapterHost(rng=random.Random(3), **options)  # type: ignore[arg-type]
         await stack.enter_async_context(host)
         for n, server in enumerate(servers):
-            adapter = await stack.enter_async_context(LlamaCppHttpAdapter(server.base_url))
+            adapter = await stack.enter_async_context(
+                LlamaCppHttpAdapter(server.base_url, pause=pause)
+            )
             host.bind("pool", f"r{n}", adapter)
         yield host
 
