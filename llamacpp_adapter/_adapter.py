@@ -65,6 +65,9 @@ class Placement(Protocol):
         """Opening the resume on the adapter last placed failed with *error*: whether
         to place it again (its slot is released either way)."""
 
+    def resumed(self) -> None:
+        """The resume opened on the adapter last placed."""
+
 
 class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
     """A llama.cpp server (``llama-server``) as a worker.
@@ -339,10 +342,13 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         while True:
             adapter = await placement.place()
             try:
-                return await adapter._requests.open_stream(body)
+                source = await adapter._requests.open_stream(body)
             except WorkerError as exc:
                 if not await placement.failed(exc):
                     raise
+            else:
+                placement.resumed()
+                return source
 
     def _log_end(self, stream: EventStream, failure: WorkerError | None, *, started: float) -> None:
         fields = {

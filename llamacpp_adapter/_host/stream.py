@@ -62,6 +62,7 @@ class HostStream(EventReceiveStream):
         arrived_at: when the task was submitted, on the event loop's clock.
         queued_s: the seconds the task waited in its pool's line for a replica (over
             all its attempts): of the time to its first token, the host's share.
+        pauses: how many times it was paused on its replica.
         resumes: how many times it was resumed after a pause.
     """
 
@@ -80,6 +81,7 @@ class HostStream(EventReceiveStream):
         self.replica = ""
         self.attempts = 0
         self.queued_s = 0.0
+        self.pauses = 0
         self.resumes = 0
         self._group = group
         self._holding: Replica | None = None  # the replica whose slot it holds
@@ -342,6 +344,7 @@ class HostStream(EventReceiveStream):
         replica = self._current
         assert replica is not None
         self._paused_on = replica
+        self.pauses += 1
         self._release_slot()
         replica.record_pause()
 
@@ -349,11 +352,16 @@ class HostStream(EventReceiveStream):
         """The adapter to resume the paused stream on: its replica's when it has a free
         slot, or the first of the pool to have one, the task at the head of the line."""
         replica = await self._place(None, resuming=True)
-        self.resumes += 1
-        replica.record_resume(same=replica is self._paused_on)
         self._current = replica
         self.replica = replica.name
         return replica.adapter
+
+    def resumed(self) -> None:
+        """The resume opened on the replica placed: count it there."""
+        replica = self._current
+        assert replica is not None
+        self.resumes += 1
+        replica.record_resume(same=replica is self._paused_on)
 
     async def failed(self, error: WorkerError) -> bool:
         """Opening the resume on the replica placed failed with *error*: whether to
