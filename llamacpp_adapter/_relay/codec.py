@@ -8,6 +8,16 @@ Each message is a JSON object whose ``type`` names it::
     {"type": "end", "tokens_out": 16, "stop_reason": "limit", ...}
     {"type": "error", "code": "WORKER_RESET", "message": "...", "retriable": true}
 
+A client that asks for a ``window`` with its task takes part in the relay's flow
+control: the relay sends at most that many messages past those the client has
+acknowledged as taken, and the client acknowledges them as its consumer takes them::
+
+    {"type": "ack", "n": 128}     (the client has taken the relay's first 128 messages)
+
+So the relay stops taking events from the engine's stream while the client's consumer
+is away, however much the network between them would hold, and the stream is paused on
+the engine (see ``PausePolicy``).
+
 The fields are listed here, one struct a message, so that the wire names are the
 relay's own, not the Python names of the events. A decoder skips fields it does not
 know, so a client reads the messages of a newer relay.
@@ -15,7 +25,7 @@ know, so a client reads the messages of a newer relay.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import msgspec
 
@@ -25,9 +35,13 @@ from .._redact import redact_secrets
 from .._types import End, Metrics, Started, StreamEvent, TaskRequest, Token
 
 __all__ = [
+    "MAX_WINDOW",
     "BadTask",
+    "RelayTask",
+    "decode_ack",
     "decode_event",
     "decode_task",
+    "encode_ack",
     "encode_error",
     "encode_event",
     "encode_task",
@@ -73,9 +87,14 @@ class _Error(_Message, frozen=True, tag="error", omit_defaults=False):
     status: int | None = None
 
 
+class _Ack(_Message, frozen=True, tag="ack", omit_defaults=False):
+    n: int
+
+
 _Any: TypeAlias = _Started | _Token | _Metrics | _End | _Error
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Any)
+_ack_decoder = msgspec.json.Decoder(_Ack)
 
 _ERRORS_BY_CODE: dict[str, type[WorkerError]] = {
     cls.code: cls
@@ -150,22 +169,64 @@ def _error(message: _Error) -> WorkerError:
     return error
 
 
-# --- The task a client sends -------------------------------------------------------------
+# --- What a client sends -----------------------------------------------------------------
 
 #: The fields of a task message, all of them: another is refused.
 TASK_FIELDS = frozenset(
     {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
-    | {"job_id", "extra", "pool"}
+    | {"job_id", "extra", "pool", "window"}
 )
+#: The largest window a client may ask for, in messages.
+MAX_WINDOW = 1 << 20
 
 
 class BadTask(ValueError):
     """A client's task message that the relay cannot run; the message says why."""
 
 
-def encode_task(request: TaskRequest, pool: str | None = None) -> bytes:
+class RelayTask(NamedTuple):
+    """A client's task message, decoded.
+
+    Attributes:
+        request: the task.
+        pool: the pool it names, or ``None``.
+        window: the messages the relay may send past those acknowledged, or ``None``
+            (the client sends no acknowledgements).
+        fields: the names of the fields it gave.
+    """
+
+    request: TaskRequest
+    pool: str | None
+    window: int | None
+    fields: frozenset[str]
+
+
+def encode_ack(taken: int) -> bytes:
+    """The message by which a client says it has taken the relay's first *taken*
+    messages."""
+    return _encoder.encode(_Ack(n=taken))
+
+
+def decode_ack(data: str | bytes) -> int:
+    """The count a client's ``ack`` message carries.
+
+    Raises:
+        ProtocolError: if *data* is not an ``ack`` message.
+    """
+    try:
+        ack = _ack_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        raise ProtocolError("the client sent a message that is not an ack") from None
+    if ack.n < 0:
+        raise ProtocolError("an ack counts the messages taken: it cannot be negative")
+    return ack.n
+
+
+def encode_task(
+    request: TaskRequest, pool: str | None = None, *, window: int | None = None
+) -> bytes:
     """The message that asks a relay to run *request* (in *pool*, for a relay over a
-    host)."""
+    host; with flow control when a *window* is given)."""
     fields: dict[str, Any] = {
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
@@ -184,12 +245,13 @@ def encode_task(request: TaskRequest, pool: str | None = None) -> bytes:
         fields["extra"] = dict(request.extra)
     if pool is not None:
         fields["pool"] = pool
+    if window is not None:
+        fields["window"] = window
     return _encoder.encode(fields)
 
 
-def decode_task(data: str | bytes) -> tuple[TaskRequest, str | None, frozenset[str]]:
-    """The task in a client's message, the pool it names (or None), and the names of
-    the fields it gave.
+def decode_task(data: str | bytes) -> RelayTask:
+    """The task in a client's message.
 
     Raises:
         BadTask: if the message is not a task: not JSON, not an object, a field this
@@ -210,7 +272,10 @@ def decode_task(data: str | bytes) -> tuple[TaskRequest, str | None, frozenset[s
     pool = fields.pop("pool", None)
     if pool is not None and (not isinstance(pool, str) or not pool):
         raise BadTask("pool must be a non-empty string")
+    window = fields.pop("window", None)
+    if window is not None and (type(window) is not int or not 1 <= window <= MAX_WINDOW):
+        raise BadTask(f"window must be an integer from 1 to {MAX_WINDOW}")
     try:
-        return TaskRequest(**fields), pool, given
+        return RelayTask(TaskRequest(**fields), pool, window, given)
     except (TypeError, ValueError) as exc:
         raise BadTask(redact_secrets(str(exc))[:500]) from None

@@ -42,12 +42,12 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
 from .._adapter import LlamaCppHttpAdapter
-from .._exceptions import AdapterError, WorkerError
+from .._exceptions import AdapterError, ProtocolError, WorkerError
 from .._host.host import AdapterHost
 from .._receive import EventReceiveStream
 from .._types import TaskRequest
 from .._validate import count, seconds
-from .codec import BadTask, decode_task, encode_error, encode_event
+from .codec import BadTask, decode_ack, decode_task, encode_error, encode_event
 from .websocket import LOST, ConnectionClosed
 from .ws_server import HandshakeFailed, ServerConnection
 
@@ -330,19 +330,22 @@ class Relay:
             await connection.close(CLOSE_IDLE, "no task within the idle timeout")
             return
         try:
-            task, pool = self._parse_task(message)
+            task, pool, window = self._parse_task(message)
         except BadTask as exc:
             error = encode_error("BAD_TASK", str(exc), retriable=False)
             await connection.send_message(error.decode())
             await connection.close(CLOSE_BAD_TASK, "bad task")
             return
         fields["job_id"] = task.job_id
+        credit = _Credit(window)
         closing: tuple[int, str] | None = None
         async with anyio.create_task_group() as watch:
             with anyio.CancelScope() as relaying:
-                watch.start_soon(_cancel_when_closed, connection, relaying)
-                closing = await self._relay(connection, task, pool, fields)
+                watch.start_soon(_take_acks, connection, relaying, credit)
+                closing = await self._relay(connection, task, pool, fields, credit)
             watch.cancel_scope.cancel()
+        if credit.violation is not None:
+            closing = CLOSE_BAD_TASK, credit.violation
         if closing is not None:
             await connection.close(*closing)
 
@@ -352,14 +355,21 @@ class Relay:
         task: TaskRequest,
         pool: str | None,
         fields: dict[str, Any],
+        credit: _Credit,
     ) -> tuple[int, str] | None:
-        """Stream *task* to the client; the close code and reason (None: it is gone)."""
+        """Stream *task* to the client; the close code and reason (None: it is gone).
+        An event is taken from the stream only once the client may have it (its window
+        has room): a client's consumer that stops taking events stops the stream too."""
         try:
             async with self._submit(task, pool) as events:
                 self.streams[task.job_id] = events
                 try:
                     async for event in events:
                         message = encode_event(event).decode()
+                        if not await credit.room(self._idle_timeout_s):
+                            logger.info("relay client stopped reading", extra=fields)
+                            return CLOSE_IDLE, "the client stopped reading"
+                        credit.sent += 1  # queued from here on: it may be acknowledged
                         if not await connection.send_message(
                             message, timeout_s=self._idle_timeout_s
                         ):
@@ -384,18 +394,65 @@ class Relay:
             return self._target.submit(pool or self._pool or "", task)
         return self._target.submit(task)
 
-    def _parse_task(self, message: str | bytes) -> tuple[TaskRequest, str | None]:
-        task, pool, fields = decode_task(message)
+    def _parse_task(self, message: str | bytes) -> tuple[TaskRequest, str | None, int | None]:
+        task, pool, window, fields = decode_task(message)
         if pool is not None and not isinstance(self._target, AdapterHost):
             raise BadTask("this relay serves one engine: a task may not name a pool")
         if "extra" in fields and not self._allow_extra:
             raise BadTask("this relay does not take extra llama.cpp fields")
-        return task, pool
+        return task, pool, window
 
 
-async def _cancel_when_closed(connection: ServerConnection, scope: anyio.CancelScope) -> None:
-    """Cancel the task as soon as the client closes (it has nothing more to send)."""
-    await connection.wait_closed()
+class _Credit:
+    """The messages a client lets the relay send: *window* past those it acknowledged
+    (``None``: no bound, for a client that sends no acknowledgements)."""
+
+    def __init__(self, window: int | None) -> None:
+        self.window = window
+        self.sent = 0
+        self.acked = 0
+        self.violation: str | None = None  # why the client's messages broke the protocol
+        self._acked = anyio.Event()
+
+    def ack(self, taken: int) -> None:
+        """The client has taken the first *taken* messages.
+
+        Raises:
+            ProtocolError: when it acknowledges messages never sent, or fewer than
+                before, or sends acknowledgements it did not announce.
+        """
+        if self.window is None:
+            raise ProtocolError("an ack from a client that asked for no window")
+        if not self.acked <= taken <= self.sent:
+            raise ProtocolError(f"an ack of {taken} messages, after {self.acked}, of {self.sent}")
+        self.acked = taken
+        acked, self._acked = self._acked, anyio.Event()
+        acked.set()
+
+    async def room(self, timeout_s: float) -> bool:
+        """Wait, up to *timeout_s*, until one more message may be sent; whether it may."""
+        window = self.window
+        if window is None or self.sent - self.acked < window:
+            return True
+        with anyio.move_on_after(timeout_s):
+            while self.sent - self.acked >= window:
+                await self._acked.wait()
+            return True
+        return False
+
+
+async def _take_acks(
+    connection: ServerConnection, scope: anyio.CancelScope, credit: _Credit
+) -> None:
+    """Read the client while its task runs: its acknowledgements move its window on;
+    anything else, or the connection closing, cancels the task."""
+    try:
+        while True:
+            credit.ack(decode_ack(await connection.next_message()))
+    except ProtocolError as exc:
+        credit.violation = str(exc)[:100]
+    except ConnectionClosed:
+        pass
     scope.cancel()
 
 

@@ -29,11 +29,13 @@ from llamacpp_adapter import (
     StreamEvent,
     TaskRequest,
     Token,
+    open_relay_stream,
 )
 from llamacpp_adapter._local.server import LocalLlamaServer
 from llamacpp_adapter._sansio.completion import completion_body
 
 from ..support.engine import STOPPED_WITHIN_TOKENS, tokens_generated, wait_until_idle
+from ..support.relays import relay_over
 
 CONTEXT = 8192
 #: The tiny model's byte tokens past ASCII (ids 3 + 0x80 to 3 + 0xFF), banned: it then
@@ -324,3 +326,39 @@ async def test_a_resume_waits_for_a_slot_at_the_head_of_the_line(
         assert order == ["holder ends", "resumed", "later placed"]
         assert stream.resumes == 1
     assert [t.i for t in got] + indices == list(range(1200))
+
+
+# --- Through the relay -----------------------------------------------------------------
+
+
+async def test_a_relay_client_that_stops_taking_events_pauses_the_engine(
+    one_slot: LocalLlamaServer,
+) -> None:
+    # The relay's client tells the relay what its consumer took: however much the
+    # network holds, the relay stops taking the engine's events, and its stream pauses.
+    request = task(3000, prompt="relayed")
+    got: list[Token] = []
+    async with (
+        LlamaCppHttpAdapter(one_slot.base_url, pause=None) as engine,
+        relay_over(one_slot.base_url, allow_extra=True) as (url, _),
+    ):
+        await wait_until_idle(engine)
+        before = await tokens_generated(engine)
+        async with open_relay_stream(url, request) as events:
+            async for event in events:
+                if isinstance(event, Token):
+                    got.append(event)
+                    break
+            await wait_until_idle(engine)  # paused: the stream cannot have ended
+            assert await tokens_generated(engine) - before < STOPPED_WITHIN_TOKENS
+            text, indices, end, _ = await collect(events, _NEVER_PAUSED)
+    assert [t.i for t in got] + indices == list(range(3000))
+    assert end.tokens_out == 3000
+    assert got[0].text + text == await unpaused_text(one_slot, request)
+
+
+class _NeverPaused:
+    pauses = 0
+
+
+_NEVER_PAUSED = _NeverPaused()

@@ -22,9 +22,12 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 from llamacpp_adapter._relay.codec import (
+    MAX_WINDOW,
     BadTask,
+    decode_ack,
     decode_event,
     decode_task,
+    encode_ack,
     encode_error,
     encode_event,
     encode_task,
@@ -128,10 +131,25 @@ tasks = st.builds(
 )
 
 
-@given(tasks, st.none() | st.text(min_size=1))
-def test_a_task_survives_the_round_trip(task: TaskRequest, pool: str | None) -> None:
-    decoded, decoded_pool, _ = decode_task(encode_task(task, pool))
-    assert (decoded, decoded_pool) == (task, pool)
+@given(tasks, st.none() | st.text(min_size=1), st.none() | st.integers(1, MAX_WINDOW))
+def test_a_task_survives_the_round_trip(
+    task: TaskRequest, pool: str | None, window: int | None
+) -> None:
+    decoded = decode_task(encode_task(task, pool, window=window))
+    assert (decoded.request, decoded.pool, decoded.window) == (task, pool, window)
+
+
+@given(st.integers(0, 2**40))
+def test_an_ack_survives_the_round_trip(taken: int) -> None:
+    assert decode_ack(encode_ack(taken)) == taken
+
+
+@pytest.mark.parametrize(
+    "message", [b'{"type": "ack", "n": -1}', b'{"type": "ack"}', b'{"type": "token"}', b"[", b"{}"]
+)
+def test_what_is_not_an_ack_is_a_protocol_error(message: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_ack(message)
 
 
 def test_a_task_given_as_messages_survives_the_round_trip() -> None:
@@ -147,6 +165,9 @@ def test_a_task_given_as_messages_survives_the_round_trip() -> None:
         (b'{"prompt": "x", "nope": 1}', "unknown task fields"),
         (b'{"prompt": "x", "pool": ""}', "pool"),
         (b'{"prompt": "x", "temperature": -1}', "temperature"),
+        (b'{"prompt": "x", "window": 0}', "window"),
+        (b'{"prompt": "x", "window": true}', "window"),
+        (b'{"prompt": "x", "window": 1.5}', "window"),
         (b'{"prompt": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "nested too deeply"),
     ],
 )

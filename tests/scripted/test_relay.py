@@ -396,3 +396,59 @@ async def test_the_relay_runs_on_every_event_loop() -> None:
                 await collect(url, TaskRequest("b"), token="wrong-token-000000")
             assert refused.value.status == 401
         tasks.cancel_scope.cancel()
+
+
+async def test_a_client_with_a_window_gets_that_many_messages_until_it_acknowledges(
+    nursery: trio.Nursery,
+) -> None:
+    engine = await start_engine(nursery, tokens=20)
+    async with relay_over(engine, idle_timeout_s=0.5) as (url, relay):
+        stream, protocol = await rawws.open_websocket(port_of(url), None)
+        task = {"prompt": "held", "window": 3}
+        await stream.send_all(protocol.send(TextMessage(data=json.dumps(task))))
+        # It acknowledges nothing: the relay sends three messages, waits the idle
+        # timeout for an acknowledgement, and closes, its task cancelled.
+        events = await rawws.events_to_eof(stream, protocol)
+        await stream.aclose()
+        sent = [json.loads(e.data) for e in events if isinstance(e, TextMessage)]
+        assert [m["type"] for m in sent] == ["started", "token", "token"]
+        assert rawws.closes(events)[0] == (4000, "the client stopped reading")
+        with trio.fail_after(10):
+            await poll_until(lambda: relay_streams(relay), 0)
+
+
+@pytest.mark.parametrize("window", [1, 2, 7])
+async def test_a_client_that_acknowledges_as_it_takes_gets_every_event(
+    nursery: trio.Nursery, window: int
+) -> None:
+    engine = await start_engine(nursery, tokens=300)
+    async with relay_over(engine, idle_timeout_s=5) as (url, _):
+        got = texts(await collect(url, TaskRequest("acked"), window=window))
+    assert got == [f"acked:{n}" for n in range(1, 301)]
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ({"type": "ack", "n": 100}, "an ack of 100 messages"),
+        ({"type": "token", "i": 0, "t": "x"}, "not an ack"),
+        ("not json", "not an ack"),
+    ],
+)
+async def test_a_client_message_other_than_an_ack_of_what_it_got_is_refused(
+    nursery: trio.Nursery, message: object, says: str
+) -> None:
+    engine = await start_engine(nursery, tokens=20)
+    async with relay_over(engine, idle_timeout_s=5) as (url, relay):
+        stream, protocol = await rawws.open_websocket(port_of(url), None)
+        task = {"prompt": "x", "window": 2}
+        await stream.send_all(protocol.send(TextMessage(data=json.dumps(task))))
+        data = message if isinstance(message, str) else json.dumps(message)
+        await stream.send_all(protocol.send(TextMessage(data=data)))
+        events = await rawws.events_to_eof(stream, protocol)
+        await stream.aclose()
+        code, reason = rawws.closes(events)[0]
+        assert code == 1008
+        assert says in reason
+        with trio.fail_after(10):
+            await poll_until(lambda: relay_streams(relay), 0)
