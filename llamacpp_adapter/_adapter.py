@@ -30,6 +30,7 @@ from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
 from ._types import TaskRequest, WorkerHealth, WorkerProps
 from ._validate import count, is_int
+from ._watch import PauseWatch
 from .http_util import DEFAULT_TIMEOUTS, default_client, with_bearer
 
 __all__ = ["DEFAULT_PAUSE", "ENGINE", "LlamaCppHttpAdapter", "Placement"]
@@ -47,9 +48,10 @@ class Placement(Protocol):
     tasks (the host): it watches the stream, is told of the pause, and is asked for
     the adapter to resume on."""
 
-    def watch(self, stream: EventStream) -> None:
-        """Run ``stream.watch()`` as a task of its own until the stream is closed (a
-        stream opened through an exit stack cannot have the adapter's task beside it)."""
+    @property
+    def watch_group(self) -> anyio.abc.TaskGroup:
+        """A task group open while the stream is, where the adapter's watch may run (a
+        stream opened through an exit stack cannot have a group of its own)."""
 
     def paused(self) -> None:
         """The stream's connection closed for a pause: its slot is free."""
@@ -153,6 +155,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             raise TypeError("pause must be a PausePolicy or None")
         #: When a stream is paused on the engine (``None``: never).
         self.pause = pause
+        self._watch = PauseWatch(math.inf if pause is None else pause.pause_after / 2)
         self._streams: dict[str, set[EventStream]] = {}
         self._closed = False
 
@@ -242,10 +245,13 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             if pausing is None:
                 yield stream
             elif _placement is not None:
-                _placement.watch(stream)
-                yield stream
+                self._watch.add(stream, _placement.watch_group)
+                try:
+                    yield stream
+                finally:
+                    self._watch.discard(stream)
             else:
-                async with _watching(stream):
+                async with _watched(self._watch, stream):
                     yield stream
         finally:
             self._forget(stream)
@@ -519,17 +525,18 @@ def _nothing() -> None:
 
 
 @asynccontextmanager
-async def _watching(stream: EventStream) -> AsyncIterator[None]:
-    """Run *stream*'s watcher beside the block. The block's own exception comes out as
-    itself, not in an exception group: the watcher raises nothing."""
+async def _watched(watch: PauseWatch, stream: EventStream) -> AsyncIterator[None]:
+    """Have *watch* look at *stream* while the block runs, in a task group of the
+    block's own. The block's own exception comes out as itself, not in an exception
+    group: the watch raises nothing."""
     lone: BaseException | None = None
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(stream.watch)
+            watch.add(stream, group)
             try:
                 yield
             finally:
-                group.cancel_scope.cancel()
+                watch.discard(stream)
     except BaseExceptionGroup as errors:
         if len(errors.exceptions) != 1:
             raise

@@ -32,6 +32,9 @@ logger = logging.getLogger("llamacpp_adapter")
 _OPEN = StreamState.OPEN
 _PAUSED = StreamState.PAUSED
 _DONE = (StreamState.ENDED, StreamState.FAILED, StreamState.CLOSED)
+#: The looks of the watch (every half pause_after) at which the consumer has taken no
+#: event, and was not waiting for one, that make it away.
+_AWAY_LOOKS = 2
 
 
 @dataclass
@@ -79,6 +82,7 @@ class EventStream(EventReceiveStream):
     """
 
     __slots__ = (
+        "_acting",
         "_batch",
         "_blank_lines",
         "_bytes_received",
@@ -86,6 +90,7 @@ class EventStream(EventReceiveStream):
         "_decoder",
         "_event_timeout_s",
         "_events_read",
+        "_idle_looks",
         "_index",
         "_interruption",
         "_max_event_bytes",
@@ -96,6 +101,7 @@ class EventStream(EventReceiveStream):
         "_resume_due",
         "_source",
         "_state",
+        "_taken_mark",
         "job_id",
         "pauses",
     )
@@ -125,6 +131,11 @@ class EventStream(EventReceiveStream):
         self._bytes_received = 0
         self._events_read = 0
         self._resume_due = False  # paused: the next read opens the resume
+        # What the watch saw: the events the consumer had taken at its last look, the
+        # looks since at which it had taken none, and whether a read ahead is running.
+        self._taken_mark = 0
+        self._idle_looks = 0
+        self._acting = False
         #: How many times the stream was paused on the engine.
         self.pauses = 0
         self._start([Started(job_id)])
@@ -151,29 +162,36 @@ class EventStream(EventReceiveStream):
         """Whether the stream may be paused on the engine (see :class:`PausePolicy`)."""
         return self._pausing is not None
 
-    async def watch(self) -> None:
-        """Pause the stream on the engine while its consumer is away, as its policy
-        says, until the stream ends; run as a task beside the consumer (``submit()``
-        does). It raises nothing: a failure of a read it makes goes to the consumer,
-        after the events before it."""
-        pausing = self._pausing
-        if pausing is None:
-            return
-        policy = pausing.policy
-        period = policy.pause_after / 2
+    def look(self) -> Callable[[], Awaitable[None]] | None:
+        """What the adapter's watch (:class:`~llamacpp_adapter._watch.PauseWatch`) calls
+        every half ``pause_after``: ``None`` while the consumer is there, or the read
+        ahead to run once it has taken no event, and has not been waiting for one, for
+        ``pause_after`` (noticed within half as much again)."""
+        if self._acting or self._state is not _OPEN:
+            # Waiting for the engine (it is there), paused, ended, or reading ahead.
+            self._idle_looks = 0
+            return None
         taken = self._taken()
-        since = anyio.current_time()
-        while self._state not in _DONE and not self._decoder.finished:
-            await anyio.sleep(period)
-            now = anyio.current_time()
-            if self._state is not _OPEN or self._taken() != taken:
-                # Taking events, or waiting for the engine, or paused already.
-                taken, since = self._taken(), now
-                continue
-            if now - since < policy.pause_after:
-                continue
-            await self._read_ahead_or_pause(pausing, taken)
-            taken, since = self._taken(), anyio.current_time()
+        if taken != self._taken_mark:
+            self._taken_mark = taken
+            self._idle_looks = 0
+            return None
+        self._idle_looks += 1
+        if self._idle_looks < _AWAY_LOOKS or self._pausing is None:
+            return None
+        self._idle_looks = 0
+        self._acting = True
+        return self._away
+
+    async def _away(self) -> None:
+        """The consumer is away: read ahead, and pause the stream if the engine is far
+        enough ahead."""
+        assert self._pausing is not None
+        try:
+            await self._read_ahead_or_pause(self._pausing, self._taken())
+        finally:
+            self._acting = False
+            self._taken_mark = self._taken()
 
     async def _read_ahead_or_pause(self, pausing: Pausing, taken: int) -> None:
         """The consumer has taken nothing for a while: read ahead while it stays away,
@@ -204,7 +222,8 @@ class EventStream(EventReceiveStream):
             "stream paused on the engine",
             extra={"job_id": self.job_id, "tokens_out": pausing.ledger.tokens},
         )
-        await source.aclose()
+        with anyio.CancelScope(shield=True):  # the engine must stop, whatever comes
+            await source.aclose()
 
     def _taken(self) -> int:
         """How many events the consumer has taken (it is back once this moves)."""

@@ -120,7 +120,7 @@ class HostStream(EventReceiveStream):
         group: anyio.abc.TaskGroup,
     ) -> HostStream:
         """The stream of *request*, placed and open (:meth:`AdapterHost.submit` opens
-        it: use that). The watchers of its attempts' streams run in *group*.
+        it: use that). Its replicas' pause watches may run in *group*.
 
         Raises:
             WorkerError: the failure that ended the attempts (the last one, when the
@@ -331,13 +331,10 @@ class HostStream(EventReceiveStream):
 
     # --- What the replica's adapter asks of the host for a stream it may pause ----------
 
-    def watch(self, stream: EventStream) -> None:
-        """Run the attempt's stream's watcher in the host's task group, until the
-        attempt closes."""
-        assert self._attempt is not None
-        scope = anyio.CancelScope()
-        self._attempt.callback(scope.cancel)
-        self._group.start_soon(_watch, scope, stream)
+    @property
+    def watch_group(self) -> anyio.abc.TaskGroup:
+        """The host's task group: the replica's watch may run there."""
+        return self._group
 
     def paused(self) -> None:
         """The stream was paused on its replica: its slot there is free."""
@@ -402,8 +399,3 @@ class HostStream(EventReceiveStream):
             "replica_id": self.replica,
             "tokens_out": self._tokens,
         }
-
-
-async def _watch(scope: anyio.CancelScope, stream: EventStream) -> None:
-    with scope:
-        await stream.watch()
