@@ -26,6 +26,7 @@ from .bench_decode import decode
 from .bench_engine import engine
 from .bench_loops import loops
 from .bench_memory import idle_streams, slow_consumer
+from .bench_pause import pause, watching
 from .bench_serving import serving
 from .bench_streams import latency, paced_cpu, throughput
 from .bench_task_form import task_form
@@ -65,13 +66,14 @@ def main() -> int:
 
     record(decode(quick=args.quick))
     with stub_server() as url:
-        for case in (throughput, paced_cpu, latency, slow_consumer, idle_streams):
+        for case in (throughput, paced_cpu, latency, slow_consumer, idle_streams, watching):
             record(case(url, quick=args.quick))
     record(task_form(quick=args.quick))
     record(loops(quick=args.quick))
     record(engine(quick=args.quick))
     record(connections(quick=args.quick))
     record(serving(quick=args.quick))
+    record(pause(quick=args.quick))
 
     elapsed = time.monotonic() - started
     summary = Table("Targets", ["target", "measured", "met"])

@@ -101,7 +101,9 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             resumed where it stopped once the consumer has taken what was read):
             :class:`PausePolicy` ``()`` by default; ``None`` never pauses, and
             llama-server then goes on generating up to ``max_tokens`` while a consumer
-            is away. A stream is watched by a task of its own ``submit()`` block.
+            is away. One task watches every stream of the adapter that may be
+            paused; it runs in the task group of one of their ``submit()`` blocks
+            (each has one) or of the host's.
 
     The adapter takes its configuration from its arguments only; it never reads the
     environment. Use it as an async context manager, or call :meth:`aclose`.
@@ -193,8 +195,9 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 
         Leaving the block, normally, by ``break``, by an exception or by cancellation,
         closes the response at once; llama-server then stops generating and frees its
-        slot. A stream the adapter's :class:`PausePolicy` may pause is watched, while
-        the block runs, by a task of the block's own.
+        slot. A stream the adapter's :class:`PausePolicy` may pause is watched while
+        the block runs, by the adapter's one watching task, which may run in a task
+        group the block opens.
 
         Args:
             request: the task.
@@ -278,7 +281,8 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 
         The items are ``Started``, the ``Token``\\ s, ``Metrics`` and ``End``, in order.
         The stream is read only once the last read's events are sent, so a receiver
-        that falls behind (the channel is full) holds the engine back.
+        that falls behind (the channel is full) holds the read back, and one that
+        stops taking items pauses the stream on the engine (see :class:`PausePolicy`).
 
         * A failure before the stream opens (refused, unreachable, a prompt larger than
           the context) is raised by ``start``, as ``submit()`` raises it.

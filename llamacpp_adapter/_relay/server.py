@@ -13,10 +13,12 @@ then the relay closes the connection (1000 after ``end``, 1011 after ``error``).
 serves this library's task streams, never llama.cpp's own endpoints.
 
 Backpressure runs end to end: the relay takes the next event from the adapter only while
-what is queued for the client is under ``OUTBOX_BYTES``, the adapter reads the engine
-only when its events are taken, so a client that reads slowly slows the read from the
-engine. A client that closes its socket cancels the task at once, which frees the
-engine's slot.
+what is queued for the client is under ``OUTBOX_BYTES`` and, for a client that asked for
+a ``window``, while fewer than that many events are sent past those it acknowledged as
+taken; the adapter reads the engine only when its events are taken, and pauses a stream
+on the engine once they are not. So a client whose consumer stops taking events stops
+the engine, however much the network between them holds. A client that closes its
+socket cancels the task at once, which frees the engine's slot.
 
 This module is the relay's server; ``client`` its client; ``codec`` the messages both
 speak; ``ws_server`` and ``ws_client`` the WebSocket connections

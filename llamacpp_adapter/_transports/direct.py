@@ -4,8 +4,9 @@ once, and the answer read with nothing between the socket and the parser.
 * On Trio, a loop of the socket's ``recv`` (``receive_some`` over TLS), each read bounded
   by the read timeout.
 * On asyncio (and uvloop), an ``asyncio.Protocol`` whose ``data_received`` feeds the
-  parser; ``pause_reading`` holds the engine back while the body's bytes wait for the
-  consumer, and one lazy timer per stream keeps the read timeout.
+  parser; ``pause_reading`` holds the bytes back (TCP's window, not the engine, which
+  a pause stops) while the body's bytes wait for the consumer, and one lazy timer per
+  stream keeps the read timeout.
 
 Both give a :class:`~llamacpp_adapter._transports.base.BodySource` and the answer's
 head (``direct_trio`` and ``direct_asyncio``; this module holds what they share). The

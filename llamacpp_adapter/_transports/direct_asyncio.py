@@ -1,7 +1,7 @@
 """The direct path on asyncio (and uvloop): an ``asyncio.Protocol`` whose
-``data_received`` feeds the parser; ``pause_reading`` holds the engine back while the
-body's bytes wait for the consumer, and one lazy timer per stream keeps the read
-timeout."""
+``data_received`` feeds the parser; ``pause_reading`` holds the bytes back (TCP's window:
+llama-server generates on, until a pause closes the stream) while the body's bytes wait
+for the consumer, and one lazy timer per stream keeps the read timeout."""
 
 from __future__ import annotations
 
