@@ -38,8 +38,13 @@ async def run_bench(
     open stream (so the server frees its slots) and tells *on_result* what it measured
     so far, marked ``partial``, before the cancellation goes on."""
     async with AsyncExitStack() as stack:
+        # No pauses: a benchmark's consumer never stops, and a stream that may be paused
+        # asks the engine for its timings with every token, which is work the benchmark
+        # would measure.
         adapters = [
-            await stack.enter_async_context(LlamaCppHttpAdapter(url, api_key=config.api_key))
+            await stack.enter_async_context(
+                LlamaCppHttpAdapter(url, api_key=config.api_key, pause=None)
+            )
             for url in config.urls
         ]
         submit = await stack.enter_async_context(_submitter(adapters))

@@ -159,7 +159,12 @@ class _Adapters:
     """The run's adapters, one per URL, closed on the way out."""
 
     def __init__(self, config: BenchConfig) -> None:
-        self._adapters = [LlamaCppHttpAdapter(u, api_key=config.api_key) for u in config.urls]
+        # No pauses: a benchmark's consumer never stops, and a stream that may be paused
+        # asks the engine for its timings with every token, which is work the
+        # benchmark would measure.
+        self._adapters = [
+            LlamaCppHttpAdapter(u, api_key=config.api_key, pause=None) for u in config.urls
+        ]
 
     async def __aenter__(self) -> list[LlamaCppHttpAdapter]:
         return self._adapters
