@@ -23,7 +23,7 @@ from typing import Literal
 
 import httpx
 
-from .tinymodel import write_bigram_model, write_tiny_model
+from .tinymodel import write_bigram_model, write_scripted_model, write_tiny_model
 
 __all__ = ["EngineNotInstalled", "LocalLlamaServer", "find_llama_server"]
 
@@ -101,8 +101,10 @@ class LocalLlamaServer:
         threads: CPU threads (``-t``).
         extra_args: further llama-server arguments, e.g. ``["--api-key", key]``.
         model: ``"random"``, the tiny random-weight model (nonsense text, the tests'
-            engine), or ``"bigram"``, a model of a public-domain passage's word pairs
-            (English-looking text at a little temperature).
+            engine), ``"bigram"``, a model of a public-domain passage's word pairs
+            (English-looking text at a little temperature), or ``"scripted"``, a model
+            that thinks and calls a tool through llama-server's chat endpoint
+            (``write_scripted_model``).
         model_seed: the seed of the random model's weights.
         port: the port to listen on; a free one by default. A server started again
             after :meth:`stop` or :meth:`kill` keeps its port.
@@ -115,12 +117,12 @@ class LocalLlamaServer:
         parallel: int = 2,
         threads: int = 1,
         extra_args: Sequence[str] = (),
-        model: Literal["random", "bigram"] = "random",
+        model: Literal["random", "bigram", "scripted"] = "random",
         model_seed: int = 0,
         port: int = 0,
     ) -> None:
-        if model not in ("random", "bigram"):
-            raise ValueError("model must be 'random' or 'bigram'")
+        if model not in ("random", "bigram", "scripted"):
+            raise ValueError("model must be 'random', 'bigram' or 'scripted'")
         self._model = model
         self._args = [
             "-c", str(context), "-np", str(parallel), "-t", str(threads), *extra_args,
@@ -144,6 +146,8 @@ class LocalLlamaServer:
             workdir = Path(self._workdir.name)
             if self._model == "bigram":
                 model = write_bigram_model(workdir / "bigram.gguf")
+            elif self._model == "scripted":
+                model = write_scripted_model(workdir / "scripted.gguf")
             else:
                 model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
             if not self.port:

@@ -17,7 +17,15 @@ import itertools
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["PASSAGE", "write_bigram_model", "write_tiny_model"]
+__all__ = [
+    "PASSAGE",
+    "SCRIPTED_ANSWER",
+    "SCRIPTED_CALL",
+    "SCRIPTED_TEMPLATE",
+    "write_bigram_model",
+    "write_scripted_model",
+    "write_tiny_model",
+]
 
 _EMBEDDING = 64
 _BLOCKS = 2
@@ -186,8 +194,22 @@ def write_bigram_model(path: str | Path) -> Path:
             logs = np.log(seen / seen.sum())
         output[:, before] = np.where(seen > 0, logs, _UNSEEN)
 
+    layers = _last_token_layers(output)
+    return _write(path, "llamacpp-adapter bigram model", (tokens, scores, types), layers)
+
+
+_BIGRAM_FEED_FORWARD = 32
+
+
+def _last_token_layers(output: Any) -> _Layers:
+    """The tensors of a model whose next token depends on the last one alone, through
+    *output* (``[next, previous]`` log-probabilities, ``previous`` padded to the width):
+    one-hot embeddings, every attention and feed-forward output zero."""
+    import numpy as np
+
+    n_vocab, width = output.shape
     zeros = np.zeros
-    layers = _Layers(
+    return _Layers(
         embedding=np.eye(n_vocab, width, dtype=np.float32),
         blocks=[
             {
@@ -205,10 +227,119 @@ def write_bigram_model(path: str | Path) -> Path:
         output_norm=np.full(width, 1 / np.sqrt(width), dtype=np.float32),
         output=output,
     )
-    return _write(path, "llamacpp-adapter bigram model", (tokens, scores, types), layers)
 
 
-_BIGRAM_FEED_FORWARD = 32
+# --- A model that thinks and calls a tool --------------------------------------------------
+
+#: The scripted model's chat template: ChatML turns, the tools in a system turn, calls in
+#: ``<tool_call>`` tags and thoughts in ``<think>`` tags (the form llama-server's chat
+#: parser reads as Hermes 2 Pro's, reasoning apart), and after a tool's answer a
+#: generation prompt of its own, ``<|answer|>``, so that the model, which sees only its
+#: last token, answers rather than calling again.
+SCRIPTED_TEMPLATE = """\
+{%- if tools %}<|im_start|>system
+# Tools
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools>
+For each function call, return a json object with function name and arguments within \
+<tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == 'user' or message.role == 'system' %}<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% elif message.role == 'assistant' %}<|im_start|>assistant
+{%- if message.reasoning_content %}<think>
+{{ message.reasoning_content }}
+</think>
+
+{% endif %}
+{%- if message.content %}{{ message.content }}{% endif %}
+{%- if message.tool_calls %}{%- for call in message.tool_calls %}
+<tool_call>
+{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
+</tool_call>{%- endfor %}{% endif %}<|im_end|>
+{% elif message.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{%- if messages[-1].role == 'tool' %}<|answer|>\
+{%- else %}<|im_start|>assistant
+{% if enable_thinking is defined and enable_thinking is false %}<think>
+
+</think>
+
+{% endif %}{% endif %}{% endif %}"""
+#: What the scripted model writes after a user's turn, a piece a token: a thought, then
+#: a call of ``get_weather`` whose arguments come in three pieces.
+SCRIPTED_CALL = (
+    "<think>\n",
+    "The",
+    "▁user",
+    "▁asks",
+    "▁about",
+    "▁the▁weather.",
+    "\n</think>\n\n",
+    "<tool_call>\n",
+    '{"name":▁"get_weather",▁"arguments":▁{"city":',
+    '▁"Par',
+    'is"}}',
+    "\n</tool_call>",
+)
+#: What it writes after a tool's answer.
+SCRIPTED_ANSWER = ("It", "▁is", "▁sunny", "▁in", "▁Paris.")
+#: The tokens the template's text is read as: the turn markers, and each generation
+#: prompt whole, so that the prompt's last token says what comes.
+_SCRIPTED_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|im_start|>assistant\n", "<|answer|>")
+
+
+def write_scripted_model(path: str | Path) -> Path:
+    """Write a model that, at temperature 0, thinks and calls a tool, and once given
+    the tool's answer, answers, to *path* (a ``.gguf`` file) and return the path.
+
+    Its template is :data:`SCRIPTED_TEMPLATE`. After the generation prompt of a user's
+    turn it writes :data:`SCRIPTED_CALL`, after a tool's :data:`SCRIPTED_ANSWER`, then
+    its end of sequence; after anything else, the end of sequence at once. How: as the
+    bigram model, a token's successor depends on it alone, and each piece's successor is
+    certain. The same call writes the same bytes.
+    """
+    import gguf
+    import numpy as np
+
+    pieces = [*SCRIPTED_CALL, *SCRIPTED_ANSWER]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    tokens += [*_SCRIPTED_SPECIAL, *pieces]
+    kinds = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    kinds += [gguf.TokenType.BYTE] * 256
+    kinds += [gguf.TokenType.USER_DEFINED] * len(_SCRIPTED_SPECIAL)
+    kinds += [gguf.TokenType.NORMAL] * len(pieces)
+    index = {token: i for i, token in enumerate(tokens)}
+    assert len(index) == len(tokens), "every piece once: its successor is its own"
+    n_vocab = len(tokens)
+    width = -(-n_vocab // 8) * 8
+    output = np.full((n_vocab, width), _UNSEEN, dtype=np.float32)
+    output[2, :n_vocab] = 0.0  # after anything not scripted: the end of sequence
+    for start, script in (
+        ("<|im_start|>assistant\n", SCRIPTED_CALL),
+        ("<|answer|>", SCRIPTED_ANSWER),
+    ):
+        previous = start
+        for piece in (*script, "</s>"):
+            output[:, index[previous]] = _UNSEEN
+            output[index[piece], index[previous]] = 0.0
+            previous = piece
+    vocabulary = (tokens, [0.0] * n_vocab, [int(kind) for kind in kinds])
+    layers = _last_token_layers(output)
+    return _write(
+        path, "llamacpp-adapter scripted model", vocabulary, layers, template=SCRIPTED_TEMPLATE
+    )
 
 
 # --- Writing a model ---------------------------------------------------------------------
@@ -229,6 +360,8 @@ def _write(
     name: str,
     vocabulary: tuple[list[str], list[float], list[int]],
     layers: _Layers,
+    *,
+    template: str = _CHAT_TEMPLATE,
 ) -> Path:
     import gguf
     import numpy as np
@@ -256,7 +389,7 @@ def _write(
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(True)
-    writer.add_chat_template(_CHAT_TEMPLATE)
+    writer.add_chat_template(template)
 
     ones = np.ones(width, dtype=np.float32)
     writer.add_tensor("token_embd.weight", layers.embedding)

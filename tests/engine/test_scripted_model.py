@@ -1,0 +1,104 @@
+"""The scripted model against a real llama-server's chat endpoint: for a question it
+thinks and calls ``get_weather``, which the server's chat parser gives back as reasoning
+and a tool call, streamed and not; given the tool's answer, it answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llamacpp_adapter._local.server import LocalLlamaServer
+from llamacpp_adapter._local.tinymodel import SCRIPTED_ANSWER
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[LocalLlamaServer]:
+    with LocalLlamaServer(model="scripted", context=4096, parallel=1) as server:
+        yield server
+
+
+def chat(server: LocalLlamaServer, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    body = {"messages": messages, "tools": TOOLS, "temperature": 0, "max_tokens": 64}
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30)
+    response.raise_for_status()
+    choice: dict[str, Any] = response.json()["choices"][0]
+    return choice
+
+
+def streamed(server: LocalLlamaServer, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The deltas of the streamed answer, in order, and its finish reason last."""
+    body = {
+        "messages": messages,
+        "tools": TOOLS,
+        "temperature": 0,
+        "max_tokens": 64,
+        "stream": True,
+    }
+    chunks: list[dict[str, Any]] = []
+    with httpx.stream(
+        "POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=30
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    return chunks
+
+
+def test_it_thinks_then_calls_the_tool(scripted: LocalLlamaServer) -> None:
+    choice = chat(scripted, QUESTION)
+    assert choice["finish_reason"] == "tool_calls"
+    message = choice["message"]
+    assert message["reasoning_content"].strip() == "The user asks about the weather."
+    assert not message["content"]
+    [call] = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert call["id"]
+
+
+def test_its_stream_has_reasoning_deltas_then_the_call(scripted: LocalLlamaServer) -> None:
+    deltas = [c["choices"][0]["delta"] for c in streamed(scripted, QUESTION) if c["choices"]]
+    reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+    assert reasoning.strip() == "The user asks about the weather."
+    calls = [call for d in deltas for call in d.get("tool_calls") or []]
+    assert calls[0]["function"]["name"] == "get_weather"
+    arguments = "".join(call["function"].get("arguments") or "" for call in calls)
+    assert json.loads(arguments) == {"city": "Paris"}
+    # The reasoning comes first, the call after it.
+    first_call = next(n for n, d in enumerate(deltas) if d.get("tool_calls"))
+    assert all(not d.get("reasoning_content") for d in deltas[first_call:])
+
+
+def test_given_the_tool_s_answer_it_answers(scripted: LocalLlamaServer) -> None:
+    first = chat(scripted, QUESTION)["message"]
+    [call] = first["tool_calls"]
+    turns = [
+        *QUESTION,
+        first,
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny, 24 C"},
+    ]
+    choice = chat(scripted, turns)
+    assert choice["finish_reason"] == "stop"
+    answer = "".join(SCRIPTED_ANSWER).replace("▁", " ")
+    assert choice["message"]["content"] == answer
+    assert not choice["message"].get("tool_calls")
