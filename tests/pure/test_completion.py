@@ -30,7 +30,10 @@ from llamacpp_adapter._sansio.sse import DEFAULT_MAX_EVENT_BYTES
 from ..support.wire import final_event, token_event
 
 GOLDEN = Path(__file__).parents[1] / "support" / "golden"
-GOLDEN_CASES = sorted(p.name.removesuffix(".sse") for p in GOLDEN.glob("*.sse"))
+#: The captured /completion streams (the chat endpoint's are ``chat_*``).
+GOLDEN_CASES = sorted(
+    p.name.removesuffix(".sse") for p in GOLDEN.glob("*.sse") if not p.name.startswith("chat_")
+)
 
 
 def decode(pieces: list[bytes], **kwargs: Any) -> list[StreamEvent]:
