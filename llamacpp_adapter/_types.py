@@ -17,10 +17,12 @@ from ._validate import is_int, number, optional_int
 __all__ = [
     "End",
     "Metrics",
+    "Reasoning",
     "Started",
     "StreamEvent",
     "TaskRequest",
     "Token",
+    "ToolCall",
     "WorkerHealth",
     "WorkerProps",
 ]
@@ -204,6 +206,35 @@ class Token(msgspec.Struct, frozen=True, gc=False):
     i: int
     text: str
     token_ids: tuple[int, ...] = ()
+
+
+class Reasoning(msgspec.Struct, frozen=True, gc=False):
+    """A piece of the model's reasoning, as the engine's chat parser set it apart from
+    the answer (a chat stream's ``reasoning_content`` delta).
+
+    Attributes:
+        text: the piece; the joined pieces are the whole reasoning.
+    """
+
+    text: str
+
+
+class ToolCall(msgspec.Struct, frozen=True, gc=False):
+    """A call of a tool the model made, whole: given once its last delta came (the next
+    call started, or the answer ended).
+
+    Attributes:
+        index: its place among the answer's calls: 0, 1, ...
+        id: the id the engine gave it, which the tool's answer names.
+        name: the tool's name.
+        arguments: the arguments, the JSON text exactly as the engine sent it (joined
+            across its deltas): ``json.loads`` it, and tell the model if it fails.
+    """
+
+    index: int
+    id: str
+    name: str
+    arguments: str
 
 
 class Metrics(msgspec.Struct, frozen=True, gc=False):

@@ -1,0 +1,283 @@
+"""llama-server's streamed chat completion (``POST /v1/chat/completions``) as events,
+sans-IO: :class:`ChatStreamDecoder`.
+
+The server parses what the model writes with the model's own chat format, and streams
+OpenAI's chunks: ``choices[0].delta`` holds ``content``, ``reasoning_content`` or
+``tool_calls`` deltas, ``finish_reason`` ends the choice; with
+``stream_options.include_usage`` a last chunk with no choice carries ``usage`` and the
+engine's ``timings``; then ``data: [DONE]``. A call's first delta carries its index, id
+and name (and perhaps the first piece of its arguments); later ones, its index and more
+of its arguments.
+
+The decoder gives, in order: a :class:`Token` for each content delta (``i`` = 0, 1, 2,
+... with no gap), a :class:`Reasoning` for each reasoning delta, a :class:`ToolCall`
+for each call once it is complete (a delta of anything else comes: the next call,
+reasoning or content; or the choice finishes), then :class:`Metrics` (when the engine
+sent its timings) and :class:`End` at ``[DONE]``. A delta for a call already complete
+is a :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import msgspec
+
+from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
+from .._types import End, Metrics, Reasoning, Token, ToolCall
+from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
+
+__all__ = ["ChatEvent", "ChatStreamDecoder"]
+
+#: An event of a chat stream, as the decoder gives them.
+ChatEvent: TypeAlias = Token | Reasoning | ToolCall | Metrics | End
+
+_DONE = "[DONE]"
+
+
+class _Function(msgspec.Struct, gc=False):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _CallDelta(msgspec.Struct, gc=False):
+    index: int
+    id: str | None = None
+    function: _Function | None = None
+
+
+class _Delta(msgspec.Struct, gc=False):
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[_CallDelta] | None = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Details(msgspec.Struct, gc=False):
+    cached_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    completion_tokens: int
+    prompt_tokens: int
+    prompt_tokens_details: _Details | None = None
+
+
+class _Timings(msgspec.Struct, gc=False):
+    prompt_n: int = 0
+    prompt_ms: float = 0.0
+    prompt_per_second: float = 0.0
+    predicted_n: int = 0
+    predicted_ms: float = 0.0
+    predicted_per_second: float = 0.0
+    cache_n: int | None = None
+
+
+class _ErrorBody(msgspec.Struct, gc=False):
+    message: str = ""
+    type: str | None = None
+    code: int | None = None
+
+
+class _Chunk(msgspec.Struct, gc=False):
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+    timings: _Timings | None = None
+    error: _ErrorBody | str | None = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+class _Call:
+    """A tool call being streamed: its arguments so far."""
+
+    __slots__ = ("arguments", "id", "index", "name")
+
+    def __init__(self, index: int, call_id: str, name: str) -> None:
+        self.index = index
+        self.id = call_id
+        self.name = name
+        self.arguments: list[str] = []
+
+    def done(self) -> ToolCall:
+        return ToolCall(self.index, self.id, self.name, "".join(self.arguments))
+
+
+class ChatStreamDecoder:
+    """Turn the bytes of a streamed chat completion into events.
+
+    ::
+
+        decoder = ChatStreamDecoder()
+        for data in body:
+            for event in decoder.feed(data):
+                ...
+        decoder.close()
+
+    A fault costs no event: the events before it are returned, the fault is kept in
+    :attr:`error`, and the next call raises it.
+
+    Args:
+        max_event_bytes: the bound on one SSE event.
+
+    Attributes:
+        error: the fault that ended the stream, once one has.
+    """
+
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._sse = SSEDecoder(max_event_bytes=max_event_bytes)
+        self._next_i = 0
+        self._call: _Call | None = None  # the call being streamed
+        self._calls_done = 0  # calls complete: the next one's index is at least this
+        self._stop_reason: str | None = None
+        self._usage: _Usage | None = None
+        self._timings: _Timings | None = None
+        self._finished = False
+        self.error: WorkerError | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``[DONE]`` came: the stream's last event was given."""
+        return self._finished
+
+    @property
+    def tokens_decoded(self) -> int:
+        """Content deltas decoded so far."""
+        return self._next_i
+
+    def feed(self, data: bytes) -> list[ChatEvent]:
+        """Feed the next bytes of the body; return the events they complete, in order.
+
+        Raises:
+            EngineError: the engine reported an error in the stream.
+            ProtocolError: what came is not a chat stream.
+        """
+        if self.error is not None:
+            raise self.error
+        events: list[ChatEvent] = []
+        try:
+            for sse in self._sse.feed(data):
+                self._take(sse.data, events)
+        except WorkerError as exc:
+            self.error = exc
+            if not events:
+                raise
+        return events
+
+    def close(self) -> list[ChatEvent]:
+        """End the body.
+
+        Raises:
+            WorkerReset: if it ended before ``[DONE]``.
+        """
+        if self.error is not None:
+            raise self.error
+        self._sse.close()
+        if not self._finished:
+            self.error = WorkerReset(
+                f"the chat stream ended before its end, after {self._next_i} tokens"
+            )
+            raise self.error
+        return []
+
+    def _take(self, data: str, events: list[ChatEvent]) -> None:
+        if self._finished:
+            raise ProtocolError("the chat stream went on after [DONE]")
+        if data == _DONE:
+            self._end(events)
+            return
+        try:
+            chunk = _chunk_decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError(f"a malformed chat chunk: {exc}"[:300]) from None
+        except msgspec.DecodeError:
+            raise ProtocolError("a chat chunk that is not JSON") from None
+        except RecursionError:
+            raise ProtocolError("a chat chunk nested too deeply") from None
+        error = chunk.error
+        if error is not None:
+            if isinstance(error, str):
+                raise EngineError(error)
+            raise EngineError(error.message, error_type=error.type, engine_code=error.code)
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        if chunk.timings is not None:
+            self._timings = chunk.timings
+        for choice in chunk.choices or ():
+            delta = choice.delta
+            if delta is not None:
+                self._take_delta(delta, events)
+            if choice.finish_reason is not None:
+                self._finish_call(events)
+                self._stop_reason = choice.finish_reason
+
+    def _take_delta(self, delta: _Delta, events: list[ChatEvent]) -> None:
+        if delta.reasoning_content:
+            self._finish_call(events)
+            events.append(Reasoning(delta.reasoning_content))
+        if delta.content:
+            self._finish_call(events)
+            events.append(Token(self._next_i, delta.content))
+            self._next_i += 1
+        for part in delta.tool_calls or ():
+            self._take_call(part, events)
+
+    def _take_call(self, part: _CallDelta, events: list[ChatEvent]) -> None:
+        call = self._call
+        function = part.function
+        if call is None or part.index != call.index:
+            if part.index < self._calls_done or (call is not None and part.index < call.index):
+                raise ProtocolError(f"a tool-call delta for call {part.index}, already complete")
+            name = function.name if function is not None else None
+            if part.id is None or not name:
+                raise ProtocolError(
+                    f"a tool-call delta for call {part.index}, which never started "
+                    "(its first delta has its id and name)"
+                )
+            self._finish_call(events)
+            call = self._call = _Call(part.index, part.id, name)
+        if function is not None and function.arguments:
+            call.arguments.append(function.arguments)
+
+    def _finish_call(self, events: list[ChatEvent]) -> None:
+        call = self._call
+        if call is not None:
+            events.append(call.done())
+            self._calls_done = call.index + 1
+            self._call = None
+
+    def _end(self, events: list[ChatEvent]) -> None:
+        if self._stop_reason is None:
+            raise ProtocolError("the chat stream ended with no finish_reason")
+        self._finish_call(events)
+        timings, usage = self._timings, self._usage
+        if timings is not None:
+            cached = timings.cache_n
+            if cached is None and usage is not None and usage.prompt_tokens_details:
+                cached = usage.prompt_tokens_details.cached_tokens
+            events.append(
+                Metrics(
+                    prompt_tokens=timings.prompt_n,
+                    prompt_ms=timings.prompt_ms,
+                    prompt_tokens_per_s=timings.prompt_per_second,
+                    predicted_tokens=timings.predicted_n,
+                    predicted_ms=timings.predicted_ms,
+                    predicted_tokens_per_s=timings.predicted_per_second,
+                    cached_tokens=cached,
+                )
+            )
+        if usage is not None:
+            tokens_out, tokens_in = usage.completion_tokens, usage.prompt_tokens
+        elif timings is not None:
+            tokens_out, tokens_in = timings.predicted_n, timings.prompt_n
+        else:
+            tokens_out, tokens_in = self._next_i, None
+        events.append(
+            End(tokens_out=tokens_out, stop_reason=self._stop_reason, tokens_in=tokens_in)
+        )
+        self._finished = True

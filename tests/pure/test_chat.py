@@ -1,0 +1,247 @@
+"""The chat stream decoder, with no socket: llama-server's captured chat streams give the
+message its ``stream: false`` answer gives; any mix of reasoning, content and tool-call
+deltas, cut at any byte, gives the same events as whole; and what is not a chat stream
+is a typed error, after the events before it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llamacpp_adapter import End, EngineError, Metrics, ProtocolError, Token, WorkerReset
+from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder
+from llamacpp_adapter._types import Reasoning, ToolCall
+
+GOLDEN = Path(__file__).parents[1] / "support" / "golden"
+
+
+def decode(pieces: list[bytes]) -> list[ChatEvent]:
+    decoder = ChatStreamDecoder()
+    events = [event for piece in pieces for event in decoder.feed(piece)]
+    return events + decoder.close()
+
+
+def cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def golden(name: str) -> tuple[bytes, dict[str, Any]]:
+    return (GOLDEN / f"{name}.sse").read_bytes(), json.loads(
+        (GOLDEN / f"{name}.final.json").read_text()
+    )
+
+
+def test_a_captured_tool_call_is_the_message_of_the_unstreamed_answer() -> None:
+    sse, final = golden("chat_tool_call")
+    events = decode([sse])
+    message = final["choices"][0]["message"]
+    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
+    assert reasoning == message["reasoning_content"]
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    [expected] = message["tool_calls"]
+    assert [(c.index, c.name, c.arguments) for c in calls] == [
+        (0, expected["function"]["name"], expected["function"]["arguments"])
+    ]
+    assert calls[0].id  # the engine's, another than the unstreamed answer's
+    assert not [e for e in events if isinstance(e, Token)]
+    # The reasoning comes first, then the call; Metrics and End last.
+    kinds = [type(e) for e in events]
+    assert kinds[-3:] == [ToolCall, Metrics, End]
+    assert set(kinds[:-3]) == {Reasoning}
+    end = events[-1]
+    assert isinstance(end, End)
+    assert end.stop_reason == final["choices"][0]["finish_reason"] == "tool_calls"
+    assert end.tokens_out == final["usage"]["completion_tokens"]
+    assert end.tokens_in == final["usage"]["prompt_tokens"]
+
+
+def test_a_captured_answer_is_its_tokens() -> None:
+    sse, final = golden("chat_answer")
+    events = decode([sse])
+    tokens = [e for e in events if isinstance(e, Token)]
+    assert "".join(t.text for t in tokens) == final["choices"][0]["message"]["content"]
+    assert [t.i for t in tokens] == list(range(len(tokens)))
+    end = events[-1]
+    assert isinstance(end, End)
+    assert end.stop_reason == "stop"
+    metrics = events[-2]
+    assert isinstance(metrics, Metrics)
+    assert metrics.cached_tokens is not None
+
+
+@given(st.sampled_from(["chat_tool_call", "chat_answer"]), st.lists(st.integers(0, 10**6)))
+def test_a_captured_stream_cut_anywhere_gives_the_same_events(name: str, cuts: list[int]) -> None:
+    sse, _ = golden(name)
+    assert decode(cut(sse, cuts)) == decode([sse])
+
+
+# --- Any chat stream ---------------------------------------------------------------------
+
+Part = tuple[str, Any]  # ("reasoning", text) | ("content", text) | ("call", (name, args))
+
+
+def chunk(
+    delta: dict[str, Any] | None = None, *, finish: str | None = None, **fields: Any
+) -> bytes:
+    """A chunk as llama-server writes it: one choice with *delta* (none without)."""
+    body: dict[str, Any] = {"choices": [], "object": "chat.completion.chunk"}
+    if delta is not None:
+        body["choices"] = [{"finish_reason": finish, "index": 0, "delta": delta}]
+    body.update(fields)
+    return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+
+def stream(parts: list[Part], splits: list[int], finish: str) -> tuple[bytes, list[ChatEvent]]:
+    """The stream of *parts* as llama-server writes it (a call's arguments split at the
+    *splits* characters), and the events it must give."""
+    data = [chunk({"role": "assistant", "content": None})]
+    events: list[ChatEvent] = []
+    i = calls = 0
+    for kind, value in parts:
+        if kind == "reasoning":
+            data.append(chunk({"reasoning_content": value}))
+            events.append(Reasoning(value))
+        elif kind == "content":
+            data.append(chunk({"content": value}))
+            events.append(Token(i, value))
+            i += 1
+        else:
+            name, arguments = value
+            call_id = f"call-{calls}"
+            at = sorted({s % (len(arguments) + 1) for s in splits} | {0, len(arguments)})
+            pieces = [arguments[a:b] for a, b in itertools.pairwise(at)] or [""]
+            first = {"index": calls, "id": call_id, "type": "function"}
+            first["function"] = {"name": name, "arguments": pieces[0]}
+            data.append(chunk({"tool_calls": [first]}))
+            for piece in pieces[1:]:
+                data.append(
+                    chunk({"tool_calls": [{"index": calls, "function": {"arguments": piece}}]})
+                )
+            events.append(ToolCall(calls, call_id, name, arguments))
+            calls += 1
+    data.append(chunk({}, finish=finish))
+    usage = {"completion_tokens": len(parts), "prompt_tokens": 7}
+    timings = {"prompt_n": 7, "prompt_ms": 1.0, "predicted_n": len(parts), "predicted_ms": 2.0}
+    data.append(chunk(None, usage=usage, timings=timings))
+    data.append(b"data: [DONE]\n\n")
+    events.append(
+        Metrics(
+            prompt_tokens=7,
+            prompt_ms=1.0,
+            prompt_tokens_per_s=0.0,
+            predicted_tokens=len(parts),
+            predicted_ms=2.0,
+            predicted_tokens_per_s=0.0,
+        )
+    )
+    events.append(End(tokens_out=len(parts), stop_reason=finish, tokens_in=7))
+    return b"".join(data), events
+
+
+texts = st.text(min_size=1, max_size=8)
+parts = st.lists(
+    st.one_of(
+        st.tuples(st.just("reasoning"), texts),
+        st.tuples(st.just("content"), texts),
+        st.tuples(
+            st.just("call"),
+            st.tuples(
+                st.text(min_size=1, max_size=6),
+                st.dictionaries(st.text(max_size=4), st.text(max_size=6), max_size=3).map(
+                    lambda d: json.dumps(d, ensure_ascii=False)
+                ),
+            ),
+        ),
+    ),
+    max_size=12,
+)
+
+
+@given(
+    parts,
+    st.lists(st.integers(0, 50), max_size=4),
+    st.sampled_from(["stop", "length", "tool_calls"]),
+    st.lists(st.integers(0, 10**6), max_size=20),
+)
+def test_any_chat_stream_cut_anywhere_gives_its_events_in_order(
+    parts: list[Part], splits: list[int], finish: str, cuts: list[int]
+) -> None:
+    data, expected = stream(parts, splits, finish)
+    assert decode(cut(data, cuts)) == expected
+
+
+@given(parts, st.integers(0, 10**6))
+def test_a_stream_that_stops_anywhere_before_done_is_a_reset_after_its_events(
+    parts: list[Part], at: int
+) -> None:
+    data, expected = stream(parts, [], "stop")
+    head = data[: at % len(data)]
+    decoder = ChatStreamDecoder()
+    got = decoder.feed(head)
+    assert got == expected[: len(got)]
+    with pytest.raises(WorkerReset):
+        decoder.close()
+
+
+# --- What is not a chat stream -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "says"),
+    [
+        (b"data: {nope\n\n", ProtocolError, "not JSON"),
+        (b'data: {"choices": 3}\n\n', ProtocolError, "malformed"),
+        (
+            b'data: {"choices": [{"delta": {"content": '
+            + b"[" * 20_000
+            + b"]" * 20_000
+            + b"}}]}\n\n",
+            ProtocolError,
+            "nested|malformed",
+        ),
+        (
+            chunk({"tool_calls": [{"index": 1, "function": {"arguments": "{"}}]}),
+            ProtocolError,
+            "never started",
+        ),
+        (
+            b'data: {"error":{"code":500,"message":"out of memory","type":"server_error"}}\n\n',
+            EngineError,
+            "out of memory",
+        ),
+        (b"data: [DONE]\n\n", ProtocolError, "no finish_reason"),
+    ],
+)
+def test_what_is_not_a_chat_stream_is_a_typed_error(
+    data: bytes, error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=says):
+        ChatStreamDecoder().feed(data)
+
+
+def test_a_delta_for_a_call_already_complete_is_a_protocol_error() -> None:
+    first = {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}
+    second = {"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}
+    again = {"index": 0, "function": {"arguments": "x"}}
+    decoder = ChatStreamDecoder()
+    got = decoder.feed(chunk({"tool_calls": [first]}) + chunk({"tool_calls": [second]}))
+    assert got == [ToolCall(0, "a", "f", "{}")]
+    with pytest.raises(ProtocolError, match="already complete"):
+        decoder.feed(chunk({"tool_calls": [again]}))
+
+
+def test_the_events_before_a_fault_come_first_and_the_fault_next() -> None:
+    decoder = ChatStreamDecoder()
+    got = decoder.feed(chunk({"content": "a"}) + b"data: {nope\n\n")
+    assert got == [Token(0, "a")]
+    with pytest.raises(ProtocolError, match="not JSON"):
+        decoder.feed(b"")
+    with pytest.raises(ProtocolError):
+        decoder.close()
