@@ -15,6 +15,7 @@ import msgspec
 from ._validate import is_int, number, optional_int
 
 __all__ = [
+    "ChatRequest",
     "End",
     "Metrics",
     "Reasoning",
@@ -155,23 +156,184 @@ def _stop(value: object) -> tuple[str, ...]:
     return stops
 
 
-def _extra(value: object) -> Mapping[str, Any]:
+def _extra(
+    value: object,
+    fields: Mapping[str, str] = _FIELDS_SET_BY_REQUEST,
+    owner: str = "TaskRequest",
+) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError("extra must be a mapping")
     for key in value:
         if not isinstance(key, str):
             raise TypeError("extra keys must be str")
-        if key in _FIELDS_SET_BY_REQUEST:
-            raise ValueError(
-                f"extra may not set {key!r}; it is set from TaskRequest "
-                f"{_FIELDS_SET_BY_REQUEST[key]}"
-            )
+        if key in fields:
+            raise ValueError(f"extra may not set {key!r}; it is set from {owner} {fields[key]}")
     copy = dict(value)
     try:
         msgspec.json.encode(copy)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError("extra must hold JSON values only") from exc
     return types.MappingProxyType(copy)
+
+
+# --- A chat turn -------------------------------------------------------------------------
+
+# /v1/chat/completions fields that ChatRequest sets itself; ``extra`` may not set them.
+_FIELDS_SET_BY_CHAT: dict[str, str] = {
+    "messages": "messages",
+    "stream": "(always true)",
+    "stream_options": "(usage always asked for)",
+    "tools": "tools",
+    "tool_choice": "tool_choice",
+    "max_tokens": "max_tokens",
+    "n_predict": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "stop": "stop",
+}
+_TOOL_CHOICES = ("auto", "none", "required")
+
+
+@dataclass(frozen=True, repr=False)
+class ChatRequest:
+    """One chat completion for a llama.cpp worker, through its chat endpoint
+    (``POST /v1/chat/completions``): the server renders the turns with the model's own
+    template and parses what the model writes into its answer, its reasoning and its
+    tool calls. The defaults are greedy: ``temperature=0.0``, ``top_p=1.0``.
+
+    Args:
+        messages: the conversation so far, OpenAI's way: mappings with a ``role``
+            (``"system"``, ``"user"``, ``"assistant"``, ``"tool"``) and a ``content``
+            (an assistant turn with ``tool_calls`` may have none; a tool's answer names
+            its call by ``tool_call_id``).
+        tools: the tools the model may call, OpenAI's way:
+            ``{"type": "function", "function": {"name": ..., "parameters": {...}}}``.
+        tool_choice: ``"auto"``, ``"none"``, ``"required"``, or
+            ``{"type": "function", "function": {"name": ...}}`` naming one of *tools*.
+        max_tokens: the most tokens to generate; ``None`` lets the engine decide.
+        temperature: sampling temperature, ``>= 0``; ``0`` is greedy.
+        top_p: nucleus sampling, in ``[0, 1]``.
+        seed: the sampler's seed, forwarded when set (``0 <= seed < 2**32``).
+        stop: strings that end generation.
+        job_id: the orchestrator's id for this task; a random one when not given.
+        extra: further fields of the chat endpoint, sent as given (e.g.
+            ``{"chat_template_kwargs": {"enable_thinking": False}}``). It may not set a
+            field this class sets.
+
+    Raises:
+        ValueError, TypeError: when a field is out of range or of the wrong type, before
+            anything is sent. The message names the field, never a message's content.
+    """
+
+    messages: Sequence[Mapping[str, Any]]
+    _: KW_ONLY
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: str | Mapping[str, Any] | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
+        set_(self, "messages", _chat_messages(self.messages))
+        names: list[str] = []
+        if self.tools is not None:
+            tools, names = _tools(self.tools)
+            set_(self, "tools", tools)
+        _tool_choice(self.tool_choice, names)
+        optional_int("max_tokens", self.max_tokens, minimum=1)
+        optional_int("seed", self.seed, minimum=0, maximum=_MAX_SEED)
+        set_(self, "temperature", number("temperature", self.temperature, 0.0, math.inf))
+        set_(self, "top_p", number("top_p", self.top_p, 0.0, 1.0))
+        set_(self, "stop", _stop(self.stop))
+        if not isinstance(self.job_id, str) or not self.job_id:
+            raise TypeError("job_id must be a non-empty str")
+        if len(self.job_id) > _MAX_JOB_ID_CHARS or not self.job_id.isprintable():
+            raise ValueError(f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters")
+        set_(self, "extra", _extra(self.extra, _FIELDS_SET_BY_CHAT, "ChatRequest"))
+
+    def __repr__(self) -> str:
+        # Messages are not logged, so a repr shows their number only.
+        return (
+            f"ChatRequest(job_id={self.job_id!r}, messages=<{len(self.messages)} turns>, "
+            f"tools={[t['function']['name'] for t in self.tools or ()]}, "
+            f"max_tokens={self.max_tokens}, temperature={self.temperature}, "
+            f"top_p={self.top_p}, seed={self.seed}, stop=<{len(self.stop)}>, "
+            f"extra={sorted(self.extra)})"
+        )
+
+
+def _chat_messages(value: object) -> tuple[Mapping[str, Any], ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes | bytearray):
+        raise TypeError("messages must be a sequence of mappings")
+    turns: list[dict[str, Any]] = []
+    for n, turn in enumerate(value):
+        if not isinstance(turn, Mapping):
+            raise TypeError(f"messages[{n}] must be a mapping with a 'role'")
+        role = turn.get("role")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"messages[{n}] needs a str 'role'")
+        if "content" not in turn and not (role == "assistant" and turn.get("tool_calls")):
+            raise ValueError(
+                f"messages[{n}] needs a 'content' (or, from the assistant, 'tool_calls')"
+            )
+        turns.append(dict(turn))
+    if not turns:
+        raise ValueError("messages must not be empty")
+    try:
+        msgspec.json.encode(turns)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError("messages must hold JSON values only") from exc
+    return tuple(types.MappingProxyType(turn) for turn in turns)
+
+
+def _tools(value: object) -> tuple[tuple[Mapping[str, Any], ...], list[str]]:
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes | bytearray):
+        raise TypeError("tools must be a sequence of mappings")
+    tools: list[dict[str, Any]] = []
+    names: list[str] = []
+    for n, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"tools[{n}] must be a mapping "
+                '{"type": "function", "function": {"name": ..., ...}} with a str name'
+            )
+        if name in names:
+            raise ValueError(f"tools[{n}]: a second tool named {name!r}")
+        names.append(name)
+        assert isinstance(tool, Mapping)
+        tools.append(dict(tool))
+    try:
+        msgspec.json.encode(tools)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError("tools must hold JSON values only") from exc
+    return tuple(types.MappingProxyType(tool) for tool in tools), names
+
+
+def _tool_choice(value: object, names: list[str]) -> None:
+    if value is None or value in ("auto", "none"):
+        return
+    if value == "required":
+        if not names:
+            raise ValueError("tool_choice 'required' needs tools")
+        return
+    if isinstance(value, str):  # a str, of a value it may not have
+        raise ValueError(f"tool_choice must be one of {_TOOL_CHOICES} or name a tool")  # noqa: TRY004
+    function = value.get("function") if isinstance(value, Mapping) else None
+    name = function.get("name") if isinstance(function, Mapping) else None
+    if not isinstance(name, str):
+        raise TypeError(
+            "tool_choice must be a str or {'type': 'function', 'function': {'name': ...}}"
+        )
+    if name not in names:
+        raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
 
 
 # --- Events ---------------------------------------------------------------------------

@@ -19,20 +19,45 @@ is a :class:`ProtocolError`.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import msgspec
 
 from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
-from .._types import End, Metrics, Reasoning, Token, ToolCall
+from .._types import ChatRequest, End, Metrics, Reasoning, Token, ToolCall
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 
-__all__ = ["ChatEvent", "ChatStreamDecoder"]
+__all__ = ["ChatEvent", "ChatStreamDecoder", "chat_body"]
 
 #: An event of a chat stream, as the decoder gives them.
 ChatEvent: TypeAlias = Token | Reasoning | ToolCall | Metrics | End
 
 _DONE = "[DONE]"
+
+
+def chat_body(request: ChatRequest) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/chat/completions`` for *request*: streamed, with the
+    usage and the engine's timings after the last choice."""
+    body: dict[str, Any] = {
+        "messages": [dict(message) for message in request.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+    }
+    if request.tools is not None:
+        body["tools"] = [dict(tool) for tool in request.tools]
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = choice if isinstance(choice, str) else dict(choice)
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.stop:
+        body["stop"] = list(request.stop)
+    body.update(request.extra)
+    return body
 
 
 class _Function(msgspec.Struct, gc=False):

@@ -11,8 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
+from llamacpp_adapter import End, Token
 from llamacpp_adapter._local.server import LocalLlamaServer
 from llamacpp_adapter._local.tinymodel import SCRIPTED_ANSWER
+from llamacpp_adapter._sansio.chat import ChatStreamDecoder, chat_body
+from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
 TOOLS = [
     {
@@ -102,3 +105,37 @@ def test_given_the_tool_s_answer_it_answers(scripted: LocalLlamaServer) -> None:
     answer = "".join(SCRIPTED_ANSWER).replace("▁", " ")
     assert choice["message"]["content"] == answer
     assert not choice["message"].get("tool_calls")
+
+
+@pytest.mark.parametrize("turn", ["call", "answer"])
+def test_its_stream_decoded_is_the_message_of_the_unstreamed_answer(
+    scripted: LocalLlamaServer, turn: str
+) -> None:
+    messages: list[dict[str, Any]] = list(QUESTION)
+    if turn == "answer":
+        first = chat(scripted, QUESTION)["message"]
+        messages += [first, {"role": "tool", "tool_call_id": "x", "content": "sunny"}]
+    body = chat_body(ChatRequest(messages, tools=TOOLS, max_tokens=64))
+    decoder = ChatStreamDecoder()
+    events = []
+    with httpx.stream(
+        "POST", f"{scripted.base_url}/v1/chat/completions", json=body, timeout=30
+    ) as response:
+        for data in response.iter_bytes():
+            events += decoder.feed(data)
+    events += decoder.close()
+    final = chat(scripted, messages)
+    message = final["message"]
+    text = "".join(e.text for e in events if isinstance(e, Token))
+    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
+    calls = [(c.name, c.arguments) for c in events if isinstance(c, ToolCall)]
+    assert text == (message.get("content") or "")
+    assert reasoning == (message.get("reasoning_content") or "")
+    expected = [
+        (c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []
+    ]
+    assert calls == expected
+    assert calls or text  # the turn gave something
+    end = events[-1]
+    assert isinstance(end, End)
+    assert end.stop_reason == final["finish_reason"]

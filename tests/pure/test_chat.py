@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamacpp_adapter import End, EngineError, Metrics, ProtocolError, Token, WorkerReset
-from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder
-from llamacpp_adapter._types import Reasoning, ToolCall
+from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder, chat_body
+from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
 GOLDEN = Path(__file__).parents[1] / "support" / "golden"
 
@@ -245,3 +245,75 @@ def test_the_events_before_a_fault_come_first_and_the_fault_next() -> None:
         decoder.feed(b"")
     with pytest.raises(ProtocolError):
         decoder.close()
+
+
+# --- The request -------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_a_chat_request_becomes_a_streamed_body_with_its_usage() -> None:
+    request = ChatRequest(
+        ASK,
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=64,
+        seed=3,
+        stop=["\n\n"],
+        extra={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    body = chat_body(request)
+    assert json.loads(json.dumps(body)) == {
+        "messages": ASK,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 64,
+        "seed": 3,
+        "stop": ["\n\n"],
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    assert "What is" not in repr(request)  # a message's content is never shown
+
+
+def test_a_turn_of_the_assistant_may_hold_calls_and_no_content() -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    turns = [*ASK, {"role": "assistant", "tool_calls": [call]}, {"role": "tool", "content": "x"}]
+    assert len(ChatRequest(turns, tools=[WEATHER]).messages) == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "says"),
+    [
+        ({"messages": []}, ValueError, "messages must not be empty"),
+        ({"messages": "hi"}, TypeError, "messages"),
+        ({"messages": [{"content": "x"}]}, ValueError, r"messages\[0\] needs a str 'role'"),
+        ({"messages": [{"role": "user"}]}, ValueError, r"messages\[0\] needs a 'content'"),
+        ({"tools": [{"type": "function"}]}, ValueError, r"tools\[0\]"),
+        ({"tools": ["get_weather"]}, ValueError, r"tools\[0\]"),
+        ({"tools": [WEATHER, WEATHER]}, ValueError, "a second tool"),
+        ({"tool_choice": "always"}, ValueError, "tool_choice"),
+        ({"tool_choice": "required"}, ValueError, "needs tools"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            ValueError,
+            "not among the tools",
+        ),
+        ({"tool_choice": {"type": "function"}}, TypeError, "tool_choice"),
+        ({"max_tokens": 0}, ValueError, "max_tokens"),
+        ({"temperature": -1}, ValueError, "temperature"),
+        ({"extra": {"tools": []}}, ValueError, "extra may not set 'tools'"),
+        ({"extra": {"stream": False}}, ValueError, "extra may not set 'stream'"),
+    ],
+)
+def test_a_bad_chat_request_is_refused_naming_its_field(
+    fields: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    arguments = {"messages": ASK} | fields
+    messages = arguments.pop("messages")
+    with pytest.raises(error, match=says):
+        ChatRequest(messages, **arguments)
