@@ -26,12 +26,15 @@ from ._sansio.sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
 from ._task_form import JobItem, JobItemReceiveStream, JobItemSendStream, create_job_channel
 from ._types import (
+    ChatRequest,
     End,
     Metrics,
+    Reasoning,
     Started,
     StreamEvent,
     TaskRequest,
     Token,
+    ToolCall,
     WorkerHealth,
     WorkerProps,
 )
@@ -79,6 +82,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AdapterError",
     "AdapterHost",
+    "ChatRequest",
     "CompletionStreamDecoder",
     "DeadlineUnmet",
     "DecodeTimeout",
@@ -100,6 +104,7 @@ __all__ = [
     "PoolUnavailable",
     "PromptTooLarge",
     "ProtocolError",
+    "Reasoning",
     "Relay",
     "RelayStream",
     "ReplicaStatus",
@@ -113,6 +118,7 @@ __all__ = [
     "StreamState",
     "TaskRequest",
     "Token",
+    "ToolCall",
     "TryLargerContext",
     "WorkerError",
     "WorkerHealth",

@@ -21,6 +21,7 @@ from ._pause import PausePolicy
 from ._redact import redact_secrets, secret_mask
 from ._requests import ENGINE, EngineRequests
 from ._route import check_base_url, engine_route, split_credentials
+from ._sansio.chat import ChatStreamDecoder, chat_body
 from ._sansio.completion import EXTRA_EVENTS_PER_SLICE, completion_body, echo_bytes
 from ._sansio.continuation import Ledger
 from ._sansio.errors import error_message, json_or_none
@@ -28,7 +29,7 @@ from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
 from ._stream import EventStream, Pausing
 from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
-from ._types import TaskRequest, WorkerHealth, WorkerProps
+from ._types import ChatRequest, TaskRequest, WorkerHealth, WorkerProps
 from ._validate import count, is_int
 from ._watch import PauseWatch
 from .http_util import DEFAULT_TIMEOUTS, default_client, with_bearer
@@ -176,7 +177,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
     @asynccontextmanager
     async def submit(
         self,
-        request: TaskRequest,
+        request: TaskRequest | ChatRequest,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
         _placement: Placement | None = None,
@@ -211,10 +212,21 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             raise RuntimeError("the adapter is closed")
         pause = self.pause
         backlog = self._buffer if pause is None or pause.backlog is None else pause.backlog
-        pausable = pause is not None and pause.applies_to(request, backlog=backlog)
+        chat = isinstance(request, ChatRequest)
+        pausable = (
+            not chat
+            and pause is not None
+            and isinstance(request, TaskRequest)
+            and pause.applies_to(request, backlog=backlog)
+        )
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         with anyio.CancelScope(deadline=deadline) as opening:
-            source, fields, echoed = await self._open_stream(request, pausable=pausable)
+            if isinstance(request, ChatRequest):
+                source = await self._open_chat(request)
+                fields: dict[str, Any] = {}
+                echoed = 0
+            else:
+                source, fields, echoed = await self._open_stream(request, pausable=pausable)
         if opening.cancelled_caught:
             raise DeadlineUnmet(f"the stream did not open within {timeout} s")
         pausing = None
@@ -242,6 +254,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             event_timeout_s=self._event_timeout_s,
             on_end=functools.partial(self._log_end, started=time.monotonic()),
             pausing=pausing,
+            decoder=ChatStreamDecoder(max_event_bytes=self._max_event_bytes) if chat else None,
         )
         self._streams.setdefault(request.job_id, set()).add(stream)
         try:
@@ -262,7 +275,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 
     async def stream_into(
         self,
-        request: TaskRequest,
+        request: TaskRequest | ChatRequest,
         send_stream: JobItemSendStream,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
@@ -343,6 +356,16 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
         )
         return source, fields, echo_bytes(fields["prompt"], len(body))
+
+    async def _open_chat(self, request: ChatRequest) -> BodySource:
+        """Open the stream of a chat completion (``POST /v1/chat/completions``)."""
+        body = msgspec.json.encode(chat_body(request))
+        source = await self._requests.open_stream(body, path="/v1/chat/completions")
+        logger.debug(
+            "chat stream opened",
+            extra={"job_id": request.job_id, "engine": ENGINE, "url": self._safe_url},
+        )
+        return source
 
     async def _reopen(self, body: bytes, *, placement: Placement | None) -> BodySource:
         """Open *body*, the request that resumes a paused stream: here, or where

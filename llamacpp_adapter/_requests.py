@@ -64,9 +64,9 @@ class EngineRequests:
         self._direct = direct
         self._safe_url = safe_url
 
-    async def open_stream(self, body: bytes) -> BodySource:
-        """POST *body* to ``/completion`` for a stream; its body once the answer's head
-        says it is one.
+    async def open_stream(self, body: bytes, path: str = "/completion") -> BodySource:
+        """POST *body* to *path* (``/completion``, or the chat endpoint) for a stream;
+        its body once the answer's head says it is one.
 
         Raises:
             WorkerError: the request failed, or the engine answered with an error (a
@@ -79,13 +79,13 @@ class EngineRequests:
             "Content-Type": "application/json",
         }
         if self._direct is not None:
-            return await self._open_direct(body, headers, self._direct)
-        return HttpxBody(await self._open_through_httpx(body, headers))
+            return await self._open_direct(body, headers, self._direct, path)
+        return HttpxBody(await self._open_through_httpx(body, headers, path))
 
     async def _open_direct(
-        self, body: bytes, headers: dict[str, str], route: DirectRoute
+        self, body: bytes, headers: dict[str, str], route: DirectRoute, path: str
     ) -> BodySource:
-        data = request_bytes("POST", f"{route.path}/completion", route.host, headers, body)
+        data = request_bytes("POST", f"{route.path}{path}", route.host, headers, body)
         source = await open_direct(route.endpoint, data, route.timeouts)
         head = source.parser
         try:
@@ -100,9 +100,11 @@ class EngineRequests:
             raise
         return source
 
-    async def _open_through_httpx(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    async def _open_through_httpx(
+        self, body: bytes, headers: dict[str, str], path: str
+    ) -> httpx.Response:
         http_request = self._client.build_request(
-            "POST", self._url("/completion"), content=body, headers=headers
+            "POST", self._url(path), content=body, headers=headers
         )
         try:
             response = await self._client.send(http_request, stream=True)

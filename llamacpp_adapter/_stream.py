@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -35,6 +35,22 @@ _DONE = (StreamState.ENDED, StreamState.FAILED, StreamState.CLOSED)
 #: The looks of the watch (every half pause_after) at which the consumer has taken no
 #: event, and was not waiting for one, that make it away.
 _AWAY_LOOKS = 2
+
+
+class _Decoder(Protocol):
+    """What reads a stream's body into events: a completion's decoder, or a chat's."""
+
+    @property
+    def tokens_decoded(self) -> int: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def receive_data(self, data: bytes) -> None: ...
+
+    def next_events(self, limit: int = ...) -> list[StreamEvent]: ...
+
+    def close(self) -> list[StreamEvent]: ...
 
 
 @dataclass
@@ -117,13 +133,18 @@ class EventStream(EventReceiveStream):
         event_timeout_s: float,
         on_end: Callable[[EventStream, WorkerError | None], None],
         pausing: Pausing | None = None,
+        decoder: _Decoder | None = None,
     ) -> None:
         self.job_id = job_id
         self._source = source
         self._max_event_bytes = max_event_bytes
         self._pausing = pausing
         ledger = None if pausing is None else pausing.ledger
-        self._decoder = CompletionStreamDecoder(max_event_bytes=max_event_bytes, ledger=ledger)
+        self._decoder: _Decoder = (
+            CompletionStreamDecoder(max_event_bytes=max_event_bytes, ledger=ledger)
+            if decoder is None
+            else decoder
+        )
         self._blank_lines = blank_lines_per_read
         self._deadline = deadline
         self._event_timeout_s = event_timeout_s

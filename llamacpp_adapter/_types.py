@@ -443,9 +443,12 @@ class End(msgspec.Struct, frozen=True, gc=False):
     stop_word: str | None = None
 
 
-StreamEvent: TypeAlias = Started | Token | Metrics | End
-"""Any event of a task's stream. Its first name, ``TokenEvent``, still imports, with a
-DeprecationWarning."""
+StreamEvent: TypeAlias = Started | Token | Reasoning | ToolCall | Metrics | End
+"""Any event of a task's stream. A completion's stream gives ``Started``, ``Token``\\ s,
+``Metrics`` and ``End``; a chat's (:class:`ChatRequest`) ``Reasoning`` and ``ToolCall``
+too, among its tokens: a ``match`` on the four that came first sees no other on a
+completion stream, and should have a ``case _:`` for a chat's. Its first name,
+``TokenEvent``, still imports, with a DeprecationWarning."""
 
 
 # --- What a worker reports ------------------------------------------------------------

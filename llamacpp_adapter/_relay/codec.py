@@ -4,6 +4,8 @@ Each message is a JSON object whose ``type`` names it::
 
     {"type": "started", "job_id": "..."}
     {"type": "token", "i": 0, "t": "Once", "ids": [9038]}     ("ids" left out when empty)
+    {"type": "reasoning", "t": "The user asks"}                 (a chat's)
+    {"type": "tool_call", "index": 0, "id": "...", "name": "...", "arguments": "{...}"}
     {"type": "metrics", "prompt_tokens": 5, "prompt_ms": 1.2, ...}
     {"type": "end", "tokens_out": 16, "stop_reason": "limit", ...}
     {"type": "error", "code": "WORKER_RESET", "message": "...", "retriable": true}
@@ -32,7 +34,7 @@ import msgspec
 from .. import _exceptions
 from .._exceptions import AdapterError, ProtocolError, WorkerError
 from .._redact import redact_secrets
-from .._types import End, Metrics, Started, StreamEvent, TaskRequest, Token
+from .._types import End, Metrics, Reasoning, Started, StreamEvent, TaskRequest, Token, ToolCall
 
 __all__ = [
     "MAX_WINDOW",
@@ -60,6 +62,17 @@ class _Token(_Message, frozen=True, tag="token"):
     i: int
     t: str
     ids: tuple[int, ...] = ()
+
+
+class _Reasoning(_Message, frozen=True, tag="reasoning"):
+    t: str
+
+
+class _ToolCall(_Message, frozen=True, tag="tool_call", omit_defaults=False):
+    index: int
+    id: str
+    name: str
+    arguments: str
 
 
 class _Metrics(_Message, frozen=True, tag="metrics"):
@@ -91,7 +104,7 @@ class _Ack(_Message, frozen=True, tag="ack", omit_defaults=False):
     n: int
 
 
-_Any: TypeAlias = _Started | _Token | _Metrics | _End | _Error
+_Any: TypeAlias = _Started | _Token | _Reasoning | _ToolCall | _Metrics | _End | _Error
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Any)
 _ack_decoder = msgspec.json.Decoder(_Ack)
@@ -116,6 +129,11 @@ def encode_event(event: StreamEvent) -> bytes:
     elif kind is Metrics:
         # Its wire names are its own (a field the wire lacks is a TypeError here).
         message = _Metrics(**msgspec.structs.asdict(event))
+    elif kind is Reasoning:
+        assert isinstance(event, Reasoning)
+        message = _Reasoning(t=event.text)
+    elif kind is ToolCall:
+        message = _ToolCall(**msgspec.structs.asdict(event))
     else:
         message = _End(**msgspec.structs.asdict(event))
     return _encoder.encode(message)
@@ -152,6 +170,11 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
         return Started(job_id=message.job_id)
     if kind is _Metrics:
         return Metrics(**msgspec.structs.asdict(message))
+    if kind is _Reasoning:
+        assert isinstance(message, _Reasoning)
+        return Reasoning(message.t)
+    if kind is _ToolCall:
+        return ToolCall(**msgspec.structs.asdict(message))
     if kind is _End:
         return End(**msgspec.structs.asdict(message))
     assert isinstance(message, _Error)

@@ -19,12 +19,13 @@ is a :class:`ProtocolError`.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, TypeAlias
 
 import msgspec
 
 from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
-from .._types import ChatRequest, End, Metrics, Reasoning, Token, ToolCall
+from .._types import ChatRequest, End, Metrics, Reasoning, StreamEvent, Token, ToolCall
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 
 __all__ = ["ChatEvent", "ChatStreamDecoder", "chat_body"]
@@ -156,6 +157,8 @@ class ChatStreamDecoder:
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._sse = SSEDecoder(max_event_bytes=max_event_bytes)
+        self._pending: deque[str] = deque()  # events read, their JSON not yet decoded
+        self._sse_error: WorkerError | None = None  # a fault after the pending events
         self._next_i = 0
         self._call: _Call | None = None  # the call being streamed
         self._calls_done = 0  # calls complete: the next one's index is at least this
@@ -175,42 +178,70 @@ class ChatStreamDecoder:
         """Content deltas decoded so far."""
         return self._next_i
 
-    def feed(self, data: bytes) -> list[ChatEvent]:
+    def feed(self, data: bytes) -> list[StreamEvent]:
         """Feed the next bytes of the body; return the events they complete, in order.
 
         Raises:
             EngineError: the engine reported an error in the stream.
             ProtocolError: what came is not a chat stream.
         """
+        self.receive_data(data)
+        return self.next_events()
+
+    def receive_data(self, data: bytes) -> None:
+        """Take the next bytes of the body; :meth:`next_events` decodes them."""
+        if self._sse_error is not None:
+            return
+        try:
+            self._pending.extend(event.data for event in self._sse.feed(data))
+        except WorkerError as exc:
+            self._sse_error = exc
+
+    def next_events(self, limit: int | None = None) -> list[StreamEvent]:
+        """The events of the chunks taken and not yet decoded: of about *limit* chunks
+        at most (a chunk gives one event, or at the end a few).
+
+        Raises:
+            EngineError, ProtocolError: as :meth:`feed` (after the events before).
+        """
         if self.error is not None:
             raise self.error
-        events: list[ChatEvent] = []
+        events: list[StreamEvent] = []
+        pending = self._pending
         try:
-            for sse in self._sse.feed(data):
-                self._take(sse.data, events)
+            taken = 0
+            while pending and (limit is None or taken < limit):
+                self._take(pending.popleft(), events)
+                taken += 1
+            if not pending and self._sse_error is not None:
+                raise self._sse_error
         except WorkerError as exc:
             self.error = exc
             if not events:
                 raise
         return events
 
-    def close(self) -> list[ChatEvent]:
-        """End the body.
+    def close(self) -> list[StreamEvent]:
+        """End the body; return the events still undecoded.
 
         Raises:
-            WorkerReset: if it ended before ``[DONE]``.
+            WorkerReset: if it ended before ``[DONE]`` (after the events returned).
         """
-        if self.error is not None:
+        events = self.next_events()
+        if self.error is None:
+            try:
+                self._sse.close()
+                if not self._finished:
+                    raise WorkerReset(
+                        f"the chat stream ended before its end, after {self._next_i} tokens"
+                    )
+            except WorkerError as exc:
+                self.error = exc
+        if self.error is not None and not events:
             raise self.error
-        self._sse.close()
-        if not self._finished:
-            self.error = WorkerReset(
-                f"the chat stream ended before its end, after {self._next_i} tokens"
-            )
-            raise self.error
-        return []
+        return events
 
-    def _take(self, data: str, events: list[ChatEvent]) -> None:
+    def _take(self, data: str, events: list[StreamEvent]) -> None:
         if self._finished:
             raise ProtocolError("the chat stream went on after [DONE]")
         if data == _DONE:
@@ -241,7 +272,7 @@ class ChatStreamDecoder:
                 self._finish_call(events)
                 self._stop_reason = choice.finish_reason
 
-    def _take_delta(self, delta: _Delta, events: list[ChatEvent]) -> None:
+    def _take_delta(self, delta: _Delta, events: list[StreamEvent]) -> None:
         if delta.reasoning_content:
             self._finish_call(events)
             events.append(Reasoning(delta.reasoning_content))
@@ -252,7 +283,7 @@ class ChatStreamDecoder:
         for part in delta.tool_calls or ():
             self._take_call(part, events)
 
-    def _take_call(self, part: _CallDelta, events: list[ChatEvent]) -> None:
+    def _take_call(self, part: _CallDelta, events: list[StreamEvent]) -> None:
         call = self._call
         function = part.function
         if call is None or part.index != call.index:
@@ -269,14 +300,14 @@ class ChatStreamDecoder:
         if function is not None and function.arguments:
             call.arguments.append(function.arguments)
 
-    def _finish_call(self, events: list[ChatEvent]) -> None:
+    def _finish_call(self, events: list[StreamEvent]) -> None:
         call = self._call
         if call is not None:
             events.append(call.done())
             self._calls_done = call.index + 1
             self._call = None
 
-    def _end(self, events: list[ChatEvent]) -> None:
+    def _end(self, events: list[StreamEvent]) -> None:
         if self._stop_reason is None:
             raise ProtocolError("the chat stream ended with no finish_reason")
         self._finish_call(events)

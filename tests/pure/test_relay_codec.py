@@ -32,6 +32,7 @@ from llamacpp_adapter._relay.codec import (
     encode_event,
     encode_task,
 )
+from llamacpp_adapter._types import Reasoning, ToolCall
 
 texts = st.text()
 counts = st.integers(min_value=0, max_value=2**53)
@@ -39,6 +40,8 @@ times = st.floats(allow_nan=False, allow_infinity=False)
 events: st.SearchStrategy[StreamEvent] = st.one_of(
     st.builds(Started, job_id=texts),
     st.builds(Token, i=counts, text=texts, token_ids=st.tuples() | st.lists(counts).map(tuple)),
+    st.builds(Reasoning, text=texts),
+    st.builds(ToolCall, index=counts, id=texts, name=texts, arguments=texts),
     st.builds(
         Metrics,
         prompt_tokens=counts,

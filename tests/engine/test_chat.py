@@ -1,0 +1,100 @@
+"""Chat streams through the adapter against a real llama-server and the scripted model,
+on every event loop: the pull form and the task form give Started, the reasoning, the
+tool call, Metrics and End, which make up the message of the unstreamed answer; the
+answer after the tool's is Tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from llamacpp_adapter import (
+    ChatRequest,
+    End,
+    JobItem,
+    LlamaCppHttpAdapter,
+    Metrics,
+    Reasoning,
+    Started,
+    StreamEvent,
+    Token,
+    ToolCall,
+)
+from llamacpp_adapter._local.server import LocalLlamaServer
+
+from .test_scripted_model import QUESTION, TOOLS, chat
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[LocalLlamaServer]:
+    with LocalLlamaServer(model="scripted", context=4096, parallel=1) as server:
+        yield server
+
+
+def check_call_turn(events: list[StreamEvent], unstreamed: dict[str, Any]) -> None:
+    message = unstreamed["message"]
+    assert isinstance(events[0], Started)
+    reasoning = [e for e in events if isinstance(e, Reasoning)]
+    assert "".join(r.text for r in reasoning) == message["reasoning_content"]
+    [call] = [e for e in events if isinstance(e, ToolCall)]
+    [expected] = message["tool_calls"]
+    assert (call.index, call.name, call.arguments) == (
+        0,
+        expected["function"]["name"],
+        expected["function"]["arguments"],
+    )
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    assert [type(e) for e in events[-2:]] == [Metrics, End]
+    end = events[-1]
+    assert isinstance(end, End)
+    assert end.stop_reason == "tool_calls"
+
+
+async def test_a_chat_streams_its_reasoning_and_its_tool_call(
+    scripted: LocalLlamaServer,
+) -> None:
+    request = ChatRequest(QUESTION, tools=TOOLS, max_tokens=64)
+    async with (
+        LlamaCppHttpAdapter(scripted.base_url) as adapter,
+        adapter.submit(request) as events,
+    ):
+        got = [event async for event in events]
+    check_call_turn(got, chat(scripted, QUESTION))
+
+
+async def test_the_task_form_sends_a_chat_s_events(scripted: LocalLlamaServer) -> None:
+    request = ChatRequest(QUESTION, tools=TOOLS, max_tokens=64, job_id="chat-1")
+    async with LlamaCppHttpAdapter(scripted.base_url) as adapter:
+        send, receive = anyio.create_memory_object_stream[JobItem](4)
+        async with anyio.create_task_group() as group, receive:
+            await group.start(adapter.stream_into, request, send)
+            items = [item async for item in receive]
+    assert {job for job, _ in items} == {"chat-1"}
+    events = [event for _, event in items]
+    assert all(not isinstance(e, Exception) for e in events)
+    check_call_turn(events, chat(scripted, QUESTION))  # type: ignore[arg-type]
+
+
+async def test_after_the_tool_s_answer_the_chat_streams_tokens(
+    scripted: LocalLlamaServer,
+) -> None:
+    first = chat(scripted, QUESTION)["message"]
+    turns = [*QUESTION, first, {"role": "tool", "tool_call_id": "x", "content": "sunny"}]
+    async with (
+        LlamaCppHttpAdapter(scripted.base_url) as adapter,
+        adapter.submit(ChatRequest(turns, tools=TOOLS, max_tokens=64)) as events,
+    ):
+        got = [event async for event in events]
+    tokens = [e for e in got if isinstance(e, Token)]
+    assert [t.i for t in tokens] == list(range(len(tokens)))
+    assert "".join(t.text for t in tokens) == chat(scripted, turns)["message"]["content"]
+    end = got[-1]
+    assert isinstance(end, End)
+    assert end.stop_reason == "stop"
+    assert end.tokens_out == len(tokens) + 1  # and the end of sequence
