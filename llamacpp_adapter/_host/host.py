@@ -28,7 +28,7 @@ import anyio.abc
 from .._adapter import LlamaCppHttpAdapter
 from .._redact import redact_secrets
 from .._task_form import JobItemSendStream, feed_channel
-from .._types import TaskRequest
+from .._types import ChatRequest, TaskRequest
 from .._validate import count, seconds
 from .metrics import HostMetrics
 from .placement import Pools
@@ -283,7 +283,7 @@ class AdapterHost(anyio.abc.AsyncResource):
     async def submit(
         self,
         pool: str,
-        request: TaskRequest,
+        request: TaskRequest | ChatRequest,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
     ) -> AsyncIterator[HostStream]:
@@ -313,7 +313,7 @@ class AdapterHost(anyio.abc.AsyncResource):
     async def stream_into(
         self,
         pool: str,
-        request: TaskRequest,
+        request: TaskRequest | ChatRequest,
         send_stream: JobItemSendStream,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from .._exceptions import PoolUnavailable, PromptTooLarge, WorkerError
-from .._types import TaskRequest
+from .._types import ChatRequest, TaskRequest
 from .replica import Replica
 
 __all__ = ["Pools", "Wait", "Waiter", "WaitingLine", "choose", "pin_mismatch"]
@@ -40,7 +40,7 @@ class Wait:
 def choose(
     pool: str,
     replicas: Sequence[Replica],
-    request: TaskRequest,
+    request: TaskRequest | ChatRequest,
     *,
     min_context: int,
     avoid: Collection[Replica],
@@ -104,8 +104,11 @@ def pin_mismatch(first: Replica, other: Replica) -> str | None:
     return "it runs " + " and ".join(what)
 
 
-def _prompt_tokens(request: TaskRequest) -> int:
-    """The prompt's token count when it is given as ids; 0 (unknown) for text."""
+def _prompt_tokens(request: TaskRequest | ChatRequest) -> int:
+    """The prompt's token count when it is given as ids; 0 (unknown) for text and for
+    a chat's turns."""
+    if isinstance(request, ChatRequest):
+        return 0
     prompt = request.prompt
     return 0 if prompt is None or isinstance(prompt, str) else len(prompt)
 
@@ -132,7 +135,7 @@ class Waiter:
     """
 
     ticket: int
-    request: TaskRequest
+    request: TaskRequest | ChatRequest
     min_context: int = 0
     avoid: Collection[Replica] = ()
     deadline: float = math.inf
@@ -334,7 +337,7 @@ class Pools:
     async def place(
         self,
         pool: str,
-        request: TaskRequest,
+        request: TaskRequest | ChatRequest,
         *,
         deadline: float,
         min_context: int,

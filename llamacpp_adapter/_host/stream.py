@@ -23,7 +23,7 @@ from .._adapter import ENGINE, LlamaCppHttpAdapter
 from .._exceptions import WorkerError
 from .._receive import EventReceiveStream
 from .._stream import EventStream
-from .._types import End, Started, StreamEvent, TaskRequest, Token
+from .._types import ChatRequest, End, Reasoning, Started, StreamEvent, TaskRequest, Token, ToolCall
 from .metrics import LatencySeries
 from .placement import Pools
 from .replica import Replica
@@ -72,7 +72,7 @@ class HostStream(EventReceiveStream):
         policy: RetryPolicy,
         rng: random.Random,
         pool: str,
-        request: TaskRequest,
+        request: TaskRequest | ChatRequest,
         timeout: float | None,
         group: anyio.abc.TaskGroup,
     ) -> None:
@@ -115,7 +115,7 @@ class HostStream(EventReceiveStream):
         policy: RetryPolicy,
         rng: random.Random,
         pool: str,
-        request: TaskRequest,
+        request: TaskRequest | ChatRequest,
         timeout: float | None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
         group: anyio.abc.TaskGroup,
     ) -> HostStream:
@@ -200,7 +200,8 @@ class HostStream(EventReceiveStream):
         now = _monotonic()
         for event in batch:
             kind = type(event)
-            if kind is Token:
+            if kind is Token or kind is Reasoning or kind is ToolCall:
+                # Output: from the first, the task is not tried again elsewhere.
                 self._on_token(now)
             elif kind is End:
                 self._got_end = True

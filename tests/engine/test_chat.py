@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from llamacpp_adapter import (
+    AdapterHost,
     ChatRequest,
     End,
     JobItem,
@@ -98,3 +99,38 @@ async def test_after_the_tool_s_answer_the_chat_streams_tokens(
     assert isinstance(end, End)
     assert end.stop_reason == "stop"
     assert end.tokens_out == len(tokens) + 1  # and the end of sequence
+
+
+async def test_a_tool_calling_exchange_runs_through_the_host(scripted: LocalLlamaServer) -> None:
+    async with (
+        LlamaCppHttpAdapter(scripted.base_url) as adapter,
+        AdapterHost() as host,
+    ):
+        host.bind("chat", "r0", adapter)
+        turns: list[dict[str, Any]] = list(QUESTION)
+        async with host.submit("chat", ChatRequest(turns, tools=TOOLS, max_tokens=64)) as events:
+            first = [event async for event in events]
+        [call] = [e for e in first if isinstance(e, ToolCall)]
+        reasoning = "".join(e.text for e in first if isinstance(e, Reasoning))
+        turns.append(
+            {
+                "role": "assistant",
+                "reasoning_content": reasoning,
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                ],
+            }
+        )
+        city = json.loads(call.arguments)["city"]
+        turns.append({"role": "tool", "tool_call_id": call.id, "content": f"sunny in {city}"})
+        async with host.submit("chat", ChatRequest(turns, tools=TOOLS, max_tokens=64)) as events:
+            second = [event async for event in events]
+    answer = "".join(e.text for e in second if isinstance(e, Token))
+    assert answer == chat(scripted, turns)["message"]["content"]
+    assert answer
+    ends = [e for e in (first[-1], second[-1]) if isinstance(e, End)]
+    assert [e.stop_reason for e in ends] == ["tool_calls", "stop"]

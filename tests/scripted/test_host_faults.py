@@ -21,12 +21,14 @@ from trio.testing import MockClock
 from llamacpp_adapter import (
     AdapterError,
     AdapterHost,
+    ChatRequest,
     End,
     GiveUp,
     JobCancelled,
     LlamaCppHttpAdapter,
     Metrics,
     PoolUnavailable,
+    Reasoning,
     RetryDecision,
     RetryLater,
     RetryPolicy,
@@ -34,6 +36,7 @@ from llamacpp_adapter import (
     StreamEvent,
     TaskRequest,
     Token,
+    ToolCall,
     WorkerError,
     WorkerReset,
 )
@@ -41,6 +44,8 @@ from llamacpp_adapter import (
 from ..support.scripted import Connection, Script, replica, start_server, stream_tokens
 from ..support.wire import (
     BUSY,
+    GOLDEN,
+    LAST_CHUNK,
     LOADING,
     SLOTS,
     STREAM_HEAD,
@@ -208,6 +213,57 @@ async def test_nothing_is_retried_after_the_first_token(
                     got.append(event)
     assert [e.i for e in got if isinstance(e, Token)] == [0, 1]
     assert other.times == []
+
+
+CHAT_EVENTS = (GOLDEN / "chat_tool_call.sse").read_bytes().split(b"\n\n")
+
+
+def chat_cut_after(count: int) -> Script:
+    """The captured chat stream's head and first *count* events, then the connection
+    closes mid-stream (or, with every event, the body ends as it should)."""
+
+    async def handle(connection: Connection) -> None:
+        assert connection.path == "/v1/chat/completions"
+        body = b"".join(event + b"\n\n" for event in CHAT_EVENTS[:count] if event)
+        end = LAST_CHUNK if count >= len(CHAT_EVENTS) else b""
+        await connection.send(STREAM_HEAD + (chunked(body) if body else b"") + end)
+
+    return handle
+
+
+@pytest.mark.parametrize("events", [2, 9], ids=["after-reasoning", "after-the-call"])
+async def test_nothing_of_a_chat_is_retried_after_its_first_output(
+    nursery: trio.Nursery, mock_clock: MockClock, events: int
+) -> None:
+    # Its first output is a reasoning delta, not a token: a retry would give it twice.
+    mock_clock.autojump_threshold = 0
+    first = Engine(chat_cut_after(events))
+    other = Engine(chat_cut_after(len(CHAT_EVENTS)))
+    async with host_for_test() as host:
+        await add_replica(nursery, host, "first", first)
+        await add_replica(nursery, host, "other", other, slots=ONE_SLOT_BUSY)
+        got: list[StreamEvent] = []
+        with pytest.raises(WorkerReset):
+            async with host.submit("pool", ChatRequest([{"role": "user", "content": "x"}])) as s:
+                async for event in s:
+                    got.append(event)
+    assert isinstance(got[1], Reasoning)
+    assert other.times == []
+
+
+async def test_a_chat_that_fails_before_its_first_output_is_retried_unseen(
+    nursery: trio.Nursery, mock_clock: MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0
+    first = Engine(chat_cut_after(1))  # the role's delta alone: no output yet
+    other = Engine(chat_cut_after(len(CHAT_EVENTS)))
+    async with host_for_test() as host:
+        await add_replica(nursery, host, "first", first)
+        await add_replica(nursery, host, "other", other, slots=ONE_SLOT_BUSY)
+        async with host.submit("pool", ChatRequest([{"role": "user", "content": "x"}])) as s:
+            got = [event async for event in s]
+    assert [type(e) for e in got[-3:]] == [ToolCall, Metrics, End]
+    assert len(other.times) == 1
 
 
 async def test_retries_stop_at_the_deadline(nursery: trio.Nursery, mock_clock: MockClock) -> None:
