@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager, suppress
 
 from .._exceptions import WorkerError, WorkerReset
 from .._receive import EventReceiveStream
-from .._types import End, StreamEvent, TaskRequest
+from .._types import ChatRequest, End, StreamEvent, TaskRequest
 from .._validate import count
 from .codec import MAX_WINDOW, decode_event, encode_ack, encode_task
 from .ws_client import ConnectionClosed, WebSocketClient, connect
@@ -42,24 +42,27 @@ class RelayStream(EventReceiveStream):
     async def _read(self, limit: int | None = None) -> list[StreamEvent]:
         if self._got_end:
             return []
-        # The consumer has taken every message received: the relay may send more.
-        if self._ack_every is not None and self._received - self._acked >= self._ack_every:
-            self._acked = self._received
-            with suppress(ConnectionClosed):  # what came before the close is read next
-                await self._ws.send_message(encode_ack(self._received).decode())
-        try:
-            message = await self._ws.get_message()
-        except ConnectionClosed as exc:
-            raise WorkerReset(
-                f"the relay closed the connection before the end ({exc.code} {exc.reason})"
-            ) from None
-        self._received += 1
-        event = decode_event(message)
-        if isinstance(event, WorkerError):
-            raise event
-        if type(event) is End:
-            self._got_end = True
-        return [event]
+        while True:
+            # The consumer has taken every message received: the relay may send more.
+            if self._ack_every is not None and self._received - self._acked >= self._ack_every:
+                self._acked = self._received
+                with suppress(ConnectionClosed):  # what came before the close is read next
+                    await self._ws.send_message(encode_ack(self._received).decode())
+            try:
+                message = await self._ws.get_message()
+            except ConnectionClosed as exc:
+                raise WorkerReset(
+                    f"the relay closed the connection before the end ({exc.code} {exc.reason})"
+                ) from None
+            self._received += 1
+            event = decode_event(message)
+            if event is None:
+                continue  # a kind of message a newer relay sends: skipped
+            if isinstance(event, WorkerError):
+                raise event
+            if type(event) is End:
+                self._got_end = True
+            return [event]
 
     async def _interrupt_read(self) -> None:
         await self._ws.aclose()  # shielded and bounded
@@ -71,7 +74,7 @@ class RelayStream(EventReceiveStream):
 @asynccontextmanager
 async def open_relay_stream(
     url: str,
-    request: TaskRequest,
+    request: TaskRequest | ChatRequest,
     *,
     token: str | None = None,
     pool: str | None = None,

@@ -34,7 +34,17 @@ import msgspec
 from .. import _exceptions
 from .._exceptions import AdapterError, ProtocolError, WorkerError
 from .._redact import redact_secrets
-from .._types import End, Metrics, Reasoning, Started, StreamEvent, TaskRequest, Token, ToolCall
+from .._types import (
+    ChatRequest,
+    End,
+    Metrics,
+    Reasoning,
+    Started,
+    StreamEvent,
+    TaskRequest,
+    Token,
+    ToolCall,
+)
 
 __all__ = [
     "MAX_WINDOW",
@@ -146,9 +156,18 @@ def encode_error(code: str, message: str, *, retriable: bool, status: int | None
     return _encoder.encode(_Error(code=code, message=message, retriable=retriable, status=status))
 
 
-def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
+class _Kind(msgspec.Struct, gc=False):
+    type: str
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+_KNOWN_KINDS = frozenset(("started", "token", "reasoning", "tool_call", "metrics", "end", "error"))
+
+
+def decode_event(data: bytes | str) -> StreamEvent | WorkerError | None:
     """The event in a message, or the failure an ``error`` message carries (returned,
-    not raised).
+    not raised); ``None`` for a message of a kind this client does not know (a newer
+    relay's), which it skips.
 
     Raises:
         ProtocolError: if *data* is not a message of the relay.
@@ -156,6 +175,12 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError:
     try:
         message = _decoder.decode(data)
     except msgspec.ValidationError as exc:
+        try:
+            tag: str | None = _kind_decoder.decode(data).type
+        except (msgspec.DecodeError, RecursionError):
+            tag = None
+        if tag is not None and tag not in _KNOWN_KINDS:
+            return None
         raise ProtocolError(f"the relay sent a malformed event: {exc}"[:300]) from None
     except msgspec.DecodeError:
         raise ProtocolError("the relay sent a message that is not JSON") from None
@@ -199,6 +224,11 @@ TASK_FIELDS = frozenset(
     {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
     | {"job_id", "extra", "pool", "window"}
 )
+#: The fields of a chat's task message (``"kind": "chat"``), all of them.
+CHAT_TASK_FIELDS = frozenset(
+    {"kind", "messages", "tools", "tool_choice", "max_tokens", "temperature", "top_p"}
+    | {"seed", "stop", "job_id", "extra", "pool", "window"}
+)
 #: The largest window a client may ask for, in messages.
 MAX_WINDOW = 1 << 20
 
@@ -218,7 +248,7 @@ class RelayTask(NamedTuple):
         fields: the names of the fields it gave.
     """
 
-    request: TaskRequest
+    request: TaskRequest | ChatRequest
     pool: str | None
     window: int | None
     fields: frozenset[str]
@@ -246,24 +276,34 @@ def decode_ack(data: str | bytes) -> int:
 
 
 def encode_task(
-    request: TaskRequest, pool: str | None = None, *, window: int | None = None
+    request: TaskRequest | ChatRequest, pool: str | None = None, *, window: int | None = None
 ) -> bytes:
     """The message that asks a relay to run *request* (in *pool*, for a relay over a
-    host; with flow control when a *window* is given)."""
+    host; with flow control when a *window* is given). A chat's says ``"kind":
+    "chat"``."""
     fields: dict[str, Any] = {
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,
-        "top_k": request.top_k,
         "seed": request.seed,
         "stop": list(request.stop),
         "job_id": request.job_id,
     }
-    if request.prompt is not None:
-        prompt = request.prompt
-        fields["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+    if isinstance(request, ChatRequest):
+        fields["kind"] = "chat"
+        fields["messages"] = [dict(m) for m in request.messages]
+        if request.tools is not None:
+            fields["tools"] = [dict(tool) for tool in request.tools]
+        choice = request.tool_choice
+        if choice is not None:
+            fields["tool_choice"] = choice if isinstance(choice, str) else dict(choice)
     else:
-        fields["messages"] = [dict(m) for m in request.messages or ()]
+        fields["top_k"] = request.top_k
+        if request.prompt is not None:
+            prompt = request.prompt
+            fields["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+        else:
+            fields["messages"] = [dict(m) for m in request.messages or ()]
     if request.extra:
         fields["extra"] = dict(request.extra)
     if pool is not None:
@@ -289,7 +329,10 @@ def decode_task(data: str | bytes) -> RelayTask:
     if not isinstance(fields, dict):
         raise BadTask("the task must be a JSON object")
     given = frozenset(fields)
-    unknown = sorted(given - TASK_FIELDS)
+    chat = fields.pop("kind", None)
+    if chat not in (None, "chat"):
+        raise BadTask("kind must be 'chat' (or left out, for a completion)")
+    unknown = sorted(given - (CHAT_TASK_FIELDS if chat else TASK_FIELDS))
     if unknown:
         raise BadTask(f"unknown task fields: {', '.join(map(repr, unknown))[:200]}")
     pool = fields.pop("pool", None)
@@ -299,6 +342,11 @@ def decode_task(data: str | bytes) -> RelayTask:
     if window is not None and (type(window) is not int or not 1 <= window <= MAX_WINDOW):
         raise BadTask(f"window must be an integer from 1 to {MAX_WINDOW}")
     try:
+        if chat:
+            messages = fields.pop("messages", None)
+            if messages is None:
+                raise BadTask("a chat's task needs messages")
+            return RelayTask(ChatRequest(messages, **fields), pool, window, given)
         return RelayTask(TaskRequest(**fields), pool, window, given)
     except (TypeError, ValueError) as exc:
         raise BadTask(redact_secrets(str(exc))[:500]) from None

@@ -47,7 +47,7 @@ from .._adapter import LlamaCppHttpAdapter
 from .._exceptions import AdapterError, ProtocolError, WorkerError
 from .._host.host import AdapterHost
 from .._receive import EventReceiveStream
-from .._types import TaskRequest
+from .._types import ChatRequest, TaskRequest
 from .._validate import count, seconds
 from .codec import BadTask, decode_ack, decode_task, encode_error, encode_event
 from .websocket import LOST, ConnectionClosed
@@ -354,7 +354,7 @@ class Relay:
     async def _relay(
         self,
         connection: ServerConnection,
-        task: TaskRequest,
+        task: TaskRequest | ChatRequest,
         pool: str | None,
         fields: dict[str, Any],
         credit: _Credit,
@@ -390,13 +390,15 @@ class Relay:
         return CLOSE_NORMAL, "end"
 
     def _submit(
-        self, task: TaskRequest, pool: str | None
+        self, task: TaskRequest | ChatRequest, pool: str | None
     ) -> AbstractAsyncContextManager[EventReceiveStream]:
         if isinstance(self._target, AdapterHost):
             return self._target.submit(pool or self._pool or "", task)
         return self._target.submit(task)
 
-    def _parse_task(self, message: str | bytes) -> tuple[TaskRequest, str | None, int | None]:
+    def _parse_task(
+        self, message: str | bytes
+    ) -> tuple[TaskRequest | ChatRequest, str | None, int | None]:
         task, pool, window, fields = decode_task(message)
         if pool is not None and not isinstance(self._target, AdapterHost):
             raise BadTask("this relay serves one engine: a task may not name a pool")

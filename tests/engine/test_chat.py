@@ -27,6 +27,7 @@ from llamacpp_adapter import (
 )
 from llamacpp_adapter._local.server import LocalLlamaServer
 
+from ..support.relays import collect, relay_over
 from .test_scripted_model import QUESTION, TOOLS, chat
 
 pytestmark = pytest.mark.anyio
@@ -134,3 +135,26 @@ async def test_a_tool_calling_exchange_runs_through_the_host(scripted: LocalLlam
     assert answer
     ends = [e for e in (first[-1], second[-1]) if isinstance(e, End)]
     assert [e.stop_reason for e in ends] == ["tool_calls", "stop"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # the test's relay runs in a nursery
+async def test_a_chat_through_the_relay_gives_the_same_events(scripted: LocalLlamaServer) -> None:
+    request = ChatRequest(QUESTION, tools=TOOLS, max_tokens=64)
+    async with (
+        LlamaCppHttpAdapter(scripted.base_url) as adapter,
+        adapter.submit(request) as events,
+    ):
+        direct = [event async for event in events]
+    async with relay_over(scripted.base_url) as (url, _):
+        relayed = await collect(url, request)
+    assert relayed[0] == Started(request.job_id)
+
+    def comparable(events: list[StreamEvent]) -> list[object]:
+        # The call's id is the engine's, another for each request.
+        return [
+            (e.index, e.name, e.arguments) if isinstance(e, ToolCall) else e
+            for e in events
+            if not isinstance(e, Metrics)
+        ]
+
+    assert comparable(relayed[1:]) == comparable(direct[1:])

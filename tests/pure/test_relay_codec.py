@@ -32,7 +32,7 @@ from llamacpp_adapter._relay.codec import (
     encode_event,
     encode_task,
 )
-from llamacpp_adapter._types import Reasoning, ToolCall
+from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
 texts = st.text()
 counts = st.integers(min_value=0, max_value=2**53)
@@ -94,6 +94,17 @@ def test_a_client_reads_a_newer_relays_messages() -> None:
     ]
 
 
+def test_a_client_skips_a_kind_of_message_it_does_not_know() -> None:
+    # (It was a fault before: a client of this release reads a newer relay.)
+    assert decode_event(b'{"type":"telepathy"}') is None
+    assert decode_event(b'{"type":"prompt_progress_v9","done":3}') is None
+    # A kind it knows, malformed, is still a fault.
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode_event(b'{"type":"token","t":"a"}')
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode_event(b'{"no_type":1}')
+
+
 def test_an_error_message_comes_back_as_its_error() -> None:
     reset = decode_event(encode_error("WORKER_RESET", "cut", retriable=True))
     assert isinstance(reset, WorkerReset)
@@ -111,7 +122,6 @@ def test_an_error_message_comes_back_as_its_error() -> None:
         b"not json",
         b"[1]",
         b'{"i":0}',
-        b'{"type":"telepathy"}',
         b'{"type":"token","i":"x","t":""}',
         b'{"type":"token","i":0,"t":"","new":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
     ],
@@ -175,5 +185,35 @@ def test_a_task_given_as_messages_survives_the_round_trip() -> None:
     ],
 )
 def test_what_is_not_a_task_is_a_bad_task(message: bytes, says: str) -> None:
+    with pytest.raises(BadTask, match=says):
+        decode_task(message)
+
+
+def test_a_chat_task_survives_the_round_trip() -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    chat = ChatRequest(
+        [{"role": "user", "content": "hi"}],
+        tools=[tool],
+        tool_choice="required",
+        max_tokens=9,
+        seed=4,
+        stop=["x"],
+        extra={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    decoded = decode_task(encode_task(chat, "pool", window=8))
+    assert (decoded.request, decoded.pool, decoded.window) == (chat, "pool", 8)
+    assert json.loads(encode_task(chat))["kind"] == "chat"
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        (b'{"kind": "poem", "messages": []}', "kind"),
+        (b'{"kind": "chat", "prompt": "x"}', "unknown task fields"),
+        (b'{"kind": "chat"}', "needs messages"),
+        (b'{"kind": "chat", "messages": [], "tools": []}', "messages must not be empty"),
+    ],
+)
+def test_what_is_not_a_chat_task_is_a_bad_task(message: bytes, says: str) -> None:
     with pytest.raises(BadTask, match=says):
         decode_task(message)
