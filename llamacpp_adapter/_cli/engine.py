@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Literal
 
 import click
 
@@ -12,8 +13,15 @@ __all__ = ["engine_url"]
 
 
 @contextlib.contextmanager
-def engine_url(url: str | None, *, parallel: int = 1, context: int = 4096) -> Iterator[str]:
-    """The given server's URL, or that of a local one started for the command."""
+def engine_url(
+    url: str | None,
+    *,
+    parallel: int = 1,
+    context: int = 4096,
+    model: Literal["bigram", "scripted"] = "bigram",
+) -> Iterator[str]:
+    """The given server's URL, or that of a local one started for the command (with the
+    bigram model, or the scripted one that thinks and calls a tool)."""
     if url is not None:
         yield url
         return
@@ -21,7 +29,7 @@ def engine_url(url: str | None, *, parallel: int = 1, context: int = 4096) -> It
 
     click.echo("-- starting a local llama-server with a tiny test model", err=True)
     try:
-        with LocalLlamaServer(parallel=parallel, context=context, model="bigram") as server:
+        with LocalLlamaServer(parallel=parallel, context=context, model=model) as server:
             yield server.base_url
     except ImportError as exc:
         raise click.ClickException(

@@ -22,6 +22,7 @@ __all__ = [
     "SCRIPTED_ANSWER",
     "SCRIPTED_CALL",
     "SCRIPTED_TEMPLATE",
+    "SCRIPTED_TOOLS",
     "write_bigram_model",
     "write_scripted_model",
     "write_tiny_model",
@@ -295,6 +296,21 @@ SCRIPTED_CALL = (
 )
 #: What it writes after a tool's answer.
 SCRIPTED_ANSWER = ("It", "▁is", "▁sunny", "▁in", "▁Paris.")
+#: The tool it calls, defined OpenAI's way, for a request to offer it.
+SCRIPTED_TOOLS: tuple[dict[str, Any], ...] = (
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    },
+)
 #: The tokens the template's text is read as: the turn markers, and each generation
 #: prompt whole, so that the prompt's last token says what comes.
 _SCRIPTED_SPECIAL = ("<|im_start|>", "<|im_end|>", "<|im_start|>assistant\n", "<|answer|>")
