@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,22 @@ def test_readme_fan_in_example_runs(llama_server: LocalLlamaServer, backend: str
     result = run_example(source, backend)
     ends = re.findall(r"^(\w+): 24 tokens$", result.stdout, re.M)
     assert len(set(ends)) == 6, result.stdout  # every job, each once, each whole
+
+
+CHAT_EXAMPLE = re.search(
+    r"### Chats: reasoning and tool calls\n.*?```python\n(.*?)```", README, re.S
+)
+
+
+@pytest.fixture(scope="module")
+def scripted_server() -> Iterator[LocalLlamaServer]:
+    with LocalLlamaServer(model="scripted", context=4096, parallel=1) as server:
+        yield server
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_readme_tool_calling_loop_runs(scripted_server: LocalLlamaServer, backend: str) -> None:
+    assert CHAT_EXAMPLE is not None
+    source = CHAT_EXAMPLE.group(1).replace("http://127.0.0.1:8080", scripted_server.base_url)
+    result = run_example(source, backend)
+    assert result.stdout == "called get_weather: sunny, 24 C in Paris\nIt is sunny in Paris.\n"
