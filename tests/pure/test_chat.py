@@ -91,7 +91,14 @@ def chunk(
     delta: dict[str, Any] | None = None, *, finish: str | None = None, **fields: Any
 ) -> bytes:
     """A chunk as llama-server writes it: one choice with *delta* (none without)."""
-    body: dict[str, Any] = {"choices": [], "object": "chat.completion.chunk"}
+    body: dict[str, Any] = {
+        "choices": [],
+        "created": 1796543921,
+        "id": "chatcmpl-ibSNRpEgrdxfGPxYZRSkbJYk6HAEORMQ",
+        "model": "scripted.gguf",
+        "system_fingerprint": "b0-unknown",
+        "object": "chat.completion.chunk",
+    }
     if delta is not None:
         body["choices"] = [{"finish_reason": finish, "index": 0, "delta": delta}]
     body.update(fields)
@@ -127,7 +134,7 @@ def stream(parts: list[Part], splits: list[int], finish: str) -> tuple[bytes, li
             events.append(ToolCall(calls, call_id, name, arguments))
             calls += 1
     data.append(chunk({}, finish=finish))
-    usage = {"completion_tokens": len(parts), "prompt_tokens": 7}
+    usage = {"completion_tokens": len(parts), "prompt_tokens": 7, "total_tokens": len(parts) + 7}
     timings = {"prompt_n": 7, "prompt_ms": 1.0, "predicted_n": len(parts), "predicted_ms": 2.0}
     data.append(chunk(None, usage=usage, timings=timings))
     data.append(b"data: [DONE]\n\n")
@@ -317,3 +324,51 @@ def test_a_bad_chat_request_is_refused_naming_its_field(
     messages = arguments.pop("messages")
     with pytest.raises(error, match=says):
         ChatRequest(messages, **arguments)
+
+
+# --- The openai SDK's reading of the same bytes ---------------------------------------------
+
+
+def sdk_message(sse: bytes) -> tuple[str, str, list[tuple[int, str, str, str]], str]:
+    """What the openai SDK's own accumulation makes of a chat stream: the content, the
+    reasoning, the calls and the finish reason."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    state = ChatCompletionStreamState()
+    for event in sse.split(b"\n\n"):
+        if event.startswith(b"data: ") and event != b"data: [DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(event[6:])))
+    choice = state.get_final_completion().choices[0]
+    message = choice.message
+    calls = [
+        (call.index, call.id, call.function.name, call.function.arguments)  # type: ignore[attr-defined]
+        for call in message.tool_calls or ()
+    ]
+    reasoning = getattr(message, "reasoning_content", None) or ""
+    return message.content or "", reasoning, calls, choice.finish_reason
+
+
+def our_message(events: list[ChatEvent]) -> tuple[str, str, list[tuple[int, str, str, str]], str]:
+    end = events[-1]
+    assert isinstance(end, End)
+    return (
+        "".join(e.text for e in events if isinstance(e, Token)),
+        "".join(e.text for e in events if isinstance(e, Reasoning)),
+        [(e.index, e.id, e.name, e.arguments) for e in events if isinstance(e, ToolCall)],
+        end.stop_reason,
+    )
+
+
+@pytest.mark.parametrize("name", ["chat_tool_call", "chat_answer"])
+def test_the_openai_sdk_reads_a_captured_stream_as_we_do(name: str) -> None:
+    sse, _ = golden(name)
+    assert our_message(decode([sse])) == sdk_message(sse)
+
+
+@given(parts, st.lists(st.integers(0, 50), max_size=4), st.sampled_from(["stop", "tool_calls"]))
+def test_the_openai_sdk_reads_any_chat_stream_as_we_do(
+    parts: list[Part], splits: list[int], finish: str
+) -> None:
+    data, _ = stream(parts, splits, finish)
+    assert our_message(decode([data])) == sdk_message(data)
