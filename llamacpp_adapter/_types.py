@@ -18,6 +18,7 @@ __all__ = [
     "ChatRequest",
     "End",
     "Metrics",
+    "PromptProgress",
     "Reasoning",
     "Started",
     "StreamEvent",
@@ -42,6 +43,7 @@ _FIELDS_SET_BY_REQUEST: dict[str, str] = {
     "seed": "seed",
     "stop": "stop",
     "return_tokens": "(always true)",
+    "return_progress": "prompt_progress",
 }
 
 
@@ -67,6 +69,8 @@ class TaskRequest:
         job_id: the orchestrator's id for this task; a random one when not given.
         extra: further llama.cpp ``/completion`` fields, sent as given (e.g.
             ``{"ignore_eos": True}``). It may not set a field this class sets.
+        prompt_progress: whether the engine reports its evaluation of the prompt as it
+            goes, as :class:`PromptProgress` events before the first token.
 
     Raises:
         ValueError, TypeError: when a field is out of range or of the wrong type. The
@@ -84,9 +88,12 @@ class TaskRequest:
     stop: Sequence[str] = ()
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    prompt_progress: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
+        if not isinstance(self.prompt_progress, bool):
+            raise TypeError("prompt_progress must be a bool")
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt and messages")
         if self.prompt is not None and not isinstance(self.prompt, str):
@@ -191,6 +198,7 @@ _FIELDS_SET_BY_CHAT: dict[str, str] = {
     "top_p": "top_p",
     "seed": "seed",
     "stop": "stop",
+    "return_progress": "prompt_progress",
 }
 _TOOL_CHOICES = ("auto", "none", "required")
 
@@ -220,6 +228,8 @@ class ChatRequest:
         extra: further fields of the chat endpoint, sent as given (e.g.
             ``{"chat_template_kwargs": {"enable_thinking": False}}``). It may not set a
             field this class sets.
+        prompt_progress: whether the engine reports its evaluation of the prompt as it
+            goes, as :class:`PromptProgress` events before the first output.
 
     Raises:
         ValueError, TypeError: when a field is out of range or of the wrong type, before
@@ -237,9 +247,12 @@ class ChatRequest:
     stop: Sequence[str] = ()
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    prompt_progress: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
+        if not isinstance(self.prompt_progress, bool):
+            raise TypeError("prompt_progress must be a bool")
         set_(self, "messages", _chat_messages(self.messages))
         names: list[str] = []
         if self.tools is not None:
@@ -370,6 +383,23 @@ class Token(msgspec.Struct, frozen=True, gc=False):
     token_ids: tuple[int, ...] = ()
 
 
+class PromptProgress(msgspec.Struct, frozen=True, gc=False):
+    """How far the engine has evaluated the prompt, before the first token, when the
+    request asks (``prompt_progress=True``).
+
+    Attributes:
+        total: the prompt's tokens.
+        cached: those found in the engine's cache, not evaluated again.
+        processed: those evaluated so far.
+        time_ms: the time the evaluation has taken so far.
+    """
+
+    total: int
+    cached: int
+    processed: int
+    time_ms: float
+
+
 class Reasoning(msgspec.Struct, frozen=True, gc=False):
     """A piece of the model's reasoning, as the engine's chat parser set it apart from
     the answer (a chat stream's ``reasoning_content`` delta).
@@ -443,7 +473,7 @@ class End(msgspec.Struct, frozen=True, gc=False):
     stop_word: str | None = None
 
 
-StreamEvent: TypeAlias = Started | Token | Reasoning | ToolCall | Metrics | End
+StreamEvent: TypeAlias = Started | PromptProgress | Token | Reasoning | ToolCall | Metrics | End
 """Any event of a task's stream. A completion's stream gives ``Started``, ``Token``\\ s,
 ``Metrics`` and ``End``; a chat's (:class:`ChatRequest`) ``Reasoning`` and ``ToolCall``
 too, among its tokens: a ``match`` on the four that came first sees no other on a

@@ -38,6 +38,7 @@ from .._types import (
     ChatRequest,
     End,
     Metrics,
+    PromptProgress,
     Reasoning,
     Started,
     StreamEvent,
@@ -72,6 +73,13 @@ class _Token(_Message, frozen=True, tag="token"):
     i: int
     t: str
     ids: tuple[int, ...] = ()
+
+
+class _PromptProgress(_Message, frozen=True, tag="prompt_progress", omit_defaults=False):
+    total: int
+    cached: int
+    processed: int
+    time_ms: float
 
 
 class _Reasoning(_Message, frozen=True, tag="reasoning"):
@@ -114,7 +122,9 @@ class _Ack(_Message, frozen=True, tag="ack", omit_defaults=False):
     n: int
 
 
-_Any: TypeAlias = _Started | _Token | _Reasoning | _ToolCall | _Metrics | _End | _Error
+_Any: TypeAlias = (
+    _Started | _PromptProgress | _Token | _Reasoning | _ToolCall | _Metrics | _End | _Error
+)
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Any)
 _ack_decoder = msgspec.json.Decoder(_Ack)
@@ -144,6 +154,8 @@ def encode_event(event: StreamEvent) -> bytes:
         message = _Reasoning(t=event.text)
     elif kind is ToolCall:
         message = _ToolCall(**msgspec.structs.asdict(event))
+    elif kind is PromptProgress:
+        message = _PromptProgress(**msgspec.structs.asdict(event))
     else:
         message = _End(**msgspec.structs.asdict(event))
     return _encoder.encode(message)
@@ -200,6 +212,8 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError | None:
         return Reasoning(message.t)
     if kind is _ToolCall:
         return ToolCall(**msgspec.structs.asdict(message))
+    if kind is _PromptProgress:
+        return PromptProgress(**msgspec.structs.asdict(message))
     if kind is _End:
         return End(**msgspec.structs.asdict(message))
     assert isinstance(message, _Error)
@@ -222,12 +236,12 @@ def _error(message: _Error) -> WorkerError:
 #: The fields of a task message, all of them: another is refused.
 TASK_FIELDS = frozenset(
     {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
-    | {"job_id", "extra", "pool", "window"}
+    | {"job_id", "extra", "pool", "window", "prompt_progress"}
 )
 #: The fields of a chat's task message (``"kind": "chat"``), all of them.
 CHAT_TASK_FIELDS = frozenset(
     {"kind", "messages", "tools", "tool_choice", "max_tokens", "temperature", "top_p"}
-    | {"seed", "stop", "job_id", "extra", "pool", "window"}
+    | {"seed", "stop", "job_id", "extra", "pool", "window", "prompt_progress"}
 )
 #: The largest window a client may ask for, in messages.
 MAX_WINDOW = 1 << 20
@@ -306,6 +320,8 @@ def encode_task(
             fields["messages"] = [dict(m) for m in request.messages or ()]
     if request.extra:
         fields["extra"] = dict(request.extra)
+    if request.prompt_progress:
+        fields["prompt_progress"] = True
     if pool is not None:
         fields["pool"] = pool
     if window is not None:

@@ -25,13 +25,22 @@ from typing import Any, TypeAlias
 import msgspec
 
 from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
-from .._types import ChatRequest, End, Metrics, Reasoning, StreamEvent, Token, ToolCall
+from .._types import (
+    ChatRequest,
+    End,
+    Metrics,
+    PromptProgress,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+)
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 
 __all__ = ["ChatEvent", "ChatStreamDecoder", "chat_body"]
 
 #: An event of a chat stream, as the decoder gives them.
-ChatEvent: TypeAlias = Token | Reasoning | ToolCall | Metrics | End
+ChatEvent: TypeAlias = PromptProgress | Token | Reasoning | ToolCall | Metrics | End
 
 _DONE = "[DONE]"
 
@@ -57,6 +66,8 @@ def chat_body(request: ChatRequest) -> dict[str, Any]:
         body["seed"] = request.seed
     if request.stop:
         body["stop"] = list(request.stop)
+    if request.prompt_progress:
+        body["return_progress"] = True
     body.update(request.extra)
     return body
 
@@ -109,8 +120,16 @@ class _ErrorBody(msgspec.Struct, gc=False):
     code: int | None = None
 
 
+class _Progress(msgspec.Struct, gc=False):
+    total: int = 0
+    cache: int = 0
+    processed: int = 0
+    time_ms: float = 0.0
+
+
 class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] | None = None
+    prompt_progress: _Progress | None = None
     usage: _Usage | None = None
     timings: _Timings | None = None
     error: _ErrorBody | str | None = None
@@ -260,6 +279,11 @@ class ChatStreamDecoder:
             if isinstance(error, str):
                 raise EngineError(error)
             raise EngineError(error.message, error_type=error.type, engine_code=error.code)
+        progress = chunk.prompt_progress
+        if progress is not None:
+            events.append(
+                PromptProgress(progress.total, progress.cache, progress.processed, progress.time_ms)
+            )
         if chunk.usage is not None:
             self._usage = chunk.usage
         if chunk.timings is not None:

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
-from .._types import End, Metrics, StreamEvent, TaskRequest, Token
+from .._types import End, Metrics, PromptProgress, StreamEvent, TaskRequest, Token
 from .continuation import Ledger, Totals
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
@@ -74,6 +74,8 @@ def completion_body(request: TaskRequest, *, prompt: str | None = None) -> dict[
         body["seed"] = request.seed
     if request.stop:
         body["stop"] = list(request.stop)
+    if request.prompt_progress:
+        body["return_progress"] = True
     body.update(request.extra)
     return body
 
@@ -95,6 +97,7 @@ def continuation_body(
     the new request does not draw again the numbers the first one drew.
     """
     body = dict(fields)
+    body.pop("return_progress", None)  # the consumer saw the prompt's evaluation
     prompt = fields["prompt"]
     body["prompt"] = [prompt, *generated] if isinstance(prompt, str) else [*prompt, *generated]
     body["n_predict"] = -1 if remaining is None else remaining
@@ -142,6 +145,13 @@ class _ErrorBody(msgspec.Struct, gc=False):
     code: int | None = None
 
 
+class _Progress(msgspec.Struct, gc=False):
+    total: int = 0
+    cache: int = 0
+    processed: int = 0
+    time_ms: float = 0.0
+
+
 class _Chunk(msgspec.Struct, gc=False):
     # Unknown fields are ignored; missing ones are None and checked where they matter.
     content: str | None = None
@@ -155,6 +165,7 @@ class _Chunk(msgspec.Struct, gc=False):
     truncated: bool = False
     timings: _Timings | None = None
     error: _ErrorBody | str | None = None
+    prompt_progress: _Progress | None = None
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
@@ -415,6 +426,11 @@ class CompletionStreamDecoder:
                 predicted = chunk.tokens_predicted
                 if predicted is not None:
                     if predicted <= last:
+                        progress = chunk.prompt_progress
+                        if progress is not None and predicted == 0:
+                            # The prompt's evaluation, before the first token.
+                            append(_prompt_progress(progress))
+                            continue
                         _log_out_of_order(predicted, last)
                         raise ProtocolError(
                             f"token count went from {last} to {predicted}; "
@@ -489,6 +505,10 @@ def _metrics(timings: _Timings | Totals) -> Metrics:
         predicted_tokens_per_s=predicted_rate,
         cached_tokens=timings.cache_n,
     )
+
+
+def _prompt_progress(progress: _Progress) -> PromptProgress:
+    return PromptProgress(progress.total, progress.cache, progress.processed, progress.time_ms)
 
 
 def _rate(count: int, ms: float) -> float:

@@ -19,9 +19,11 @@ from llamacpp_adapter import (
     JobItem,
     LlamaCppHttpAdapter,
     Metrics,
+    PromptProgress,
     Reasoning,
     Started,
     StreamEvent,
+    TaskRequest,
     Token,
     ToolCall,
 )
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[LocalLlamaServer]:
-    with LocalLlamaServer(model="scripted", context=4096, parallel=1) as server:
+    with LocalLlamaServer(model="scripted", context=8192, parallel=1) as server:
         yield server
 
 
@@ -158,3 +160,27 @@ async def test_a_chat_through_the_relay_gives_the_same_events(scripted: LocalLla
         ]
 
     assert comparable(relayed[1:]) == comparable(direct[1:])
+
+
+async def test_a_long_prompt_shows_its_progress_before_its_first_output(
+    scripted: LocalLlamaServer,
+) -> None:
+    # Some 4,000 tokens of turns: the engine evaluates them a batch at a time.
+    long_question = [{"role": "user", "content": "What is the weather in Paris? " * 100}]
+    requests = [
+        ChatRequest(long_question, tools=TOOLS, max_tokens=64, prompt_progress=True),
+        TaskRequest("once upon a time " * 240, max_tokens=4, prompt_progress=True),
+    ]
+    async with LlamaCppHttpAdapter(scripted.base_url) as adapter:
+        for request in requests:
+            async with adapter.submit(request) as events:
+                got = [event async for event in events]
+            progress = [e for e in got if isinstance(e, PromptProgress)]
+            assert len(progress) >= 2
+            first_output = next(
+                n for n, e in enumerate(got) if isinstance(e, Token | Reasoning | ToolCall)
+            )
+            assert all(n < first_output for n, e in enumerate(got) if isinstance(e, PromptProgress))
+            done = [p.processed for p in progress]
+            assert done == sorted(done)
+            assert progress[-1].total >= 4000

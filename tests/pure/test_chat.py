@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llamacpp_adapter import End, EngineError, Metrics, ProtocolError, Token, WorkerReset
+from llamacpp_adapter import (
+    End,
+    EngineError,
+    Metrics,
+    PromptProgress,
+    ProtocolError,
+    Token,
+    WorkerReset,
+)
 from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder, chat_body
 from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
@@ -372,3 +380,21 @@ def test_the_openai_sdk_reads_any_chat_stream_as_we_do(
 ) -> None:
     data, _ = stream(parts, splits, finish)
     assert our_message(decode([data])) == sdk_message(data)
+
+
+def test_a_chat_s_prompt_progress_comes_before_its_output() -> None:
+    def progress(done: int) -> bytes:
+        return chunk(
+            {"role": "assistant", "content": None},
+            prompt_progress={"total": 1024, "cache": 0, "processed": done, "time_ms": done / 10},
+        )
+
+    data = progress(0) + progress(512) + chunk({"content": "a"})
+    assert ChatStreamDecoder().feed(data) == [
+        PromptProgress(1024, 0, 0, 0.0),
+        PromptProgress(1024, 0, 512, 51.2),
+        Token(0, "a"),
+    ]
+    body = chat_body(ChatRequest(ASK, prompt_progress=True))
+    assert body["return_progress"] is True
+    assert "return_progress" not in chat_body(ChatRequest(ASK))

@@ -3,6 +3,7 @@ faults a stream can hold."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -17,12 +18,15 @@ from llamacpp_adapter import (
     End,
     EngineError,
     Metrics,
+    PromptProgress,
     ProtocolError,
     SSEDecoder,
     StreamEvent,
+    TaskRequest,
     Token,
     WorkerError,
     WorkerReset,
+    completion_body,
 )
 from llamacpp_adapter._sansio.completion import EXTRA_EVENTS_PER_SLICE
 from llamacpp_adapter._sansio.sse import DEFAULT_MAX_EVENT_BYTES
@@ -491,3 +495,41 @@ def test_a_long_event_of_comments_is_judged_by_its_data() -> None:
     events += decoder.feed((b": " + b"c" * 50 + b"\n") * 10)  # 530 bytes, no blank line
     events += decoder.feed(token_event(2) + token_event(3))
     assert [e.i for e in events if isinstance(e, Token)] == [0, 1, 2]
+
+
+def progress_event(done: int, total: int = 8002) -> bytes:
+    """A chunk of llama-server's prompt progress (``return_progress``), as it writes it:
+    an empty content, a token id 0 and a count of 0 tokens generated."""
+    progress = {"total": total, "cache": 0, "processed": done, "time_ms": done // 40}
+    chunk = {
+        "index": 0,
+        "content": "",
+        "tokens": [0],
+        "stop": False,
+        "id_slot": -1,
+        "tokens_predicted": 0,
+        "tokens_evaluated": total,
+        "prompt_progress": progress,
+    }
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+@given(st.lists(st.integers(1, 200), max_size=3))
+def test_prompt_progress_comes_as_its_events_before_the_tokens(cuts: list[int]) -> None:
+    data = progress_event(0) + progress_event(512) + progress_event(1024)
+    data += token_event(1, "a") + token_event(2, "b") + final_event(2)
+    bounds = sorted({c % len(data) for c in cuts} | {0, len(data)})
+    events = decode([data[a:b] for a, b in itertools.pairwise(bounds)])
+    assert events[:3] == [
+        PromptProgress(8002, 0, 0, 0),
+        PromptProgress(8002, 0, 512, 12),
+        PromptProgress(8002, 0, 1024, 25),
+    ]
+    assert [e.i for e in events if isinstance(e, Token)] == [0, 1]
+
+
+def test_a_request_asks_for_progress_only_when_told() -> None:
+    assert completion_body(TaskRequest("x", prompt_progress=True))["return_progress"] is True
+    assert "return_progress" not in completion_body(TaskRequest("x"))
+    with pytest.raises(ValueError, match="prompt_progress"):
+        TaskRequest("x", extra={"return_progress": True})

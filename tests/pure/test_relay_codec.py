@@ -32,7 +32,7 @@ from llamacpp_adapter._relay.codec import (
     encode_event,
     encode_task,
 )
-from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
+from llamacpp_adapter._types import ChatRequest, PromptProgress, Reasoning, ToolCall
 
 texts = st.text()
 counts = st.integers(min_value=0, max_value=2**53)
@@ -41,6 +41,7 @@ events: st.SearchStrategy[StreamEvent] = st.one_of(
     st.builds(Started, job_id=texts),
     st.builds(Token, i=counts, text=texts, token_ids=st.tuples() | st.lists(counts).map(tuple)),
     st.builds(Reasoning, text=texts),
+    st.builds(PromptProgress, total=counts, cached=counts, processed=counts, time_ms=times),
     st.builds(ToolCall, index=counts, id=texts, name=texts, arguments=texts),
     st.builds(
         Metrics,
