@@ -20,6 +20,9 @@ what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
   client can tell how long it took to reach it.
 * ``bench_mode: "bytes"``, ``bench_bytes: B``: token chunks up to B bytes of body.
 * ``bench_mode: "idle"``: one token, then nothing until the client goes away.
+* ``bench_mode: "chat_burst"``, ``bench_events: N``: N content deltas of the chat
+  endpoint's stream (the captured chunks' shape), its finish, its usage and
+  ``[DONE]``, as fast as the socket takes them.
 """
 
 from __future__ import annotations
@@ -60,7 +63,33 @@ def burst_body(events: int) -> bytes:
     return b"".join(chunked(body[i : i + WRITE_BYTES]) for i in range(0, len(body), WRITE_BYTES))
 
 
+CHAT_CHUNK = (
+    '{"choices":[{"finish_reason":%s,"index":0,"delta":%s}],"created":1796543921,'
+    '"id":"chatcmpl-ibSNRpEgrdxfGPxYZRSkbJYk6HAEORMQ","model":"scripted.gguf",'
+    '"system_fingerprint":"b0-unknown","object":"chat.completion.chunk"}'
+)
+
+
+def chat_burst_body(events: int) -> bytes:
+    """A chat stream of *events* content deltas, as llama-server writes it."""
+    parts = [CHAT_CHUNK % ("null", '{"role":"assistant","content":null}')]
+    parts += [
+        CHAT_CHUNK % ("null", json.dumps({"content": CONTENTS[n % len(CONTENTS)]}))
+        for n in range(events)
+    ]
+    parts.append(CHAT_CHUNK % ('"length"', "{}"))
+    usage = {"completion_tokens": events, "prompt_tokens": 5, "total_tokens": events + 5}
+    last = json.loads(CHAT_CHUNK % ("null", "{}"))
+    last["choices"] = []
+    last["usage"] = usage
+    parts.append(json.dumps(last, separators=(",", ":")))
+    parts.append("[DONE]")
+    body = "".join(f"data: {part}\n\n" for part in parts).encode()
+    return b"".join(chunked(body[i : i + WRITE_BYTES]) for i in range(0, len(body), WRITE_BYTES))
+
+
 _burst_cache: dict[int, bytes] = {}
+_chat_cache: dict[int, bytes] = {}
 #: llama-server's answer to /metrics when it was started without --metrics.
 NO_METRICS = {
     "error": {
@@ -121,6 +150,11 @@ async def serve(stream: trio.abc.Stream) -> None:
                 await stream.send_all(data)
                 sent += len(data)
             await stream.send_all(chunked(final_event(n)) + LAST_CHUNK)
+        elif mode == "chat_burst":
+            events = int(request.get("bench_events", 1000))  # type: ignore[call-overload]
+            if events not in _chat_cache:
+                _chat_cache[events] = chat_burst_body(events)
+            await stream.send_all(_chat_cache[events] + LAST_CHUNK)
         elif mode == "idle":
             await stream.send_all(chunked(token_event(1, " hello")))
             await stream.receive_some()  # until the client goes away
