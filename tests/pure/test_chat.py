@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 from llamacpp_adapter import (
     End,
@@ -340,9 +342,6 @@ def test_a_bad_chat_request_is_refused_naming_its_field(
 def sdk_message(sse: bytes) -> tuple[str, str, list[tuple[int, str, str, str]], str]:
     """What the openai SDK's own accumulation makes of a chat stream: the content, the
     reasoning, the calls and the finish reason."""
-    from openai.lib.streaming.chat import ChatCompletionStreamState
-    from openai.types.chat import ChatCompletionChunk
-
     state = ChatCompletionStreamState()
     for event in sse.split(b"\n\n"):
         if event.startswith(b"data: ") and event != b"data: [DONE]":
@@ -374,6 +373,7 @@ def test_the_openai_sdk_reads_a_captured_stream_as_we_do(name: str) -> None:
     assert our_message(decode([sse])) == sdk_message(sse)
 
 
+@settings(deadline=None)  # pydantic's models, on a busy machine
 @given(parts, st.lists(st.integers(0, 50), max_size=4), st.sampled_from(["stop", "tool_calls"]))
 def test_the_openai_sdk_reads_any_chat_stream_as_we_do(
     parts: list[Part], splits: list[int], finish: str
