@@ -88,6 +88,8 @@ class Ledger:
         "_ids",
         "_last_timings",
         "_max_tokens",
+        "_part_crc",
+        "_pending",
         "_resume_events",
         "_resume_tokens",
         "_stops",
@@ -110,6 +112,8 @@ class Ledger:
         self._resume_tokens = 0  # the last resume point: tokens up to it,
         self._resume_events = 0  # and the token events up to it
         self._after_crc = 0  # the checksum of the text of the token events after it
+        self._part_crc = 0  # that of every token event of this part
+        self._pending: tuple[int, int] | None = None  # a resume point once a token follows
         self._emit_from = 0  # events before this index the consumer has already
         self._check_crc = 0
         self._check_tokens = 0
@@ -139,16 +143,33 @@ class Ledger:
                 self._ids += ids
             else:
                 self._whole = False
-        if self._whole and (content or not self._stops):
-            self._resume_tokens, self._resume_events = count, i + 1
-            self._after_crc = 0
+        crc = zlib.crc32(content.encode("utf-8", "surrogatepass"), self._part_crc)
+        self._part_crc = crc
+        if not self._stops:
+            if self._whole:
+                self._resume_tokens, self._resume_events = count, i + 1
+                self._after_crc = 0
+            else:
+                self._after_crc = zlib.crc32(
+                    content.encode("utf-8", "surrogatepass"), self._after_crc
+                )
         else:
+            # A stop string that matches sends the text before it with the token that
+            # completed it, then the final chunk: a chunk is a resume point only once
+            # the next token's chunk came (no stop matched on it). The point stays where
+            # it is while the events the consumer has come again: a pause among them
+            # goes on from it, as their check counts from it.
+            pending = self._pending
+            if pending is not None and i >= self._emit_from:
+                self._resume_tokens, self._resume_events = pending
+                self._after_crc = 0
+                self._pending = None
             self._after_crc = zlib.crc32(content.encode("utf-8", "surrogatepass"), self._after_crc)
+            if self._whole and content:
+                self._pending = (count, i + 1)
         if i >= self._emit_from:
             return True
-        if i == self._emit_from - 1 and (
-            self._after_crc != self._check_crc or count != self._check_tokens
-        ):
+        if i == self._emit_from - 1 and (crc != self._check_crc or count != self._check_tokens):
             raise WorkerReset(
                 "the stream was resumed, and the engine did not generate again the tokens "
                 f"it had sent (after {count} tokens): it cannot go on exactly"
@@ -186,7 +207,8 @@ class Ledger:
         self.events = self._resume_events
         self.tokens = self._base = point
         self._whole = True
-        self._after_crc = 0
+        self._after_crc = self._part_crc = 0
+        self._pending = None
         if self._last_timings is not None:
             self._done.add(self._last_timings)
             self._last_timings = None

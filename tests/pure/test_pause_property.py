@@ -151,3 +151,21 @@ def test_a_stream_paused_at_any_events_is_the_stream_never_paused(
         # and is, where its consumer stays away with more than the backlog to come.
         pausable = [i for i in away_at if i < len(pieces) - 3 * BACKLOG]
         assert pauses >= (1 if pausable else 0)
+
+
+def test_a_pause_after_a_stop_string_matched_does_not_go_past_it() -> None:
+    # The chunk of the token that completes a stop string carries the text before it,
+    # and the final chunk follows: paused between the two, the stream once went on from
+    # after the stop string, past where an unpaused one ends.
+    texts = [b" the"] * 12 + [b"a", b"a", b"b"] + [b" the"] * 25
+    pieces = [(300 + n, text) for n, text in enumerate(texts)]
+    engine = Engine(pieces, ("ab",))
+    request = TaskRequest(PROMPT, max_tokens=len(pieces), stop=("ab",), job_id="job")
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    got, pauses = trio.run(consume, engine, request, {9}, clock=clock)
+    assert pauses == 1
+    texts_expected, generated = unpaused(pieces, ("ab",))
+    assert [e.text for e in got if isinstance(e, Token)] == texts_expected
+    end = got[-1]
+    assert isinstance(end, End)
+    assert (end.tokens_out, end.stop_reason) == (generated, "word")
