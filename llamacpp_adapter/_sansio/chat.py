@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 
-from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
+from .._exceptions import ProtocolError, WorkerError, WorkerReset
 from .._types import (
     ChatRequest,
     End,
@@ -34,6 +34,14 @@ from .._types import (
     StreamEvent,
     Token,
     ToolCall,
+)
+from .engine_json import (
+    ErrorBody,
+    Progress,
+    Timings,
+    metrics_event,
+    progress_event,
+    raise_engine_error,
 )
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
 
@@ -104,35 +112,12 @@ class _Usage(msgspec.Struct, gc=False):
     prompt_tokens_details: _Details | None = None
 
 
-class _Timings(msgspec.Struct, gc=False):
-    prompt_n: int = 0
-    prompt_ms: float = 0.0
-    prompt_per_second: float = 0.0
-    predicted_n: int = 0
-    predicted_ms: float = 0.0
-    predicted_per_second: float = 0.0
-    cache_n: int | None = None
-
-
-class _ErrorBody(msgspec.Struct, gc=False):
-    message: str = ""
-    type: str | None = None
-    code: int | None = None
-
-
-class _Progress(msgspec.Struct, gc=False):
-    total: int = 0
-    cache: int = 0
-    processed: int = 0
-    time_ms: float = 0.0
-
-
 class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] | None = None
-    prompt_progress: _Progress | None = None
+    prompt_progress: Progress | None = None
     usage: _Usage | None = None
-    timings: _Timings | None = None
-    error: _ErrorBody | str | None = None
+    timings: Timings | None = None
+    error: ErrorBody | str | None = None
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
@@ -183,7 +168,7 @@ class ChatStreamDecoder:
         self._calls_done = 0  # calls complete: the next one's index is at least this
         self._stop_reason: str | None = None
         self._usage: _Usage | None = None
-        self._timings: _Timings | None = None
+        self._timings: Timings | None = None
         self._finished = False
         self.error: WorkerError | None = None
 
@@ -274,16 +259,10 @@ class ChatStreamDecoder:
             raise ProtocolError("a chat chunk that is not JSON") from None
         except RecursionError:
             raise ProtocolError("a chat chunk nested too deeply") from None
-        error = chunk.error
-        if error is not None:
-            if isinstance(error, str):
-                raise EngineError(error)
-            raise EngineError(error.message, error_type=error.type, engine_code=error.code)
-        progress = chunk.prompt_progress
-        if progress is not None:
-            events.append(
-                PromptProgress(progress.total, progress.cache, progress.processed, progress.time_ms)
-            )
+        if chunk.error is not None:
+            raise_engine_error(chunk.error)
+        if chunk.prompt_progress is not None:
+            events.append(progress_event(chunk.prompt_progress))
         if chunk.usage is not None:
             self._usage = chunk.usage
         if chunk.timings is not None:
@@ -337,20 +316,9 @@ class ChatStreamDecoder:
         self._finish_call(events)
         timings, usage = self._timings, self._usage
         if timings is not None:
-            cached = timings.cache_n
-            if cached is None and usage is not None and usage.prompt_tokens_details:
-                cached = usage.prompt_tokens_details.cached_tokens
-            events.append(
-                Metrics(
-                    prompt_tokens=timings.prompt_n,
-                    prompt_ms=timings.prompt_ms,
-                    prompt_tokens_per_s=timings.prompt_per_second,
-                    predicted_tokens=timings.predicted_n,
-                    predicted_ms=timings.predicted_ms,
-                    predicted_tokens_per_s=timings.predicted_per_second,
-                    cached_tokens=cached,
-                )
-            )
+            details = usage.prompt_tokens_details if usage is not None else None
+            cached = details.cached_tokens if details is not None else None
+            events.append(metrics_event(timings, cached=cached))
         if usage is not None:
             tokens_out, tokens_in = usage.completion_tokens, usage.prompt_tokens
         elif timings is not None:

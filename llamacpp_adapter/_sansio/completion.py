@@ -21,9 +21,17 @@ from typing import Any
 
 import msgspec
 
-from .._exceptions import EngineError, ProtocolError, WorkerError, WorkerReset
-from .._types import End, Metrics, PromptProgress, StreamEvent, TaskRequest, Token
-from .continuation import Ledger, Totals
+from .._exceptions import ProtocolError, WorkerError, WorkerReset
+from .._types import End, StreamEvent, TaskRequest, Token
+from .continuation import Ledger
+from .engine_json import (
+    ErrorBody,
+    Progress,
+    Timings,
+    metrics_event,
+    progress_event,
+    raise_engine_error,
+)
 from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 __all__ = [
@@ -129,29 +137,6 @@ def echo_bytes(prompt: str | list[Any], body_bytes: int) -> int:
 # only strings, numbers and other such structs, so they can never be part of a cycle.
 
 
-class _Timings(msgspec.Struct, gc=False):
-    prompt_n: int = 0
-    prompt_ms: float = 0.0
-    prompt_per_second: float = 0.0
-    predicted_n: int = 0
-    predicted_ms: float = 0.0
-    predicted_per_second: float = 0.0
-    cache_n: int | None = None
-
-
-class _ErrorBody(msgspec.Struct, gc=False):
-    message: str = ""
-    type: str | None = None
-    code: int | None = None
-
-
-class _Progress(msgspec.Struct, gc=False):
-    total: int = 0
-    cache: int = 0
-    processed: int = 0
-    time_ms: float = 0.0
-
-
 class _Chunk(msgspec.Struct, gc=False):
     # Unknown fields are ignored; missing ones are None and checked where they matter.
     content: str | None = None
@@ -163,9 +148,9 @@ class _Chunk(msgspec.Struct, gc=False):
     stop_type: str | None = None
     stopping_word: str | None = None
     truncated: bool = False
-    timings: _Timings | None = None
-    error: _ErrorBody | str | None = None
-    prompt_progress: _Progress | None = None
+    timings: Timings | None = None
+    error: ErrorBody | str | None = None
+    prompt_progress: Progress | None = None
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
@@ -429,7 +414,7 @@ class CompletionStreamDecoder:
                         progress = chunk.prompt_progress
                         if progress is not None and predicted == 0:
                             # The prompt's evaluation, before the first token.
-                            append(_prompt_progress(progress))
+                            append(progress_event(progress))
                             continue
                         _log_out_of_order(predicted, last)
                         raise ProtocolError(
@@ -449,11 +434,8 @@ class CompletionStreamDecoder:
 
     def _take_special(self, chunk: _Chunk, events: list[StreamEvent]) -> None:
         """A chunk that is not a plain token: an error, the final chunk, or a bad one."""
-        error = chunk.error
-        if error is not None:
-            if isinstance(error, str):
-                raise EngineError(error)
-            raise EngineError(error.message, error_type=error.type, engine_code=error.code)
+        if chunk.error is not None:
+            raise_engine_error(chunk.error)
         if chunk.stop is None or chunk.content is None:
             missing = "stop" if chunk.stop is None else "content"
             raise ProtocolError(f"a stream chunk has no {missing!r} field")
@@ -471,9 +453,9 @@ class CompletionStreamDecoder:
         if ledger is not None:
             tokens_out, tokens_in, totals = ledger.end(tokens_out, tokens_in, timings)
             if totals is not None and ledger.parts > 1:
-                metrics = _metrics(totals)
+                metrics = metrics_event(totals)
         if timings is not None:
-            events.append(metrics or _metrics(timings))
+            events.append(metrics or metrics_event(timings))
         if tokens_out is None:
             tokens_out = timings.predicted_n if timings is not None else self._next_i
         events.append(
@@ -486,33 +468,6 @@ class CompletionStreamDecoder:
             )
         )
         self._finished = True
-
-
-def _metrics(timings: _Timings | Totals) -> Metrics:
-    """The engine's *timings* as a :class:`Metrics` event (the rates are worked out from
-    the counts and times of a stream that took several requests)."""
-    if isinstance(timings, _Timings):
-        prompt_rate, predicted_rate = timings.prompt_per_second, timings.predicted_per_second
-    else:
-        prompt_rate = _rate(timings.prompt_n, timings.prompt_ms)
-        predicted_rate = _rate(timings.predicted_n, timings.predicted_ms)
-    return Metrics(
-        prompt_tokens=timings.prompt_n,
-        prompt_ms=timings.prompt_ms,
-        prompt_tokens_per_s=prompt_rate,
-        predicted_tokens=timings.predicted_n,
-        predicted_ms=timings.predicted_ms,
-        predicted_tokens_per_s=predicted_rate,
-        cached_tokens=timings.cache_n,
-    )
-
-
-def _prompt_progress(progress: _Progress) -> PromptProgress:
-    return PromptProgress(progress.total, progress.cache, progress.processed, progress.time_ms)
-
-
-def _rate(count: int, ms: float) -> float:
-    return count * 1000.0 / ms if ms > 0 else 0.0
 
 
 def _log_out_of_order(predicted: int, last: int) -> None:
