@@ -100,16 +100,8 @@ class TaskRequest:
             set_(self, "prompt", _token_ids(self.prompt))
         if self.messages is not None:
             set_(self, "messages", _messages(self.messages))
-        optional_int("max_tokens", self.max_tokens, minimum=1)
         optional_int("top_k", self.top_k, minimum=0)
-        optional_int("seed", self.seed, minimum=0, maximum=_MAX_SEED)
-        set_(self, "temperature", number("temperature", self.temperature, 0.0, math.inf))
-        set_(self, "top_p", number("top_p", self.top_p, 0.0, 1.0))
-        set_(self, "stop", _stop(self.stop))
-        if not isinstance(self.job_id, str) or not self.job_id:
-            raise TypeError("job_id must be a non-empty str")
-        if len(self.job_id) > _MAX_JOB_ID_CHARS or not self.job_id.isprintable():
-            raise ValueError(f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters")
+        _check_shared(self)
         set_(self, "extra", _extra(self.extra))
 
     def __repr__(self) -> str:
@@ -125,6 +117,30 @@ class TaskRequest:
             f"temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, "
             f"seed={self.seed}, stop=<{len(self.stop)}>, extra={sorted(self.extra)})"
         )
+
+
+def _check_shared(request: TaskRequest | ChatRequest) -> None:
+    """Check and normalise the fields a task and a chat share: max_tokens, seed,
+    temperature, top_p, stop and job_id."""
+    set_ = object.__setattr__  # the dataclasses are frozen; normalise once, here
+    optional_int("max_tokens", request.max_tokens, minimum=1)
+    optional_int("seed", request.seed, minimum=0, maximum=_MAX_SEED)
+    set_(request, "temperature", number("temperature", request.temperature, 0.0, math.inf))
+    set_(request, "top_p", number("top_p", request.top_p, 0.0, 1.0))
+    set_(request, "stop", _stop(request.stop))
+    job_id = request.job_id
+    if not isinstance(job_id, str) or not job_id:
+        raise TypeError("job_id must be a non-empty str")
+    if len(job_id) > _MAX_JOB_ID_CHARS or not job_id.isprintable():
+        raise ValueError(f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters")
+
+
+def _json_only(name: str, value: object) -> None:
+    """Raise TypeError, naming *name*, unless *value* holds JSON values only."""
+    try:
+        msgspec.json.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{name} must hold JSON values only") from exc
 
 
 def _token_ids(value: object) -> tuple[int, ...]:
@@ -176,10 +192,7 @@ def _extra(
         if key in fields:
             raise ValueError(f"extra may not set {key!r}; it is set from {owner} {fields[key]}")
     copy = dict(value)
-    try:
-        msgspec.json.encode(copy)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError("extra must hold JSON values only") from exc
+    _json_only("extra", copy)
     return types.MappingProxyType(copy)
 
 
@@ -259,15 +272,7 @@ class ChatRequest:
             tools, names = _tools(self.tools)
             set_(self, "tools", tools)
         _tool_choice(self.tool_choice, names)
-        optional_int("max_tokens", self.max_tokens, minimum=1)
-        optional_int("seed", self.seed, minimum=0, maximum=_MAX_SEED)
-        set_(self, "temperature", number("temperature", self.temperature, 0.0, math.inf))
-        set_(self, "top_p", number("top_p", self.top_p, 0.0, 1.0))
-        set_(self, "stop", _stop(self.stop))
-        if not isinstance(self.job_id, str) or not self.job_id:
-            raise TypeError("job_id must be a non-empty str")
-        if len(self.job_id) > _MAX_JOB_ID_CHARS or not self.job_id.isprintable():
-            raise ValueError(f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters")
+        _check_shared(self)
         set_(self, "extra", _extra(self.extra, _FIELDS_SET_BY_CHAT, "ChatRequest"))
 
     def __repr__(self) -> str:
@@ -298,10 +303,7 @@ def _chat_messages(value: object) -> tuple[Mapping[str, Any], ...]:
         turns.append(dict(turn))
     if not turns:
         raise ValueError("messages must not be empty")
-    try:
-        msgspec.json.encode(turns)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError("messages must hold JSON values only") from exc
+    _json_only("messages", turns)
     return tuple(types.MappingProxyType(turn) for turn in turns)
 
 
@@ -323,10 +325,7 @@ def _tools(value: object) -> tuple[tuple[Mapping[str, Any], ...], list[str]]:
         names.append(name)
         assert isinstance(tool, Mapping)
         tools.append(dict(tool))
-    try:
-        msgspec.json.encode(tools)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError("tools must hold JSON values only") from exc
+    _json_only("tools", tools)
     return tuple(types.MappingProxyType(tool) for tool in tools), names
 
 
