@@ -13,24 +13,11 @@ import pytest
 
 from llamacpp_adapter import End, Token
 from llamacpp_adapter._local.server import LocalLlamaServer
-from llamacpp_adapter._local.tinymodel import SCRIPTED_ANSWER
+from llamacpp_adapter._local.tinymodel import SCRIPTED_ANSWER, SCRIPTED_TOOLS
 from llamacpp_adapter._sansio.chat import ChatStreamDecoder, chat_body
 from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = list(SCRIPTED_TOOLS)
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 

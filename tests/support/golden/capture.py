@@ -37,6 +37,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parents[2]))
 
 from llamacpp_adapter._local.tinymodel import (  # noqa: E402
+    SCRIPTED_TOOLS,
     write_scripted_model,
     write_tiny_model,
 )
@@ -55,18 +56,6 @@ ERROR_CASES: dict[str, dict[str, Any]] = {
     "context_exceeded": {"prompt": "the " * 600, "n_predict": 4},
 }
 COMMON = {"stream": True, "return_tokens": True, "temperature": 0.0, "top_p": 1.0, "seed": 42}
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
 CALL = {
     "role": "assistant",
@@ -90,7 +79,7 @@ CHAT_CASES: dict[str, dict[str, Any]] = {
 CHAT_COMMON = {
     "stream": True,
     "stream_options": {"include_usage": True},
-    "tools": [WEATHER_TOOL],
+    "tools": list(SCRIPTED_TOOLS),
     "temperature": 0.0,
     "max_tokens": 64,
 }
