@@ -214,9 +214,8 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         backlog = self._buffer if pause is None or pause.backlog is None else pause.backlog
         chat = isinstance(request, ChatRequest)
         pausable = (
-            not chat
+            isinstance(request, TaskRequest)
             and pause is not None
-            and isinstance(request, TaskRequest)
             and pause.applies_to(request, backlog=backlog)
         )
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
@@ -231,9 +230,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             raise DeadlineUnmet(f"the stream did not open within {timeout} s")
         pausing = None
         if pausable:
-            assert pause is not None
             pausing = Pausing(
-                pause,
                 backlog,
                 fields,
                 Ledger(

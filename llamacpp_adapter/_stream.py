@@ -13,7 +13,6 @@ import anyio
 import msgspec
 
 from ._exceptions import DeadlineUnmet, DecodeTimeout, WorkerError
-from ._pause import PausePolicy
 from ._receive import EventReceiveStream, StreamState
 from ._sansio.completion import (
     EXTRA_EVENTS_PER_SLICE,
@@ -58,7 +57,6 @@ class Pausing:
     """What a stream that may be paused on the engine needs.
 
     Attributes:
-        policy: when it is paused.
         backlog: the events read ahead that make a pause.
         fields: the body of its request, from which a resume's body is made.
         ledger: what it has generated.
@@ -66,7 +64,6 @@ class Pausing:
         reopen: opens the body of a resume where the stream goes on.
     """
 
-    policy: PausePolicy
     backlog: int
     fields: dict[str, Any]
     ledger: Ledger
