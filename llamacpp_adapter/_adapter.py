@@ -147,7 +147,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             direct = route.direct
         self._client = client
         self._buffer = buffer
-        self._blank_lines_per_read = buffer - EXTRA_EVENTS_PER_SLICE
+        self._chunks_per_read = buffer - EXTRA_EVENTS_PER_SLICE
         self._max_event_bytes = max_event_bytes
         read_timeout = self._client.timeout.read
         self._event_timeout_s = math.inf if read_timeout is None else read_timeout
@@ -246,7 +246,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             source,
             # The final chunk repeats what the request sent: the bound makes room for it.
             max_event_bytes=self._max_event_bytes + echoed,
-            blank_lines_per_read=self._blank_lines_per_read,
+            chunks_per_read=self._chunks_per_read,
             deadline=deadline,
             event_timeout_s=self._event_timeout_s,
             on_end=functools.partial(self._log_end, started=time.monotonic()),

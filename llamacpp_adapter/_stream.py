@@ -97,8 +97,8 @@ class EventStream(EventReceiveStream):
     __slots__ = (
         "_acting",
         "_batch",
-        "_blank_lines",
         "_bytes_received",
+        "_chunks_per_read",
         "_deadline",
         "_decoder",
         "_event_timeout_s",
@@ -125,7 +125,7 @@ class EventStream(EventReceiveStream):
         source: BodySource,
         *,
         max_event_bytes: int,
-        blank_lines_per_read: int,
+        chunks_per_read: int,
         deadline: float,
         event_timeout_s: float,
         on_end: Callable[[EventStream, WorkerError | None], None],
@@ -142,7 +142,7 @@ class EventStream(EventReceiveStream):
             if decoder is None
             else decoder
         )
-        self._blank_lines = blank_lines_per_read
+        self._chunks_per_read = chunks_per_read
         self._deadline = deadline
         self._event_timeout_s = event_timeout_s
         self._on_end = on_end
@@ -287,7 +287,7 @@ class EventStream(EventReceiveStream):
             self._on_end(self, failure)
 
     async def _read(self, limit: int | None = None) -> list[StreamEvent]:
-        """The events of the next slice of the body that has any (*limit* blank lines
+        """The events of the next slice of the body that has any (*limit* chunks
         at most, or the adapter's own); [] at its clean end."""
         if self._resume_due:
             assert self._pausing is not None
@@ -295,7 +295,7 @@ class EventStream(EventReceiveStream):
                 await self._resume(self._pausing)
             if scope.cancelled_caught:
                 raise DeadlineUnmet(f"the deadline passed after {self.tokens_decoded} tokens")
-        events = await self._read_events(self._blank_lines if limit is None else limit)
+        events = await self._read_events(self._chunks_per_read if limit is None else limit)
         self._events_read += len(events)
         return events
 

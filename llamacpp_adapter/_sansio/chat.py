@@ -19,7 +19,6 @@ is a :class:`ProtocolError`.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, TypeAlias
 
 import msgspec
@@ -43,7 +42,8 @@ from .engine_json import (
     progress_event,
     raise_engine_error,
 )
-from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder
+from .json_events import UNLIMITED, JsonEventReader
+from .sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["ChatEvent", "ChatStreamDecoder", "chat_body"]
 
@@ -160,9 +160,9 @@ class ChatStreamDecoder:
     """
 
     def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
-        self._sse = SSEDecoder(max_event_bytes=max_event_bytes)
-        self._pending: deque[str] = deque()  # events read, their JSON not yet decoded
-        self._sse_error: WorkerError | None = None  # a fault after the pending events
+        self._reader: JsonEventReader[_Chunk, StreamEvent] = JsonEventReader(
+            _chunk_decoder, max_event_bytes=max_event_bytes
+        )
         self._next_i = 0
         self._call: _Call | None = None  # the call being streamed
         self._calls_done = 0  # calls complete: the next one's index is at least this
@@ -194,16 +194,12 @@ class ChatStreamDecoder:
 
     def receive_data(self, data: bytes) -> None:
         """Take the next bytes of the body; :meth:`next_events` decodes them."""
-        if self._sse_error is not None:
-            return
-        try:
-            self._pending.extend(event.data for event in self._sse.feed(data))
-        except WorkerError as exc:
-            self._sse_error = exc
+        self._reader.receive_data(data)
 
-    def next_events(self, limit: int | None = None) -> list[StreamEvent]:
-        """The events of the chunks taken and not yet decoded: of about *limit* chunks
-        at most (a chunk gives one event, or at the end a few).
+    def next_events(self, limit: int = UNLIMITED) -> list[StreamEvent]:
+        """The events of the next *limit* chunks received (a chunk
+        gives one event, or a few: a call it completes, and at the end the metrics);
+        ``[]`` when what is left completes none.
 
         Raises:
             EngineError, ProtocolError: as :meth:`feed` (after the events before).
@@ -211,14 +207,8 @@ class ChatStreamDecoder:
         if self.error is not None:
             raise self.error
         events: list[StreamEvent] = []
-        pending = self._pending
         try:
-            taken = 0
-            while pending and (limit is None or taken < limit):
-                self._take(pending.popleft(), events)
-                taken += 1
-            if not pending and self._sse_error is not None:
-                raise self._sse_error
+            self._reader.read(limit, events, self._take_chunks, self._take_data)
         except WorkerError as exc:
             self.error = exc
             if not events:
@@ -234,7 +224,7 @@ class ChatStreamDecoder:
         events = self.next_events()
         if self.error is None:
             try:
-                self._sse.close()
+                self._reader.close()
                 if not self._finished:
                     raise WorkerReset(
                         f"the chat stream ended before its end, after {self._next_i} tokens"
@@ -245,10 +235,11 @@ class ChatStreamDecoder:
             raise self.error
         return events
 
-    def _take(self, data: str, events: list[StreamEvent]) -> None:
-        if self._finished:
-            raise ProtocolError("the chat stream went on after [DONE]")
+    def _take_data(self, data: str, events: list[StreamEvent]) -> None:
+        """An event's data, not decoded with a run of others."""
         if data == _DONE:
+            if self._finished:
+                raise ProtocolError("the chat stream went on after [DONE]")
             self._end(events)
             return
         try:
@@ -259,6 +250,46 @@ class ChatStreamDecoder:
             raise ProtocolError("a chat chunk that is not JSON") from None
         except RecursionError:
             raise ProtocolError("a chat chunk nested too deeply") from None
+        self._take_chunks([chunk], events)
+
+    def _take_chunks(self, chunks: list[_Chunk], events: list[StreamEvent]) -> None:
+        if self._finished:  # only [DONE] finishes, and it is never in a run of objects
+            raise ProtocolError("the chat stream went on after [DONE]")
+        append = events.append
+        i = self._next_i
+        try:
+            for chunk in chunks:
+                # Most chunks are one choice's content delta, and nothing else.
+                choices = chunk.choices
+                if (
+                    choices is not None
+                    and len(choices) == 1
+                    and self._call is None
+                    and chunk.timings is None
+                    and chunk.usage is None
+                    and chunk.prompt_progress is None
+                    and chunk.error is None
+                ):
+                    choice = choices[0]
+                    delta = choice.delta
+                    if (
+                        delta is not None
+                        and choice.finish_reason is None
+                        and delta.reasoning_content is None
+                        and delta.tool_calls is None
+                    ):
+                        content = delta.content
+                        if content:
+                            append(Token(i, content))
+                            i += 1
+                        continue
+                self._next_i = i
+                self._take_chunk(chunk, events)
+                i = self._next_i
+        finally:
+            self._next_i = i
+
+    def _take_chunk(self, chunk: _Chunk, events: list[StreamEvent]) -> None:
         if chunk.error is not None:
             raise_engine_error(chunk.error)
         if chunk.prompt_progress is not None:

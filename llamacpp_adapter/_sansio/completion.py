@@ -15,8 +15,6 @@ llama.cpp streams one SSE event per token, ``data: {json}``; the last one has
 from __future__ import annotations
 
 import logging
-import re
-import sys
 from typing import Any
 
 import msgspec
@@ -32,11 +30,11 @@ from .engine_json import (
     progress_event,
     raise_engine_error,
 )
-from .sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent
+from .json_events import UNLIMITED, JsonEventReader
+from .sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = [
     "EXTRA_EVENTS_PER_SLICE",
-    "UNLIMITED",
     "CompletionStreamDecoder",
     "completion_body",
     "continuation_body",
@@ -155,18 +153,11 @@ class _Chunk(msgspec.Struct, gc=False):
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 
-#: No bound on the events :meth:`CompletionStreamDecoder.next_events` returns.
-UNLIMITED = sys.maxsize
-#: Events a slice of N blank lines may give beyond N: the final chunk gives a Token, its
-#: Metrics and End; and the SSE decoder, finishing an event it holds part of, may end
-#: one more.
+#: Events a slice of N of the stream's events may give beyond N: the final chunk gives a
+#: Token, its Metrics and End; a chat's [DONE] the call it completes, Metrics and End. (A
+#: chat chunk that starts several calls completes all but the last: no more than its
+#: bytes hold.)
 EXTRA_EVENTS_PER_SLICE = 3
-_OBJECT_EVENT_PREFIX = b"data: {"
-_DATA_PREFIX_BYTES = len(b"data: ")
-_OBJECT_SEPARATOR = b"}\n\ndata: {"
-_OBJECT_JOINER = b"}\r{"
-_SEPARATOR_SHRINK = len(_OBJECT_SEPARATOR) - len(_OBJECT_JOINER)
-_LEGACY_ERROR = re.compile(rb"(?m)^error: ?(.*)$")
 
 
 class CompletionStreamDecoder:
@@ -180,11 +171,9 @@ class CompletionStreamDecoder:
       the next *limit* events' worth of what was received (``[]``: it needs more), so
       that a reader holds no more than it means to however many events one read brings.
 
-    Most reads are decoded with one ``msgspec`` call: llama-server writes each chunk as
-    one ``data: {json}`` line, so a run of such events is one JSON document per line.
-    Anything else (comments, other fields, CR line ends, a BOM, the ``error:`` field of
-    older builds) goes through :class:`SSEDecoder` and its WHATWG rules, with the same
-    events as the result.
+    Most reads are decoded with one ``msgspec`` call (see :class:`JsonEventReader`);
+    anything but a run of ``data: {json}`` lines goes through :class:`SSEDecoder` and its
+    WHATWG rules, with the same events as the result.
 
     A fault costs no event: when a call completes events before a fault, those events
     are returned, the fault is kept in :attr:`error`, and the next call raises it.
@@ -200,29 +189,17 @@ class CompletionStreamDecoder:
         "_finished",
         "_last_predicted",
         "_ledger",
-        "_max_event_bytes",
         "_next_i",
-        "_partial",
-        "_pending",
-        "_skip_lf",
-        "_sse",
-        "_tail",
-        "_taken",
+        "_reader",
         "error",
     )
 
     def __init__(
         self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, ledger: Ledger | None = None
     ) -> None:
-        self._sse = SSEDecoder(max_event_bytes)
-        self._max_event_bytes = max_event_bytes
-        # What was received and not decoded: events split at their blank lines (from
-        # _taken on), then the bytes received after them, not split yet.
-        self._pending: list[bytes] = []
-        self._taken = 0
-        self._tail = b""
-        self._skip_lf = False  # the last read ended with CR: an LF that follows is its end
-        self._partial = False  # the SSE decoder holds part of an event: it takes all
+        self._reader: JsonEventReader[_Chunk, StreamEvent] = JsonEventReader(
+            _chunk_decoder, max_event_bytes=max_event_bytes
+        )
         # A stream that may be paused keeps what it generated in its ledger, over the
         # requests it takes; this decoder reads one of them.
         self._ledger = ledger
@@ -249,26 +226,17 @@ class CompletionStreamDecoder:
 
     def receive_data(self, data: bytes) -> None:
         """Take the next bytes of the response body; :meth:`next_events` decodes them."""
-        if not data:
-            return
-        if self._skip_lf or b"\r" in data:
-            # CR and CRLF end lines as LF does: once they are LF, a run of events is
-            # found by its blank lines alone.
-            if self._skip_lf and data[0] == 0x0A:
-                data = data[1:]
-            self._skip_lf = data[-1:] == b"\r"
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        self._tail = self._tail + data if self._tail else data
+        self._reader.receive_data(data)
 
     def next_events(self, limit: int = UNLIMITED) -> list[StreamEvent]:
-        """The events of the next *limit* blank lines of what was received (each ends at
-        most one event, and the final chunk gives three: so at most *limit* +
-        ``EXTRA_EVENTS_PER_SLICE``); ``[]`` when what is left completes none."""
+        """The events of the next *limit* chunks received (a chunk gives one event, and
+        the final chunk three: so at most *limit* + ``EXTRA_EVENTS_PER_SLICE``); ``[]``
+        when what is left completes none."""
         if self.error is not None:
             raise self.error
         events: list[StreamEvent] = []
         try:
-            self._next(limit, events)
+            self._reader.read(limit, events, self._take_chunks, self._take_payload)
         except WorkerError as exc:
             self.error = exc
             if not events:
@@ -283,9 +251,8 @@ class CompletionStreamDecoder:
             WorkerReset: if the final chunk never came (after the events returned).
         """
         events = self.next_events()
-        self._tail = b""
         try:
-            self._sse.close()
+            self._reader.close()
             if not self._finished:
                 raise WorkerReset(
                     f"the stream ended before its final chunk, after {self._next_i} tokens"
@@ -296,93 +263,8 @@ class CompletionStreamDecoder:
                 raise
         return events
 
-    def _next(self, limit: int, events: list[StreamEvent]) -> None:
-        # A slice of comments alone completes nothing: go on. With no limit, go on to
-        # the last whole event.
-        while not events or limit == UNLIMITED:
-            pending, taken = self._pending, self._taken
-            if taken < len(pending):
-                if self._partial:
-                    # The end of the event the SSE decoder holds part of.
-                    self._taken = taken + 1
-                    self._take_events(self._sse.feed(pending[taken] + b"\n\n"), events)
-                    self._partial = not self._sse.at_event_boundary
-                    continue
-                stop = len(pending) if limit == UNLIMITED else min(taken + limit, len(pending))
-                self._taken = stop
-                run = pending[taken] if stop == taken + 1 else b"\n\n".join(pending[taken:stop])
-                self._take_run(run, events)
-                continue
-            tail = self._tail
-            if limit == UNLIMITED and not self._partial:
-                # Every whole event at once: no need to split them apart.
-                end = tail.rfind(b"\n\n")
-                if end >= 0:
-                    self._tail = tail[end + 2 :]
-                    self._take_run(tail[:end], events)
-                    continue
-            elif b"\n\n" in tail:
-                parts = tail.split(b"\n\n")
-                self._tail = parts.pop()
-                self._pending, self._taken = parts, 0
-                continue
-            if tail and (self._partial or len(tail) >= self._max_event_bytes):
-                # An event this long (or one the SSE decoder holds part of): the SSE
-                # decoder judges it by its rules, and holds what it is given.
-                self._tail = b""
-                self._partial = True
-                self._take_events(self._sse.feed(tail), events)
-            return
-
-    def _take_run(self, run: bytes, events: list[StreamEvent]) -> None:
-        """Take *run*, whole events without their last blank line and with no CR."""
-        if (
-            run.startswith(_OBJECT_EVENT_PREFIX)
-            and run[-1:] == b"}"
-            and len(run) < self._max_event_bytes
-            and self._sse.at_event_boundary
-        ):
-            joined = run[_DATA_PREFIX_BYTES:].replace(_OBJECT_SEPARATOR, _OBJECT_JOINER)
-            # With no LF left once the separators are joined by CR, the run is one-line
-            # events, one JSON object each, as many as the separators plus one; each
-            # separator shrank by the same number of bytes.
-            if b"\n" not in joined:
-                count = (len(run) - _DATA_PREFIX_BYTES - len(joined)) // _SEPARATOR_SHRINK + 1
-                self._take_objects(joined, count, events)
-                return
-        if b"error:" in run:
-            # Older builds wrote a failure as an "error:" field, which the standard
-            # ignores; newer ones write it in data, and that is how it is read.
-            run = _LEGACY_ERROR.sub(rb'data: {"error":\1}', run)
-        self._take_events(self._sse.feed(run + b"\n\n"), events)
-
-    def _take_events(self, sse_events: list[SSEEvent], events: list[StreamEvent]) -> None:
-        for event in sse_events:
-            if event.event == "message":
-                self._take_payload(event.data, events)
-
-    def _take_objects(self, run: bytes, count: int, events: list[StreamEvent]) -> None:
-        # A run is *count* payloads joined by CR, none holding a CR or LF, each starting
-        # with "{" and ending with "}". If the whole decodes as that many JSON values
-        # (decode_lines takes any whitespace between them), each payload is exactly one
-        # JSON value: a value spanning two payloads would have to follow a closing "}"
-        # with "{" inside a container, which JSON forbids, and a string cannot hold a
-        # bare CR.
-        try:
-            if count == 1:
-                chunks = [_chunk_decoder.decode(run)]
-            else:
-                chunks = _chunk_decoder.decode_lines(run)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            pass  # decoded one at a time below, to find which payload is bad
-        else:
-            if len(chunks) == count:
-                self._take_chunks(chunks, events)
-                return
-        for payload in run.split(b"\r"):
-            self._take_payload(payload.decode("utf-8", "replace"), events)
-
     def _take_payload(self, payload: str, events: list[StreamEvent]) -> None:
+        """An event's data, not decoded with a run of others."""
         try:
             chunk = _chunk_decoder.decode(payload)
         except (msgspec.DecodeError, RecursionError) as exc:

@@ -26,6 +26,7 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder, chat_body
+from llamacpp_adapter._sansio.completion import EXTRA_EVENTS_PER_SLICE
 from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
 GOLDEN = Path(__file__).parents[1] / "support" / "golden"
@@ -204,6 +205,43 @@ def test_a_stream_that_stops_anywhere_before_done_is_a_reset_after_its_events(
     got = decoder.feed(head)
     assert got == expected[: len(got)]
     with pytest.raises(WorkerReset):
+        decoder.close()
+
+
+@given(
+    parts,
+    st.lists(st.integers(0, 50), max_size=4),
+    st.integers(1, 8),
+    st.lists(st.integers(0, 10**6), max_size=20),
+)
+def test_a_stream_read_a_slice_at_a_time_gives_its_events_in_bounded_batches(
+    parts: list[Part], splits: list[int], limit: int, cuts: list[int]
+) -> None:
+    data, expected = stream(parts, splits, "stop")
+    decoder = ChatStreamDecoder()
+    events: list[ChatEvent] = []
+    for read in cut(data, cuts):
+        decoder.receive_data(read)
+        while batch := decoder.next_events(limit):
+            assert len(batch) <= limit + EXTRA_EVENTS_PER_SLICE
+            events += batch
+    assert events + decoder.close() == expected
+
+
+def test_a_run_of_events_of_other_kinds_after_a_chunk_is_read_in_one_pass() -> None:
+    # A run that begins with a chunk and ends with anything else is read as the chunks
+    # before its last event, then that event: never one event at a time over the run.
+    others = b"event: ping\ndata: x\n\n" * 200_000
+    data, expected = stream([("content", "a")], [], "stop")
+    first, rest = data.split(b"\n\n", 1)
+    assert decode([first + b"\n\n" + others + rest]) == expected
+
+
+def test_an_event_over_the_bound_is_an_error_after_the_events_before_it() -> None:
+    decoder = ChatStreamDecoder(max_event_bytes=1024)
+    got = decoder.feed(chunk({"content": "a"}) + chunk({"content": "b" * 2000}))
+    assert got == [Token(0, "a")]
+    with pytest.raises(ProtocolError, match="1024 bytes"):
         decoder.close()
 
 

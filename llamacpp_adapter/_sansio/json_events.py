@@ -1,0 +1,249 @@
+"""Server-Sent Events whose data is a JSON object each, decoded a run at a time, sans-IO:
+:class:`JsonEventReader`.
+
+llama-server writes every chunk of a stream, on ``/completion`` as on
+``/v1/chat/completions``, as one ``data: {json}`` line and a blank line. A run of such
+events, its separators joined by CR (which no JSON string holds bare), is a run of JSON
+documents that one ``msgspec`` call decodes: a read is decoded whole, and its events
+handed on a slice at a time. Anything else (comments, other fields, CR
+line ends, a BOM, a non-object payload such as the chat's ``[DONE]``, the ``error:``
+field of older builds) goes through :class:`SSEDecoder` and its WHATWG rules, with the
+same events as the result.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from .._exceptions import ProtocolError
+from .sse import SSEDecoder, SSEEvent
+
+__all__ = ["UNLIMITED", "JsonEventReader"]
+
+T = TypeVar("T")
+E = TypeVar("E")
+
+#: No bound on the events :meth:`JsonEventReader.read` hands on.
+UNLIMITED = sys.maxsize
+
+_OBJECT_EVENT_PREFIX = b"data: {"
+_DATA_PREFIX_BYTES = len(b"data: ")
+_OBJECT_SEPARATOR = b"}\n\ndata: {"
+_OBJECT_JOINER = b"}\r{"
+_SEPARATOR_SHRINK = len(_OBJECT_SEPARATOR) - len(_OBJECT_JOINER)
+_LEGACY_ERROR = re.compile(rb"(?m)^error: ?(.*)$")
+
+
+class JsonEventReader(Generic[T, E]):
+    """Find the whole events in the bytes of an event stream and hand them on, a slice
+    at a time: as a list of objects of the *decoder*'s type for a run of ``data:
+    {json}`` events that decodes, else as each event's data, one at a time.
+
+    Memory is bounded as the stream's is: what it holds, decoded or not, is what was
+    received and not yet handed on, and an event over *max_event_bytes* is a
+    :class:`ProtocolError`.
+
+    Args:
+        decoder: decodes one event's JSON object.
+        max_event_bytes: the bound on one event.
+    """
+
+    __slots__ = (
+        "_at",
+        "_decoder",
+        "_error",
+        "_max_event_bytes",
+        "_partial",
+        "_ready",
+        "_skip_lf",
+        "_sse",
+        "_start",
+        "_tail",
+    )
+
+    def __init__(self, decoder: msgspec.json.Decoder[T], *, max_event_bytes: int) -> None:
+        self._decoder = decoder
+        self._sse = SSEDecoder(max_event_bytes)
+        self._max_event_bytes = max_event_bytes
+        self._tail = b""  # what was received, split into events up to _start
+        self._start = 0
+        self._skip_lf = False  # the last read ended with CR: an LF that follows is its end
+        self._partial = False  # the SSE decoder holds part of an event: it takes all
+        # The events found and not handed on, in order: runs of decoded objects (True)
+        # or of events' data (False); the first is handed on from _at.
+        self._ready: deque[tuple[bool, list[Any]]] = deque()
+        self._at = 0
+        self._error: ProtocolError | None = None  # found after the events ready
+
+    def receive_data(self, data: bytes) -> None:
+        """Take the next bytes of the stream; :meth:`read` hands them on."""
+        if not data:
+            return
+        if self._skip_lf or b"\r" in data:
+            # CR and CRLF end lines as LF does: once they are LF, a run of events is
+            # found by its blank lines alone.
+            if self._skip_lf and data[0] == 0x0A:
+                data = data[1:]
+            self._skip_lf = data[-1:] == b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        tail, start = self._tail, self._start
+        self._tail = tail[start:] + data if start < len(tail) else data
+        self._start = 0
+
+    def read(
+        self,
+        limit: int,
+        events: list[E],
+        take_objects: Callable[[list[T], list[E]], None],
+        take_data: Callable[[str, list[E]], None],
+    ) -> None:
+        """Hand on the next *limit* events received at most, going on past slices that
+        add nothing to *events*; with :data:`UNLIMITED`, every whole event received.
+
+        Args:
+            limit: the most events to hand on, when they add to *events*.
+            events: the events the caller is making, which the callbacks add to.
+            take_objects: given a run's decoded objects, in order, and *events*.
+            take_data: given the data of an event that was not decoded in a run (it
+                may not be JSON at all), and *events*.
+
+        Raises:
+            ProtocolError: an event over the bound; and what the callbacks raise.
+        """
+        ready = self._ready
+        while not events or limit == UNLIMITED:
+            if not ready:
+                if self._error is not None:
+                    raise self._error
+                try:
+                    if self._find():
+                        continue
+                except ProtocolError as exc:
+                    self._error = exc  # raised once the events before it are handed on
+                    continue
+                return
+            decoded, items = ready[0]
+            at = self._at
+            stop = min(at + limit, len(items)) if limit != UNLIMITED else len(items)
+            if stop == len(items):
+                ready.popleft()
+                self._at = 0
+            else:
+                self._at = stop
+            part = items if at == 0 and stop == len(items) else items[at:stop]
+            if decoded:
+                take_objects(part, events)
+            else:
+                for data in part:
+                    take_data(data, events)
+
+    def close(self) -> None:
+        """End the stream: an unterminated last event is dropped, as WHATWG says.
+
+        Raises:
+            ProtocolError: the SSE decoder broke the bound earlier.
+        """
+        self._tail, self._start = b"", 0
+        self._ready.clear()
+        if self._error is not None:
+            raise self._error
+        self._sse.close()
+
+    def _find(self) -> bool:
+        """Find the whole events received and not yet found; whether any bytes were
+        taken (perhaps with no event: a comment, or part of an event)."""
+        tail, start = self._tail, self._start
+        if self._partial:
+            # The end of the event the SSE decoder holds part of.
+            end = tail.find(b"\n\n", start)
+            if end >= 0:
+                self._start = end + 2
+                self._take_sse(self._sse.feed(tail[start : end + 2]))
+                self._partial = not self._sse.at_event_boundary
+                return True
+        else:
+            end = tail.rfind(b"\n\n", start)
+            if end >= 0:
+                self._start = end + 2
+                self._take_run(tail, start, end)
+                return True
+        if len(tail) - start >= (1 if self._partial else self._max_event_bytes):
+            # An event this long (or one the SSE decoder holds part of): the SSE
+            # decoder judges it by its rules, and holds what it is given.
+            self._tail, self._start = b"", 0
+            self._partial = True
+            self._take_sse(self._sse.feed(tail[start:]))
+            return True
+        return False
+
+    def _take_run(self, tail: bytes, start: int, end: int) -> None:
+        """Take ``tail[start:end]``, whole events without their last blank line and with
+        no CR, in pieces shorter than the bound (so is each of their events)."""
+        bound = self._max_event_bytes
+        while end - start >= bound:
+            cut = tail.rfind(b"\n\n", start, start + bound)
+            if cut < 0:
+                break  # an event over the bound: the SSE decoder says so
+            self._take_events(tail[start:cut])
+            start = cut + 2
+        self._take_events(tail[start:end])
+
+    def _take_events(self, run: bytes) -> None:
+        if run[-1:] != b"}" and run.startswith(_OBJECT_EVENT_PREFIX):
+            # A last event of another kind (the chat's [DONE]): the ones before it may
+            # be a run of objects.
+            last = run.rfind(b"\n\n")
+            if last > 0:
+                self._take_objects_or_sse(run[:last])
+                run = run[last + 2 :]
+        self._take_objects_or_sse(run)
+
+    def _take_objects_or_sse(self, run: bytes) -> None:
+        if (
+            run.startswith(_OBJECT_EVENT_PREFIX)
+            and run[-1:] == b"}"
+            and len(run) < self._max_event_bytes
+            and self._sse.at_event_boundary
+        ):
+            joined = run[_DATA_PREFIX_BYTES:].replace(_OBJECT_SEPARATOR, _OBJECT_JOINER)
+            # With no LF left once the separators are joined by CR, the run is one-line
+            # events, one JSON object each, as many as the separators plus one; each
+            # separator shrank by the same number of bytes.
+            if b"\n" not in joined:
+                count = (len(run) - _DATA_PREFIX_BYTES - len(joined)) // _SEPARATOR_SHRINK + 1
+                self._take_joined(joined, count)
+                return
+        if b"error:" in run:
+            # Older builds wrote a failure as an "error:" field, which the standard
+            # ignores; newer ones write it in data, and that is how it is read.
+            run = _LEGACY_ERROR.sub(rb'data: {"error":\1}', run)
+        self._take_sse(self._sse.feed(run + b"\n\n"))
+
+    def _take_sse(self, sse_events: list[SSEEvent]) -> None:
+        data = [event.data for event in sse_events if event.event == "message"]
+        if data:
+            self._ready.append((False, data))
+
+    def _take_joined(self, run: bytes, count: int) -> None:
+        # A run is *count* payloads joined by CR, none holding a CR or LF, each starting
+        # with "{" and ending with "}". If the whole decodes as that many JSON values
+        # (decode_lines takes any whitespace between them), each payload is exactly one
+        # JSON value: a value spanning two payloads would have to follow a closing "}"
+        # with "{" inside a container, which JSON forbids, and a string cannot hold a
+        # bare CR.
+        decoder = self._decoder
+        try:
+            objects = [decoder.decode(run)] if count == 1 else decoder.decode_lines(run)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            pass  # handed on one at a time, to find which payload is bad
+        else:
+            if len(objects) == count:
+                self._ready.append((True, objects))
+                return
+        self._ready.append((False, [part.decode("utf-8", "replace") for part in run.split(b"\r")]))
