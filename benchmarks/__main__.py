@@ -21,7 +21,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from ._common import Table, Target, stub_server
-from .bench_chat import chat_bulk
+from .bench_chat import chat
 from .bench_connections import connections
 from .bench_decode import decode
 from .bench_engine import engine
@@ -67,9 +67,10 @@ def main() -> int:
 
     record(decode(quick=args.quick))
     with stub_server() as url:
-        cases = (throughput, paced_cpu, latency, slow_consumer, idle_streams, watching, chat_bulk)
+        cases = (throughput, paced_cpu, latency, slow_consumer, idle_streams, watching)
         for case in cases:
             record(case(url, quick=args.quick))
+    record(chat(quick=args.quick))
     record(task_form(quick=args.quick))
     record(loops(quick=args.quick))
     record(engine(quick=args.quick))

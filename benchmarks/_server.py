@@ -23,6 +23,7 @@ what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
 * ``bench_mode: "chat_burst"``, ``bench_events: N``: N content deltas of the chat
   endpoint's stream (the captured chunks' shape), its finish, its usage and
   ``[DONE]``, as fast as the socket takes them.
+* ``bench_mode: "chat_paced"``: as ``"paced"``, in the chat endpoint's chunks.
 """
 
 from __future__ import annotations
@@ -70,21 +71,37 @@ CHAT_CHUNK = (
 )
 
 
-def chat_burst_body(events: int) -> bytes:
-    """A chat stream of *events* content deltas, as llama-server writes it."""
-    parts = [CHAT_CHUNK % ("null", '{"role":"assistant","content":null}')]
-    parts += [
-        CHAT_CHUNK % ("null", json.dumps({"content": CONTENTS[n % len(CONTENTS)]}))
-        for n in range(events)
-    ]
-    parts.append(CHAT_CHUNK % ('"length"', "{}"))
+def chat_event(content: str) -> bytes:
+    """A chat chunk of one content delta, as llama-server writes it."""
+    delta = json.dumps({"content": content}, separators=(",", ":"))
+    return f"data: {CHAT_CHUNK % ('null', delta)}\n\n".encode()
+
+
+CHAT_START = (
+    b"data: %s\n\n" % (CHAT_CHUNK % ("null", '{"role":"assistant","content":null}')).encode()
+)
+
+
+def chat_end(events: int) -> bytes:
+    """The end of a chat stream of *events* content deltas: its finish, usage, [DONE]."""
     usage = {"completion_tokens": events, "prompt_tokens": 5, "total_tokens": events + 5}
     last = json.loads(CHAT_CHUNK % ("null", "{}"))
     last["choices"] = []
     last["usage"] = usage
-    parts.append(json.dumps(last, separators=(",", ":")))
-    parts.append("[DONE]")
-    body = "".join(f"data: {part}\n\n" for part in parts).encode()
+    finish = CHAT_CHUNK % ('"length"', "{}")
+    usage_chunk = json.dumps(last, separators=(",", ":"))
+    return f"data: {finish}\n\ndata: {usage_chunk}\n\ndata: [DONE]\n\n".encode()
+
+
+def chat_burst_body(events: int) -> bytes:
+    """A chat stream of *events* content deltas, as llama-server writes it."""
+    body = b"".join(
+        [
+            CHAT_START,
+            *(chat_event(CONTENTS[n % len(CONTENTS)]) for n in range(events)),
+            chat_end(events),
+        ]
+    )
     return b"".join(chunked(body[i : i + WRITE_BYTES]) for i in range(0, len(body), WRITE_BYTES))
 
 
@@ -140,6 +157,17 @@ async def serve(stream: trio.abc.Stream) -> None:
                 await trio.sleep_until(next_at)
                 await stream.send_all(chunked(token_event(n, str(time.monotonic_ns()))))
             await stream.send_all(chunked(final_event(events)) + LAST_CHUNK)
+        elif mode == "chat_paced":
+            # As "paced", in the chat endpoint's chunks: the server's write time as text.
+            events = int(request.get("bench_events", 100))  # type: ignore[call-overload]
+            interval = float(request.get("bench_interval_ms", 50)) / 1000  # type: ignore[arg-type]
+            await stream.send_all(chunked(CHAT_START))
+            next_at = math.floor(trio.current_time() / interval) * interval
+            for _ in range(events):
+                next_at += interval
+                await trio.sleep_until(next_at)
+                await stream.send_all(chunked(chat_event(str(time.monotonic_ns()))))
+            await stream.send_all(chunked(chat_end(events)) + LAST_CHUNK)
         elif mode == "bytes":
             limit = int(request.get("bench_bytes", 1 << 20))  # type: ignore[call-overload]
             sent, n = 0, 0

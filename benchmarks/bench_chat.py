@@ -1,7 +1,14 @@
-"""Chat streams (``/v1/chat/completions``) on loopback: one stream of N content deltas in
-the captured chunks' shape, read through the adapter (``ChatRequest``), the openai SDK's
-async client, and httpx + httpx-sse + ``json.loads``, on asyncio; each client a fresh
-process on the client's core, the stub server on the other."""
+"""Chat streams (``/v1/chat/completions``) on loopback, on asyncio; each client a fresh
+process on the client's core, the stub server on the other.
+
+* bulk: one stream of N content deltas in the captured chunks' shape, read through the
+  adapter (``ChatRequest``), the openai SDK's async client, and httpx + httpx-sse +
+  ``json.loads``;
+* paced: N chat streams, one delta per write on the server's grid, read through the
+  adapter and the openai SDK, beside the adapter's own completion stream paced alike.
+
+    python -m benchmarks.bench_chat [--quick]   # this case alone
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,16 @@ import sys
 import time
 from typing import Any
 
-from ._common import SERVER_CORE, Table, Target, pinned, run_client, stub_server
+from ._common import (
+    SERVER_CORE,
+    Table,
+    Target,
+    TokenMeter,
+    pinned,
+    request,
+    run_client,
+    stub_server,
+)
 
 ADAPTER = "llamacpp-adapter"
 OPENAI = "openai SDK"
@@ -131,9 +147,159 @@ def chat_bulk(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
     ]
 
 
+# --- Paced: many streams, one delta per write ------------------------------------------------
+
+CHAT = "llamacpp-adapter, chat"
+COMPLETION = "llamacpp-adapter, completion"
+PACED_CLIENTS = (CHAT, OPENAI, COMPLETION)
+PACED_MODULES = {CHAT: ["llamacpp_adapter"], OPENAI: ["openai"], COMPLETION: ["llamacpp_adapter"]}
+
+
+async def _paced_chat(url: str, streams: int, fields: dict[str, Any], meter: TokenMeter) -> None:
+    import anyio
+
+    from llamacpp_adapter import ChatRequest, LlamaCppHttpAdapter, Token
+
+    async def one(adapter: LlamaCppHttpAdapter, chat: ChatRequest) -> None:
+        async with adapter.submit(chat) as events:
+            async for event in events:
+                if type(event) is Token:
+                    meter(chat.job_id, event.text)
+
+    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
+        for _ in range(streams):
+            group.start_soon(one, adapter, ChatRequest(MESSAGES, extra=fields))
+
+
+async def _paced_openai(url: str, streams: int, fields: dict[str, Any], meter: TokenMeter) -> None:
+    import asyncio
+
+    import openai
+
+    async def one(client: openai.AsyncOpenAI, job_id: str) -> None:
+        stream = await client.chat.completions.create(
+            model="m",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            extra_body=fields,
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                meter(job_id, chunk.choices[0].delta.content)
+
+    async with (
+        openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0) as client,
+        asyncio.TaskGroup() as group,
+    ):
+        for n in range(streams):
+            group.create_task(one(client, str(n)))
+
+
+async def _paced_completion(
+    url: str, streams: int, fields: dict[str, Any], meter: TokenMeter
+) -> None:
+    import anyio
+
+    from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token
+
+    async def one(adapter: LlamaCppHttpAdapter, task: TaskRequest) -> None:
+        async with adapter.submit(task) as events:
+            async for event in events:
+                if type(event) is Token:
+                    meter(task.job_id, event.text)
+
+    completion = {**fields, "bench_mode": "paced"}
+    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
+        for _ in range(streams):
+            group.start_soon(one, adapter, request(**completion))
+
+
+PACED_READERS = {CHAT: _paced_chat, OPENAI: _paced_openai, COMPLETION: _paced_completion}
+
+
+def _paced_client(spec: dict[str, Any]) -> dict[str, float]:
+    """In a fresh process: N paced streams read by one client; its CPU per 1,000 tokens."""
+    import asyncio
+    import importlib
+
+    from .bench_streams import raise_fd_limit
+
+    raise_fd_limit()
+    for module in PACED_MODULES[spec["client"]]:
+        importlib.import_module(module)
+    streams, events = int(spec["streams"]), int(spec["events"])
+    fields = {"bench_mode": "chat_paced", "bench_events": events}
+    fields["bench_interval_ms"] = spec["interval_ms"]
+    meter = TokenMeter(streams)
+    asyncio.run(PACED_READERS[spec["client"]](spec["url"], streams, fields, meter))
+    assert meter.count == streams * events, (spec["client"], meter.count)
+    return {"cpu_per_1000": meter.cpu_per_1000()}
+
+
+def chat_paced(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
+    streams, interval_ms = 100, 50
+    events = 24 if quick else 50
+    rounds = 3 if quick else 5
+    spec = {"kind": "paced", "url": url, "streams": streams, "events": events}
+    spec["interval_ms"] = interval_ms
+    costs: dict[str, list[float]] = {client: [] for client in PACED_CLIENTS}
+    for n in range(rounds):
+        for client in PACED_CLIENTS if n % 2 == 0 else PACED_CLIENTS[::-1]:
+            result = run_client("benchmarks.bench_chat", json.dumps({**spec, "client": client}))
+            costs[client].append(result["cpu_per_1000"])
+
+    def ratio(client: str, base: str) -> float:
+        pairs = zip(costs[client], costs[base], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+    table = Table(
+        f"Chat streams paced, asyncio: {streams} streams, one delta each {interval_ms} ms",
+        ["client", "CPU s / 1,000 tokens", "chat's ratio to it"],
+        notes=[
+            "Client CPU (user + system) once every stream has delivered two tokens; the "
+            f"median of {rounds} rounds, the clients in alternating order, each run a fresh "
+            "process. The completion stream is the adapter's own, paced alike (the stub's "
+            "paced mode); the ratio is the median of the rounds' ratios.",
+        ],
+    )
+    for client in PACED_CLIENTS:
+        cost = statistics.median(costs[client])
+        table.add(client, f"{cost:.3f}", f"{ratio(CHAT, client):.2f}x")
+    over_sdk, over_completion = ratio(CHAT, OPENAI), ratio(CHAT, COMPLETION)
+    return table, [
+        Target(
+            f"chat paced CPU at N={streams} <= 0.5x the openai SDK",
+            f"{over_sdk:.2f}x",
+            over_sdk <= 0.5,
+            factor=0.5 / over_sdk,
+            goal=1.0,
+        ),
+        Target(
+            f"chat paced CPU at N={streams} <= 1.2x the completion stream's",
+            f"{over_completion:.2f}x",
+            over_completion <= 1.2,
+            factor=1.2 / over_completion,
+            goal=1.0,
+        ),
+    ]
+
+
+def chat(*, quick: bool) -> tuple[list[Table], list[Target]]:
+    """Both chat cases, on a stub server of their own on the server's core."""
+    with pinned(SERVER_CORE), stub_server() as url:
+        bulk, bulk_targets = chat_bulk(url, quick=quick)
+        paced, paced_targets = chat_paced(url, quick=quick)
+    return [bulk, paced], bulk_targets + paced_targets
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1].startswith("{"):
-        print(json.dumps(_client(json.loads(sys.argv[1]))))
+        spec = json.loads(sys.argv[1])
+        result = _paced_client(spec) if spec.get("kind") == "paced" else _client(spec)
+        print(json.dumps(result))
     else:
-        with pinned(SERVER_CORE), stub_server() as stub:
-            print(chat_bulk(stub, quick="--quick" in sys.argv)[0].markdown())
+        tables, targets = chat(quick="--quick" in sys.argv)
+        for table in tables:
+            print(table.markdown())
+        for target in targets:
+            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
