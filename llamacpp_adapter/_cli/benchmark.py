@@ -14,6 +14,7 @@ import click
 import msgspec
 
 from .._adapter import LlamaCppHttpAdapter
+from ..bench._config import ENDPOINTS
 from .engine import engine_url
 from .group import api_key_option, backend_option, count_option, main, positive_option
 from .running import run
@@ -76,6 +77,14 @@ _BENCH_LOCAL_SLOTS = 4
     type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
     help='A JSONL file of prompts ({"prompt": "...", "max_tokens": N}) instead.',
 )
+@click.option(
+    "--endpoint",
+    type=click.Choice(ENDPOINTS),
+    default="completion",
+    show_default=True,
+    help="completion: llama.cpp's /completion; chat: /v1/chat/completions, each prompt a "
+    "user's turn (its input tokens counted by the server, the chat template's included).",
+)
 @count_option(
     "--seed", minimum=0, default=0, help="The seed of the prompt lengths and the arrivals."
 )
@@ -114,6 +123,7 @@ def bench(
     input_tokens: str,
     output_tokens: int,
     prompts_file: Path | None,
+    endpoint: str,
     seed: int,
     json_path: Path | None,
     plot_path: Path | None,
@@ -161,6 +171,7 @@ def bench(
             input_tokens=_token_range(input_tokens),
             output_tokens=output_tokens,
             prompts_file=prompts_file,
+            endpoint=endpoint,
             api_key=api_key,
             seed=seed,
             sample_server=not worker,

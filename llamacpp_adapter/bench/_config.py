@@ -10,7 +10,11 @@ from typing import Any
 
 from ._load import Load
 
-__all__ = ["BenchConfig"]
+__all__ = ["ENDPOINTS", "BenchConfig"]
+
+#: What a run may send: llama.cpp's native completion, or the chat endpoint (each prompt
+#: a user's turn, through the model's chat template).
+ENDPOINTS = ("completion", "chat")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,10 @@ class BenchConfig:
         seed: the seed of the lengths and the arrivals.
         sample_server: whether to read the servers' slots and queue during the run (a
             worker of a run in several processes leaves it to the run).
-        extra: further llama.cpp ``/completion`` fields for every request.
+        extra: further fields of every request's body.
+        endpoint: ``"completion"`` (``POST /completion``) or ``"chat"`` (``POST
+            /v1/chat/completions``, each prompt a user's turn; its input tokens are
+            then those the server counts, the chat template's included).
     """
 
     urls: tuple[str, ...]
@@ -47,6 +54,7 @@ class BenchConfig:
     seed: int = 0
     sample_server: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    endpoint: str = "completion"
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -64,3 +72,5 @@ class BenchConfig:
             raise ValueError("input lengths must be at least 1, the low one first")
         if self.output_tokens < 1:
             raise ValueError("the output length must be at least 1")
+        if self.endpoint not in ENDPOINTS:
+            raise ValueError(f"the endpoint must be one of {', '.join(ENDPOINTS)}")

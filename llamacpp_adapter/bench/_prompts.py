@@ -24,7 +24,8 @@ SEED_TEXT = (
 
 @dataclass(frozen=True)
 class Prompt:
-    """One request's prompt (text or token ids), its tokens, and its output length."""
+    """One request's prompt (text or token ids), its tokens, and its output length.
+    A chat's prompt is text, the user's turn."""
 
     prompt: str | tuple[int, ...]
     input_tokens: int
@@ -37,6 +38,9 @@ async def make_prompts(config: BenchConfig, adapter: LlamaCppHttpAdapter) -> lis
     if config.prompts_file is not None:
         return await _file_prompts(config.prompts_file, adapter, count, config.output_tokens)
     seed_ids = await adapter.tokenize(SEED_TEXT)
+    # A chat's turn is text: each token's own text, which the chat template may
+    # tokenize a little otherwise (the server counts a chat's input tokens).
+    pieces = [await adapter.detokenize([i]) for i in seed_ids] if config.endpoint == "chat" else []
     rng = random.Random(config.seed)
     low, high = config.input_tokens
     prompts = []
@@ -45,8 +49,9 @@ async def make_prompts(config: BenchConfig, adapter: LlamaCppHttpAdapter) -> lis
         # The seed text's tokens from a different place for each request, so that no
         # request finds another's prompt in the server's cache.
         start = number % len(seed_ids)
-        ids = [seed_ids[(start + k) % len(seed_ids)] for k in range(length)]
-        prompts.append(Prompt(tuple(ids), length, config.output_tokens))
+        at = [(start + k) % len(seed_ids) for k in range(length)]
+        prompt = "".join(pieces[k] for k in at) if pieces else tuple(seed_ids[k] for k in at)
+        prompts.append(Prompt(prompt, length, config.output_tokens))
     return prompts
 
 

@@ -7,16 +7,15 @@ adapter (or several, as one pool of an :class:`AdapterHost`) with the requests o
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import anyio
 
 from .._adapter import LlamaCppHttpAdapter
 from .._exceptions import WorkerError
 from .._receive import EventReceiveStream
-from .._types import End, TaskRequest, Token
+from .._types import ChatRequest, End, Reasoning, TaskRequest, Token
 from ._config import BenchConfig
 from ._load import arrival_offsets
 from ._prompts import Prompt, make_prompts
@@ -51,9 +50,7 @@ async def run_bench(
         prompts = await make_prompts(config, adapters[0])
         warmup_tokens = 0
         for prompt in prompts[: config.warmup]:
-            warmup_tokens += (
-                await _one(submit, prompt, time.perf_counter, config.extra)
-            ).output_tokens
+            warmup_tokens += (await _one(submit, prompt, time.perf_counter, config)).output_tokens
         measured = prompts[config.warmup :]
         before = [await tokens_predicted(a) for a in adapters]
         records: list[RequestRecord] = []
@@ -103,7 +100,7 @@ async def run_bench(
 
 # --- Submitting ----------------------------------------------------------------------------
 
-Submit = Callable[[TaskRequest], AbstractAsyncContextManager[EventReceiveStream]]
+Submit = Callable[[TaskRequest | ChatRequest], AbstractAsyncContextManager[EventReceiveStream]]
 
 
 @asynccontextmanager
@@ -119,21 +116,34 @@ async def _submitter(adapters: Sequence[LlamaCppHttpAdapter]) -> AsyncIterator[S
             host.bind("bench", f"r{number}", adapter)
         await host.wait_ready("bench")
 
-        def submit(request: TaskRequest) -> AbstractAsyncContextManager[EventReceiveStream]:
+        def submit(
+            request: TaskRequest | ChatRequest,
+        ) -> AbstractAsyncContextManager[EventReceiveStream]:
             return host.submit("bench", request)
 
         yield submit
 
 
-async def _one(
-    submit: Submit, prompt: Prompt, clock: Callable[[], float], extra: Mapping[str, Any]
-) -> RequestRecord:
-    """Send one request; what it recorded."""
-    request = TaskRequest(
+def _request(prompt: Prompt, config: BenchConfig) -> TaskRequest | ChatRequest:
+    """The request of *prompt*: it generates exactly its tokens (``ignore_eos``)."""
+    extra = {"ignore_eos": True, **config.extra}
+    if config.endpoint == "chat":
+        assert isinstance(prompt.prompt, str)
+        turn = {"role": "user", "content": prompt.prompt}
+        return ChatRequest([turn], max_tokens=prompt.max_tokens, extra=extra)
+    return TaskRequest(
         prompt.prompt if isinstance(prompt.prompt, str) else list(prompt.prompt),
         max_tokens=prompt.max_tokens,
-        extra={"ignore_eos": True, **extra},
+        extra=extra,
     )
+
+
+async def _one(
+    submit: Submit, prompt: Prompt, clock: Callable[[], float], config: BenchConfig
+) -> RequestRecord:
+    """Send one request; what it recorded."""
+    request = _request(prompt, config)
+    input_tokens = prompt.input_tokens
     sent = clock()
     first: float | None = None
     last = 0.0
@@ -143,21 +153,27 @@ async def _one(
         async with submit(request) as events:
             async for event in events:
                 if type(event) is Token:
-                    now = clock()
-                    if first is None:
-                        first = now
-                    else:
-                        gaps.append(now - last)
-                    last = now
                     tokens += len(event.token_ids) or 1
-                elif type(event) is End:
-                    # Tokens, not events or their ids: llama-server leaves the ids of a
-                    # token whose text it holds back (a partial UTF-8 sequence) out of
-                    # every chunk, and counts it in the final one.
-                    tokens = event.tokens_out
+                elif type(event) is Reasoning:  # a chat's thinking is output too
+                    tokens += 1
+                else:
+                    if type(event) is End:
+                        # Tokens, not events or their ids: llama-server leaves the ids
+                        # of a token whose text it holds back (a partial UTF-8 sequence)
+                        # out of every chunk, and counts it in the final one.
+                        tokens = event.tokens_out
+                        if config.endpoint == "chat" and event.tokens_in is not None:
+                            input_tokens = event.tokens_in  # the chat template's included
+                    continue
+                now = clock()
+                if first is None:
+                    first = now
+                else:
+                    gaps.append(now - last)
+                last = now
     except WorkerError as exc:
-        return RequestRecord(sent, clock(), prompt.input_tokens, tokens, first, (), exc.code)
-    return RequestRecord(sent, clock(), prompt.input_tokens, tokens, first, tuple(gaps))
+        return RequestRecord(sent, clock(), input_tokens, tokens, first, (), exc.code)
+    return RequestRecord(sent, clock(), input_tokens, tokens, first, tuple(gaps))
 
 
 async def _drive(
@@ -175,7 +191,7 @@ async def _drive(
 
         async def worker() -> None:
             for prompt in queue:
-                done(await _one(submit, prompt, clock, config.extra))
+                done(await _one(submit, prompt, clock, config))
 
         async with anyio.create_task_group() as workers:
             for _ in range(load.concurrency):
@@ -187,10 +203,10 @@ async def _drive(
 
     async def send(prompt: Prompt) -> None:
         if cap is None:
-            done(await _one(submit, prompt, clock, config.extra))
+            done(await _one(submit, prompt, clock, config))
             return
         async with cap:
-            done(await _one(submit, prompt, clock, config.extra))
+            done(await _one(submit, prompt, clock, config))
 
     async with anyio.create_task_group() as senders:
         start = anyio.current_time()

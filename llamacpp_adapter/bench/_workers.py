@@ -98,6 +98,8 @@ def worker_arguments(config: BenchConfig, json_path: Path) -> list[str]:
     ]  # fmt: skip
     if config.prompts_file is not None:
         arguments += ["--prompts", str(config.prompts_file)]
+    if config.endpoint != "completion":
+        arguments += ["--endpoint", config.endpoint]
     return arguments
 
 

@@ -78,6 +78,7 @@ def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
         (["--prompts", "{directory}"], "--prompts"),
         (["--prompts", "{not_json}"], "not JSON"),
         (["--url", "{unreachable}"], "--url"),
+        (["--endpoint", "embeddings"], "--endpoint"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
@@ -131,6 +132,21 @@ def test_workers_share_the_load_and_their_results_merge(
     assert merged.returncode == 0, merged.stderr
     assert "Successful requests:                    9" in merged.stdout
     assert json.loads(merged_path.read_text())["total_output_tokens"] == 54
+
+
+def test_workers_run_a_chat_benchmark_and_say_so(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "chat.json"
+    result = run_command(
+        "bench", "--url", llama_server.base_url, "--endpoint", "chat", "--concurrency", "2",
+        "--requests", "4", "--warmup", "0", "--output-tokens", "7", "--workers", "2",
+        "--json", str(output), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["config"]["endpoint"] == "chat"
+    assert figures["token_check"] == {"client_tokens": 28, "server_tokens": 28, "equal": True}
 
 
 def test_without_a_url_bench_runs_against_a_local_server_it_starts() -> None:

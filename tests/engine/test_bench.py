@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 import trio
 
@@ -48,6 +49,29 @@ def test_a_run_counts_the_tokens_the_server_predicted(
     check_ordered(figures)
     assert result.client["cpu_seconds_per_1k_tokens"] > 0
     assert not result.partial
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_chat_run_counts_the_tokens_the_server_predicted_and_its_template_s(
+    llama_server: LocalLlamaServer, backend: str
+) -> None:
+    config = BenchConfig(
+        (llama_server.base_url,), Load(concurrency=2), requests=6, warmup=1,
+        input_tokens=(8, 16), output_tokens=12, endpoint="chat",
+    )  # fmt: skip
+    result: BenchResult = anyio.run(run_bench, config, backend=backend)
+    figures = result.as_json()
+    assert (figures["completed"], figures["failed"]) == (6, 0)
+    assert figures["total_output_tokens"] == 6 * 12
+    assert result.token_check == {"client_tokens": 72, "server_tokens": 72, "equal": True}
+    # The server's count of each turn: the chat template's tokens and the turn's own.
+    assert all(r.input_tokens > 8 for r in result.records)
+    check_ordered(figures)
+
+
+def test_an_endpoint_it_does_not_know_is_refused() -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        BenchConfig(("http://x",), Load(concurrency=1), endpoint="embeddings")
 
 
 def test_a_prompts_file_is_read_and_counted(llama_server: LocalLlamaServer, tmp_path: Path) -> None:
