@@ -43,6 +43,7 @@ from tests.support.wire import (
     PROPS,
     SLOTS,
     STREAM_HEAD,
+    chat_event,
     chunked,
     final_event,
     json_response,
@@ -64,33 +65,13 @@ def burst_body(events: int) -> bytes:
     return b"".join(chunked(body[i : i + WRITE_BYTES]) for i in range(0, len(body), WRITE_BYTES))
 
 
-CHAT_CHUNK = (
-    '{"choices":[{"finish_reason":%s,"index":0,"delta":%s}],"created":1796543921,'
-    '"id":"chatcmpl-ibSNRpEgrdxfGPxYZRSkbJYk6HAEORMQ","model":"scripted.gguf",'
-    '"system_fingerprint":"b0-unknown","object":"chat.completion.chunk"}'
-)
-
-
-def chat_event(content: str) -> bytes:
-    """A chat chunk of one content delta, as llama-server writes it."""
-    delta = json.dumps({"content": content}, separators=(",", ":"))
-    return f"data: {CHAT_CHUNK % ('null', delta)}\n\n".encode()
-
-
-CHAT_START = (
-    b"data: %s\n\n" % (CHAT_CHUNK % ("null", '{"role":"assistant","content":null}')).encode()
-)
+CHAT_START = chat_event({"role": "assistant", "content": None})
 
 
 def chat_end(events: int) -> bytes:
     """The end of a chat stream of *events* content deltas: its finish, usage, [DONE]."""
     usage = {"completion_tokens": events, "prompt_tokens": 5, "total_tokens": events + 5}
-    last = json.loads(CHAT_CHUNK % ("null", "{}"))
-    last["choices"] = []
-    last["usage"] = usage
-    finish = CHAT_CHUNK % ('"length"', "{}")
-    usage_chunk = json.dumps(last, separators=(",", ":"))
-    return f"data: {finish}\n\ndata: {usage_chunk}\n\ndata: [DONE]\n\n".encode()
+    return chat_event({}, finish="length") + chat_event(None, usage=usage) + b"data: [DONE]\n\n"
 
 
 def chat_burst_body(events: int) -> bytes:
@@ -98,7 +79,7 @@ def chat_burst_body(events: int) -> bytes:
     body = b"".join(
         [
             CHAT_START,
-            *(chat_event(CONTENTS[n % len(CONTENTS)]) for n in range(events)),
+            *(chat_event({"content": CONTENTS[n % len(CONTENTS)]}) for n in range(events)),
             chat_end(events),
         ]
     )
@@ -166,7 +147,7 @@ async def serve(stream: trio.abc.Stream) -> None:
             for _ in range(events):
                 next_at += interval
                 await trio.sleep_until(next_at)
-                await stream.send_all(chunked(chat_event(str(time.monotonic_ns()))))
+                await stream.send_all(chunked(chat_event({"content": str(time.monotonic_ns())})))
             await stream.send_all(chunked(chat_end(events)) + LAST_CHUNK)
         elif mode == "bytes":
             limit = int(request.get("bench_bytes", 1 << 20))  # type: ignore[call-overload]

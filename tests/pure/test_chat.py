@@ -29,6 +29,9 @@ from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder, chat_bod
 from llamacpp_adapter._sansio.completion import EXTRA_EVENTS_PER_SLICE
 from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
+from ..support.chat_streams import Part, chat_stream, parts
+from ..support.wire import chat_event
+
 GOLDEN = Path(__file__).parents[1] / "support" / "golden"
 
 
@@ -95,92 +98,6 @@ def test_a_captured_stream_cut_anywhere_gives_the_same_events(name: str, cuts: l
 
 # --- Any chat stream ---------------------------------------------------------------------
 
-Part = tuple[str, Any]  # ("reasoning", text) | ("content", text) | ("call", (name, args))
-
-
-def chunk(
-    delta: dict[str, Any] | None = None, *, finish: str | None = None, **fields: Any
-) -> bytes:
-    """A chunk as llama-server writes it: one choice with *delta* (none without)."""
-    body: dict[str, Any] = {
-        "choices": [],
-        "created": 1796543921,
-        "id": "chatcmpl-ibSNRpEgrdxfGPxYZRSkbJYk6HAEORMQ",
-        "model": "scripted.gguf",
-        "system_fingerprint": "b0-unknown",
-        "object": "chat.completion.chunk",
-    }
-    if delta is not None:
-        body["choices"] = [{"finish_reason": finish, "index": 0, "delta": delta}]
-    body.update(fields)
-    return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
-
-
-def stream(parts: list[Part], splits: list[int], finish: str) -> tuple[bytes, list[ChatEvent]]:
-    """The stream of *parts* as llama-server writes it (a call's arguments split at the
-    *splits* characters), and the events it must give."""
-    data = [chunk({"role": "assistant", "content": None})]
-    events: list[ChatEvent] = []
-    i = calls = 0
-    for kind, value in parts:
-        if kind == "reasoning":
-            data.append(chunk({"reasoning_content": value}))
-            events.append(Reasoning(value))
-        elif kind == "content":
-            data.append(chunk({"content": value}))
-            events.append(Token(i, value))
-            i += 1
-        else:
-            name, arguments = value
-            call_id = f"call-{calls}"
-            at = sorted({s % (len(arguments) + 1) for s in splits} | {0, len(arguments)})
-            pieces = [arguments[a:b] for a, b in itertools.pairwise(at)] or [""]
-            first = {"index": calls, "id": call_id, "type": "function"}
-            first["function"] = {"name": name, "arguments": pieces[0]}
-            data.append(chunk({"tool_calls": [first]}))
-            for piece in pieces[1:]:
-                data.append(
-                    chunk({"tool_calls": [{"index": calls, "function": {"arguments": piece}}]})
-                )
-            events.append(ToolCall(calls, call_id, name, arguments))
-            calls += 1
-    data.append(chunk({}, finish=finish))
-    usage = {"completion_tokens": len(parts), "prompt_tokens": 7, "total_tokens": len(parts) + 7}
-    timings = {"prompt_n": 7, "prompt_ms": 1.0, "predicted_n": len(parts), "predicted_ms": 2.0}
-    data.append(chunk(None, usage=usage, timings=timings))
-    data.append(b"data: [DONE]\n\n")
-    events.append(
-        Metrics(
-            prompt_tokens=7,
-            prompt_ms=1.0,
-            prompt_tokens_per_s=0.0,
-            predicted_tokens=len(parts),
-            predicted_ms=2.0,
-            predicted_tokens_per_s=0.0,
-        )
-    )
-    events.append(End(tokens_out=len(parts), stop_reason=finish, tokens_in=7))
-    return b"".join(data), events
-
-
-texts = st.text(min_size=1, max_size=8)
-parts = st.lists(
-    st.one_of(
-        st.tuples(st.just("reasoning"), texts),
-        st.tuples(st.just("content"), texts),
-        st.tuples(
-            st.just("call"),
-            st.tuples(
-                st.text(min_size=1, max_size=6),
-                st.dictionaries(st.text(max_size=4), st.text(max_size=6), max_size=3).map(
-                    lambda d: json.dumps(d, ensure_ascii=False)
-                ),
-            ),
-        ),
-    ),
-    max_size=12,
-)
-
 
 @given(
     parts,
@@ -191,7 +108,7 @@ parts = st.lists(
 def test_any_chat_stream_cut_anywhere_gives_its_events_in_order(
     parts: list[Part], splits: list[int], finish: str, cuts: list[int]
 ) -> None:
-    data, expected = stream(parts, splits, finish)
+    data, expected = chat_stream(parts, splits, finish)
     assert decode(cut(data, cuts)) == expected
 
 
@@ -199,7 +116,7 @@ def test_any_chat_stream_cut_anywhere_gives_its_events_in_order(
 def test_a_stream_that_stops_anywhere_before_done_is_a_reset_after_its_events(
     parts: list[Part], at: int
 ) -> None:
-    data, expected = stream(parts, [], "stop")
+    data, expected = chat_stream(parts, [], "stop")
     head = data[: at % len(data)]
     decoder = ChatStreamDecoder()
     got = decoder.feed(head)
@@ -217,7 +134,7 @@ def test_a_stream_that_stops_anywhere_before_done_is_a_reset_after_its_events(
 def test_a_stream_read_a_slice_at_a_time_gives_its_events_in_bounded_batches(
     parts: list[Part], splits: list[int], limit: int, cuts: list[int]
 ) -> None:
-    data, expected = stream(parts, splits, "stop")
+    data, expected = chat_stream(parts, splits, "stop")
     decoder = ChatStreamDecoder()
     events: list[ChatEvent] = []
     for read in cut(data, cuts):
@@ -232,14 +149,14 @@ def test_a_run_of_events_of_other_kinds_after_a_chunk_is_read_in_one_pass() -> N
     # A run that begins with a chunk and ends with anything else is read as the chunks
     # before its last event, then that event: never one event at a time over the run.
     others = b"event: ping\ndata: x\n\n" * 200_000
-    data, expected = stream([("content", "a")], [], "stop")
+    data, expected = chat_stream([("content", "a")], [], "stop")
     first, rest = data.split(b"\n\n", 1)
     assert decode([first + b"\n\n" + others + rest]) == expected
 
 
 def test_an_event_over_the_bound_is_an_error_after_the_events_before_it() -> None:
     decoder = ChatStreamDecoder(max_event_bytes=1024)
-    got = decoder.feed(chunk({"content": "a"}) + chunk({"content": "b" * 2000}))
+    got = decoder.feed(chat_event({"content": "a"}) + chat_event({"content": "b" * 2000}))
     assert got == [Token(0, "a")]
     with pytest.raises(ProtocolError, match="1024 bytes"):
         decoder.close()
@@ -262,7 +179,7 @@ def test_an_event_over_the_bound_is_an_error_after_the_events_before_it() -> Non
             "nested|malformed",
         ),
         (
-            chunk({"tool_calls": [{"index": 1, "function": {"arguments": "{"}}]}),
+            chat_event({"tool_calls": [{"index": 1, "function": {"arguments": "{"}}]}),
             ProtocolError,
             "never started",
         ),
@@ -286,15 +203,15 @@ def test_a_delta_for_a_call_already_complete_is_a_protocol_error() -> None:
     second = {"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}
     again = {"index": 0, "function": {"arguments": "x"}}
     decoder = ChatStreamDecoder()
-    got = decoder.feed(chunk({"tool_calls": [first]}) + chunk({"tool_calls": [second]}))
+    got = decoder.feed(chat_event({"tool_calls": [first]}) + chat_event({"tool_calls": [second]}))
     assert got == [ToolCall(0, "a", "f", "{}")]
     with pytest.raises(ProtocolError, match="already complete"):
-        decoder.feed(chunk({"tool_calls": [again]}))
+        decoder.feed(chat_event({"tool_calls": [again]}))
 
 
 def test_the_events_before_a_fault_come_first_and_the_fault_next() -> None:
     decoder = ChatStreamDecoder()
-    got = decoder.feed(chunk({"content": "a"}) + b"data: {nope\n\n")
+    got = decoder.feed(chat_event({"content": "a"}) + b"data: {nope\n\n")
     assert got == [Token(0, "a")]
     with pytest.raises(ProtocolError, match="not JSON"):
         decoder.feed(b"")
@@ -416,18 +333,18 @@ def test_the_openai_sdk_reads_a_captured_stream_as_we_do(name: str) -> None:
 def test_the_openai_sdk_reads_any_chat_stream_as_we_do(
     parts: list[Part], splits: list[int], finish: str
 ) -> None:
-    data, _ = stream(parts, splits, finish)
+    data, _ = chat_stream(parts, splits, finish)
     assert our_message(decode([data])) == sdk_message(data)
 
 
 def test_a_chat_s_prompt_progress_comes_before_its_output() -> None:
     def progress(done: int) -> bytes:
-        return chunk(
+        return chat_event(
             {"role": "assistant", "content": None},
             prompt_progress={"total": 1024, "cache": 0, "processed": done, "time_ms": done / 10},
         )
 
-    data = progress(0) + progress(512) + chunk({"content": "a"})
+    data = progress(0) + progress(512) + chat_event({"content": "a"})
     assert ChatStreamDecoder().feed(data) == [
         PromptProgress(1024, 0, 0, 0.0),
         PromptProgress(1024, 0, 512, 51.2),

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,8 @@ from llamacpp_adapter import (
     WorkerReset,
 )
 
-from ..support.wire import STREAM_HEAD, final_event
+from ..support.bodies import STREAM_HEADERS, PiecesBody
+from ..support.wire import final_event
 
 GOLDEN = Path(__file__).parents[1] / "support" / "golden"
 CAPTURES = [(GOLDEN / f"{name}.sse").read_bytes() for name in ("short", "multibyte", "long")]
@@ -176,27 +176,6 @@ def token_chunks(texts: list[str]) -> bytes:
     return b"".join(out)
 
 
-class PausingBody(httpx.AsyncByteStream):
-    """The response body in the given pieces, with a pause of the given number of
-    checkpoints before each."""
-
-    def __init__(self, parts: list[bytes], pauses: list[int]) -> None:
-        self.parts, self.pauses = parts, pauses
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for part, pause in zip(self.parts, self.pauses, strict=False):
-            for _ in range(pause):
-                await trio.lowlevel.checkpoint()
-            yield part
-
-
-HEADERS = [
-    tuple(line.split(": ", 1))
-    for line in STREAM_HEAD.decode().split("\r\n")[1:]
-    if ": " in line and not line.lower().startswith("transfer-encoding")
-]
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(TEXTS, max_size=64), st.data())
 async def test_events_come_in_order_however_the_stream_is_cut_and_paced(
@@ -206,7 +185,7 @@ async def test_events_come_in_order_however_the_stream_is_cut_and_paced(
     pauses = data.draw(st.lists(st.integers(0, 3), min_size=len(parts), max_size=len(parts)))
 
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers=HEADERS, stream=PausingBody(parts, pauses))
+        return httpx.Response(200, headers=STREAM_HEADERS, stream=PiecesBody(parts, pauses))
 
     consumer_pauses = data.draw(st.lists(st.integers(0, 2), max_size=60))
     events: list[StreamEvent] = []
@@ -235,24 +214,10 @@ async def test_events_come_in_order_however_the_stream_is_cut_and_paced(
 
 # --- The task form: fan-in of several streams into one channel ---------------------------
 
+RESET = "[Errno 104] Connection reset by peer"
+
 CHANNEL = 4
 STREAMS = st.integers(1, 4)
-
-
-class ResettingBody(httpx.AsyncByteStream):
-    """A stream's body in pieces, with pauses; it fails with a reset after its last
-    piece if told to."""
-
-    def __init__(self, parts: list[bytes], pauses: list[int], *, reset: bool) -> None:
-        self.parts, self.pauses, self.reset = parts, pauses, reset
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for part, pause in zip(self.parts, self.pauses, strict=True):
-            for _ in range(pause):
-                await anyio.lowlevel.checkpoint()
-            yield part
-        if self.reset:
-            raise httpx.ReadError("[Errno 104] Connection reset by peer")
 
 
 @dataclass
@@ -313,13 +278,13 @@ async def fan_in(scenario: Scenario) -> dict[str, list[StreamEvent | WorkerError
     real adapter (only the transport replaced), taken by a receiver that pauses."""
     count = len(scenario.jobs)
     bodies = [
-        ResettingBody(parts, pauses, reset=j == scenario.failing)
+        PiecesBody(parts, pauses, error=httpx.ReadError(RESET) if j == scenario.failing else None)
         for j, (parts, pauses) in enumerate(scenario.bodies)
     ]
 
     def answer(request: httpx.Request) -> httpx.Response:
         body = bodies[json.loads(request.content)["case"]]
-        return httpx.Response(200, headers=HEADERS, stream=body)
+        return httpx.Response(200, headers=STREAM_HEADERS, stream=body)
 
     received: dict[str, list[StreamEvent | WorkerError]] = {f"job-{j}": [] for j in range(count)}
     send, receive = anyio.create_memory_object_stream[JobItem](CHANNEL)

@@ -49,6 +49,27 @@ def final_event(n: int) -> bytes:
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
+#: What llama-server's chat chunks carry beside their choices (from a capture).
+CHAT_CHUNK_FIELDS = {
+    "created": 1796543921,
+    "id": "chatcmpl-ibSNRpEgrdxfGPxYZRSkbJYk6HAEORMQ",
+    "model": "scripted.gguf",
+    "system_fingerprint": "b0-unknown",
+    "object": "chat.completion.chunk",
+}
+
+
+def chat_event(
+    delta: dict[str, object] | None = None, *, finish: str | None = None, **fields: object
+) -> bytes:
+    """A chat chunk's SSE event as llama-server writes it: one choice with *delta* (no
+    choice without one), then the chunk's own fields and *fields*."""
+    choices = [] if delta is None else [{"finish_reason": finish, "index": 0, "delta": delta}]
+    chunk = {"choices": choices, **CHAT_CHUNK_FIELDS, **fields}
+    text = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + text.encode() + b"\n\n"
+
+
 def json_response(
     status: int, reason: str, body: object, headers: str = "", *, kept: bool = False
 ) -> bytes:
