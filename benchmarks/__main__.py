@@ -115,16 +115,24 @@ def draw_chart(targets: list[Target]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     charted = [t for t in targets if t.factor is not None and t.goal is not None]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(charted) + 1.2))
+    fig, ax = plt.subplots(figsize=(14, 0.4 * len(charted) + 1.2))
     names = [t.name for t in charted]
-    factors = [t.factor for t in charted]
+    factors = [t.factor or 0.0 for t in charted]
     colours = ["#2a9d8f" if t.met else "#e76f51" for t in charted]
-    ax.barh(names, factors, color=colours)
-    ax.scatter([t.goal for t in charted], names, marker="|", s=400, color="black", label="target")
+    # Factors run from about 0.5 to 50: on a log scale a factor and its inverse sit as
+    # far from 1 on either side, and the largest does not hide the rest.
+    ax.set_xscale("log")
+    ax.barh(names, [f - 1.0 for f in factors], left=1.0, color=colours)  # from 1x
+    ax.scatter([t.goal or 0.0 for t in charted], names, marker="|", s=300, color="black",
+               label="target")  # fmt: skip
     ax.axvline(1.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("llamacpp-adapter vs the peer (x better)")
+    ticks = [0.5, 1, 2, 3, 5, 10, 20, 50]
+    ax.set_xticks(ticks, [f"{tick}x" for tick in ticks])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("llamacpp-adapter vs the peer (x better, log scale)")
     ax.invert_yaxis()
     ax.legend(loc="lower right")
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """The scripted model against a real llama-server's chat endpoint: for a question it
 thinks and calls ``get_weather``, which the server's chat parser gives back as reasoning
-and a tool call, streamed and not; given the tool's answer, it answers."""
+and a tool call, streamed and not (the streamed bytes read alike by this library and by
+the openai SDK's own accumulation); given the tool's answer, it answers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from llamacpp_adapter._local.server import LocalLlamaServer
 from llamacpp_adapter._local.tinymodel import SCRIPTED_ANSWER, SCRIPTED_TOOLS
 from llamacpp_adapter._sansio.chat import ChatStreamDecoder, chat_body
 from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
+
+from ..support.chat_streams import our_message, sdk_message
 
 TOOLS = list(SCRIPTED_TOOLS)
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -105,12 +108,16 @@ def test_its_stream_decoded_is_the_message_of_the_unstreamed_answer(
     body = chat_body(ChatRequest(messages, tools=TOOLS, max_tokens=64))
     decoder = ChatStreamDecoder()
     events = []
+    received = b""
     with httpx.stream(
         "POST", f"{scripted.base_url}/v1/chat/completions", json=body, timeout=30
     ) as response:
         for data in response.iter_bytes():
+            received += data
             events += decoder.feed(data)
     events += decoder.close()
+    # The same bytes, as the openai SDK's own accumulation reads them: ids included.
+    assert our_message(events) == sdk_message(received)
     final = chat(scripted, messages)
     message = final["message"]
     text = "".join(e.text for e in events if isinstance(e, Token))

@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openai.lib.streaming.chat import ChatCompletionStreamState
-from openai.types.chat import ChatCompletionChunk
 
 from llamacpp_adapter import (
     End,
@@ -29,7 +27,7 @@ from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder, chat_bod
 from llamacpp_adapter._sansio.completion import EXTRA_EVENTS_PER_SLICE
 from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
 
-from ..support.chat_streams import Part, chat_stream, parts
+from ..support.chat_streams import Part, chat_stream, our_message, parts, sdk_message
 from ..support.wire import chat_event
 
 GOLDEN = Path(__file__).parents[1] / "support" / "golden"
@@ -292,34 +290,6 @@ def test_a_bad_chat_request_is_refused_naming_its_field(
 
 
 # --- The openai SDK's reading of the same bytes ---------------------------------------------
-
-
-def sdk_message(sse: bytes) -> tuple[str, str, list[tuple[int, str, str, str]], str]:
-    """What the openai SDK's own accumulation makes of a chat stream: the content, the
-    reasoning, the calls and the finish reason."""
-    state = ChatCompletionStreamState()
-    for event in sse.split(b"\n\n"):
-        if event.startswith(b"data: ") and event != b"data: [DONE]":
-            state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(event[6:])))
-    choice = state.get_final_completion().choices[0]
-    message = choice.message
-    calls = [
-        (call.index, call.id, call.function.name, call.function.arguments)  # type: ignore[attr-defined]
-        for call in message.tool_calls or ()
-    ]
-    reasoning = getattr(message, "reasoning_content", None) or ""
-    return message.content or "", reasoning, calls, choice.finish_reason
-
-
-def our_message(events: list[ChatEvent]) -> tuple[str, str, list[tuple[int, str, str, str]], str]:
-    end = events[-1]
-    assert isinstance(end, End)
-    return (
-        "".join(e.text for e in events if isinstance(e, Token)),
-        "".join(e.text for e in events if isinstance(e, Reasoning)),
-        [(e.index, e.id, e.name, e.arguments) for e in events if isinstance(e, ToolCall)],
-        end.stop_reason,
-    )
 
 
 @pytest.mark.parametrize("name", ["chat_tool_call", "chat_answer"])

@@ -1,5 +1,7 @@
 """Chat streams of any shape, as llama-server writes them, with the events they must
-give: for the chat decoder's properties, and for the same through the whole adapter."""
+give: for the chat decoder's properties, and for the same through the whole adapter;
+and the message the openai SDK's own accumulation makes of a stream's bytes, beside the
+one this library's events make."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import json
 from typing import Any
 
 from hypothesis import strategies as st
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 from llamacpp_adapter import End, Metrics, Reasoning, StreamEvent, Token, ToolCall
 
@@ -84,3 +88,32 @@ parts = st.lists(
     ),
     max_size=12,
 )
+
+
+def sdk_message(sse: bytes) -> tuple[str, str, list[tuple[int, str, str, str]], str]:
+    """What the openai SDK's own accumulation makes of a chat stream: the content, the
+    reasoning, the calls and the finish reason."""
+    state = ChatCompletionStreamState()
+    for event in sse.split(b"\n\n"):
+        if event.startswith(b"data: ") and event != b"data: [DONE]":
+            state.handle_chunk(ChatCompletionChunk.model_validate(json.loads(event[6:])))
+    choice = state.get_final_completion().choices[0]
+    message = choice.message
+    calls = [
+        (call.index, call.id, call.function.name, call.function.arguments)  # type: ignore[attr-defined]
+        for call in message.tool_calls or ()
+    ]
+    reasoning = getattr(message, "reasoning_content", None) or ""
+    return message.content or "", reasoning, calls, choice.finish_reason
+
+
+def our_message(events: list[StreamEvent]) -> tuple[str, str, list[tuple[int, str, str, str]], str]:
+    """The same of this library's events."""
+    end = events[-1]
+    assert isinstance(end, End)
+    return (
+        "".join(e.text for e in events if isinstance(e, Token)),
+        "".join(e.text for e in events if isinstance(e, Reasoning)),
+        [(e.index, e.id, e.name, e.arguments) for e in events if isinstance(e, ToolCall)],
+        end.stop_reason,
+    )
