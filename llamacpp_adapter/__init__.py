@@ -36,6 +36,7 @@ from ._types import (
     TaskRequest,
     Token,
     ToolCall,
+    ToolCallDelta,
     WorkerHealth,
     WorkerProps,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "TaskRequest",
     "Token",
     "ToolCall",
+    "ToolCallDelta",
     "TryLargerContext",
     "WorkerError",
     "WorkerHealth",

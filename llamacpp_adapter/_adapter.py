@@ -212,7 +212,11 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             raise RuntimeError("the adapter is closed")
         pause = self.pause
         backlog = self._buffer if pause is None or pause.backlog is None else pause.backlog
-        chat = isinstance(request, ChatRequest)
+        decoder = None
+        if isinstance(request, ChatRequest):
+            decoder = ChatStreamDecoder(
+                max_event_bytes=self._max_event_bytes, call_deltas=request.call_deltas
+            )
         pausable = (
             isinstance(request, TaskRequest)
             and pause is not None
@@ -251,7 +255,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             event_timeout_s=self._event_timeout_s,
             on_end=functools.partial(self._log_end, started=time.monotonic()),
             pausing=pausing,
-            decoder=ChatStreamDecoder(max_event_bytes=self._max_event_bytes) if chat else None,
+            decoder=decoder,
         )
         self._streams.setdefault(request.job_id, set()).add(stream)
         try:

@@ -25,6 +25,7 @@ __all__ = [
     "TaskRequest",
     "Token",
     "ToolCall",
+    "ToolCallDelta",
     "WorkerHealth",
     "WorkerProps",
 ]
@@ -243,6 +244,9 @@ class ChatRequest:
             field this class sets.
         prompt_progress: whether the engine reports its evaluation of the prompt as it
             goes, as :class:`PromptProgress` events before the first output.
+        call_deltas: whether each piece of a tool call comes as it is streamed, as a
+            :class:`ToolCallDelta`, for a caller that shows a call being written; the
+            whole :class:`ToolCall` comes after them either way.
 
     Raises:
         ValueError, TypeError: when a field is out of range or of the wrong type, before
@@ -261,11 +265,14 @@ class ChatRequest:
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     extra: Mapping[str, Any] = field(default_factory=dict)
     prompt_progress: bool = False
+    call_deltas: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
         if not isinstance(self.prompt_progress, bool):
             raise TypeError("prompt_progress must be a bool")
+        if not isinstance(self.call_deltas, bool):
+            raise TypeError("call_deltas must be a bool")
         set_(self, "messages", _chat_messages(self.messages))
         names: list[str] = []
         if self.tools is not None:
@@ -428,6 +435,25 @@ class ToolCall(msgspec.Struct, frozen=True, gc=False):
     arguments: str
 
 
+class ToolCallDelta(msgspec.Struct, frozen=True, gc=False):
+    """A piece of a tool call as it is streamed, for a caller that shows it being
+    written (given only when the :class:`ChatRequest` asks, with ``call_deltas``). The
+    call's :class:`ToolCall` comes after its last piece.
+
+    Attributes:
+        index: the call's place among the answer's calls: 0, 1, ...
+        id: the call's id.
+        name: the tool's name.
+        arguments: this piece of the arguments' JSON text (perhaps empty: the call's
+            first delta may carry its name alone); the pieces joined are the call's.
+    """
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
 class Metrics(msgspec.Struct, frozen=True, gc=False):
     """The engine's own timings for the task, sent once before :class:`End`.
 
@@ -472,12 +498,14 @@ class End(msgspec.Struct, frozen=True, gc=False):
     stop_word: str | None = None
 
 
-StreamEvent: TypeAlias = Started | PromptProgress | Token | Reasoning | ToolCall | Metrics | End
+StreamEvent: TypeAlias = (
+    Started | PromptProgress | Token | Reasoning | ToolCallDelta | ToolCall | Metrics | End
+)
 """Any event of a task's stream. A completion's stream gives ``Started``, ``Token``\\ s,
 ``Metrics`` and ``End``; a chat's (:class:`ChatRequest`) ``Reasoning`` and ``ToolCall``
-too, among its tokens: a ``match`` on the four that came first sees no other on a
-completion stream, and should have a ``case _:`` for a chat's. Its first name,
-``TokenEvent``, still imports, with a DeprecationWarning."""
+too (and ``ToolCallDelta`` when it asks), among its tokens: a ``match`` on the four that
+came first sees no other on a completion stream, and should have a ``case _:`` for a
+chat's. Its first name, ``TokenEvent``, still imports, with a DeprecationWarning."""
 
 
 # --- What a worker reports ------------------------------------------------------------

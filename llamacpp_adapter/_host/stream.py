@@ -23,7 +23,17 @@ from .._adapter import ENGINE, LlamaCppHttpAdapter
 from .._exceptions import WorkerError
 from .._receive import EventReceiveStream
 from .._stream import EventStream
-from .._types import ChatRequest, End, Reasoning, Started, StreamEvent, TaskRequest, Token, ToolCall
+from .._types import (
+    ChatRequest,
+    End,
+    Reasoning,
+    Started,
+    StreamEvent,
+    TaskRequest,
+    Token,
+    ToolCall,
+    ToolCallDelta,
+)
 from .metrics import LatencySeries
 from .placement import Pools
 from .replica import Replica
@@ -200,7 +210,7 @@ class HostStream(EventReceiveStream):
         now = _monotonic()
         for event in batch:
             kind = type(event)
-            if kind is Token or kind is Reasoning or kind is ToolCall:
+            if kind is Token or kind is Reasoning or kind is ToolCallDelta or kind is ToolCall:
                 # Output: from the first, the task is not tried again elsewhere.
                 self._on_token(now)
             elif kind is End:

@@ -4,7 +4,9 @@ Each message is a JSON object whose ``type`` names it::
 
     {"type": "started", "job_id": "..."}
     {"type": "token", "i": 0, "t": "Once", "ids": [9038]}     ("ids" left out when empty)
+    {"type": "prompt_progress", "total": 4000, "cached": 0, "processed": 512, "time_ms": 80}
     {"type": "reasoning", "t": "The user asks"}                 (a chat's)
+    {"type": "tool_call_delta", "index": 0, "id": "...", "name": "...", "arguments": "{"}
     {"type": "tool_call", "index": 0, "id": "...", "name": "...", "arguments": "{...}"}
     {"type": "metrics", "prompt_tokens": 5, "prompt_ms": 1.2, ...}
     {"type": "end", "tokens_out": 16, "stop_reason": "limit", ...}
@@ -22,7 +24,8 @@ the engine (see ``PausePolicy``).
 
 The fields are listed here, one struct a message, so that the wire names are the
 relay's own, not the Python names of the events. A decoder skips fields it does not
-know, so a client reads the messages of a newer relay.
+know, and a message of a kind it does not know, so a client reads the messages of a
+newer relay.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .._types import (
     TaskRequest,
     Token,
     ToolCall,
+    ToolCallDelta,
 )
 
 __all__ = [
@@ -93,6 +97,13 @@ class _ToolCall(_Message, frozen=True, tag="tool_call", omit_defaults=False):
     arguments: str
 
 
+class _ToolCallDelta(_Message, frozen=True, tag="tool_call_delta", omit_defaults=False):
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
 class _Metrics(_Message, frozen=True, tag="metrics"):
     prompt_tokens: int
     prompt_ms: float
@@ -123,7 +134,15 @@ class _Ack(_Message, frozen=True, tag="ack", omit_defaults=False):
 
 
 _Any: TypeAlias = (
-    _Started | _PromptProgress | _Token | _Reasoning | _ToolCall | _Metrics | _End | _Error
+    _Started
+    | _PromptProgress
+    | _Token
+    | _Reasoning
+    | _ToolCallDelta
+    | _ToolCall
+    | _Metrics
+    | _End
+    | _Error
 )
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Any)
@@ -154,6 +173,8 @@ def encode_event(event: StreamEvent) -> bytes:
         message = _Reasoning(t=event.text)
     elif kind is ToolCall:
         message = _ToolCall(**msgspec.structs.asdict(event))
+    elif kind is ToolCallDelta:
+        message = _ToolCallDelta(**msgspec.structs.asdict(event))
     elif kind is PromptProgress:
         message = _PromptProgress(**msgspec.structs.asdict(event))
     else:
@@ -173,7 +194,10 @@ class _Kind(msgspec.Struct, gc=False):
 
 
 _kind_decoder = msgspec.json.Decoder(_Kind)
-_KNOWN_KINDS = frozenset(("started", "token", "reasoning", "tool_call", "metrics", "end", "error"))
+_KNOWN_KINDS = frozenset(
+    {"started", "prompt_progress", "token", "reasoning", "tool_call_delta", "tool_call"}
+    | {"metrics", "end", "error"}
+)
 
 
 def decode_event(data: bytes | str) -> StreamEvent | WorkerError | None:
@@ -212,6 +236,8 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError | None:
         return Reasoning(message.t)
     if kind is _ToolCall:
         return ToolCall(**msgspec.structs.asdict(message))
+    if kind is _ToolCallDelta:
+        return ToolCallDelta(**msgspec.structs.asdict(message))
     if kind is _PromptProgress:
         return PromptProgress(**msgspec.structs.asdict(message))
     if kind is _End:
@@ -241,7 +267,7 @@ TASK_FIELDS = frozenset(
 #: The fields of a chat's task message (``"kind": "chat"``), all of them.
 CHAT_TASK_FIELDS = frozenset(
     {"kind", "messages", "tools", "tool_choice", "max_tokens", "temperature", "top_p"}
-    | {"seed", "stop", "job_id", "extra", "pool", "window", "prompt_progress"}
+    | {"seed", "stop", "job_id", "extra", "pool", "window", "prompt_progress", "call_deltas"}
 )
 #: The largest window a client may ask for, in messages.
 MAX_WINDOW = 1 << 20
@@ -311,6 +337,8 @@ def encode_task(
         choice = request.tool_choice
         if choice is not None:
             fields["tool_choice"] = choice if isinstance(choice, str) else dict(choice)
+        if request.call_deltas:
+            fields["call_deltas"] = True
     else:
         fields["top_k"] = request.top_k
         if request.prompt is not None:

@@ -13,8 +13,9 @@ The decoder gives, in order: a :class:`Token` for each content delta (``i`` = 0,
 ... with no gap), a :class:`Reasoning` for each reasoning delta, a :class:`ToolCall`
 for each call once it is complete (a delta of anything else comes: the next call,
 reasoning or content; or the choice finishes), then :class:`Metrics` (when the engine
-sent its timings) and :class:`End` at ``[DONE]``. A delta for a call already complete
-is a :class:`ProtocolError`.
+sent its timings) and :class:`End` at ``[DONE]``; asked, a :class:`ToolCallDelta` for
+each delta of a call as it comes. A delta for a call already complete is a
+:class:`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .._types import (
     StreamEvent,
     Token,
     ToolCall,
+    ToolCallDelta,
 )
 from .engine_json import (
     ErrorBody,
@@ -48,7 +50,7 @@ from .sse import DEFAULT_MAX_EVENT_BYTES
 __all__ = ["ChatEvent", "ChatStreamDecoder", "chat_body"]
 
 #: An event of a chat stream, as the decoder gives them.
-ChatEvent: TypeAlias = PromptProgress | Token | Reasoning | ToolCall | Metrics | End
+ChatEvent: TypeAlias = PromptProgress | Token | Reasoning | ToolCallDelta | ToolCall | Metrics | End
 
 _DONE = "[DONE]"
 
@@ -154,12 +156,17 @@ class ChatStreamDecoder:
 
     Args:
         max_event_bytes: the bound on one SSE event.
+        call_deltas: give each delta of a call as a :class:`ToolCallDelta` as it comes,
+            before the call's :class:`ToolCall`.
 
     Attributes:
         error: the fault that ended the stream, once one has.
     """
 
-    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(
+        self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, call_deltas: bool = False
+    ) -> None:
+        self._call_deltas = call_deltas
         self._reader: JsonEventReader[_Chunk, StreamEvent] = JsonEventReader(
             _chunk_decoder, max_event_bytes=max_event_bytes
         )
@@ -331,8 +338,11 @@ class ChatStreamDecoder:
                 )
             self._finish_call(events)
             call = self._call = _Call(part.index, part.id, name)
-        if function is not None and function.arguments:
-            call.arguments.append(function.arguments)
+        piece = function.arguments if function is not None else None
+        if piece:
+            call.arguments.append(piece)
+        if self._call_deltas:
+            events.append(ToolCallDelta(call.index, call.id, call.name, piece or ""))
 
     def _finish_call(self, events: list[StreamEvent]) -> None:
         call = self._call

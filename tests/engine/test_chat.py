@@ -26,6 +26,7 @@ from llamacpp_adapter import (
     TaskRequest,
     Token,
     ToolCall,
+    ToolCallDelta,
 )
 from llamacpp_adapter._local.server import LocalLlamaServer
 
@@ -70,6 +71,24 @@ async def test_a_chat_streams_its_reasoning_and_its_tool_call(
     ):
         got = [event async for event in events]
     check_call_turn(got, chat(scripted, QUESTION))
+
+
+async def test_asked_a_chat_shows_its_call_being_written_then_the_call(
+    scripted: LocalLlamaServer,
+) -> None:
+    request = ChatRequest(QUESTION, tools=TOOLS, max_tokens=64, call_deltas=True)
+    async with (
+        LlamaCppHttpAdapter(scripted.base_url) as adapter,
+        adapter.submit(request) as events,
+    ):
+        got = [event async for event in events]
+    pieces = [e for e in got if isinstance(e, ToolCallDelta)]
+    [call] = [e for e in got if isinstance(e, ToolCall)]
+    assert len(pieces) >= 2  # the model's arguments come in several deltas
+    assert "".join(p.arguments for p in pieces) == call.arguments
+    assert {(p.index, p.id, p.name) for p in pieces} == {(call.index, call.id, call.name)}
+    assert got.index(pieces[-1]) < got.index(call)
+    check_call_turn([e for e in got if not isinstance(e, ToolCallDelta)], chat(scripted, QUESTION))
 
 
 async def test_the_task_form_sends_a_chat_s_events(scripted: LocalLlamaServer) -> None:
@@ -141,12 +160,13 @@ async def test_a_tool_calling_exchange_runs_through_the_host(scripted: LocalLlam
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # the test's relay runs in a nursery
 async def test_a_chat_through_the_relay_gives_the_same_events(scripted: LocalLlamaServer) -> None:
-    request = ChatRequest(QUESTION, tools=TOOLS, max_tokens=64)
+    request = ChatRequest(QUESTION, tools=TOOLS, max_tokens=64, call_deltas=True)
     async with (
         LlamaCppHttpAdapter(scripted.base_url) as adapter,
         adapter.submit(request) as events,
     ):
         direct = [event async for event in events]
+    assert any(isinstance(e, ToolCallDelta) for e in direct)
     async with relay_over(scripted.base_url) as (url, _):
         relayed = await collect(url, request)
     assert relayed[0] == Started(request.job_id)
@@ -154,7 +174,9 @@ async def test_a_chat_through_the_relay_gives_the_same_events(scripted: LocalLla
     def comparable(events: list[StreamEvent]) -> list[object]:
         # The call's id is the engine's, another for each request.
         return [
-            (e.index, e.name, e.arguments) if isinstance(e, ToolCall) else e
+            (type(e), e.index, e.name, e.arguments)
+            if isinstance(e, ToolCall | ToolCallDelta)
+            else e
             for e in events
             if not isinstance(e, Metrics)
         ]

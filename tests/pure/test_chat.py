@@ -25,7 +25,7 @@ from llamacpp_adapter import (
 )
 from llamacpp_adapter._sansio.chat import ChatEvent, ChatStreamDecoder, chat_body
 from llamacpp_adapter._sansio.completion import EXTRA_EVENTS_PER_SLICE
-from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall
+from llamacpp_adapter._types import ChatRequest, Reasoning, ToolCall, ToolCallDelta
 
 from ..support.chat_streams import Part, chat_stream, our_message, parts, sdk_message
 from ..support.wire import chat_event
@@ -141,6 +141,25 @@ def test_a_stream_read_a_slice_at_a_time_gives_its_events_in_bounded_batches(
             assert len(batch) <= limit + EXTRA_EVENTS_PER_SLICE
             events += batch
     assert events + decoder.close() == expected
+
+
+@given(parts, st.lists(st.integers(0, 50), max_size=4), st.lists(st.integers(0, 10**6)))
+def test_asked_each_piece_of_a_call_comes_as_it_is_streamed_before_the_call(
+    parts: list[Part], splits: list[int], cuts: list[int]
+) -> None:
+    data, expected = chat_stream(parts, splits, "tool_calls")
+    decoder = ChatStreamDecoder(call_deltas=True)
+    events = [event for piece in cut(data, cuts) for event in decoder.feed(piece)]
+    events += decoder.close()
+    # The other events are as ever.
+    assert [e for e in events if not isinstance(e, ToolCallDelta)] == expected
+    for call in (e for e in events if isinstance(e, ToolCall)):
+        mine = [e for e in events if isinstance(e, ToolCallDelta) and e.index == call.index]
+        assert mine, "a call with no piece"
+        assert {(d.id, d.name) for d in mine} == {(call.id, call.name)}
+        assert "".join(d.arguments for d in mine) == call.arguments
+        # Each piece as it came: all of them before the whole call.
+        assert events.index(mine[-1]) < events.index(call)
 
 
 def test_a_run_of_events_of_other_kinds_after_a_chunk_is_read_in_one_pass() -> None:
@@ -274,6 +293,7 @@ def test_a_turn_of_the_assistant_may_hold_calls_and_no_content() -> None:
             "not among the tools",
         ),
         ({"tool_choice": {"type": "function"}}, TypeError, "tool_choice"),
+        ({"call_deltas": "yes"}, TypeError, "call_deltas"),
         ({"max_tokens": 0}, ValueError, "max_tokens"),
         ({"temperature": -1}, ValueError, "temperature"),
         ({"extra": {"tools": []}}, ValueError, "extra may not set 'tools'"),

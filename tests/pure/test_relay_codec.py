@@ -32,7 +32,7 @@ from llamacpp_adapter._relay.codec import (
     encode_event,
     encode_task,
 )
-from llamacpp_adapter._types import ChatRequest, PromptProgress, Reasoning, ToolCall
+from llamacpp_adapter._types import ChatRequest, PromptProgress, Reasoning, ToolCall, ToolCallDelta
 
 texts = st.text()
 counts = st.integers(min_value=0, max_value=2**53)
@@ -43,6 +43,7 @@ events: st.SearchStrategy[StreamEvent] = st.one_of(
     st.builds(Reasoning, text=texts),
     st.builds(PromptProgress, total=counts, cached=counts, processed=counts, time_ms=times),
     st.builds(ToolCall, index=counts, id=texts, name=texts, arguments=texts),
+    st.builds(ToolCallDelta, index=counts, id=texts, name=texts, arguments=texts),
     st.builds(
         Metrics,
         prompt_tokens=counts,
@@ -124,6 +125,8 @@ def test_an_error_message_comes_back_as_its_error() -> None:
         b"[1]",
         b'{"i":0}',
         b'{"type":"token","i":"x","t":""}',
+        b'{"type":"prompt_progress","total":"x"}',
+        b'{"type":"tool_call_delta","index":0}',
         b'{"type":"token","i":0,"t":"","new":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
     ],
 )
@@ -200,6 +203,7 @@ def test_a_chat_task_survives_the_round_trip() -> None:
         seed=4,
         stop=["x"],
         extra={"chat_template_kwargs": {"enable_thinking": False}},
+        call_deltas=True,
     )
     decoded = decode_task(encode_task(chat, "pool", window=8))
     assert (decoded.request, decoded.pool, decoded.window) == (chat, "pool", 8)
