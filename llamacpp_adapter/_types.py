@@ -30,7 +30,7 @@ __all__ = [
     "WorkerProps",
 ]
 
-_MAX_JOB_ID_CHARS = 256
+_MAX_KEY_CHARS = 256  # a job_id or a session
 _MAX_SEED = 2**32 - 1
 
 # /completion fields that TaskRequest sets itself; ``extra`` may not override them.
@@ -72,6 +72,10 @@ class TaskRequest:
             ``{"ignore_eos": True}``). It may not set a field this class sets.
         prompt_progress: whether the engine reports its evaluation of the prompt as it
             goes, as :class:`PromptProgress` events before the first token.
+        session: the conversation the task is a turn of (a key of the caller's own, at
+            most 256 printable characters): :class:`AdapterHost` sends a session's turns
+            where its last turn ran, where the engine has its prompt in cache. An
+            adapter alone does not use it, and it is never sent to the engine.
 
     Raises:
         ValueError, TypeError: when a field is out of range or of the wrong type. The
@@ -90,6 +94,7 @@ class TaskRequest:
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     extra: Mapping[str, Any] = field(default_factory=dict)
     prompt_progress: bool = False
+    session: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
@@ -116,24 +121,31 @@ class TaskRequest:
         return (
             f"TaskRequest(job_id={self.job_id!r}, {source}, max_tokens={self.max_tokens}, "
             f"temperature={self.temperature}, top_p={self.top_p}, top_k={self.top_k}, "
-            f"seed={self.seed}, stop=<{len(self.stop)}>, extra={sorted(self.extra)})"
+            f"seed={self.seed}, stop=<{len(self.stop)}>, extra={sorted(self.extra)}, "
+            f"session={self.session!r})"
         )
 
 
 def _check_shared(request: TaskRequest | ChatRequest) -> None:
     """Check and normalise the fields a task and a chat share: max_tokens, seed,
-    temperature, top_p, stop and job_id."""
+    temperature, top_p, stop, job_id and session."""
     set_ = object.__setattr__  # the dataclasses are frozen; normalise once, here
     optional_int("max_tokens", request.max_tokens, minimum=1)
     optional_int("seed", request.seed, minimum=0, maximum=_MAX_SEED)
     set_(request, "temperature", number("temperature", request.temperature, 0.0, math.inf))
     set_(request, "top_p", number("top_p", request.top_p, 0.0, 1.0))
     set_(request, "stop", _stop(request.stop))
-    job_id = request.job_id
-    if not isinstance(job_id, str) or not job_id:
-        raise TypeError("job_id must be a non-empty str")
-    if len(job_id) > _MAX_JOB_ID_CHARS or not job_id.isprintable():
-        raise ValueError(f"job_id must be printable and at most {_MAX_JOB_ID_CHARS} characters")
+    _key("job_id", request.job_id)
+    if request.session is not None:
+        _key("session", request.session)
+
+
+def _key(name: str, value: object) -> None:
+    """Check a key of the caller's: a non-empty str, printable, not too long."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be a non-empty str")
+    if len(value) > _MAX_KEY_CHARS or not value.isprintable():
+        raise ValueError(f"{name} must be printable and at most {_MAX_KEY_CHARS} characters")
 
 
 def _json_only(name: str, value: object) -> None:
@@ -247,6 +259,7 @@ class ChatRequest:
         call_deltas: whether each piece of a tool call comes as it is streamed, as a
             :class:`ToolCallDelta`, for a caller that shows a call being written; the
             whole :class:`ToolCall` comes after them either way.
+        session: the conversation the chat is a turn of, as on :class:`TaskRequest`.
 
     Raises:
         ValueError, TypeError: when a field is out of range or of the wrong type, before
@@ -266,6 +279,7 @@ class ChatRequest:
     extra: Mapping[str, Any] = field(default_factory=dict)
     prompt_progress: bool = False
     call_deltas: bool = False
+    session: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
@@ -289,7 +303,7 @@ class ChatRequest:
             f"tools={[t['function']['name'] for t in self.tools or ()]}, "
             f"max_tokens={self.max_tokens}, temperature={self.temperature}, "
             f"top_p={self.top_p}, seed={self.seed}, stop=<{len(self.stop)}>, "
-            f"extra={sorted(self.extra)})"
+            f"extra={sorted(self.extra)}, session={self.session!r})"
         )
 
 

@@ -31,7 +31,7 @@ from .._task_form import JobItemSendStream, feed_channel
 from .._types import ChatRequest, TaskRequest
 from .._validate import count, seconds
 from .metrics import HostMetrics
-from .placement import Pools
+from .placement import DEFAULT_SESSION_WAIT_S, Pools
 from .replica import Replica, ReplicaStatus
 from .retry import RetryPolicy
 from .stream import HostStream
@@ -96,6 +96,11 @@ class AdapterHost(anyio.abc.AsyncResource):
         pin_replicas: whether the replicas of a pool must run the engine build and model
             of its first replica (by default: one that differs gets no work, and is
             reported in :attr:`metrics`, :meth:`replicas` and a log line).
+        session_wait_s: how long a conversation's turn (a request with a ``session``)
+            waits for a free slot on the replica that ran its last turn, where the
+            engine has the conversation in cache, before it goes to another replica
+            (and the conversation with it). A turn that waits a little usually starts
+            sooner than one that evaluates the whole conversation again.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class AdapterHost(anyio.abc.AsyncResource):
         metrics: HostMetrics | None = None,
         rng: random.Random | None = None,
         pin_replicas: bool = True,
+        session_wait_s: float = DEFAULT_SESSION_WAIT_S,
     ) -> None:
         self.retry = RetryPolicy() if retry is None else retry
         count("unhealthy_after", unhealthy_after)
@@ -118,6 +124,7 @@ class AdapterHost(anyio.abc.AsyncResource):
             ("probe_interval_s", probe_interval_s),
             ("refresh_interval_s", refresh_interval_s),
             ("call_timeout_s", call_timeout_s),
+            ("session_wait_s", session_wait_s),
         ):
             seconds(name, value)
         self._slot_wait_s = float(slot_wait_s)
@@ -127,7 +134,12 @@ class AdapterHost(anyio.abc.AsyncResource):
         self._call_timeout_s = float(call_timeout_s)
         self.metrics = HostMetrics() if metrics is None else metrics
         self._rng = random.Random() if rng is None else rng
-        self._pools = Pools(slot_wait_s=self._slot_wait_s, rng=self._rng, pinned=pin_replicas)
+        self._pools = Pools(
+            slot_wait_s=self._slot_wait_s,
+            rng=self._rng,
+            pinned=pin_replicas,
+            session_wait_s=float(session_wait_s),
+        )
         self._watchers: dict[Replica, ReplicaWatcher] = {}
         self._exit_stack: AsyncExitStack | None = None
         self._task_group: anyio.abc.TaskGroup | None = None

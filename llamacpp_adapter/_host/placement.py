@@ -1,6 +1,7 @@
 """Where a task goes: :func:`choose`, a pure function of the replicas' state and the
 task; :class:`WaitingLine`, the tasks of a pool waiting for a replica, served first come,
-first served; and :class:`Pools`, the host's pools, which run them.
+first served; :class:`Sessions`, where each conversation's last turn ran; and
+:class:`Pools`, the host's pools, which run them.
 
 The choice and the count of the stream on the replica chosen happen with no await
 between, so two tasks can never both take the last free slot. A slot that frees is given
@@ -14,6 +15,7 @@ import bisect
 import itertools
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +25,14 @@ from .._exceptions import PoolUnavailable, PromptTooLarge, WorkerError
 from .._types import ChatRequest, TaskRequest
 from .replica import Replica
 
-__all__ = ["Pools", "Wait", "Waiter", "WaitingLine", "choose", "pin_mismatch"]
+__all__ = ["Pools", "Sessions", "Wait", "Waiter", "WaitingLine", "choose", "pin_mismatch"]
+
+#: How long a conversation's turn waits for a free slot on the replica that ran its last
+#: turn, where the engine has its prompt in cache, before it goes to another.
+DEFAULT_SESSION_WAIT_S = 1.0
+#: The conversations whose replica the host remembers; past it, the least recently used
+#: is forgotten (its next turn is placed as a new one).
+DEFAULT_MAX_SESSIONS = 65_536
 
 #: What a ticket at the head of the line is lowered by: more than any count of tickets.
 _HEAD_OF_LINE = 1 << 62
@@ -47,13 +56,16 @@ def choose(
     now: float,
     rng: random.Random,
     prefer: Replica | None = None,
+    stick_until: float = -math.inf,
 ) -> Replica | Wait:
     """The replica of *pool* to run *request* on: of those healthy, with their slots
     known and a context of at least *min_context* tokens (and more than the prompt's,
     when it is given as ids), past any ``Retry-After`` at *now* and with a free slot,
-    *prefer* if it is one of them (a paused stream goes back to its cache), then one
-    that the task has not failed on (*avoid*) before one it has, then one with the most
-    free slots, drawn with *rng* among equals.
+    *prefer* if it is one of them (where the task's cache is: a paused stream's, a
+    conversation's); until *stick_until*, a wait for *prefer* when it could take the
+    task but has no free slot now; then one that the task has not failed on (*avoid*)
+    before one it has, then one with the most free slots, drawn with *rng* among
+    equals.
 
     Raises:
         PoolUnavailable: when no replica could ever take the task: none is bound, or
@@ -81,10 +93,15 @@ def choose(
             context_size=largest,
         )
     ready = [r for r in fitting if r.cool_until <= now and r.free_slots() > 0]
+    if prefer is not None and prefer in fitting:
+        if prefer in ready:
+            return prefer
+        if now < stick_until:
+            # Its cache is there: wait for a slot (a change wakes the wait sooner).
+            cooling = prefer.cool_until > now
+            return Wait(min(stick_until, prefer.cool_until) if cooling else stick_until)
     if not ready:
         return Wait(min((r.cool_until for r in fitting if r.cool_until > now), default=math.inf))
-    if prefer is not None and prefer in ready:
-        return prefer
     ready = [r for r in ready if r not in avoid] or ready
     most = max(r.free_slots() for r in ready)
     return rng.choice([r for r in ready if r.free_slots() == most])
@@ -125,8 +142,9 @@ class Waiter:
         deadline: when it stops waiting; past it, it is given nothing.
         learning: replicas bound a moment before it came, whose first look it waits
             for before it is placed (so that it goes where it fits best).
-        prefer: the replica it goes to when that one has a free slot (a paused stream
-            goes back to its cache).
+        prefer: the replica it goes to when that one has a free slot (where its cache
+            is: a paused stream's, a conversation's).
+        stick_until: until when it waits for *prefer* rather than go elsewhere.
         served: called once it is placed or failed.
         placed: the replica it was given (its slot counted), once placed.
         placed_at: when it was given it.
@@ -142,6 +160,7 @@ class Waiter:
     learning: Collection[Replica] = ()
     served: Callable[[], None] = field(default=lambda: None, repr=False)
     prefer: Replica | None = None
+    stick_until: float = -math.inf
     placed: Replica | None = None
     placed_at: float = math.nan
     refused: WorkerError | None = None
@@ -195,6 +214,7 @@ class WaitingLine:
                     now=now,
                     rng=rng,
                     prefer=waiter.prefer,
+                    stick_until=waiter.stick_until,
                 )
             except WorkerError as exc:
                 waiter.refused = exc
@@ -209,6 +229,38 @@ class WaitingLine:
         return look_again
 
 
+class Sessions:
+    """Which replica ran each conversation's last turn, by pool: a table of at most
+    *limit* conversations, the least recently placed forgotten first. Pure.
+
+    A conversation whose replica is no longer bound is placed as a new one; its next
+    placement is remembered instead.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_SESSIONS) -> None:
+        self._limit = limit
+        self._where: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def replica_of(self, pool: str, session: str) -> str | None:
+        """The name of the replica that ran *session*'s last turn in *pool*, if known."""
+        return self._where.get((pool, session))
+
+    def ran(self, pool: str, session: str, replica: str) -> None:
+        """A turn of *session* was placed on *replica*: the next goes there too."""
+        key = (pool, session)
+        self._where[key] = replica
+        self._where.move_to_end(key)
+        if len(self._where) > self._limit:
+            self._where.popitem(last=False)
+
+    def on(self, pool: str, replica: str) -> int:
+        """How many of the conversations remembered ran their last turn on *replica*."""
+        return sum(1 for (p, _), r in self._where.items() if p == pool and r == replica)
+
+
 class Pools:
     """The host's pools of replicas, and the wait for a free slot.
 
@@ -218,10 +270,23 @@ class Pools:
         rng: the source of the draw among equal replicas.
         pinned: whether a pool's replicas must run its first replica's engine build and
             model (see :meth:`check_pin`).
+        session_wait_s: how long a conversation's turn waits for the replica of its
+            last turn when that one has no free slot, before it goes to another.
+        max_sessions: the conversations remembered (see :class:`Sessions`).
     """
 
-    def __init__(self, *, slot_wait_s: float, rng: random.Random, pinned: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        slot_wait_s: float,
+        rng: random.Random,
+        pinned: bool = True,
+        session_wait_s: float = DEFAULT_SESSION_WAIT_S,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+    ) -> None:
         self._slot_wait_s = slot_wait_s
+        self._session_wait_s = session_wait_s
+        self.sessions = Sessions(max_sessions)
         self._pinned = pinned
         self._rng = rng
         self._pools: dict[str, dict[str, Replica]] = {}
@@ -349,7 +414,10 @@ class Pools:
         caller releases it); the replica and when it was given, or None when
         *deadline* passes first. The task waits in the pool's line, after
         every task with a lower *ticket* (a new one by default); it goes to *prefer*
-        when that one has a free slot.
+        when that one has a free slot. A conversation's turn (a request with a
+        ``session``) prefers the replica of its last turn, and waits up to
+        ``session_wait_s`` for a slot there before it goes to another; the turn's
+        replica is remembered for the next.
 
         Raises:
             PoolUnavailable: when no replica could take the task, or none had a free
@@ -357,6 +425,13 @@ class Pools:
         """
         if self._changed is None:
             raise RuntimeError("use the host inside its async with block")
+        stick_until = -math.inf
+        session = request.session
+        if prefer is None and session is not None:
+            name = self.sessions.replica_of(pool, session)
+            last = self._pools.get(pool, {}).get(name) if name is not None else None
+            if last is not None and last not in avoid:
+                prefer, stick_until = last, anyio.current_time() + self._session_wait_s
         served = anyio.Event()
         waiter = Waiter(
             self.ticket() if ticket is None else ticket,
@@ -367,6 +442,7 @@ class Pools:
             [r for r in self.of(pool) if not r.has_looked],
             served.set,
             prefer,
+            stick_until,
         )
         line = self._lines.setdefault(pool, WaitingLine())
         line.join(waiter)
@@ -400,4 +476,6 @@ class Pools:
         if waiter.refused is not None:
             raise waiter.refused
         assert waiter.placed is not None
+        if session is not None:
+            self.sessions.ran(pool, session, waiter.placed.name)
         return waiter.placed, waiter.placed_at

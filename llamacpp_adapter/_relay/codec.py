@@ -262,12 +262,13 @@ def _error(message: _Error) -> WorkerError:
 #: The fields of a task message, all of them: another is refused.
 TASK_FIELDS = frozenset(
     {"prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
-    | {"job_id", "extra", "pool", "window", "prompt_progress"}
+    | {"job_id", "extra", "pool", "window", "prompt_progress", "session"}
 )
 #: The fields of a chat's task message (``"kind": "chat"``), all of them.
 CHAT_TASK_FIELDS = frozenset(
     {"kind", "messages", "tools", "tool_choice", "max_tokens", "temperature", "top_p"}
     | {"seed", "stop", "job_id", "extra", "pool", "window", "prompt_progress", "call_deltas"}
+    | {"session"}
 )
 #: The largest window a client may ask for, in messages.
 MAX_WINDOW = 1 << 20
@@ -350,6 +351,8 @@ def encode_task(
         fields["extra"] = dict(request.extra)
     if request.prompt_progress:
         fields["prompt_progress"] = True
+    if request.session is not None:
+        fields["session"] = request.session
     if pool is not None:
         fields["pool"] = pool
     if window is not None:

@@ -294,6 +294,8 @@ def test_a_turn_of_the_assistant_may_hold_calls_and_no_content() -> None:
         ),
         ({"tool_choice": {"type": "function"}}, TypeError, "tool_choice"),
         ({"call_deltas": "yes"}, TypeError, "call_deltas"),
+        ({"session": "s" * 257}, ValueError, "session"),
+        ({"session": b"bytes"}, TypeError, "session"),
         ({"max_tokens": 0}, ValueError, "max_tokens"),
         ({"temperature": -1}, ValueError, "temperature"),
         ({"extra": {"tools": []}}, ValueError, "extra may not set 'tools'"),

@@ -24,7 +24,7 @@ from llamacpp_adapter import (
     WorkerProps,
     WorkerReset,
 )
-from llamacpp_adapter._host.placement import Pools, Wait, Waiter, WaitingLine, choose
+from llamacpp_adapter._host.placement import Pools, Sessions, Wait, Waiter, WaitingLine, choose
 from llamacpp_adapter._host.replica import Replica
 
 # Made once, never used: a replica needs an adapter, placement never touches it.
@@ -433,3 +433,90 @@ def test_a_mismatched_replica_stays_reported_as_such_through_a_run_of_health() -
     other.mark_healthy()
     assert other.status().mismatch is not None  # it still gets no work
     assert gauge() == 1  # and the gauge still says so
+
+
+# --- Conversations -----------------------------------------------------------------------
+
+
+def test_a_conversation_waits_for_its_replica_until_its_bound_then_goes_elsewhere() -> None:
+    a, b = replica("a", slots=1), replica("b", slots=2)
+    assert pick([a, b], prefer=a, stick_until=5.0, now=1.0) is a  # over b's two free slots
+    a.take()
+    assert pick([a, b], prefer=a, stick_until=5.0, now=1.0) == Wait(5.0)
+    assert pick([a, b], prefer=a, stick_until=5.0, now=5.0) is b
+    # Without a bound (a paused stream's preference), it goes elsewhere at once.
+    assert pick([a, b], prefer=a, now=1.0) is b
+
+
+def test_a_conversation_waits_no_longer_than_its_replica_s_retry_after() -> None:
+    a, b = replica("a"), replica("b")
+    a.record_failure(AdapterError("busy", status=429, retry_after=2.0), now=0.0)
+    assert pick([a, b], prefer=a, stick_until=5.0, now=1.0) == Wait(2.0)
+    assert pick([a, b], prefer=a, stick_until=5.0, now=2.0) is a
+
+
+def test_the_sessions_table_is_bounded_and_forgets_the_least_recently_placed() -> None:
+    table = Sessions(limit=2)
+    table.ran("p", "one", "a")
+    table.ran("p", "two", "b")
+    table.ran("p", "one", "b")  # placed again: the most recent
+    table.ran("p", "three", "a")
+    assert len(table) == 2
+    assert table.replica_of("p", "two") is None
+    assert (table.replica_of("p", "one"), table.replica_of("p", "three")) == ("b", "a")
+    assert table.replica_of("other pool", "one") is None
+    assert (table.on("p", "a"), table.on("p", "b")) == (1, 1)
+
+
+def bound(pools: Pools, name: str, slots: int) -> Replica:
+    made = Replica(
+        "p",
+        name,
+        ADAPTER,
+        HostMetrics(),
+        unhealthy_after=2,
+        blames=POLICY.blames_replica,
+        on_change=pools.changed,
+    )
+    pools.add(made)
+    made.record_props(WorkerProps(slots, None, 1024, "m.gguf"))
+    made.record_first_look()
+    return made
+
+
+async def test_a_conversation_sticks_spills_after_its_wait_and_follows_the_spill(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pools = Pools(slot_wait_s=60.0, rng=random.Random(0), session_wait_s=2.0)
+    pools.open()
+    a, b = bound(pools, "a", slots=2), bound(pools, "b", slots=1)
+    turn = TaskRequest("hello", session="conversation")
+
+    async def place() -> tuple[Replica, float]:
+        asked = trio.current_time()
+        placed = await pools.place("p", turn, deadline=math.inf, min_context=0, avoid=())
+        assert placed is not None
+        placed[0].release()
+        return placed[0], placed[1] - asked
+
+    pools.sessions.ran("p", "conversation", "b")
+    assert await place() == (b, 0.0)  # b, where its cache is, over a's two free slots
+    b.take()
+    assert await place() == (a, 2.0)  # b stays full: after the wait, a, and now a's
+    assert pools.sessions.replica_of("p", "conversation") == "a"
+    b.release()
+    assert await place() == (a, 0.0)
+
+
+async def test_a_conversation_whose_replica_was_unbound_goes_elsewhere() -> None:
+    pools = Pools(slot_wait_s=60.0, rng=random.Random(0))
+    pools.open()
+    bound(pools, "a", slots=1)
+    b = bound(pools, "b", slots=1)
+    pools.sessions.ran("p", "conversation", "a")
+    pools.remove("p", "a")
+    turn = TaskRequest("hello", session="conversation")
+    placed = await pools.place("p", turn, deadline=math.inf, min_context=0, avoid=())
+    assert placed is not None
+    assert placed[0] is b
+    assert pools.sessions.replica_of("p", "conversation") == "b"

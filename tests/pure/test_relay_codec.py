@@ -145,6 +145,7 @@ tasks = st.builds(
     seed=st.none() | st.integers(0, 2**31 - 1),
     stop=st.lists(st.text(min_size=1), max_size=3),
     extra=st.dictionaries(st.sampled_from(["ignore_eos", "n_probs"]), st.integers(0, 5)),
+    session=st.none() | st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=20),
 )
 
 
@@ -204,6 +205,7 @@ def test_a_chat_task_survives_the_round_trip() -> None:
         stop=["x"],
         extra={"chat_template_kwargs": {"enable_thinking": False}},
         call_deltas=True,
+        session="conversation-7",
     )
     decoded = decode_task(encode_task(chat, "pool", window=8))
     assert (decoded.request, decoded.pool, decoded.window) == (chat, "pool", 8)

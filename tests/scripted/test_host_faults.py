@@ -266,6 +266,30 @@ async def test_a_chat_that_fails_before_its_first_output_is_retried_unseen(
     assert len(other.times) == 1
 
 
+async def test_a_conversation_s_turns_go_where_its_last_turn_ran(nursery: trio.Nursery) -> None:
+    engines = {"r0": Engine(tokens(2)), "r1": Engine(tokens(2))}
+    async with host_for_test() as host:
+        for name, engine in engines.items():
+            adapter = await add_replica(nursery, host, name, engine)
+        await host.wait_ready("pool")
+        served = []
+        for _turn in range(6):
+            async with host.submit("pool", TaskRequest("x", session="conversation")) as events:
+                async for _ in events:
+                    pass
+                served.append(events.replica)
+            # Another task, with no conversation, in between: it may go anywhere.
+            await run_task(host)
+        assert len(set(served)) == 1, served
+        # Its replica goes away: the next turn goes to the other, with no error.
+        adapter = host.unbind("pool", served[0])
+        await adapter.aclose()
+        async with host.submit("pool", TaskRequest("x", session="conversation")) as events:
+            got = [event async for event in events]
+            assert events.replica != served[0]
+    assert isinstance(got[-1], End)
+
+
 async def test_retries_stop_at_the_deadline(nursery: trio.Nursery, mock_clock: MockClock) -> None:
     mock_clock.autojump_threshold = 0
     engine = Engine(answer(503, "Service Unavailable", LOADING, "Retry-After: 1\r\n"))
