@@ -214,7 +214,17 @@ def test_release_tells_waiting_tasks() -> None:
 # --- Pinned replica sets ---------------------------------------------------------------
 
 
-def learned(pools: Pools, name: str, build: str, model: str) -> Replica:
+def bound(
+    pools: Pools,
+    name: str,
+    *,
+    slots: int = 2,
+    build: str | None = None,
+    model: str | None = None,
+    looked: bool = True,
+) -> Replica:
+    """A replica bound to *pools*' pool "p", its props learned (its engine build and
+    model with them, when given), its first look done unless told otherwise."""
     made = Replica(
         "p",
         name,
@@ -226,8 +236,16 @@ def learned(pools: Pools, name: str, build: str, model: str) -> Replica:
         on_learned=pools.check_pin,
     )
     pools.add(made)
-    made.record_props(WorkerProps(2, None, 1024, "m.gguf", build_info=build, model_digest=model))
+    made.record_props(
+        WorkerProps(slots, None, 1024, "m.gguf", build_info=build, model_digest=model)
+    )
+    if looked:
+        made.record_first_look()
     return made
+
+
+def learned(pools: Pools, name: str, build: str, model: str) -> Replica:
+    return bound(pools, name, build=build, model=model, looked=False)
 
 
 def test_a_replica_unlike_its_pool_s_first_gets_no_work() -> None:
@@ -279,18 +297,7 @@ async def test_a_freed_slot_goes_to_the_task_that_waited_longest() -> None:
     """A task that arrives as a slot frees does not take it from one already waiting."""
     pools = Pools(slot_wait_s=60.0, rng=random.Random(0))
     pools.open()
-    only = Replica(
-        "p",
-        "a",
-        ADAPTER,
-        HostMetrics(),
-        unhealthy_after=2,
-        blames=POLICY.blames_replica,
-        on_change=pools.changed,
-    )
-    pools.add(only)
-    only.record_props(WorkerProps(1, None, 1024, "m.gguf"))
-    only.record_first_look()
+    only = bound(pools, "a", slots=1)
     order: list[str] = []
 
     async def task(name: str) -> None:
@@ -466,22 +473,6 @@ def test_the_sessions_table_is_bounded_and_forgets_the_least_recently_placed() -
     assert (table.replica_of("p", "one"), table.replica_of("p", "three")) == ("b", "a")
     assert table.replica_of("other pool", "one") is None
     assert (table.on("p", "a"), table.on("p", "b")) == (1, 1)
-
-
-def bound(pools: Pools, name: str, slots: int) -> Replica:
-    made = Replica(
-        "p",
-        name,
-        ADAPTER,
-        HostMetrics(),
-        unhealthy_after=2,
-        blames=POLICY.blames_replica,
-        on_change=pools.changed,
-    )
-    pools.add(made)
-    made.record_props(WorkerProps(slots, None, 1024, "m.gguf"))
-    made.record_first_look()
-    return made
 
 
 async def test_a_conversation_sticks_spills_after_its_wait_and_follows_the_spill(
