@@ -229,7 +229,11 @@ class AdapterHost(anyio.abc.AsyncResource):
 
     def replicas(self, pool: str) -> list[ReplicaStatus]:
         """What the host knows of each replica of *pool* (none if the pool is unknown)."""
-        return [replica.status() for replica in self._pools.of(pool)]
+        sessions = self._pools.sessions
+        return [
+            replica.status(sessions=sessions.on(pool, replica.name))
+            for replica in self._pools.of(pool)
+        ]
 
     async def cancel(self, job_id: str) -> bool:
         """End the streams of *job_id* open through this host, best effort (see

@@ -129,6 +129,18 @@ class HostMetrics:
         self.tokens_out = Counter(
             f"{_PREFIX}_tokens_out", "Tokens delivered to consumers.", _LABELS, registry=reg
         )
+        self.prompt_tokens = Counter(
+            f"{_PREFIX}_prompt_tokens",
+            "Prompt tokens of the streams the replica ended, evaluated or taken from cache.",
+            _LABELS,
+            registry=reg,
+        )
+        self.prompt_tokens_cached = Counter(
+            f"{_PREFIX}_prompt_tokens_cached",
+            "Prompt tokens the replica took from its cache, as its timings said.",
+            _LABELS,
+            registry=reg,
+        )
         self.time_to_first_token = LatencyHistogram(
             f"{_PREFIX}_time_to_first_token_seconds",
             "From the request to its first token.",

@@ -46,6 +46,11 @@ class ReplicaStatus:
         model_digest: the digest of its model, once learned.
         mismatch: why it gets no work in a pinned pool (it runs another engine build or
             model than the pool's first replica), or ``None``.
+        sessions: the conversations whose last turn it ran (of those the host
+            remembers): their next turns go to it.
+        prompt_tokens: the prompt tokens of the streams it ended, evaluated or taken
+            from cache, as their timings said.
+        prompt_tokens_cached: of those, the tokens it took from its cache.
     """
 
     pool: str
@@ -58,6 +63,14 @@ class ReplicaStatus:
     engine_version: str | None = None
     model_digest: str | None = None
     mismatch: str | None = None
+    sessions: int = 0
+    prompt_tokens: int = 0
+    prompt_tokens_cached: int = 0
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """The share of its prompt tokens it took from cache; ``None`` before any."""
+        return self.prompt_tokens_cached / self.prompt_tokens if self.prompt_tokens else None
 
 
 class _ReplicaMetrics:
@@ -71,6 +84,8 @@ class _ReplicaMetrics:
         self.token_latency = metrics.token_latency.labels(*labels)
         self.in_flight = metrics.in_flight.labels(*labels)
         self.pauses = metrics.pauses.labels(*labels)
+        self.prompt_tokens = metrics.prompt_tokens.labels(*labels)
+        self.prompt_tokens_cached = metrics.prompt_tokens_cached.labels(*labels)
         self.healthy = metrics.replica_healthy.labels(*labels)
         self.mismatched = metrics.replica_mismatched.labels(*labels)
 
@@ -136,6 +151,8 @@ class Replica:
         self._slots_total: int | None = None
         self._context_size: int | None = None
         self._in_flight = 0
+        self._prompt_tokens = 0
+        self._prompt_tokens_cached = 0
         self._busy_elsewhere = 0  # slots processing for other clients, from /slots
         self._healthy = True
         self._failures = 0  # in a row
@@ -196,7 +213,9 @@ class Replica:
             return 0
         return max(self._slots_total - self._in_flight - self._busy_elsewhere, 0)
 
-    def status(self) -> ReplicaStatus:
+    def status(self, *, sessions: int = 0) -> ReplicaStatus:
+        """What the host knows of it, *sessions* conversations having their last turn
+        on it."""
         return ReplicaStatus(
             self.pool,
             self.name,
@@ -208,6 +227,9 @@ class Replica:
             self._engine_version,
             self._model_digest,
             self._mismatch,
+            sessions,
+            self._prompt_tokens,
+            self._prompt_tokens_cached,
         )
 
     def log_fields(self, **more: Any) -> dict[str, Any]:
@@ -306,6 +328,15 @@ class Replica:
         self._in_flight -= 1
         self._metrics.in_flight.dec()
         self._on_change()
+
+    def record_prompt(self, evaluated: int, cached: int | None) -> None:
+        """A stream on it ended, its timings saying it evaluated *evaluated* prompt
+        tokens and took *cached* from its cache (``None``: not said)."""
+        reused = cached or 0
+        self._prompt_tokens += evaluated + reused
+        self._prompt_tokens_cached += reused
+        self._metrics.prompt_tokens.inc(evaluated + reused)
+        self._metrics.prompt_tokens_cached.inc(reused)
 
     def record_first_token(self, waited_s: float) -> LatencySeries:
         """A stream's first token came *waited_s* after its task was submitted; it ends

@@ -26,6 +26,7 @@ from .._stream import EventStream
 from .._types import (
     ChatRequest,
     End,
+    Metrics,
     Reasoning,
     Started,
     StreamEvent,
@@ -213,6 +214,11 @@ class HostStream(EventReceiveStream):
             if kind is Token or kind is Reasoning or kind is ToolCallDelta or kind is ToolCall:
                 # Output: from the first, the task is not tried again elsewhere.
                 self._on_token(now)
+            elif kind is Metrics:
+                # What its prompt cost the replica, and what its cache spared.
+                assert isinstance(event, Metrics)
+                if self._current is not None:
+                    self._current.record_prompt(event.prompt_tokens, event.cached_tokens)
             elif kind is End:
                 self._got_end = True
         return batch

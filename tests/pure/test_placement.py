@@ -462,6 +462,24 @@ def test_a_conversation_waits_no_longer_than_its_replica_s_retry_after() -> None
     assert pick([a, b], prefer=a, stick_until=5.0, now=2.0) is a
 
 
+def test_a_replica_counts_its_prompt_tokens_and_those_its_cache_spared() -> None:
+    metrics = HostMetrics()
+    a = Replica(
+        "p", "a", ADAPTER, metrics, unhealthy_after=2, blames=POLICY.blames_replica,
+        on_change=Changes(),
+    )  # fmt: skip
+    assert a.status().cache_hit_rate is None
+    a.record_prompt(100, 300)
+    a.record_prompt(50, None)  # an engine that does not say
+    status = a.status(sessions=2)
+    assert (status.prompt_tokens, status.prompt_tokens_cached, status.sessions) == (450, 300, 2)
+    assert status.cache_hit_rate == 300 / 450
+    labels = {"engine": "llama.cpp", "pool": "p", "replica": "a"}
+    sample = metrics.registry.get_sample_value
+    assert sample("llamacpp_adapter_prompt_tokens_total", labels) == 450
+    assert sample("llamacpp_adapter_prompt_tokens_cached_total", labels) == 300
+
+
 def test_the_sessions_table_is_bounded_and_forgets_the_least_recently_placed() -> None:
     table = Sessions(limit=2)
     table.ran("p", "one", "a")

@@ -281,6 +281,11 @@ async def test_a_conversation_s_turns_go_where_its_last_turn_ran(nursery: trio.N
             # Another task, with no conversation, in between: it may go anywhere.
             await run_task(host)
         assert len(set(served)) == 1, served
+        statuses = {status.replica: status for status in host.replicas("pool")}
+        assert [
+            statuses[name].sessions for name in (served[0], "r1" if served[0] == "r0" else "r0")
+        ] == [1, 0]
+        assert statuses[served[0]].prompt_tokens > 0
         # Its replica goes away: the next turn goes to the other, with no error.
         adapter = host.unbind("pool", served[0])
         await adapter.aclose()
