@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 
-from .._exceptions import ProtocolError, WorkerError, WorkerReset
+from .._exceptions import ProtocolError
 from .._types import (
     ChatRequest,
     End,
@@ -44,7 +44,7 @@ from .engine_json import (
     progress_event,
     raise_engine_error,
 )
-from .json_events import UNLIMITED, JsonEventReader
+from .json_events import JsonStreamDecoder
 from .sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["ChatEvent", "ChatStreamDecoder", "chat_body"]
@@ -140,10 +140,9 @@ class _Call:
         return ToolCall(self.index, self.id, self.name, "".join(self.arguments))
 
 
-class ChatStreamDecoder:
-    """Turn the bytes of a streamed chat completion into events.
-
-    ::
+class ChatStreamDecoder(JsonStreamDecoder[_Chunk]):
+    """Turn the bytes of a streamed chat completion into events; it is driven as every
+    :class:`JsonStreamDecoder`::
 
         decoder = ChatStreamDecoder()
         for data in body:
@@ -158,89 +157,22 @@ class ChatStreamDecoder:
         max_event_bytes: the bound on one SSE event.
         call_deltas: give each delta of a call as a :class:`ToolCallDelta` as it comes,
             before the call's :class:`ToolCall`.
-
-    Attributes:
-        error: the fault that ended the stream, once one has.
     """
+
+    __slots__ = ("_call", "_call_deltas", "_calls_done", "_stop_reason", "_timings", "_usage")
+
+    _CUT = "the chat stream ended before its end"
 
     def __init__(
         self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, call_deltas: bool = False
     ) -> None:
+        super().__init__(_chunk_decoder, max_event_bytes=max_event_bytes)
         self._call_deltas = call_deltas
-        self._reader: JsonEventReader[_Chunk, StreamEvent] = JsonEventReader(
-            _chunk_decoder, max_event_bytes=max_event_bytes
-        )
-        self._next_i = 0
         self._call: _Call | None = None  # the call being streamed
         self._calls_done = 0  # calls complete: the next one's index is at least this
         self._stop_reason: str | None = None
         self._usage: _Usage | None = None
         self._timings: Timings | None = None
-        self._finished = False
-        self.error: WorkerError | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether ``[DONE]`` came: the stream's last event was given."""
-        return self._finished
-
-    @property
-    def tokens_decoded(self) -> int:
-        """Content deltas decoded so far."""
-        return self._next_i
-
-    def feed(self, data: bytes) -> list[StreamEvent]:
-        """Feed the next bytes of the body; return the events they complete, in order.
-
-        Raises:
-            EngineError: the engine reported an error in the stream.
-            ProtocolError: what came is not a chat stream.
-        """
-        self.receive_data(data)
-        return self.next_events()
-
-    def receive_data(self, data: bytes) -> None:
-        """Take the next bytes of the body; :meth:`next_events` decodes them."""
-        self._reader.receive_data(data)
-
-    def next_events(self, limit: int = UNLIMITED) -> list[StreamEvent]:
-        """The events of the next *limit* chunks received (a chunk
-        gives one event, or a few: a call it completes, and at the end the metrics);
-        ``[]`` when what is left completes none.
-
-        Raises:
-            EngineError, ProtocolError: as :meth:`feed` (after the events before).
-        """
-        if self.error is not None:
-            raise self.error
-        events: list[StreamEvent] = []
-        try:
-            self._reader.read(limit, events, self._take_chunks, self._take_data)
-        except WorkerError as exc:
-            self.error = exc
-            if not events:
-                raise
-        return events
-
-    def close(self) -> list[StreamEvent]:
-        """End the body; return the events still undecoded.
-
-        Raises:
-            WorkerReset: if it ended before ``[DONE]`` (after the events returned).
-        """
-        events = self.next_events()
-        if self.error is None:
-            try:
-                self._reader.close()
-                if not self._finished:
-                    raise WorkerReset(
-                        f"the chat stream ended before its end, after {self._next_i} tokens"
-                    )
-            except WorkerError as exc:
-                self.error = exc
-        if self.error is not None and not events:
-            raise self.error
-        return events
 
     def _take_data(self, data: str, events: list[StreamEvent]) -> None:
         """An event's data, not decoded with a run of others."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from .._exceptions import ProtocolError, WorkerError, WorkerReset
+from .._exceptions import ProtocolError
 from .._types import End, StreamEvent, TaskRequest, Token
 from .continuation import Ledger
 from .engine_json import (
@@ -30,7 +30,7 @@ from .engine_json import (
     progress_event,
     raise_engine_error,
 )
-from .json_events import UNLIMITED, JsonEventReader
+from .json_events import JsonStreamDecoder
 from .sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = [
@@ -160,23 +160,21 @@ _chunk_decoder = msgspec.json.Decoder(_Chunk)
 EXTRA_EVENTS_PER_SLICE = 3
 
 
-class CompletionStreamDecoder:
+class CompletionStreamDecoder(JsonStreamDecoder[_Chunk]):
     """Turn the bytes of a streamed ``/completion`` response into events.
 
     It returns :class:`Token` events (``i`` = 0, 1, 2, ...), then, from the final chunk,
-    :class:`Metrics` and :class:`End`. Two ways to drive it:
-
-    * :meth:`feed` takes a read and returns every event it completes;
-    * :meth:`receive_data` takes a read, and :meth:`next_events` returns the events of
-      the next *limit* events' worth of what was received (``[]``: it needs more), so
-      that a reader holds no more than it means to however many events one read brings.
+    :class:`Metrics` and :class:`End`. It is driven as every :class:`JsonStreamDecoder`
+    (:meth:`feed`, or :meth:`receive_data` and :meth:`next_events`, then :meth:`close`).
 
     Most reads are decoded with one ``msgspec`` call (see :class:`JsonEventReader`);
     anything but a run of ``data: {json}`` lines goes through :class:`SSEDecoder` and its
     WHATWG rules, with the same events as the result.
 
-    A fault costs no event: when a call completes events before a fault, those events
-    are returned, the fault is kept in :attr:`error`, and the next call raises it.
+    Args:
+        max_event_bytes: the bound on one event.
+        ledger: the ledger of a stream that may be paused, over the requests it takes
+            (this decoder reads one of them).
 
     Raises (from :meth:`feed`, :meth:`next_events` and :meth:`close`):
         ProtocolError: bad SSE, bad JSON, a chunk without its fields, an event over
@@ -185,86 +183,22 @@ class CompletionStreamDecoder:
         WorkerReset: from :meth:`close`, when the stream ended before its final chunk.
     """
 
-    __slots__ = (
-        "_finished",
-        "_last_predicted",
-        "_ledger",
-        "_next_i",
-        "_reader",
-        "error",
-    )
+    __slots__ = ("_last_predicted", "_ledger")
+
+    _CUT = "the stream ended before its final chunk"
 
     def __init__(
         self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, ledger: Ledger | None = None
     ) -> None:
-        self._reader: JsonEventReader[_Chunk, StreamEvent] = JsonEventReader(
-            _chunk_decoder, max_event_bytes=max_event_bytes
+        super().__init__(
+            _chunk_decoder,
+            max_event_bytes=max_event_bytes,
+            first_i=0 if ledger is None else ledger.events,
         )
-        # A stream that may be paused keeps what it generated in its ledger, over the
-        # requests it takes; this decoder reads one of them.
         self._ledger = ledger
-        self._next_i = 0 if ledger is None else ledger.events
         self._last_predicted = 0
-        self._finished = False
-        #: The fault the next call raises, once one was found.
-        self.error: WorkerError | None = None
 
-    @property
-    def finished(self) -> bool:
-        """Whether the final chunk has arrived (and :class:`End` was returned)."""
-        return self._finished
-
-    @property
-    def tokens_decoded(self) -> int:
-        """How many :class:`Token` events have been returned."""
-        return self._next_i
-
-    def feed(self, data: bytes) -> list[StreamEvent]:
-        """Feed the next bytes of the response body; return every event they complete."""
-        self.receive_data(data)
-        return self.next_events()
-
-    def receive_data(self, data: bytes) -> None:
-        """Take the next bytes of the response body; :meth:`next_events` decodes them."""
-        self._reader.receive_data(data)
-
-    def next_events(self, limit: int = UNLIMITED) -> list[StreamEvent]:
-        """The events of the next *limit* chunks received (a chunk gives one event, and
-        the final chunk three: so at most *limit* + ``EXTRA_EVENTS_PER_SLICE``); ``[]``
-        when what is left completes none."""
-        if self.error is not None:
-            raise self.error
-        events: list[StreamEvent] = []
-        try:
-            self._reader.read(limit, events, self._take_chunks, self._take_payload)
-        except WorkerError as exc:
-            self.error = exc
-            if not events:
-                raise
-        return events
-
-    def close(self) -> list[StreamEvent]:
-        """End the response body; return the whole events still undecoded (an
-        unterminated last event is dropped, as WHATWG says).
-
-        Raises:
-            WorkerReset: if the final chunk never came (after the events returned).
-        """
-        events = self.next_events()
-        try:
-            self._reader.close()
-            if not self._finished:
-                raise WorkerReset(
-                    f"the stream ended before its final chunk, after {self._next_i} tokens"
-                )
-        except WorkerError as exc:
-            self.error = exc
-            if not events:
-                raise
-        return events
-
-    def _take_payload(self, payload: str, events: list[StreamEvent]) -> None:
-        """An event's data, not decoded with a run of others."""
+    def _take_data(self, payload: str, events: list[StreamEvent]) -> None:
         try:
             chunk = _chunk_decoder.decode(payload)
         except (msgspec.DecodeError, RecursionError) as exc:

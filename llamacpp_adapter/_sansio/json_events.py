@@ -21,10 +21,11 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from .._exceptions import ProtocolError
+from .._exceptions import ProtocolError, WorkerError, WorkerReset
+from .._types import StreamEvent
 from .sse import SSEDecoder, SSEEvent
 
-__all__ = ["UNLIMITED", "JsonEventReader"]
+__all__ = ["UNLIMITED", "JsonEventReader", "JsonStreamDecoder"]
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -248,3 +249,116 @@ class JsonEventReader(Generic[T, E]):
                 self._ready.append((True, objects))
                 return
         self._ready.append((False, [part.decode("utf-8", "replace") for part in run.split(b"\r")]))
+
+
+class JsonStreamDecoder(Generic[T]):
+    """Turn the bytes of one of llama-server's streams into events, with a
+    :class:`JsonEventReader`: the part both stream decoders share. Two ways to drive it:
+
+    * :meth:`feed` takes a read and returns every event it completes;
+    * :meth:`receive_data` takes a read, and :meth:`next_events` returns the events of
+      the next *limit* chunks of what was received (``[]``: it needs more), so that a
+      reader holds no more than it means to however many events one read brings.
+
+    A fault costs no event: when a call completes events before a fault, those events
+    are returned, the fault is kept in :attr:`error`, and the next call raises it.
+
+    A decoder maps the chunks to events (:meth:`_take_chunks`, the decoded ones of a
+    run; :meth:`_take_data`, an event's data not decoded with a run), counting its
+    tokens in ``_next_i`` and setting ``_finished`` once the stream's last event came.
+
+    Args:
+        decoder: decodes one chunk.
+        max_event_bytes: the bound on one event.
+        first_i: the ``i`` of the first token (a stream resumed goes on from its count).
+
+    Attributes:
+        error: the fault that ended the stream, once one has; the next call raises it.
+    """
+
+    __slots__ = ("_finished", "_next_i", "_reader", "error")
+
+    #: What a :class:`WorkerReset` says when the stream ends before its last event.
+    _CUT = "the stream ended before its last event"
+
+    def __init__(
+        self, decoder: msgspec.json.Decoder[T], *, max_event_bytes: int, first_i: int = 0
+    ) -> None:
+        self._reader: JsonEventReader[T, StreamEvent] = JsonEventReader(
+            decoder, max_event_bytes=max_event_bytes
+        )
+        self._next_i = first_i
+        self._finished = False
+        self.error: WorkerError | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the stream's last event came (and :class:`End` was returned)."""
+        return self._finished
+
+    @property
+    def tokens_decoded(self) -> int:
+        """How many :class:`Token` events have been returned."""
+        return self._next_i
+
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        """Feed the next bytes of the response body; return every event they complete,
+        in order.
+
+        Raises:
+            EngineError: the engine reported an error in the stream.
+            ProtocolError: what came is not such a stream.
+        """
+        self.receive_data(data)
+        return self.next_events()
+
+    def receive_data(self, data: bytes) -> None:
+        """Take the next bytes of the response body; :meth:`next_events` decodes them."""
+        self._reader.receive_data(data)
+
+    def next_events(self, limit: int = UNLIMITED) -> list[StreamEvent]:
+        """The events of the next *limit* chunks received (a chunk gives one event, or
+        at the end of the stream a few; see ``EXTRA_EVENTS_PER_SLICE``); ``[]`` when
+        what is left completes none.
+
+        Raises:
+            EngineError, ProtocolError: as :meth:`feed` (after the events before).
+        """
+        if self.error is not None:
+            raise self.error
+        events: list[StreamEvent] = []
+        try:
+            self._reader.read(limit, events, self._take_chunks, self._take_data)
+        except WorkerError as exc:
+            self.error = exc
+            if not events:
+                raise
+        return events
+
+    def close(self) -> list[StreamEvent]:
+        """End the response body; return the whole events still undecoded (an
+        unterminated last event is dropped, as WHATWG says).
+
+        Raises:
+            WorkerReset: if the stream's last event never came (after the events
+                returned); or the fault that ended it earlier.
+        """
+        events = self.next_events()
+        if self.error is None:
+            try:
+                self._reader.close()
+                if not self._finished:
+                    raise WorkerReset(f"{self._CUT}, after {self._next_i} tokens")
+            except WorkerError as exc:
+                self.error = exc
+        if self.error is not None and not events:
+            raise self.error
+        return events
+
+    def _take_chunks(self, chunks: list[T], events: list[StreamEvent]) -> None:
+        """Add the events of *chunks*, a run's, decoded, to *events*."""
+        raise NotImplementedError
+
+    def _take_data(self, data: str, events: list[StreamEvent]) -> None:
+        """Add the events of one event's *data*, not decoded with a run, to *events*."""
+        raise NotImplementedError
