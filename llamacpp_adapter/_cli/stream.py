@@ -91,7 +91,7 @@ def stream(
         if temperature is not None:
             chat = dataclasses.replace(chat, temperature=temperature)
         with engine_url(url, model="scripted") as base_url:
-            run(_stream_chat, base_url, api_key, chat, backend=backend)
+            run(_stream, base_url, api_key, chat, backend=backend)
         return
     if tools_file is not None:
         raise click.UsageError("--tools goes with --chat")
@@ -153,7 +153,9 @@ def read_prompt(argument: str | None, file: TextIO | None) -> str:
     return text
 
 
-async def _stream_chat(base_url: str, api_key: str | None, request: ChatRequest) -> None:
+async def _stream(base_url: str, api_key: str | None, request: TaskRequest | ChatRequest) -> None:
+    """Print *request*'s stream as it comes: its text (a chat's reasoning apart, dimmed
+    on a terminal, and each call as a JSON line), then a summary."""
     out = sys.stdout
     dim, undim = ("\x1b[2m", "\x1b[0m") if out.isatty() else ("", "")
     started = time.perf_counter()
@@ -178,7 +180,7 @@ async def _stream_chat(base_url: str, api_key: str | None, request: ChatRequest)
                 elif isinstance(event, ToolCall):
                     call = {"id": event.id, "name": event.name, "arguments": event.arguments}
                     out.write(json.dumps({"tool_call": call}, ensure_ascii=False) + "\n")
-                elif isinstance(event, Metrics):
+                elif isinstance(event, Metrics):  # optional: an engine may send no timings
                     engine = f" ({event.predicted_tokens_per_s:.1f} tokens/s in the engine)"
                 elif isinstance(event, End):
                     rate = event.tokens_out / (time.perf_counter() - started)
@@ -188,26 +190,3 @@ async def _stream_chat(base_url: str, api_key: str | None, request: ChatRequest)
                         f"stop: {event.stop_reason}"
                     )
             out.flush()
-
-
-async def _stream(base_url: str, api_key: str | None, request: TaskRequest) -> None:
-    out = sys.stdout
-    started = time.perf_counter()
-    engine = ""
-    async with (
-        LlamaCppHttpAdapter(base_url, api_key=api_key) as adapter,
-        adapter.submit(request) as events,
-    ):
-        async for event in events:
-            if isinstance(event, Token):
-                out.write(event.text.translate(TERMINAL_SAFE))
-                out.flush()
-            elif isinstance(event, Metrics):  # optional: an engine may send no timings
-                engine = f" ({event.predicted_tokens_per_s:.1f} tokens/s in the engine)"
-            elif isinstance(event, End):
-                rate = event.tokens_out / (time.perf_counter() - started)
-                out.write("\n")
-                click.echo(
-                    f"-- {event.tokens_out} tokens, {rate:.1f} tokens/s received{engine}, "
-                    f"stop: {event.stop_reason}"
-                )
