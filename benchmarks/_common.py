@@ -10,15 +10,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token
+from llamacpp_adapter import ChatRequest, LlamaCppHttpAdapter, TaskRequest, Token
 
 _SERVER_START_TIMEOUT_S = 20.0
 #: The core the stub server runs on, and the one each measured client runs on.
@@ -127,6 +128,27 @@ def warm_burst(url: str, events: int) -> None:
 def request(**fields: Any) -> TaskRequest:
     """A task whose ``extra`` tells the stub server what to stream."""
     return TaskRequest("bench", extra=fields)
+
+
+#: Told the job and the text of each token.
+JobTokenSink = Callable[[str, str], None]
+
+
+async def pull_streams(
+    url: str, requests: Sequence[TaskRequest | ChatRequest], on_token: JobTokenSink
+) -> None:
+    """Stream every one of *requests* at once through one adapter, each pulled by a task
+    of its own; *on_token* is told each token's job and text."""
+
+    async def one(adapter: LlamaCppHttpAdapter, request: TaskRequest | ChatRequest) -> None:
+        async with adapter.submit(request) as events:
+            async for event in events:
+                if type(event) is Token:
+                    on_token(request.job_id, event.text)
+
+    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
+        for request in requests:
+            group.start_soon(one, adapter, request)
 
 
 async def adapter_tokens(adapter: LlamaCppHttpAdapter, task: TaskRequest) -> AsyncIterator[str]:

@@ -24,6 +24,7 @@ from ._common import (
     Target,
     TokenMeter,
     pinned,
+    pull_streams,
     request,
     run_client,
     stub_server,
@@ -156,19 +157,9 @@ PACED_MODULES = {CHAT: ["llamacpp_adapter"], OPENAI: ["openai"], COMPLETION: ["l
 
 
 async def _paced_chat(url: str, streams: int, fields: dict[str, Any], meter: TokenMeter) -> None:
-    import anyio
+    from llamacpp_adapter import ChatRequest
 
-    from llamacpp_adapter import ChatRequest, LlamaCppHttpAdapter, Token
-
-    async def one(adapter: LlamaCppHttpAdapter, chat: ChatRequest) -> None:
-        async with adapter.submit(chat) as events:
-            async for event in events:
-                if type(event) is Token:
-                    meter(chat.job_id, event.text)
-
-    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
-        for _ in range(streams):
-            group.start_soon(one, adapter, ChatRequest(MESSAGES, extra=fields))
+    await pull_streams(url, [ChatRequest(MESSAGES, extra=fields) for _ in range(streams)], meter)
 
 
 async def _paced_openai(url: str, streams: int, fields: dict[str, Any], meter: TokenMeter) -> None:
@@ -198,20 +189,8 @@ async def _paced_openai(url: str, streams: int, fields: dict[str, Any], meter: T
 async def _paced_completion(
     url: str, streams: int, fields: dict[str, Any], meter: TokenMeter
 ) -> None:
-    import anyio
-
-    from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token
-
-    async def one(adapter: LlamaCppHttpAdapter, task: TaskRequest) -> None:
-        async with adapter.submit(task) as events:
-            async for event in events:
-                if type(event) is Token:
-                    meter(task.job_id, event.text)
-
     completion = {**fields, "bench_mode": "paced"}
-    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
-        for _ in range(streams):
-            group.start_soon(one, adapter, request(**completion))
+    await pull_streams(url, [request(**completion) for _ in range(streams)], meter)
 
 
 PACED_READERS = {CHAT: _paced_chat, OPENAI: _paced_openai, COMPLETION: _paced_completion}

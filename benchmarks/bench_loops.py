@@ -23,16 +23,18 @@ from typing import Any
 
 import anyio
 
-from llamacpp_adapter import LlamaCppHttpAdapter, TaskRequest, Token, completion_body
+from llamacpp_adapter import TaskRequest, completion_body
 
 from ._common import (
     SERVER_CORE,
+    JobTokenSink,
     Table,
     Target,
     TokenMeter,
     httpx_sse_tokens,
     peer_client,
     pinned,
+    pull_streams,
     request,
     warm_burst,
 )
@@ -159,8 +161,6 @@ def _bulk(url: str, *, quick: bool) -> tuple[Table, list[Target]]:
 
 # --- One client run, in its own process -------------------------------------------------
 
-TokenSink = Callable[[str, str], None]
-
 
 async def _measure(spec: dict[str, Any]) -> dict[str, float]:
     streams, events = int(spec["streams"]), int(spec["events"])
@@ -178,19 +178,7 @@ async def _measure(spec: dict[str, Any]) -> dict[str, float]:
     return {"rate": meter.count / elapsed, "cpu_per_1000": cpu_per_1000}
 
 
-async def _adapter(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
-    async def one(adapter: LlamaCppHttpAdapter, task: TaskRequest) -> None:
-        async with adapter.submit(task) as events:
-            async for event in events:
-                if type(event) is Token:
-                    on_token(task.job_id, event.text)
-
-    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
-        for task in tasks:
-            group.start_soon(one, adapter, task)
-
-
-async def _httpx(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
+async def _httpx(url: str, tasks: list[TaskRequest], on_token: JobTokenSink) -> None:
     async def one(task: TaskRequest) -> None:
         async for text in httpx_sse_tokens(client, url, task):
             on_token(task.job_id, text)
@@ -200,7 +188,7 @@ async def _httpx(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> Non
             group.start_soon(one, task)
 
 
-async def _aiohttp(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> None:
+async def _aiohttp(url: str, tasks: list[TaskRequest], on_token: JobTokenSink) -> None:
     """As vLLM's serving benchmark reads a stream: line by line, each ``data:`` line
     parsed with ``json.loads``."""
     import aiohttp
@@ -225,8 +213,8 @@ async def _aiohttp(url: str, tasks: list[TaskRequest], on_token: TokenSink) -> N
             group.create_task(one(session, task))
 
 
-_CLIENTS: dict[str, Callable[[str, list[TaskRequest], TokenSink], Awaitable[None]]] = {
-    ADAPTER: _adapter,
+_CLIENTS: dict[str, Callable[[str, list[TaskRequest], JobTokenSink], Awaitable[None]]] = {
+    ADAPTER: pull_streams,
     HTTPX: _httpx,
     AIOHTTP: _aiohttp,
 }

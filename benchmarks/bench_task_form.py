@@ -19,7 +19,6 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -40,11 +39,13 @@ from llamacpp_adapter import (
 
 from ._common import (
     SERVER_CORE,
+    JobTokenSink,
     Table,
     Target,
     TokenMeter,
     peer_client,
     pinned,
+    pull_streams,
     request,
     run_client,
     warm_burst,
@@ -227,35 +228,25 @@ async def _measure(spec: dict[str, Any]) -> dict[str, float]:
     return result
 
 
-#: Told the job and the text of each token.
-TokenSink = Callable[[str, str], None]
+async def _pull(url: str, tasks: list[TaskRequest], on_token: JobTokenSink, _: int) -> None:
+    await pull_streams(url, tasks, on_token)
 
 
-async def _pull(url: str, tasks: list[TaskRequest], on_token: TokenSink, _: int) -> None:
-    async def one(adapter: LlamaCppHttpAdapter, task: TaskRequest) -> None:
-        async with adapter.submit(task) as events:
-            async for event in events:
-                if type(event) is Token:
-                    on_token(task.job_id, event.text)
-
-    async with LlamaCppHttpAdapter(url) as adapter, trio.open_nursery() as nursery:
-        for task in tasks:
-            nursery.start_soon(one, adapter, task)
-
-
-async def _receive(receive: ObjectReceiveStream[Any], on_token: TokenSink) -> None:
+async def _receive(receive: ObjectReceiveStream[Any], on_token: JobTokenSink) -> None:
     async with receive:
         async for job_id, event in receive:
             if type(event) is Token:
                 on_token(job_id, event.text)
 
 
-async def _task_form(url: str, tasks: list[TaskRequest], on_token: TokenSink, channel: int) -> None:
+async def _task_form(
+    url: str, tasks: list[TaskRequest], on_token: JobTokenSink, channel: int
+) -> None:
     await _feed(url, tasks, on_token, *anyio.create_memory_object_stream[JobItem](channel))
 
 
 async def _own_channel(
-    url: str, tasks: list[TaskRequest], on_token: TokenSink, channel: int
+    url: str, tasks: list[TaskRequest], on_token: JobTokenSink, channel: int
 ) -> None:
     await _feed(url, tasks, on_token, *create_job_channel(channel))
 
@@ -263,7 +254,7 @@ async def _own_channel(
 async def _feed(
     url: str,
     tasks: list[TaskRequest],
-    on_token: TokenSink,
+    on_token: JobTokenSink,
     send: MemoryObjectSendStream[JobItem],
     receive: ObjectReceiveStream[JobItem],
 ) -> None:
@@ -294,7 +285,7 @@ async def _pump_task(
                 )
 
 
-async def _pump(url: str, tasks: list[TaskRequest], on_token: TokenSink, channel: int) -> None:
+async def _pump(url: str, tasks: list[TaskRequest], on_token: JobTokenSink, channel: int) -> None:
     send, receive = anyio.create_memory_object_stream[tuple[str, Any]](channel)
     async with peer_client() as client, trio.open_nursery() as nursery:
         nursery.start_soon(_receive, receive, on_token)
