@@ -27,6 +27,15 @@ def llama_server() -> Iterator[LocalLlamaServer]:
 
 
 @pytest.fixture(scope="session")
+def scripted_server() -> Iterator[LocalLlamaServer]:
+    """A real llama-server of the scripted model, which thinks and calls its tool
+    (``LocalLlamaServer(model="scripted")``), shared by the session: room for a prompt
+    of 4,000 tokens."""
+    with LocalLlamaServer(model="scripted", context=8192, parallel=1) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def llama_server_with_key() -> Iterator[LocalLlamaServer]:
     """A real llama-server that requires the bearer token ``API_KEY``."""
     with LocalLlamaServer(context=4096, parallel=1, extra_args=["--api-key", API_KEY]) as server:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,12 +66,6 @@ def test_readme_fan_in_example_runs(llama_server: LocalLlamaServer, backend: str
 CHAT_EXAMPLE = re.search(
     r"### Chats: reasoning and tool calls\n.*?```python\n(.*?)```", README, re.S
 )
-
-
-@pytest.fixture(scope="module")
-def scripted_server() -> Iterator[LocalLlamaServer]:
-    with LocalLlamaServer(model="scripted", context=4096, parallel=1) as server:
-        yield server
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])

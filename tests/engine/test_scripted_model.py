@@ -6,7 +6,6 @@ the openai SDK's own accumulation); given the tool's answer, it answers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,12 +21,6 @@ from ..support.chat_streams import our_message, sdk_message
 
 TOOLS = list(SCRIPTED_TOOLS)
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def scripted() -> Iterator[LocalLlamaServer]:
-    with LocalLlamaServer(model="scripted", context=4096, parallel=1) as server:
-        yield server
 
 
 def chat(server: LocalLlamaServer, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -57,8 +50,8 @@ def streamed(server: LocalLlamaServer, messages: list[dict[str, Any]]) -> list[d
     return chunks
 
 
-def test_it_thinks_then_calls_the_tool(scripted: LocalLlamaServer) -> None:
-    choice = chat(scripted, QUESTION)
+def test_it_thinks_then_calls_the_tool(scripted_server: LocalLlamaServer) -> None:
+    choice = chat(scripted_server, QUESTION)
     assert choice["finish_reason"] == "tool_calls"
     message = choice["message"]
     assert message["reasoning_content"].strip() == "The user asks about the weather."
@@ -69,8 +62,8 @@ def test_it_thinks_then_calls_the_tool(scripted: LocalLlamaServer) -> None:
     assert call["id"]
 
 
-def test_its_stream_has_reasoning_deltas_then_the_call(scripted: LocalLlamaServer) -> None:
-    deltas = [c["choices"][0]["delta"] for c in streamed(scripted, QUESTION) if c["choices"]]
+def test_its_stream_has_reasoning_deltas_then_the_call(scripted_server: LocalLlamaServer) -> None:
+    deltas = [c["choices"][0]["delta"] for c in streamed(scripted_server, QUESTION) if c["choices"]]
     reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
     assert reasoning.strip() == "The user asks about the weather."
     calls = [call for d in deltas for call in d.get("tool_calls") or []]
@@ -82,15 +75,15 @@ def test_its_stream_has_reasoning_deltas_then_the_call(scripted: LocalLlamaServe
     assert all(not d.get("reasoning_content") for d in deltas[first_call:])
 
 
-def test_given_the_tool_s_answer_it_answers(scripted: LocalLlamaServer) -> None:
-    first = chat(scripted, QUESTION)["message"]
+def test_given_the_tool_s_answer_it_answers(scripted_server: LocalLlamaServer) -> None:
+    first = chat(scripted_server, QUESTION)["message"]
     [call] = first["tool_calls"]
     turns = [
         *QUESTION,
         first,
         {"role": "tool", "tool_call_id": call["id"], "content": "sunny, 24 C"},
     ]
-    choice = chat(scripted, turns)
+    choice = chat(scripted_server, turns)
     assert choice["finish_reason"] == "stop"
     answer = "".join(SCRIPTED_ANSWER).replace("▁", " ")
     assert choice["message"]["content"] == answer
@@ -99,18 +92,18 @@ def test_given_the_tool_s_answer_it_answers(scripted: LocalLlamaServer) -> None:
 
 @pytest.mark.parametrize("turn", ["call", "answer"])
 def test_its_stream_decoded_is_the_message_of_the_unstreamed_answer(
-    scripted: LocalLlamaServer, turn: str
+    scripted_server: LocalLlamaServer, turn: str
 ) -> None:
     messages: list[dict[str, Any]] = list(QUESTION)
     if turn == "answer":
-        first = chat(scripted, QUESTION)["message"]
+        first = chat(scripted_server, QUESTION)["message"]
         messages += [first, {"role": "tool", "tool_call_id": "x", "content": "sunny"}]
     body = chat_body(ChatRequest(messages, tools=TOOLS, max_tokens=64))
     decoder = ChatStreamDecoder()
     events = []
     received = b""
     with httpx.stream(
-        "POST", f"{scripted.base_url}/v1/chat/completions", json=body, timeout=30
+        "POST", f"{scripted_server.base_url}/v1/chat/completions", json=body, timeout=30
     ) as response:
         for data in response.iter_bytes():
             received += data
@@ -118,7 +111,7 @@ def test_its_stream_decoded_is_the_message_of_the_unstreamed_answer(
     events += decoder.close()
     # The same bytes, as the openai SDK's own accumulation reads them: ids included.
     assert our_message(events) == sdk_message(received)
-    final = chat(scripted, messages)
+    final = chat(scripted_server, messages)
     message = final["message"]
     text = "".join(e.text for e in events if isinstance(e, Token))
     reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
