@@ -212,11 +212,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             raise RuntimeError("the adapter is closed")
         pause = self.pause
         backlog = self._buffer if pause is None or pause.backlog is None else pause.backlog
-        decoder = None
-        if isinstance(request, ChatRequest):
-            decoder = ChatStreamDecoder(
-                max_event_bytes=self._max_event_bytes, call_deltas=request.call_deltas
-            )
+        decoder = None  # a completion's, made by its stream
         pausable = (
             isinstance(request, TaskRequest)
             and pause is not None
@@ -226,6 +222,9 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         with anyio.CancelScope(deadline=deadline) as opening:
             if isinstance(request, ChatRequest):
                 source = await self._open_chat(request)
+                decoder = ChatStreamDecoder(
+                    max_event_bytes=self._max_event_bytes, call_deltas=request.call_deltas
+                )
                 fields: dict[str, Any] = {}
                 echoed = 0
             else:

@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import msgspec
@@ -21,6 +21,7 @@ from ._sansio.completion import (
     echo_bytes,
 )
 from ._sansio.continuation import Ledger
+from ._sansio.json_events import JsonStreamDecoder
 from ._transports.base import BodySource
 from ._types import Started, StreamEvent
 
@@ -34,22 +35,6 @@ _DONE = (StreamState.ENDED, StreamState.FAILED, StreamState.CLOSED)
 #: The looks of the watch (every half pause_after) at which the consumer has taken no
 #: event, and was not waiting for one, that make it away.
 _AWAY_LOOKS = 2
-
-
-class _Decoder(Protocol):
-    """What reads a stream's body into events: a completion's decoder, or a chat's."""
-
-    @property
-    def tokens_decoded(self) -> int: ...
-
-    @property
-    def finished(self) -> bool: ...
-
-    def receive_data(self, data: bytes) -> None: ...
-
-    def next_events(self, limit: int = ...) -> list[StreamEvent]: ...
-
-    def close(self) -> list[StreamEvent]: ...
 
 
 @dataclass
@@ -130,14 +115,14 @@ class EventStream(EventReceiveStream):
         event_timeout_s: float,
         on_end: Callable[[EventStream, WorkerError | None], None],
         pausing: Pausing | None = None,
-        decoder: _Decoder | None = None,
+        decoder: JsonStreamDecoder[Any] | None = None,
     ) -> None:
         self.job_id = job_id
         self._source = source
         self._max_event_bytes = max_event_bytes
         self._pausing = pausing
         ledger = None if pausing is None else pausing.ledger
-        self._decoder: _Decoder = (
+        self._decoder: JsonStreamDecoder[Any] = (
             CompletionStreamDecoder(max_event_bytes=max_event_bytes, ledger=ledger)
             if decoder is None
             else decoder
