@@ -98,8 +98,6 @@ class TaskRequest:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
-        if not isinstance(self.prompt_progress, bool):
-            raise TypeError("prompt_progress must be a bool")
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt and messages")
         if self.prompt is not None and not isinstance(self.prompt, str):
@@ -128,8 +126,10 @@ class TaskRequest:
 
 def _check_shared(request: TaskRequest | ChatRequest) -> None:
     """Check and normalise the fields a task and a chat share: max_tokens, seed,
-    temperature, top_p, stop, job_id and session."""
+    temperature, top_p, stop, job_id, prompt_progress and session."""
     set_ = object.__setattr__  # the dataclasses are frozen; normalise once, here
+    if not isinstance(request.prompt_progress, bool):
+        raise TypeError("prompt_progress must be a bool")
     optional_int("max_tokens", request.max_tokens, minimum=1)
     optional_int("seed", request.seed, minimum=0, maximum=_MAX_SEED)
     set_(request, "temperature", number("temperature", request.temperature, 0.0, math.inf))
@@ -283,8 +283,6 @@ class ChatRequest:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # the dataclass is frozen; normalise once, here
-        if not isinstance(self.prompt_progress, bool):
-            raise TypeError("prompt_progress must be a bool")
         if not isinstance(self.call_deltas, bool):
             raise TypeError("call_deltas must be a bool")
         set_(self, "messages", _chat_messages(self.messages))
