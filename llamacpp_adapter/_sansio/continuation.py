@@ -143,16 +143,14 @@ class Ledger:
                 self._ids += ids
             else:
                 self._whole = False
-        crc = zlib.crc32(content.encode("utf-8", "surrogatepass"), self._part_crc)
-        self._part_crc = crc
+        text = content.encode("utf-8", "surrogatepass")
+        crc = self._part_crc = zlib.crc32(text, self._part_crc)
         if not self._stops:
             if self._whole:
                 self._resume_tokens, self._resume_events = count, i + 1
                 self._after_crc = 0
             else:
-                self._after_crc = zlib.crc32(
-                    content.encode("utf-8", "surrogatepass"), self._after_crc
-                )
+                self._after_crc = zlib.crc32(text, self._after_crc)
         else:
             # A stop string that matches sends the text before it with the token that
             # completed it, then the final chunk: a chunk is a resume point only once
@@ -164,7 +162,7 @@ class Ledger:
                 self._resume_tokens, self._resume_events = pending
                 self._after_crc = 0
                 self._pending = None
-            self._after_crc = zlib.crc32(content.encode("utf-8", "surrogatepass"), self._after_crc)
+            self._after_crc = zlib.crc32(text, self._after_crc)
             if self._whole and content:
                 self._pending = (count, i + 1)
         if i >= self._emit_from:
