@@ -18,6 +18,7 @@ from ._exceptions import (
     WorkerError,
     WorkerReset,
 )
+from ._host.prefixes import PrefixPolicy
 from ._host.retry import GiveUp, RetryDecision, RetryLater, RetryPolicy, TryLargerContext
 from ._pause import PausePolicy
 from ._receive import EventReceiveStream, StreamState
@@ -104,6 +105,7 @@ __all__ = [
     "Metrics",
     "PausePolicy",
     "PoolUnavailable",
+    "PrefixPolicy",
     "PromptProgress",
     "PromptTooLarge",
     "ProtocolError",

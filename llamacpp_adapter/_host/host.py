@@ -32,6 +32,7 @@ from .._types import ChatRequest, TaskRequest
 from .._validate import count, seconds
 from .metrics import HostMetrics
 from .placement import DEFAULT_SESSION_WAIT_S, Pools
+from .prefixes import PrefixPolicy
 from .replica import Replica, ReplicaStatus
 from .retry import RetryPolicy
 from .stream import HostStream
@@ -101,6 +102,10 @@ class AdapterHost(anyio.abc.AsyncResource):
             engine has the conversation in cache, before it goes to another replica
             (and the conversation with it). A turn that waits a little usually starts
             sooner than one that evaluates the whole conversation again.
+        prefixes: how any other task goes to the replica that evaluated the longest
+            beginning of its prompt (a shared system prompt, a document, a
+            conversation's earlier turns), weighed against how busy it is; ``None``: by
+            free slots alone.
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class AdapterHost(anyio.abc.AsyncResource):
         rng: random.Random | None = None,
         pin_replicas: bool = True,
         session_wait_s: float = DEFAULT_SESSION_WAIT_S,
+        prefixes: PrefixPolicy | None = PrefixPolicy(),  # noqa: B008 (frozen)
     ) -> None:
         self.retry = RetryPolicy() if retry is None else retry
         count("unhealthy_after", unhealthy_after)
@@ -139,6 +145,7 @@ class AdapterHost(anyio.abc.AsyncResource):
             rng=self._rng,
             pinned=pin_replicas,
             session_wait_s=float(session_wait_s),
+            prefixes=prefixes,
         )
         self._watchers: dict[Replica, ReplicaWatcher] = {}
         self._exit_stack: AsyncExitStack | None = None

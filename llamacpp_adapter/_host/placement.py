@@ -1,7 +1,8 @@
 """Where a task goes: :func:`choose`, a pure function of the replicas' state and the
 task; :class:`WaitingLine`, the tasks of a pool waiting for a replica, served first come,
 first served; :class:`Sessions`, where each conversation's last turn ran; and
-:class:`Pools`, the host's pools, which run them.
+:class:`Pools`, the host's pools, which run them (and remember where prompts' beginnings
+were evaluated, in :mod:`.prefixes`).
 
 The choice and the count of the stream on the replica chosen happen with no await
 between, so two tasks can never both take the last free slot. A slot that frees is given
@@ -16,13 +17,14 @@ import itertools
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 
 from .._exceptions import PoolUnavailable, PromptTooLarge, WorkerError
 from .._types import ChatRequest, TaskRequest
+from .prefixes import Prefixes, PrefixPolicy, by_prefix
 from .replica import Replica
 
 __all__ = ["Pools", "Sessions", "Wait", "Waiter", "WaitingLine", "choose", "pin_mismatch"]
@@ -57,6 +59,8 @@ def choose(
     rng: random.Random,
     prefer: Replica | None = None,
     stick_until: float = -math.inf,
+    cached: Mapping[str, int] | None = None,
+    prefixes: PrefixPolicy | None = None,
 ) -> Replica | Wait:
     """The replica of *pool* to run *request* on: of those healthy, with their slots
     known and a context of at least *min_context* tokens (and more than the prompt's,
@@ -64,8 +68,10 @@ def choose(
     *prefer* if it is one of them (where the task's cache is: a paused stream's, a
     conversation's); until *stick_until*, a wait for *prefer* when it could take the
     task but has no free slot now; then one that the task has not failed on (*avoid*)
-    before one it has, then one with the most free slots, drawn with *rng* among
-    equals.
+    before one it has; of those, where *prefixes* says to go for the tokens of the
+    prompt's beginning each one holds (*cached*, by replica name; see
+    :func:`.prefixes.by_prefix`); then one with the most free slots, drawn with *rng*
+    among equals.
 
     Raises:
         PoolUnavailable: when no replica could ever take the task: none is bound, or
@@ -103,6 +109,8 @@ def choose(
     if not ready:
         return Wait(min((r.cool_until for r in fitting if r.cool_until > now), default=math.inf))
     ready = [r for r in ready if r not in avoid] or ready
+    if cached and prefixes is not None:
+        ready = by_prefix(ready, cached, prefixes) or ready
     most = max(r.free_slots() for r in ready)
     return rng.choice([r for r in ready if r.free_slots() == most])
 
@@ -145,6 +153,8 @@ class Waiter:
         prefer: the replica it goes to when that one has a free slot (where its cache
             is: a paused stream's, a conversation's).
         stick_until: until when it waits for *prefer* rather than go elsewhere.
+        cached: for each replica (by name) that evaluated a beginning of its prompt, the
+            tokens of the longest, when it arrived.
         served: called once it is placed or failed.
         placed: the replica it was given (its slot counted), once placed.
         placed_at: when it was given it.
@@ -161,6 +171,7 @@ class Waiter:
     served: Callable[[], None] = field(default=lambda: None, repr=False)
     prefer: Replica | None = None
     stick_until: float = -math.inf
+    cached: Mapping[str, int] = field(default_factory=dict)
     placed: Replica | None = None
     placed_at: float = math.nan
     refused: WorkerError | None = None
@@ -192,11 +203,18 @@ class WaitingLine:
             self._waiters.remove(waiter)
 
     def serve(
-        self, pool: str, replicas: Sequence[Replica], *, now: float, rng: random.Random
+        self,
+        pool: str,
+        replicas: Sequence[Replica],
+        *,
+        now: float,
+        rng: random.Random,
+        prefixes: PrefixPolicy | None = None,
     ) -> float:
         """Give each waiting task, first ticket first, the replica :func:`choose`
         picks for it, counting its stream there; a task that can never be placed is
-        failed. Each task served leaves the line, and is told; one past its deadline is
+        failed (*prefixes*: how a prompt's beginning held by a replica counts). Each
+        task served leaves the line, and is told; one past its deadline is
         left for its own task to end, one still learning its replicas waits for them.
         Returns when to look again if nothing changes (``math.inf``: only on a
         change)."""
@@ -215,6 +233,8 @@ class WaitingLine:
                     rng=rng,
                     prefer=waiter.prefer,
                     stick_until=waiter.stick_until,
+                    cached=waiter.cached,
+                    prefixes=prefixes,
                 )
             except WorkerError as exc:
                 waiter.refused = exc
@@ -273,6 +293,8 @@ class Pools:
         session_wait_s: how long a conversation's turn waits for the replica of its
             last turn when that one has no free slot, before it goes to another.
         max_sessions: the conversations remembered (see :class:`Sessions`).
+        prefixes: how a task goes where its prompt's beginning was evaluated (``None``:
+            it does not).
     """
 
     def __init__(
@@ -283,10 +305,14 @@ class Pools:
         pinned: bool = True,
         session_wait_s: float = DEFAULT_SESSION_WAIT_S,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
+        prefixes: PrefixPolicy | None = None,
     ) -> None:
         self._slot_wait_s = slot_wait_s
         self._session_wait_s = session_wait_s
         self.sessions = Sessions(max_sessions)
+        self._prefix_policy = prefixes
+        table = prefixes or PrefixPolicy()
+        self.prefixes = Prefixes(limit=table.max_digests, holders=table.holders)
         self._pinned = pinned
         self._rng = rng
         self._pools: dict[str, dict[str, Replica]] = {}
@@ -360,7 +386,13 @@ class Pools:
         line = self._lines.get(pool)
         if not line:
             return math.inf
-        return line.serve(pool, self.of(pool), now=anyio.current_time(), rng=self._rng)
+        return line.serve(
+            pool,
+            self.of(pool),
+            now=anyio.current_time(),
+            rng=self._rng,
+            prefixes=self._prefix_policy,
+        )
 
     def ticket(self) -> int:
         """A place in the waiting lines, for a task about to ask for a replica: one
@@ -417,7 +449,9 @@ class Pools:
         when that one has a free slot. A conversation's turn (a request with a
         ``session``) prefers the replica of its last turn, and waits up to
         ``session_wait_s`` for a slot there before it goes to another; the turn's
-        replica is remembered for the next.
+        replica is remembered for the next. Any other task goes where its prompt's
+        beginning was evaluated, as the :class:`PrefixPolicy` says; its prompt is
+        remembered there.
 
         Raises:
             PoolUnavailable: when no replica could take the task, or none had a free
@@ -432,6 +466,12 @@ class Pools:
             last = self._pools.get(pool, {}).get(name) if name is not None else None
             if last is not None and last not in avoid:
                 prefer, stick_until = last, anyio.current_time() + self._session_wait_s
+        policy = self._prefix_policy
+        digests = policy.digests(request) if policy is not None else ()
+        cached = {}
+        if digests:
+            assert policy is not None
+            cached = self.prefixes.held(pool, digests, block_tokens=policy.block_tokens)
         served = anyio.Event()
         waiter = Waiter(
             self.ticket() if ticket is None else ticket,
@@ -443,6 +483,7 @@ class Pools:
             served.set,
             prefer,
             stick_until,
+            cached,
         )
         line = self._lines.setdefault(pool, WaitingLine())
         line.join(waiter)
@@ -478,4 +519,6 @@ class Pools:
         assert waiter.placed is not None
         if session is not None:
             self.sessions.ran(pool, session, waiter.placed.name)
+        if digests:
+            self.prefixes.evaluated(pool, digests, waiter.placed.name)
         return waiter.placed, waiter.placed_at
