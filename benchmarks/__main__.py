@@ -29,6 +29,7 @@ from .bench_loops import loops
 from .bench_memory import idle_streams, slow_consumer
 from .bench_pause import pause, watching
 from .bench_serving import serving
+from .bench_sessions import sessions
 from .bench_streams import latency, paced_cpu, throughput
 from .bench_task_form import task_form
 
@@ -77,6 +78,7 @@ def main() -> int:
     record(connections(quick=args.quick))
     record(serving(quick=args.quick))
     record(pause(quick=args.quick))
+    record(sessions(quick=args.quick))
 
     elapsed = time.monotonic() - started
     summary = Table("Targets", ["target", "measured", "met"])

@@ -61,6 +61,7 @@ def choose(
     stick_until: float = -math.inf,
     cached: Mapping[str, int] | None = None,
     prefixes: PrefixPolicy | None = None,
+    sessions: Mapping[str, int] | None = None,
 ) -> Replica | Wait:
     """The replica of *pool* to run *request* on: of those healthy, with their slots
     known and a context of at least *min_context* tokens (and more than the prompt's,
@@ -68,10 +69,13 @@ def choose(
     *prefer* if it is one of them (where the task's cache is: a paused stream's, a
     conversation's); until *stick_until*, a wait for *prefer* when it could take the
     task but has no free slot now; then one that the task has not failed on (*avoid*)
-    before one it has; of those, where *prefixes* says to go for the tokens of the
-    prompt's beginning each one holds (*cached*, by replica name; see
-    :func:`.prefixes.by_prefix`); then one with the most free slots, drawn with *rng*
-    among equals.
+    before one it has; of those, for a conversation's turn (*sessions*: the
+    conversations on each replica, by name; a conversation is work to come) with no
+    replica (its first, or its replica is gone), or whose replica (*prefer*) has two
+    more than a ready one, one with the fewest; of those, where *prefixes* says to go
+    for the tokens of the prompt's beginning each one holds (*cached*, by replica name;
+    see :func:`.prefixes.by_prefix`); then one with the most free slots, drawn with
+    *rng* among equals.
 
     Raises:
         PoolUnavailable: when no replica could ever take the task: none is bound, or
@@ -99,6 +103,11 @@ def choose(
             context_size=largest,
         )
     ready = [r for r in fitting if r.cool_until <= now and r.free_slots() > 0]
+    if prefer is not None and sessions is not None and ready:
+        # A conversation leaves a replica that has two more than another could take.
+        fewest = min(sessions.get(r.name, 0) for r in ready)
+        if sessions.get(prefer.name, 0) - fewest >= 2:
+            prefer = None
     if prefer is not None and prefer in fitting:
         if prefer in ready:
             return prefer
@@ -109,6 +118,9 @@ def choose(
     if not ready:
         return Wait(min((r.cool_until for r in fitting if r.cool_until > now), default=math.inf))
     ready = [r for r in ready if r not in avoid] or ready
+    if sessions is not None:
+        fewest = min(sessions.get(r.name, 0) for r in ready)
+        ready = [r for r in ready if sessions.get(r.name, 0) == fewest]
     if cached and prefixes is not None:
         ready = by_prefix(ready, cached, prefixes) or ready
     most = max(r.free_slots() for r in ready)
@@ -155,6 +167,8 @@ class Waiter:
         stick_until: until when it waits for *prefer* rather than go elsewhere.
         cached: for each replica (by name) that evaluated a beginning of its prompt, the
             tokens of the longest, when it arrived.
+        conversation: whether it is a conversation's turn (placed by the conversations
+            on each replica too).
         served: called once it is placed or failed.
         placed: the replica it was given (its slot counted), once placed.
         placed_at: when it was given it.
@@ -172,6 +186,7 @@ class Waiter:
     prefer: Replica | None = None
     stick_until: float = -math.inf
     cached: Mapping[str, int] = field(default_factory=dict)
+    conversation: bool = False
     placed: Replica | None = None
     placed_at: float = math.nan
     refused: WorkerError | None = None
@@ -210,10 +225,12 @@ class WaitingLine:
         now: float,
         rng: random.Random,
         prefixes: PrefixPolicy | None = None,
+        sessions: Sessions | None = None,
     ) -> float:
         """Give each waiting task, first ticket first, the replica :func:`choose`
         picks for it, counting its stream there; a task that can never be placed is
-        failed (*prefixes*: how a prompt's beginning held by a replica counts). Each
+        failed (*prefixes*: how a prompt's beginning held by a replica counts;
+        *sessions*: the conversations on each replica). Each
         task served leaves the line, and is told; one past its deadline is
         left for its own task to end, one still learning its replicas waits for them.
         Returns when to look again if nothing changes (``math.inf``: only on a
@@ -235,6 +252,7 @@ class WaitingLine:
                     stick_until=waiter.stick_until,
                     cached=waiter.cached,
                     prefixes=prefixes,
+                    sessions=(sessions.counts(pool) if waiter.conversation and sessions else None),
                 )
             except WorkerError as exc:
                 waiter.refused = exc
@@ -260,6 +278,7 @@ class Sessions:
     def __init__(self, limit: int = DEFAULT_MAX_SESSIONS) -> None:
         self._limit = limit
         self._where: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._counts: dict[str, dict[str, int]] = {}  # pool -> replica -> conversations
 
     def __len__(self) -> int:
         return len(self._where)
@@ -271,14 +290,30 @@ class Sessions:
     def ran(self, pool: str, session: str, replica: str) -> None:
         """A turn of *session* was placed on *replica*: the next goes there too."""
         key = (pool, session)
+        before = self._where.pop(key, None)
+        if before is not None:
+            self._count(pool, before, -1)
         self._where[key] = replica
-        self._where.move_to_end(key)
+        self._count(pool, replica, 1)
         if len(self._where) > self._limit:
-            self._where.popitem(last=False)
+            (forgotten_pool, _), forgotten = self._where.popitem(last=False)
+            self._count(forgotten_pool, forgotten, -1)
+
+    def _count(self, pool: str, replica: str, change: int) -> None:
+        counts = self._counts.setdefault(pool, {})
+        counts[replica] = counts.get(replica, 0) + change
+        if not counts[replica]:
+            del counts[replica]
+            if not counts:
+                del self._counts[pool]
 
     def on(self, pool: str, replica: str) -> int:
         """How many of the conversations remembered ran their last turn on *replica*."""
-        return sum(1 for (p, _), r in self._where.items() if p == pool and r == replica)
+        return self._counts.get(pool, {}).get(replica, 0)
+
+    def counts(self, pool: str) -> Mapping[str, int]:
+        """The conversations remembered on each replica of *pool* that has any, by name."""
+        return self._counts.get(pool, {})
 
 
 class Pools:
@@ -392,6 +427,7 @@ class Pools:
             now=anyio.current_time(),
             rng=self._rng,
             prefixes=self._prefix_policy,
+            sessions=self.sessions,
         )
 
     def ticket(self) -> int:
@@ -461,7 +497,9 @@ class Pools:
             raise RuntimeError("use the host inside its async with block")
         stick_until = -math.inf
         session = request.session
-        if prefer is None and session is not None:
+        conversation = prefer is None and session is not None  # not a resume
+        if conversation:
+            assert session is not None
             name = self.sessions.replica_of(pool, session)
             last = self._pools.get(pool, {}).get(name) if name is not None else None
             if last is not None and last not in avoid:
@@ -484,6 +522,7 @@ class Pools:
             prefer,
             stick_until,
             cached,
+            conversation,
         )
         line = self._lines.setdefault(pool, WaitingLine())
         line.join(waiter)

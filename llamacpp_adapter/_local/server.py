@@ -106,6 +106,9 @@ class LocalLlamaServer:
             that thinks and calls a tool through llama-server's chat endpoint
             (``write_scripted_model``).
         model_seed: the seed of the random model's weights.
+        model_feed_forward: the width of the random model's feed-forward layers
+            (``write_tiny_model``): wide, its work on a prompt is mostly matrix products,
+            as in a real model; by default, a narrow one.
         port: the port to listen on; a free one by default. A server started again
             after :meth:`stop` or :meth:`kill` keeps its port.
     """
@@ -119,6 +122,7 @@ class LocalLlamaServer:
         extra_args: Sequence[str] = (),
         model: Literal["random", "bigram", "scripted"] = "random",
         model_seed: int = 0,
+        model_feed_forward: int | None = None,
         port: int = 0,
     ) -> None:
         if model not in ("random", "bigram", "scripted"):
@@ -128,6 +132,7 @@ class LocalLlamaServer:
             "-c", str(context), "-np", str(parallel), "-t", str(threads), *extra_args,
         ]  # fmt: skip
         self._model_seed = model_seed
+        self._model_feed_forward = model_feed_forward
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.base_url = ""
@@ -149,7 +154,12 @@ class LocalLlamaServer:
             elif self._model == "scripted":
                 model = write_scripted_model(workdir / "scripted.gguf")
             else:
-                model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed)
+                wide = (
+                    {}
+                    if self._model_feed_forward is None
+                    else {"feed_forward": self._model_feed_forward}
+                )
+                model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed, **wide)
             if not self.port:
                 self.port = _free_port()
             self.base_url = f"http://{_HOST}:{self.port}"

@@ -82,9 +82,14 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_model(path: str | Path, *, seed: int = 0) -> Path:
+def write_tiny_model(path: str | Path, *, seed: int = 0, feed_forward: int = _FEED_FORWARD) -> Path:
     """Write the tiny random-weight model to *path* (a ``.gguf`` file) and return the
     path. The same *seed* writes the same bytes.
+
+    *feed_forward* is the width of its feed-forward layers: at the default, most of
+    the model's work on a long prompt is attention; a wide one (thousands) makes it
+    mostly matrix products, as in a real model, where evaluating a prompt costs about
+    its length.
     """
     import numpy as np
 
@@ -103,9 +108,9 @@ def write_tiny_model(path: str | Path, *, seed: int = 0) -> Path:
                 "attn_k": weights(_EMBEDDING, _EMBEDDING),
                 "attn_v": weights(_EMBEDDING, _EMBEDDING),
                 "attn_output": weights(_EMBEDDING, _EMBEDDING),
-                "ffn_gate": weights(_FEED_FORWARD, _EMBEDDING),
-                "ffn_up": weights(_FEED_FORWARD, _EMBEDDING),
-                "ffn_down": weights(_EMBEDDING, _FEED_FORWARD),
+                "ffn_gate": weights(feed_forward, _EMBEDDING),
+                "ffn_up": weights(feed_forward, _EMBEDDING),
+                "ffn_down": weights(_EMBEDDING, feed_forward),
             }
             for _ in range(_BLOCKS)
         ],

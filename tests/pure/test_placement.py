@@ -529,3 +529,50 @@ async def test_a_conversation_whose_replica_was_unbound_goes_elsewhere() -> None
     assert placed is not None
     assert placed[0] is b
     assert pools.sessions.replica_of("p", "conversation") == "b"
+
+
+def test_a_new_conversation_goes_where_the_fewest_conversations_are() -> None:
+    a, b = replica("a", slots=4), replica("b", slots=4)
+    b.take()
+    assert pick([a, b], sessions={"a": 3, "b": 2}) is b  # over a's more free slots
+    assert pick([a, b], sessions={"a": 2, "b": 2}) is a  # equal: by free slots
+    for _ in range(3):
+        b.take()
+    assert pick([a, b], sessions={"a": 3, "b": 2}) is a  # b is full: a
+
+
+def test_the_sessions_table_counts_the_conversations_on_each_replica() -> None:
+    table = Sessions(limit=3)
+    for session, where in (("one", "a"), ("two", "a"), ("three", "b"), ("one", "b")):
+        table.ran("p", session, where)
+    assert dict(table.counts("p")) == {"a": 1, "b": 2}
+    table.ran("p", "four", "a")  # "two", the least recently placed, is forgotten
+    assert dict(table.counts("p")) == {"a": 1, "b": 2}
+    assert table.replica_of("p", "two") is None
+    assert dict(table.counts("other pool")) == {}
+
+
+async def test_conversations_arriving_together_spread_evenly() -> None:
+    """Each conversation placed is work to come: b, half busy with other work, still gets
+    half of them, where free slots alone would give a six."""
+    pools = Pools(slot_wait_s=60.0, rng=random.Random(3))
+    pools.open()
+    bound(pools, "a", slots=8)
+    b = bound(pools, "b", slots=8)
+    for _ in range(4):
+        b.take()
+    for n in range(8):
+        task = TaskRequest("hello", session=f"conversation {n}")
+        placed = await pools.place("p", task, deadline=math.inf, min_context=0, avoid=())
+        assert placed is not None
+        placed[0].release()
+    assert (pools.sessions.on("p", "a"), pools.sessions.on("p", "b")) == (4, 4)
+
+
+def test_a_conversation_leaves_a_replica_with_two_more_conversations_than_another() -> None:
+    a, b = replica("a"), replica("b")
+    assert pick([a, b], prefer=a, stick_until=5.0, sessions={"a": 4, "b": 3}) is a
+    assert pick([a, b], prefer=a, stick_until=5.0, sessions={"a": 5, "b": 3}) is b
+    b.take()
+    b.take()  # b is full: it could not take it now, so the conversation stays
+    assert pick([a, b], prefer=a, stick_until=5.0, sessions={"a": 5, "b": 3}) is a
