@@ -38,6 +38,15 @@ def test_model_is_a_llama_with_a_byte_fallback_vocabulary(tmp_path: Path) -> Non
     assert {"token_embd.weight", "output.weight", "blk.1.ffn_down.weight"} <= names
 
 
+def test_the_model_can_be_written_with_wide_feed_forward_layers(tmp_path: Path) -> None:
+    reader = gguf.GGUFReader(write_tiny_model(tmp_path / "m.gguf", feed_forward=1024))
+    length = reader.get_field("llama.feed_forward_length")
+    assert length is not None
+    assert length.contents() == 1024
+    down = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    assert 1024 in down.shape
+
+
 def test_the_bigram_model_is_the_same_bytes_every_time(tmp_path: Path) -> None:
     a = write_bigram_model(tmp_path / "a.gguf").read_bytes()
     b = write_bigram_model(tmp_path / "b.gguf").read_bytes()
