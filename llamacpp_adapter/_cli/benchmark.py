@@ -89,6 +89,21 @@ _BENCH_LOCAL_SLOTS = 4
     "--seed", minimum=0, default=0, help="The seed of the prompt lengths and the arrivals."
 )
 @click.option(
+    "--slo",
+    metavar="NAME=MS,...",
+    help="Service level objectives: ttft_ms, tpot_ms, itl_ms or e2el_ms for each request "
+    "(goodput: the requests a second that met all of them), or with a percentile, "
+    "p99_ttft_ms, for the run's.",
+)
+@click.option(
+    "--slo-attainment",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="With --slo: the share of requests that must meet the requests' objectives for "
+    "the run to meet them.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
@@ -125,6 +140,8 @@ def bench(
     prompts_file: Path | None,
     endpoint: str,
     seed: int,
+    slo: str | None,
+    slo_attainment: float,
     json_path: Path | None,
     plot_path: Path | None,
     workers: int,
@@ -148,6 +165,7 @@ def bench(
             ) from None
     from ..bench._config import BenchConfig
     from ..bench._load import Load
+    from ..bench._slo import parse_objectives
 
     if concurrency is not None and rate is not None:
         raise click.UsageError("give --concurrency (a closed loop) or --rate (an open loop)")
@@ -175,6 +193,8 @@ def bench(
             api_key=api_key,
             seed=seed,
             sample_server=not worker,
+            objectives=() if slo is None else parse_objectives(slo),
+            attainment=slo_attainment,
         )
         if workers > 1:
             from ..bench._workers import worker_configs

@@ -13,6 +13,8 @@ The figures carry vLLM's serving benchmark's names (``completed``,
 client's own cost, ``result.server`` the server's view from ``/metrics`` and ``/slots``,
 and ``result.token_check`` whether the two counted the same tokens.
 :func:`merge_results` makes one result of runs made at the same time elsewhere.
+``BenchConfig(..., objectives=parse_objectives("ttft_ms=500,p99_itl_ms=50"))`` judges the
+run against service level objectives: ``result.slo`` has its goodput and the verdict.
 """
 
 from ._config import BenchConfig
@@ -20,16 +22,19 @@ from ._load import Load, arrival_offsets
 from ._prompts import Prompt
 from ._results import BenchResult, merge_results
 from ._run import run_bench
+from ._slo import Objective, parse_objectives
 from ._stats import RequestRecord, percentile, summarize
 
 __all__ = [
     "BenchConfig",
     "BenchResult",
     "Load",
+    "Objective",
     "Prompt",
     "RequestRecord",
     "arrival_offsets",
     "merge_results",
+    "parse_objectives",
     "percentile",
     "run_bench",
     "summarize",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ._load import Load
+from ._slo import DEFAULT_ATTAINMENT, Objective
 
 __all__ = ["ENDPOINTS", "BenchConfig"]
 
@@ -40,6 +41,10 @@ class BenchConfig:
         endpoint: ``"completion"`` (``POST /completion``) or ``"chat"`` (``POST
             /v1/chat/completions``, each prompt a user's turn; its input tokens are
             then those the server counts, the chat template's included).
+        objectives: service level objectives (:func:`~._slo.parse_objectives`): the
+            result then has the run's goodput and whether it met them.
+        attainment: the share of requests that must meet the requests' objectives for
+            the run to meet them.
     """
 
     urls: tuple[str, ...]
@@ -55,6 +60,8 @@ class BenchConfig:
     sample_server: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
     endpoint: str = "completion"
+    objectives: tuple[Objective, ...] = ()
+    attainment: float = DEFAULT_ATTAINMENT
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -74,3 +81,5 @@ class BenchConfig:
             raise ValueError("the output length must be at least 1")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"the endpoint must be one of {', '.join(ENDPOINTS)}")
+        if not 0 < self.attainment <= 1:
+            raise ValueError("the SLO attainment must be in (0, 1]")

@@ -41,6 +41,11 @@ def summary_table(result: dict[str, Any]) -> str:
         _line("Total input tokens", result["total_input_tokens"]),
         _line("Total generated tokens", result["total_output_tokens"]),
         _line("Request throughput (req/s)", result["request_throughput"]),
+    ]
+    slo = result.get("slo")
+    if slo is not None:
+        lines.append(_line("Request goodput (req/s)", slo["goodput"]))
+    lines += [
         _line("Output token throughput (tok/s)", result["output_throughput"]),
         _line("Total Token throughput (tok/s)", result["total_token_throughput"]),
     ]
@@ -53,6 +58,16 @@ def summary_table(result: dict[str, Any]) -> str:
                 figure = name.split("_", 1)[0][1:]
                 if figure != "50":
                     lines.append(_line(f"P{figure} {short} (ms)", result[name]))
+    if slo is not None:
+        lines.append(_rule("Service Level Objectives"))
+        limits = dict(pair.split("=") for pair in slo["objectives"].split(","))
+        for name, figure in slo["measured"].items():
+            of_run = name[0] == "p" and name[1].isdigit()
+            label = f"{name} <= {float(limits[name]):g}" + ("" if of_run else " (share)")
+            lines.append(_line(label, figure))
+        lines.append(_line("Requests that met every SLO", slo["good_share"]))
+        verdict = "yes" if slo["met"] else "no: " + ", ".join(slo["missed"])
+        lines.append(_line("SLOs met", verdict))
     client, server, check = result["client"], result["server"], result["token_check"]
     lines.append(_rule("The client"))
     lines.append(_line("Client CPU per 1k tokens (s)", client["cpu_seconds_per_1k_tokens"], 4))

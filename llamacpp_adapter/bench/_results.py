@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from ._server_view import counter_growth, server_view, token_check
+from ._slo import DEFAULT_ATTAINMENT, Objective, judge, parse_objectives
 from ._stats import RequestRecord, summarize
 
 __all__ = ["BenchResult", "make_result", "merge_results"]
@@ -36,6 +37,8 @@ class BenchResult:
     started_at: float = 0.0
     #: Tokens the warm-up generated (the server counts them too).
     warmup_output_tokens: int = 0
+    #: How the run did against its service level objectives (``judge``), when given.
+    slo: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Every figure, and each request's record (for :func:`merge_results`)."""
@@ -48,6 +51,7 @@ class BenchResult:
             "warnings": self.warnings,
             "started_at": self.started_at,
             "warmup_output_tokens": self.warmup_output_tokens,
+            **({} if self.slo is None else {"slo": self.slo}),
             "requests": [msgspec.to_builtins(record) for record in self.records],
         }
 
@@ -61,10 +65,12 @@ def make_result(
     slots: list[tuple[float, int]],
     deferred: list[float],
     unfinished: bool,
+    objectives: tuple[Objective, ...] = (),
+    attainment: float = DEFAULT_ATTAINMENT,
 ) -> BenchResult:
     """The result of a run; *unfinished*: requests were open when it ended (cut short,
     or at the end of its duration), so that the server counted tokens the client did not
-    record."""
+    record; judged against *objectives* when there are any."""
     figures = summarize(records, wall)
     output = int(figures["total_output_tokens"])  # type: ignore[arg-type]
     share = cpu / wall if wall > 0 else math.nan
@@ -87,7 +93,10 @@ def make_result(
             f"the client counted {output} tokens, the server {server_tokens} (another "
             "client may be using it)"
         )
-    return BenchResult(figures, client, server, check, False, warnings, records)
+    result = BenchResult(figures, client, server, check, False, warnings, records)
+    if objectives:
+        result.slo = judge(records, objectives, wall, attainment=attainment)
+    return result
 
 
 def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -113,7 +122,15 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 )
             )
     cpu = sum(float(r["client"]["cpu_seconds"]) for r in results)
-    merged = make_result(records, end - start, cpu, [None], [None], [], [], False)
+    slo = results[0].get("slo")
+    objectives: tuple[Objective, ...] = ()
+    attainment = DEFAULT_ATTAINMENT
+    if slo is not None:  # judged again over every request
+        objectives = parse_objectives(slo["objectives"])
+        attainment = float(slo["attainment"])
+    merged = make_result(
+        records, end - start, cpu, [None], [None], [], [], False, objectives, attainment
+    )
     # A core's share is each process's own: the busiest one's, not the sum's.
     merged.client["core_share"] = max(float(r["client"]["core_share"]) for r in results)
     merged.client["processes"] = float(len(results))

@@ -89,7 +89,18 @@ async def run_bench(
             cpu = time.process_time() - cpu_started
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 after = [await tokens_predicted(a) for a in adapters]
-            result = make_result(records, wall, cpu, before, after, slots, deferred, partial or cut)
+            result = make_result(
+                records,
+                wall,
+                cpu,
+                before,
+                after,
+                slots,
+                deferred,
+                partial or cut,
+                config.objectives,
+                config.attainment,
+            )
             result.partial = partial
             result.started_at = started_at
             result.warmup_output_tokens = warmup_tokens

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-__all__ = ["DEFAULT_PERCENTILES", "RequestRecord", "percentile", "summarize"]
+__all__ = ["DEFAULT_PERCENTILES", "RequestRecord", "percentile", "request_latencies", "summarize"]
 
 #: The percentiles reported for each latency, beside the mean.
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
@@ -46,6 +46,21 @@ class RequestRecord(msgspec.Struct, frozen=True):
     first_token: float | None = None
     gaps: tuple[float, ...] = ()
     error: str | None = None
+
+
+def request_latencies(record: RequestRecord) -> dict[str, float]:
+    """One request's latencies in ms, those it has: ``ttft`` (with a first token),
+    ``tpot`` (with more than one token), ``itl`` (its longest gap, with a gap) and
+    ``e2el``."""
+    found = {"e2el": (record.ended - record.sent) * 1000}
+    first = record.first_token
+    if first is not None:
+        found["ttft"] = (first - record.sent) * 1000
+        if record.output_tokens > 1:
+            found["tpot"] = (record.ended - first) * 1000 / (record.output_tokens - 1)
+    if record.gaps:
+        found["itl"] = max(record.gaps) * 1000
+    return found
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -85,14 +100,11 @@ def summarize(
     the figures.
     """
     done = [r for r in records if r.error is None]
-    ttfts = [(r.first_token - r.sent) * 1000 for r in done if r.first_token is not None]
-    tpots = [
-        (r.ended - r.first_token) * 1000 / (r.output_tokens - 1)
-        for r in done
-        if r.first_token is not None and r.output_tokens > 1
-    ]
+    each = [request_latencies(r) for r in done]
+    ttfts = [latencies["ttft"] for latencies in each if "ttft" in latencies]
+    tpots = [latencies["tpot"] for latencies in each if "tpot" in latencies]
     itls = [gap * 1000 for r in done for gap in r.gaps]
-    e2els = [(r.ended - r.sent) * 1000 for r in done]
+    e2els = [latencies["e2el"] for latencies in each]
     total_input = sum(r.input_tokens for r in done)
     total_output = sum(r.output_tokens for r in done)
     errors = Counter(r.error for r in records if r.error is not None)

@@ -25,6 +25,7 @@ from .._host.host import ENV_API_KEY
 from ._config import BenchConfig
 from ._results import merge_results
 from ._server_view import counter_growth, server_view, token_check, tokens_predicted, watch_server
+from ._slo import objectives_text
 
 __all__ = ["run_workers", "shares", "worker_arguments"]
 
@@ -100,6 +101,9 @@ def worker_arguments(config: BenchConfig, json_path: Path) -> list[str]:
         arguments += ["--prompts", str(config.prompts_file)]
     if config.endpoint != "completion":
         arguments += ["--endpoint", config.endpoint]
+    if config.objectives:
+        slo = objectives_text(config.objectives)
+        arguments += ["--slo", slo, "--slo-attainment", repr(config.attainment)]
     return arguments
 
 

@@ -79,6 +79,15 @@ def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
         (["--prompts", "{not_json}"], "not JSON"),
         (["--url", "{unreachable}"], "--url"),
         (["--endpoint", "embeddings"], "--endpoint"),
+        (["--slo", "ttft_ms=abc"], "not a positive number"),
+        (["--slo", "ttft_ms=-5"], "not a positive number"),
+        (["--slo", "mean_ttft_ms=5"], "no SLO is named"),
+        (["--slo", "goodput=5"], "no SLO is named"),
+        (["--slo", "p0_ttft_ms=5"], "percentile"),
+        (["--slo", "p101_itl_ms=5"], "percentile"),
+        (["--slo", "ttft_ms=5,ttft=6"], "given twice"),
+        (["--slo", "ttft_ms"], "NAME=MILLISECONDS"),
+        (["--slo", "ttft_ms=5", "--slo-attainment", "0"], "attainment"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
@@ -184,3 +193,34 @@ def test_merging_what_is_not_a_result_is_one_line_and_exit_code_2(tmp_path: Path
         path.write_text(content)
         result = run_command("bench", "merge", str(path))
         assert_one_line_error(result, "not a result of llamacpp-adapter bench", 2)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_slos_give_goodput_from_the_requests_themselves(
+    llama_server: LocalLlamaServer, tmp_path: Path, workers: str
+) -> None:
+    """Goodput and the verdict, checked against the run's own records (and its tokens
+    against the server's counter): one objective every request meets, one none can."""
+    output = tmp_path / "slo.json"
+    result = run_command(
+        "bench", "--url", llama_server.base_url, "--concurrency", "2", "--requests", "8",
+        "--warmup", "0", "--output-tokens", "12", "--workers", workers,
+        "--slo", "ttft_ms=60000,tpot_ms=0.0001,p90_e2el_ms=60000", "--json", str(output),
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["token_check"]["equal"] is True
+    slo = figures["slo"]
+    requests = figures["requests"]
+    met_ttft = [r for r in requests if (r["first_token"] - r["sent"]) * 1000 <= 60000]
+    assert slo["measured"]["ttft_ms"] == len(met_ttft) / len(requests) == 1.0
+    assert slo["measured"]["tpot_ms"] == 0.0  # no request of 12 tokens in 0.1 us each
+    e2els = sorted((r["ended"] - r["sent"]) * 1000 for r in requests)
+    assert slo["measured"]["p90_e2el_ms"] <= e2els[-1]
+    assert slo["goodput"] == 0.0
+    assert slo["missed"] == ["tpot_ms"]
+    assert slo["met"] is False
+    shown = " ".join(result.stdout.split())
+    assert "Request goodput (req/s): 0.00" in shown
+    assert "SLOs met: no: tpot_ms" in shown

@@ -22,10 +22,12 @@ PURE = {
     "_redact",
     "_types",
     "_validate",
+    "_host.prefixes",
     "_host.retry",
     "_relay.codec",
     "bench._config",
     "bench._load",
+    "bench._slo",
     "bench._stats",
 }
 #: What the pure layer may not import: event loops, sockets, TLS, HTTP clients.
@@ -47,12 +49,26 @@ def is_pure(name: str) -> bool:
     return name == "_sansio" or name.startswith("_sansio.") or name in PURE
 
 
+def _run_imports(tree: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of *tree* that run: those under ``if TYPE_CHECKING:`` are for the type
+    checker alone."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            for other in node.orelse:
+                yield other
+                yield from _run_imports(other)
+            continue
+        yield node
+        yield from _run_imports(node)
+
+
 def imports(name: str, path: Path) -> set[str]:
-    """What module *name* imports: foreign packages by their top name, ours by their
-    dotted name under the package (``.._types`` from ``_sansio.sse`` is ``_types``)."""
+    """What module *name* imports when it runs: foreign packages by their top name, ours
+    by their dotted name under the package (``.._types`` from ``_sansio.sse`` is
+    ``_types``)."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _run_imports(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -151,3 +167,10 @@ def test_the_check_finds_io_in_a_pure_module(tmp_path: Path) -> None:
     module = tmp_path / "x.py"
     module.write_text("import anyio\nfrom .._adapter import LlamaCppHttpAdapter\n")
     assert imports("_sansio.x", module) == {"anyio", "_adapter"}
+    # An import for the type checker alone does not run; one in a function does.
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import trio\nelse:\n    import h11\n"
+        "def f():\n    import socket\n"
+    )
+    assert imports("_sansio.x", module) == {"typing", "h11", "socket"}
