@@ -78,6 +78,28 @@ _BENCH_LOCAL_SLOTS = 4
     help='A JSONL file of prompts ({"prompt": "...", "max_tokens": N}) instead.',
 )
 @click.option(
+    "--conversations",
+    "conversations_file",
+    type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
+    help="Multi-turn conversations from a file: ShareGPT's JSON, or JSONL of "
+    '{"turns": ["...", ...]}. Each turn sends the conversation so far, the model\'s own '
+    "answers in it, under the conversation's session key; --requests, --concurrency and "
+    "--rate then count conversations.",
+)
+@count_option(
+    "--turns", help="Synthetic conversations of this many turns (instead of --conversations)."
+)
+@count_option(
+    "--turn-tokens", default=100, help="With --turns: the tokens of each of the user's messages."
+)
+@click.option(
+    "--think-time",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds between a turn's answer and the conversation's next turn.",
+)
+@click.option(
     "--endpoint",
     type=click.Choice(ENDPOINTS),
     default="completion",
@@ -138,6 +160,10 @@ def bench(
     input_tokens: str,
     output_tokens: int,
     prompts_file: Path | None,
+    conversations_file: Path | None,
+    turns: int | None,
+    turn_tokens: int,
+    think_time: float,
     endpoint: str,
     seed: int,
     slo: str | None,
@@ -189,6 +215,10 @@ def bench(
             input_tokens=_token_range(input_tokens),
             output_tokens=output_tokens,
             prompts_file=prompts_file,
+            conversations_file=conversations_file,
+            turns=turns,
+            turn_tokens=turn_tokens,
+            think_time_s=think_time,
             endpoint=endpoint,
             api_key=api_key,
             seed=seed,
@@ -359,6 +389,8 @@ def _versions() -> dict[str, str]:
 
 def _config_json(config: Any) -> dict[str, Any]:
     fields = dataclasses.asdict(config)
-    fields["prompts_file"] = None if config.prompts_file is None else str(config.prompts_file)
+    for name in ("prompts_file", "conversations_file"):
+        path = getattr(config, name)
+        fields[name] = None if path is None else str(path)
     fields.pop("api_key", None)  # a secret: never written
     return fields

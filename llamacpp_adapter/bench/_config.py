@@ -33,6 +33,16 @@ class BenchConfig:
         output_tokens: tokens each request generates (``ignore_eos``, so exact).
         prompts_file: a JSONL file of prompts (``{"prompt": "...", "max_tokens": N}``,
             ``max_tokens`` optional) instead of synthetic ones.
+        turns: a run of synthetic conversations of this many turns each: *requests* and
+            *warmup* then count conversations, the load's concurrency (or rate) too, and
+            each turn sends the conversation so far with its conversation's ``session``
+            key (a pool places it by it).
+        turn_tokens: the tokens of each of the user's messages of a synthetic
+            conversation.
+        think_time_s: the time between a turn's answer and the conversation's next turn.
+        conversations_file: a run of the conversations of a file instead
+            (``_conversations.parse_conversations``: ShareGPT's JSON, or JSONL of
+            ``{"turns": [...]}``).
         api_key: the servers' API key.
         seed: the seed of the lengths and the arrivals.
         sample_server: whether to read the servers' slots and queue during the run (a
@@ -62,6 +72,15 @@ class BenchConfig:
     endpoint: str = "completion"
     objectives: tuple[Objective, ...] = ()
     attainment: float = DEFAULT_ATTAINMENT
+    turns: int | None = None
+    turn_tokens: int = 100
+    think_time_s: float = 0.0
+    conversations_file: Path | None = None
+
+    @property
+    def conversational(self) -> bool:
+        """Whether the run sends conversations, turn after turn."""
+        return self.turns is not None or self.conversations_file is not None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -83,3 +102,12 @@ class BenchConfig:
             raise ValueError(f"the endpoint must be one of {', '.join(ENDPOINTS)}")
         if not 0 < self.attainment <= 1:
             raise ValueError("the SLO attainment must be in (0, 1]")
+        if self.turns is not None and self.turns < 1:
+            raise ValueError("a conversation has at least 1 turn")
+        if self.turn_tokens < 1:
+            raise ValueError("a turn has at least 1 token")
+        if not 0 <= self.think_time_s < math.inf:
+            raise ValueError("the think time must be a finite number of seconds, not negative")
+        sources = [self.prompts_file, self.conversations_file, self.turns]
+        if sum(source is not None for source in sources) > 1:
+            raise ValueError("give one of prompts, conversations and turns")

@@ -1,5 +1,6 @@
 """The prompts of a run: synthetic ones of exact token counts, from the server's own
-tokenizer, or those of a JSONL file, each counted by the server."""
+tokenizer, or those of a JSONL file, each counted by the server; and the conversations
+of a multi-turn run, synthetic or from a file."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import anyio
 
 from .._adapter import LlamaCppHttpAdapter
 from ._config import BenchConfig
+from ._conversations import Conversation, parse_conversations
 
-__all__ = ["Prompt", "make_prompts"]
+__all__ = ["Prompt", "make_conversations", "make_prompts"]
 
 #: The text whose tokens make up synthetic prompts (cut or repeated to each length).
 SEED_TEXT = (
@@ -53,6 +55,32 @@ async def make_prompts(config: BenchConfig, adapter: LlamaCppHttpAdapter) -> lis
         prompt = "".join(pieces[k] for k in at) if pieces else tuple(seed_ids[k] for k in at)
         prompts.append(Prompt(prompt, length, config.output_tokens))
     return prompts
+
+
+async def make_conversations(
+    config: BenchConfig, adapter: LlamaCppHttpAdapter
+) -> list[Conversation]:
+    """The run's conversations, the warm-up's first: a file's, in order and repeated to
+    the count, or synthetic ones whose messages are *turn_tokens* tokens of text each
+    (each token's own text, from a different place of the seed text for each message)."""
+    count = config.warmup + (config.requests if config.requests is not None else 10_000)
+    if config.conversations_file is not None:
+        path = config.conversations_file
+        text = await anyio.Path(path).read_text(encoding="utf-8")
+        distinct = parse_conversations(text, str(path))
+        return [distinct[n % len(distinct)] for n in range(count)]
+    assert config.turns is not None
+    seed_ids = await adapter.tokenize(SEED_TEXT)
+    pieces = [await adapter.detokenize([i]) for i in seed_ids]
+    made = []
+    for number in range(count):
+        turns = []
+        for turn in range(config.turns):
+            start = (number * config.turns + turn) * 7 % len(pieces)
+            at = [(start + k) % len(pieces) for k in range(config.turn_tokens)]
+            turns.append("".join(pieces[k] for k in at))
+        made.append(Conversation(tuple(turns)))
+    return made
 
 
 async def _file_prompts(

@@ -68,6 +68,17 @@ def summary_table(result: dict[str, Any]) -> str:
         lines.append(_line("Requests that met every SLO", slo["good_share"]))
         verdict = "yes" if slo["met"] else "no: " + ", ".join(slo["missed"])
         lines.append(_line("SLOs met", verdict))
+    turns = result.get("turns")
+    if turns:
+        lines.append(_rule("Conversations, by turn"))
+        lines.append(f"{'Turn':<6}{'Requests':>9}{'TTFT p50 ms':>13}{'p99 ms':>10}{'Cached':>9}")
+        for row in turns:
+            cached = row["cached_share"]
+            lines.append(
+                f"{row['turn']:<6}{row['requests']:>9}{row['median_ttft_ms']:>13.2f}"
+                f"{row['p99_ttft_ms']:>10.2f}"
+                + (f"{'n/a':>9}" if math.isnan(cached) else f"{cached:>9.0%}")
+            )
     client, server, check = result["client"], result["server"], result["token_check"]
     lines.append(_rule("The client"))
     lines.append(_line("Client CPU per 1k tokens (s)", client["cpu_seconds_per_1k_tokens"], 4))

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from ._conversations import per_turn
 from ._server_view import counter_growth, server_view, token_check
 from ._slo import DEFAULT_ATTAINMENT, Objective, judge, parse_objectives
 from ._stats import RequestRecord, summarize
@@ -39,6 +40,8 @@ class BenchResult:
     warmup_output_tokens: int = 0
     #: How the run did against its service level objectives (``judge``), when given.
     slo: dict[str, Any] | None = None
+    #: The figures of each turn, in a run of conversations (``per_turn``).
+    turns: list[dict[str, float | int]] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Every figure, and each request's record (for :func:`merge_results`)."""
@@ -52,6 +55,7 @@ class BenchResult:
             "started_at": self.started_at,
             "warmup_output_tokens": self.warmup_output_tokens,
             **({} if self.slo is None else {"slo": self.slo}),
+            **({} if self.turns is None else {"turns": self.turns}),
             "requests": [msgspec.to_builtins(record) for record in self.records],
         }
 
@@ -96,6 +100,8 @@ def make_result(
     result = BenchResult(figures, client, server, check, False, warnings, records)
     if objectives:
         result.slo = judge(records, objectives, wall, attainment=attainment)
+    if any(record.turn is not None for record in records):
+        result.turns = per_turn(records)
     return result
 
 

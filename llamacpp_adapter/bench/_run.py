@@ -7,18 +7,21 @@ adapter (or several, as one pool of an :class:`AdapterHost`) with the requests o
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 
 from .._adapter import LlamaCppHttpAdapter
 from .._exceptions import WorkerError
 from .._receive import EventReceiveStream
-from .._types import ChatRequest, End, Reasoning, TaskRequest, Token
+from .._types import ChatRequest, End, Metrics, Reasoning, TaskRequest, Token
 from ._config import BenchConfig
+from ._conversations import Conversation
 from ._load import arrival_offsets
-from ._prompts import Prompt, make_prompts
+from ._prompts import Prompt, make_conversations, make_prompts
 from ._results import BenchResult, make_result
 from ._server_view import tokens_predicted, watch_server
 from ._stats import RequestRecord
@@ -47,11 +50,28 @@ async def run_bench(
             for url in config.urls
         ]
         submit = await stack.enter_async_context(_submitter(adapters))
-        prompts = await make_prompts(config, adapters[0])
         warmup_tokens = 0
-        for prompt in prompts[: config.warmup]:
-            warmup_tokens += (await _one(submit, prompt, time.perf_counter, config)).output_tokens
-        measured = prompts[config.warmup :]
+
+        def warmed(record: RequestRecord) -> None:
+            nonlocal warmup_tokens
+            warmup_tokens += record.output_tokens
+
+        run_item: Callable[[Any, Callable[[RequestRecord], None], Clock], Awaitable[None]]
+        items: Sequence[Any]
+        if config.conversational:
+            items = await make_conversations(config, adapters[0])
+
+            async def run_item(item: Any, done: Done, clock: Clock) -> None:
+                await _conversation(submit, item, config, done, clock)
+        else:
+            items = await make_prompts(config, adapters[0])
+
+            async def run_item(item: Any, done: Done, clock: Clock) -> None:
+                done(await _one(submit, _request(item, config), item.input_tokens, clock, config))
+
+        for item in items[: config.warmup]:
+            await run_item(item, warmed, time.perf_counter)
+        measured = items[config.warmup :]
         before = [await tokens_predicted(a) for a in adapters]
         records: list[RequestRecord] = []
         slots: list[tuple[float, int]] = []
@@ -78,7 +98,7 @@ async def run_bench(
                 with anyio.CancelScope() as run:
                     if config.duration_s is not None:
                         run.deadline = anyio.current_time() + config.duration_s
-                    await _drive(submit, measured, config, done, clock)
+                    await _drive(measured, config, run_item, done, clock)
                 cut = run.cancelled_caught  # only the duration's deadline cancels it
                 sampling.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -149,12 +169,54 @@ def _request(prompt: Prompt, config: BenchConfig) -> TaskRequest | ChatRequest:
     )
 
 
+Clock = Callable[[], float]
+Done = Callable[[RequestRecord], None]
+
+
+async def _conversation(
+    submit: Submit, conversation: Conversation, config: BenchConfig, done: Done, clock: Clock
+) -> None:
+    """Send *conversation*'s turns one after another, each the conversation so far (the
+    model's own answers in it), *think_time_s* apart, under one session key; a turn that
+    fails ends it."""
+    session = f"bench-{uuid.uuid4().hex}"
+    extra = {"ignore_eos": True, **config.extra}
+    history: list[dict[str, str]] = []
+    for number, message in enumerate(conversation.turns, 1):
+        if number > 1 and config.think_time_s:
+            await anyio.sleep(config.think_time_s)
+        history.append({"role": "user", "content": message})
+        request: TaskRequest | ChatRequest
+        if config.endpoint == "chat":
+            request = ChatRequest(
+                list(history), max_tokens=config.output_tokens, extra=extra, session=session
+            )
+        else:
+            text = "".join(turn["content"] for turn in history)
+            request = TaskRequest(
+                text, max_tokens=config.output_tokens, extra=extra, session=session
+            )
+        answer: list[str] = []
+        record = await _one(submit, request, 0, clock, config, turn=number, answer=answer)
+        done(record)
+        if record.error is not None:
+            return
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+
 async def _one(
-    submit: Submit, prompt: Prompt, clock: Callable[[], float], config: BenchConfig
+    submit: Submit,
+    request: TaskRequest | ChatRequest,
+    input_tokens: int,
+    clock: Clock,
+    config: BenchConfig,
+    *,
+    turn: int | None = None,
+    answer: list[str] | None = None,
 ) -> RequestRecord:
-    """Send one request; what it recorded."""
-    request = _request(prompt, config)
-    input_tokens = prompt.input_tokens
+    """Send one request of *input_tokens* (0: as the server counts them); what it
+    recorded. A turn of a conversation keeps its *answer*'s text."""
+    cached: int | None = None
     sent = clock()
     first: float | None = None
     last = 0.0
@@ -165,16 +227,20 @@ async def _one(
             async for event in events:
                 if type(event) is Token:
                     tokens += len(event.token_ids) or 1
+                    if answer is not None:
+                        answer.append(event.text)
                 elif type(event) is Reasoning:  # a chat's thinking is output too
                     tokens += 1
                 else:
-                    if type(event) is End:
+                    if type(event) is Metrics:
+                        cached = event.cached_tokens
+                    elif type(event) is End:
                         # Tokens, not events or their ids: llama-server leaves the ids
                         # of a token whose text it holds back (a partial UTF-8 sequence)
                         # out of every chunk, and counts it in the final one.
                         tokens = event.tokens_out
-                        if config.endpoint == "chat" and event.tokens_in is not None:
-                            input_tokens = event.tokens_in  # the chat template's included
+                        if not input_tokens and event.tokens_in is not None:
+                            input_tokens = event.tokens_in  # as the server counted them
                     continue
                 now = clock()
                 if first is None:
@@ -183,44 +249,47 @@ async def _one(
                     gaps.append(now - last)
                 last = now
     except WorkerError as exc:
-        return RequestRecord(sent, clock(), input_tokens, tokens, first, (), exc.code)
-    return RequestRecord(sent, clock(), input_tokens, tokens, first, tuple(gaps))
+        return RequestRecord(sent, clock(), input_tokens, tokens, first, (), exc.code, turn)
+    return RequestRecord(
+        sent, clock(), input_tokens, tokens, first, tuple(gaps), None, turn, cached
+    )
 
 
 async def _drive(
-    submit: Submit,
-    prompts: Sequence[Prompt],
+    items: Sequence[Any],
     config: BenchConfig,
-    done: Callable[[RequestRecord], None],
-    clock: Callable[[], float],
+    run_item: Callable[[Any, Done, Clock], Awaitable[None]],
+    done: Done,
+    clock: Clock,
 ) -> None:
-    """Send *prompts* as *config*'s load says, until they are all sent and answered."""
+    """Run *items* (prompts, or conversations) as *config*'s load says, until they are
+    all sent and answered: the load's concurrency and rate are of items."""
     load = config.load
     if load.closed:
         assert load.concurrency is not None
-        queue = iter(prompts)
+        queue = iter(items)
 
         async def worker() -> None:
-            for prompt in queue:
-                done(await _one(submit, prompt, clock, config))
+            for item in queue:
+                await run_item(item, done, clock)
 
         async with anyio.create_task_group() as workers:
             for _ in range(load.concurrency):
                 workers.start_soon(worker)
         return
     assert load.rate is not None
-    offsets = arrival_offsets(len(prompts), load.rate, load.burstiness, load.seed)
+    offsets = arrival_offsets(len(items), load.rate, load.burstiness, load.seed)
     cap = anyio.Semaphore(load.concurrency) if load.concurrency is not None else None
 
-    async def send(prompt: Prompt) -> None:
+    async def send(item: Any) -> None:
         if cap is None:
-            done(await _one(submit, prompt, clock, config))
+            await run_item(item, done, clock)
             return
         async with cap:
-            done(await _one(submit, prompt, clock, config))
+            await run_item(item, done, clock)
 
     async with anyio.create_task_group() as senders:
         start = anyio.current_time()
-        for prompt, offset in zip(prompts, offsets, strict=True):
+        for item, offset in zip(items, offsets, strict=True):
             await anyio.sleep_until(start + offset)
-            senders.start_soon(send, prompt)
+            senders.start_soon(send, item)

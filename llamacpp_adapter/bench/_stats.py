@@ -37,6 +37,8 @@ class RequestRecord(msgspec.Struct, frozen=True):
         first_token: when its first token came, or ``None``.
         gaps: the gaps between one token event and the next.
         error: the error's code when it failed, else ``None``.
+        turn: its turn in its conversation (1 the first), in a run of conversations.
+        cached_tokens: the prompt's tokens the engine took from its cache, when it said.
     """
 
     sent: float
@@ -46,6 +48,8 @@ class RequestRecord(msgspec.Struct, frozen=True):
     first_token: float | None = None
     gaps: tuple[float, ...] = ()
     error: str | None = None
+    turn: int | None = None
+    cached_tokens: int | None = None
 
 
 def request_latencies(record: RequestRecord) -> dict[str, float]:

@@ -99,6 +99,12 @@ def worker_arguments(config: BenchConfig, json_path: Path) -> list[str]:
     ]  # fmt: skip
     if config.prompts_file is not None:
         arguments += ["--prompts", str(config.prompts_file)]
+    if config.conversations_file is not None:
+        arguments += ["--conversations", str(config.conversations_file)]
+    if config.turns is not None:
+        arguments += ["--turns", str(config.turns), "--turn-tokens", str(config.turn_tokens)]
+    if config.think_time_s:
+        arguments += ["--think-time", repr(config.think_time_s)]
     if config.endpoint != "completion":
         arguments += ["--endpoint", config.endpoint]
     if config.objectives:

@@ -26,6 +26,7 @@ PURE = {
     "_host.retry",
     "_relay.codec",
     "bench._config",
+    "bench._conversations",
     "bench._load",
     "bench._slo",
     "bench._stats",
