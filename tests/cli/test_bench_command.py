@@ -88,6 +88,13 @@ def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
         (["--slo", "ttft_ms=5,ttft=6"], "given twice"),
         (["--slo", "ttft_ms"], "NAME=MILLISECONDS"),
         (["--slo", "ttft_ms=5", "--slo-attainment", "0"], "attainment"),
+        (["--turns", "0"], "--turns"),
+        (["--turns", "2", "--think-time", "-1"], "--think-time"),
+        (["--turns", "2", "--prompts", "{prompts}"], "one of prompts, conversations"),
+        (["--conversations", "{not_json}"], "not JSON"),
+        (["--conversations", "{empty_conversation}"], "an empty conversation"),
+        (["--conversations", "{not_text}"], "turn 1 is not text"),
+        (["--conversations", "{wrong_layout}"], 'not {"conversations"'),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
@@ -95,7 +102,17 @@ def test_bad_input_is_one_line_and_exit_code_2(
 ) -> None:
     not_json = tmp_path / "bad.jsonl"
     not_json.write_text("{not json\n")
-    places = {
+    files = {
+        "prompts": '{"prompt": "hello"}\n',
+        "empty_conversation": '{"turns": []}\n',
+        "not_text": '[{"conversations": [{"from": "human", "value": 7}]}]',
+        "wrong_layout": '[{"messages": []}]',
+    }
+    places = {}
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+        places[f"{{{name}}}"] = str(tmp_path / name)
+    places |= {
         "{missing}": str(tmp_path / "missing.jsonl"),
         "{directory}": str(tmp_path),
         "{not_json}": str(not_json),

@@ -11,8 +11,9 @@ import anyio
 import pytest
 import trio
 
+from llamacpp_adapter import LlamaCppHttpAdapter
 from llamacpp_adapter._local.server import LocalLlamaServer
-from llamacpp_adapter.bench import BenchConfig, BenchResult, run_bench
+from llamacpp_adapter.bench import BenchConfig, BenchResult, RequestRecord, run_bench
 from llamacpp_adapter.bench._load import Load
 
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
@@ -107,3 +108,123 @@ def test_a_run_by_duration_from_the_public_module(llama_server: LocalLlamaServer
     # them are: the check cannot say, and there is no warning that it differs.
     assert result.token_check["equal"] is None
     assert not result.warnings
+
+
+# --- Conversations -----------------------------------------------------------------------
+
+
+async def prompt_counters(urls: tuple[str, ...]) -> tuple[float, float]:
+    """The servers' counts of prompt tokens evaluated and taken from cache."""
+    evaluated = cached = 0.0
+    for url in urls:
+        async with LlamaCppHttpAdapter(url) as adapter:
+            metrics = await adapter.metrics()
+        evaluated += metrics["llamacpp:prompt_tokens_total"]
+        cached += metrics["llamacpp:prompt_tokens_cached_total"]
+    return evaluated, cached
+
+
+def expected_shares(result: BenchResult) -> dict[int, float]:
+    """Each later turn's share of prompt tokens that are its conversations' last turns'
+    prompts, which the engine has in cache where those ran. (Their answers too, unless
+    the text of an answer tokenizes otherwise than the model generated it, as the tiny
+    random model's do.)"""
+    by_turn: dict[int, list[RequestRecord]] = {}
+    for record in result.records:
+        assert record.turn is not None
+        by_turn.setdefault(record.turn, []).append(record)
+    return {
+        turn: sum(r.input_tokens for r in by_turn[turn - 1]) / sum(r.input_tokens for r in records)
+        for turn, records in by_turn.items()
+        if turn > 1
+    }
+
+
+def run_conversations(config: BenchConfig) -> BenchResult:
+    before = trio.run(prompt_counters, config.urls)
+    result: BenchResult = trio.run(run_bench, config)
+    after = trio.run(prompt_counters, config.urls)
+    # Every prompt token the client counted, the servers evaluated or took from cache.
+    cached = sum(r.cached_tokens or 0 for r in result.records)
+    total = sum(r.input_tokens for r in result.records)
+    assert (after[0] - before[0], after[1] - before[1]) == (total - cached, cached)
+    assert result.token_check["equal"] is True
+    return result
+
+
+def test_conversations_turn_after_turn_reuse_the_cache_the_server_counts(
+    llama_server: LocalLlamaServer,
+) -> None:
+    config = BenchConfig(
+        (llama_server.base_url,),
+        Load(concurrency=2),
+        requests=4,
+        warmup=0,
+        output_tokens=8,
+        turns=3,
+        turn_tokens=40,
+    )
+    result = run_conversations(config)
+    assert result.figures["completed"] == 12
+    assert result.turns is not None
+    assert [(row["turn"], row["requests"]) for row in result.turns] == [(1, 4), (2, 4), (3, 4)]
+    for turn, share in expected_shares(result).items():
+        assert result.turns[turn - 1]["cached_share"] >= 0.9 * share, turn
+
+
+def test_a_file_s_conversations_through_the_chat_endpoint(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "sharegpt.json"
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "conversations": [
+                        {"from": "human", "value": "Tell me a story about a fox."},
+                        {"from": "gpt", "value": "(the file's answer: the model gives its own)"},
+                        {"from": "human", "value": "And what did the dog do?"},
+                    ]
+                }
+            ]
+        )
+    )
+    config = BenchConfig(
+        (llama_server.base_url,),
+        Load(concurrency=2),
+        requests=2,
+        warmup=0,
+        output_tokens=6,
+        conversations_file=path,
+        endpoint="chat",
+    )
+    result = run_conversations(config)
+    assert result.figures["completed"] == 4
+    assert result.turns is not None
+    # The second turn holds the first, its answer and the template: more tokens.
+    first, second = result.turns
+    assert second["requests"] == 2
+    assert [r.input_tokens for r in result.records if r.turn == 2] > [0, 0]
+    assert second["cached_share"] > first["cached_share"]
+
+
+def test_a_pool_keeps_each_conversation_where_its_cache_is(
+    llama_server: LocalLlamaServer,
+) -> None:
+    with LocalLlamaServer(context=8192, parallel=2) as other:
+        config = BenchConfig(
+            (llama_server.base_url, other.base_url),
+            # One conversation at a time: placed blind (by free slots, both idle), a turn
+            # would go to either replica at random.
+            Load(concurrency=1),
+            requests=4,
+            warmup=0,
+            output_tokens=8,
+            turns=4,
+            turn_tokens=60,
+        )
+        result = run_conversations(config)
+    assert result.figures["completed"] == 16
+    assert result.turns is not None
+    for turn, share in expected_shares(result).items():
+        assert result.turns[turn - 1]["cached_share"] >= 0.9 * share, turn
