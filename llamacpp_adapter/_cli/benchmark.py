@@ -77,6 +77,18 @@ _BENCH_LOCAL_SLOTS = 4
     type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
     help='A JSONL file of prompts ({"prompt": "...", "max_tokens": N}) instead.',
 )
+@count_option(
+    "--prefix-tokens",
+    minimum=0,
+    default=0,
+    help="Synthetic prompts that begin with a shared prefix of this many tokens (a system "
+    "prompt), then the request's own --input-tokens.",
+)
+@count_option(
+    "--prefix-groups",
+    default=1,
+    help="With --prefix-tokens: how many prefixes, one at random each request.",
+)
 @click.option(
     "--conversations",
     "conversations_file",
@@ -160,6 +172,8 @@ def bench(
     input_tokens: str,
     output_tokens: int,
     prompts_file: Path | None,
+    prefix_tokens: int,
+    prefix_groups: int,
     conversations_file: Path | None,
     turns: int | None,
     turn_tokens: int,
@@ -215,6 +229,8 @@ def bench(
             input_tokens=_token_range(input_tokens),
             output_tokens=output_tokens,
             prompts_file=prompts_file,
+            prefix_tokens=prefix_tokens,
+            prefix_groups=prefix_groups,
             conversations_file=conversations_file,
             turns=turns,
             turn_tokens=turn_tokens,

@@ -40,6 +40,10 @@ class BenchConfig:
         turn_tokens: the tokens of each of the user's messages of a synthetic
             conversation.
         think_time_s: the time between a turn's answer and the conversation's next turn.
+        prefix_tokens: synthetic prompts that begin with one of *prefix_groups* shared
+            beginnings of this many tokens (a system prompt, a document), each followed
+            by the request's own *input_tokens*.
+        prefix_groups: how many shared beginnings, each request's drawn at random.
         conversations_file: a run of the conversations of a file instead
             (``_conversations.parse_conversations``: ShareGPT's JSON, or JSONL of
             ``{"turns": [...]}``).
@@ -76,6 +80,8 @@ class BenchConfig:
     turn_tokens: int = 100
     think_time_s: float = 0.0
     conversations_file: Path | None = None
+    prefix_tokens: int = 0
+    prefix_groups: int = 1
 
     @property
     def conversational(self) -> bool:
@@ -108,6 +114,10 @@ class BenchConfig:
             raise ValueError("a turn has at least 1 token")
         if not 0 <= self.think_time_s < math.inf:
             raise ValueError("the think time must be a finite number of seconds, not negative")
+        if self.prefix_tokens < 0 or self.prefix_groups < 1:
+            raise ValueError("the prefix is at least 0 tokens, in at least 1 group")
+        if self.prefix_tokens and (self.prompts_file or self.conversational):
+            raise ValueError("shared prefixes go with synthetic prompts")
         sources = [self.prompts_file, self.conversations_file, self.turns]
         if sum(source is not None for source in sources) > 1:
             raise ValueError("give one of prompts, conversations and turns")

@@ -45,15 +45,24 @@ async def make_prompts(config: BenchConfig, adapter: LlamaCppHttpAdapter) -> lis
     pieces = [await adapter.detokenize([i]) for i in seed_ids] if config.endpoint == "chat" else []
     rng = random.Random(config.seed)
     low, high = config.input_tokens
+
+    def tokens(start: int, length: int) -> list[int]:
+        return [(start + k) % len(seed_ids) for k in range(length)]
+
+    # Each shared beginning the seed text's tokens in an order of its own.
+    prefixes = []
+    for group in range(config.prefix_groups):
+        draw = random.Random(f"prefix {config.seed} {group}")
+        prefixes.append([draw.randrange(len(seed_ids)) for _ in range(config.prefix_tokens)])
     prompts = []
     for number in range(count):
         length = rng.randint(low, high)
+        prefix = prefixes[rng.randrange(len(prefixes))] if config.prefix_tokens else []
         # The seed text's tokens from a different place for each request, so that no
-        # request finds another's prompt in the server's cache.
-        start = number % len(seed_ids)
-        at = [(start + k) % len(seed_ids) for k in range(length)]
+        # request finds another's prompt in the server's cache (but for its prefix).
+        at = prefix + tokens(number % len(seed_ids), length)
         prompt = "".join(pieces[k] for k in at) if pieces else tuple(seed_ids[k] for k in at)
-        prompts.append(Prompt(prompt, length, config.output_tokens))
+        prompts.append(Prompt(prompt, len(at), config.output_tokens))
     return prompts
 
 

@@ -87,6 +87,8 @@ def summary_table(result: dict[str, Any]) -> str:
     lines.append(_line("Tokens predicted (server)", _or_unknown(server["tokens_predicted"])))
     lines.append(_line("Mean busy slots", server["mean_slots_busy"]))
     lines.append(_line("Most requests deferred", server["max_requests_deferred"]))
+    if "prompt_cached_share" in server:
+        lines.append(_line("Prompt tokens taken from cache", server["prompt_cached_share"]))
     equal = check["equal"]
     lines.append(_line("Client tokens = server's", "unknown" if equal is None else str(equal)))
     lines.append(_rule("", "="))

@@ -85,6 +85,12 @@ def make_result(
     }
     server_tokens = counter_growth(before, after)
     server = server_view(server_tokens, slots, deferred)
+    told = [r for r in records if r.error is None and r.cached_tokens is not None]
+    prompt = sum(r.input_tokens for r in told)
+    # Of the prompts' tokens, those the engine took from its cache (as it said).
+    server["prompt_cached_share"] = (
+        sum(r.cached_tokens or 0 for r in told) / prompt if prompt else math.nan
+    )
     check = token_check(output, server_tokens, unfinished=unfinished)
     warnings = []
     if share > SATURATED_CORE_SHARE:

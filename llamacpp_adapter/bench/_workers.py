@@ -103,6 +103,9 @@ def worker_arguments(config: BenchConfig, json_path: Path) -> list[str]:
         arguments += ["--conversations", str(config.conversations_file)]
     if config.turns is not None:
         arguments += ["--turns", str(config.turns), "--turn-tokens", str(config.turn_tokens)]
+    if config.prefix_tokens:
+        arguments += ["--prefix-tokens", str(config.prefix_tokens)]
+        arguments += ["--prefix-groups", str(config.prefix_groups)]
     if config.think_time_s:
         arguments += ["--think-time", repr(config.think_time_s)]
     if config.endpoint != "completion":
@@ -219,5 +222,6 @@ def _merge(
         warmup = sum(int(r.get("warmup_output_tokens", 0)) for r in results)
         client = int(merged["total_output_tokens"]) + warmup
         merged["token_check"] = token_check(client, grown, unfinished=False)
-    merged["server"] = server_view(grown, slots, deferred)
+    share = merged["server"]["prompt_cached_share"]  # from the requests' records
+    merged["server"] = server_view(grown, slots, deferred) | {"prompt_cached_share": share}
     return merged

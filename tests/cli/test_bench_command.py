@@ -89,6 +89,7 @@ def test_a_run_cut_by_sigint_frees_every_slot_and_writes_a_partial_result(
         (["--slo", "ttft_ms"], "NAME=MILLISECONDS"),
         (["--slo", "ttft_ms=5", "--slo-attainment", "0"], "attainment"),
         (["--turns", "0"], "--turns"),
+        (["--turns", "2", "--prefix-tokens", "50"], "shared prefixes go with synthetic"),
         (["--turns", "2", "--think-time", "-1"], "--think-time"),
         (["--turns", "2", "--prompts", "{prompts}"], "one of prompts, conversations"),
         (["--conversations", "{not_json}"], "not JSON"),

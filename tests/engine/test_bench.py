@@ -140,7 +140,7 @@ def expected_shares(result: BenchResult) -> dict[int, float]:
     }
 
 
-def run_conversations(config: BenchConfig) -> BenchResult:
+def run_checked(config: BenchConfig) -> BenchResult:
     before = trio.run(prompt_counters, config.urls)
     result: BenchResult = trio.run(run_bench, config)
     after = trio.run(prompt_counters, config.urls)
@@ -164,7 +164,7 @@ def test_conversations_turn_after_turn_reuse_the_cache_the_server_counts(
         turns=3,
         turn_tokens=40,
     )
-    result = run_conversations(config)
+    result = run_checked(config)
     assert result.figures["completed"] == 12
     assert result.turns is not None
     assert [(row["turn"], row["requests"]) for row in result.turns] == [(1, 4), (2, 4), (3, 4)]
@@ -198,7 +198,7 @@ def test_a_file_s_conversations_through_the_chat_endpoint(
         conversations_file=path,
         endpoint="chat",
     )
-    result = run_conversations(config)
+    result = run_checked(config)
     assert result.figures["completed"] == 4
     assert result.turns is not None
     # The second turn holds the first, its answer and the template: more tokens.
@@ -223,8 +223,28 @@ def test_a_pool_keeps_each_conversation_where_its_cache_is(
             turns=4,
             turn_tokens=60,
         )
-        result = run_conversations(config)
+        result = run_checked(config)
     assert result.figures["completed"] == 16
     assert result.turns is not None
     for turn, share in expected_shares(result).items():
         assert result.turns[turn - 1]["cached_share"] >= 0.9 * share, turn
+
+
+def test_shared_prefixes_are_taken_from_the_cache_after_their_first_request(
+    llama_server: LocalLlamaServer,
+) -> None:
+    config = BenchConfig(
+        (llama_server.base_url,),
+        Load(concurrency=1),
+        requests=6,
+        warmup=0,
+        input_tokens=(20, 20),
+        output_tokens=4,
+        prefix_tokens=200,
+        prefix_groups=1,
+    )
+    result = run_checked(config)
+    assert result.figures["total_input_tokens"] == 6 * 220
+    later = [r.cached_tokens or 0 for r in result.records[1:]]
+    assert min(later) >= 200  # the prefix, each time after the first
+    assert result.server["prompt_cached_share"] >= 5 * 200 / (6 * 220)
