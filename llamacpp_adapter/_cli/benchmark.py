@@ -149,6 +149,12 @@ _BENCH_LOCAL_SLOTS = 4
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Draw latency percentiles and throughput over time to this PNG (the plot extra).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when the client limited the run (its event loop lagged, it sent late or "
+    "short of the rate, or it used most of a core): the figures describe the client.",
+)
 @count_option(
     "--workers",
     default=1,
@@ -184,6 +190,7 @@ def bench(
     slo_attainment: float,
     json_path: Path | None,
     plot_path: Path | None,
+    strict: bool,
     workers: int,
     worker: bool,
 ) -> None:
@@ -256,7 +263,10 @@ def bench(
             )
             config = dataclasses.replace(config, urls=(local,))
         outputs = (json_path, plot_path)
-        run(_bench, config, outputs, command, workers, worker, backend=backend)
+        limited = run(_bench, config, outputs, command, workers, worker, backend=backend)
+    if strict and limited:
+        click.echo("-- limited by the client (--strict)", err=True)
+        context.exit(1)
 
 
 def _token_range(text: str) -> tuple[int, int]:
@@ -274,8 +284,10 @@ async def _bench(
     command: list[str],
     workers: int,
     worker: bool,
-) -> None:
+) -> bool:
+    """Run the benchmark and report it; whether the client limited it."""
     json_path, plot_path = outputs
+    limited = False
     from ..bench._report import summary_table
     from ..bench._results import BenchResult
     from ..bench._run import run_bench
@@ -290,6 +302,8 @@ async def _bench(
             props.append(await adapter.props_json())
 
     def report(figures: dict[str, Any]) -> None:
+        nonlocal limited
+        limited = bool(figures.get("audit", {}).get("limited_by_client"))
         if not worker:
             click.echo(summary_table(figures))
         if json_path is not None:
@@ -321,6 +335,7 @@ async def _bench(
             await run_bench(config, on_request=progress.step, on_result=finished)
     except ValueError as exc:  # the prompts file's contents
         raise click.UsageError(str(exc)) from None
+    return limited
 
 
 @bench.command("merge")

@@ -83,6 +83,14 @@ def summary_table(result: dict[str, Any]) -> str:
     lines.append(_rule("The client"))
     lines.append(_line("Client CPU per 1k tokens (s)", client["cpu_seconds_per_1k_tokens"], 4))
     lines.append(_line("Client share of one core", client["core_share"]))
+    checked = result.get("audit")
+    if checked is not None:
+        lines.append(_line("Event loop lag p99 (ms)", _number(checked["loop_lag_p99_ms"])))
+        if "schedule_lag_p99_ms" in checked:
+            lines.append(_line("Schedule lag p99 (ms)", checked["schedule_lag_p99_ms"]))
+            lines.append(_line("Achieved rate / planned rate", _ratio(checked)))
+        limited = checked["limited_by_client"]
+        lines.append(_line("Limited by the client", "yes" if limited else "no"))
     lines.append(_rule("The server"))
     lines.append(_line("Tokens predicted (server)", _or_unknown(server["tokens_predicted"])))
     lines.append(_line("Mean busy slots", server["mean_slots_busy"]))
@@ -94,6 +102,16 @@ def summary_table(result: dict[str, Any]) -> str:
     lines.append(_rule("", "="))
     lines += [f"warning: {warning}" for warning in result["warnings"]]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _number(value: float | None) -> float:
+    """A figure as read back from JSON, where NaN is null."""
+    return math.nan if value is None else value
+
+
+def _ratio(checked: dict[str, Any]) -> float:
+    planned = checked.get("planned_rate", math.nan)
+    return checked.get("achieved_rate", math.nan) / planned if planned else math.nan
 
 
 def _or_unknown(value: Any) -> Any:

@@ -11,15 +11,13 @@ from typing import Any
 
 import msgspec
 
+from ._audit import CORE_SHARE_LIMIT, ClientTimes, audit, merge_audits
 from ._conversations import per_turn
 from ._server_view import counter_growth, server_view, token_check
 from ._slo import DEFAULT_ATTAINMENT, Objective, judge, parse_objectives
 from ._stats import RequestRecord, summarize
 
 __all__ = ["BenchResult", "make_result", "merge_results"]
-
-#: The client's share of one core above which its figures describe the client.
-SATURATED_CORE_SHARE = 0.8
 
 
 @dataclass
@@ -42,6 +40,8 @@ class BenchResult:
     slo: dict[str, Any] | None = None
     #: The figures of each turn, in a run of conversations (``per_turn``).
     turns: list[dict[str, float | int]] | None = None
+    #: Whether the client limited the run (``_audit.audit``).
+    audit: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Every figure, and each request's record (for :func:`merge_results`)."""
@@ -56,6 +56,7 @@ class BenchResult:
             "warmup_output_tokens": self.warmup_output_tokens,
             **({} if self.slo is None else {"slo": self.slo}),
             **({} if self.turns is None else {"turns": self.turns}),
+            **({} if self.audit is None else {"audit": self.audit}),
             "requests": [msgspec.to_builtins(record) for record in self.records],
         }
 
@@ -71,10 +72,12 @@ def make_result(
     unfinished: bool,
     objectives: tuple[Objective, ...] = (),
     attainment: float = DEFAULT_ATTAINMENT,
+    times: ClientTimes | None = None,
 ) -> BenchResult:
     """The result of a run; *unfinished*: requests were open when it ended (cut short,
     or at the end of its duration), so that the server counted tokens the client did not
-    record; judged against *objectives* when there are any."""
+    record; judged against *objectives* when there are any, and audited with what the
+    client saw of itself (*times*) when given."""
     figures = summarize(records, wall)
     output = int(figures["total_output_tokens"])  # type: ignore[arg-type]
     share = cpu / wall if wall > 0 else math.nan
@@ -93,7 +96,7 @@ def make_result(
     )
     check = token_check(output, server_tokens, unfinished=unfinished)
     warnings = []
-    if share > SATURATED_CORE_SHARE:
+    if share > CORE_SHARE_LIMIT and times is None:
         warnings.append(
             f"the client used {share:.0%} of a core: near saturation, the figures describe "
             "the client as much as the server (try --workers, or fewer streams)"
@@ -108,7 +111,24 @@ def make_result(
         result.slo = judge(records, objectives, wall, attainment=attainment)
     if any(record.turn is not None for record in records):
         result.turns = per_turn(records)
+    if times is not None:
+        result.audit = audit(
+            loop_lags_s=times.loop_lags,
+            core_share=share,
+            planned_s=times.planned,
+            sent_s=times.sent,
+        )
+        _say_limited(result)
     return result
+
+
+def _say_limited(result: BenchResult) -> None:
+    assert result.audit is not None
+    if result.audit["limited_by_client"]:
+        result.warnings.append(
+            "limited by the client: " + "; ".join(result.audit["reasons"]) + " (the figures "
+            "describe the client as much as the server: try --workers, or less load)"
+        )
 
 
 def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -148,5 +168,11 @@ def merge_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged.client["processes"] = float(len(results))
     merged.partial = any(r["partial"] for r in results)
     merged.started_at = start
-    merged.warnings = [w for r in results for w in r["warnings"] if "counted" not in w]
+    merged.warnings = [
+        w for r in results for w in r["warnings"] if "counted" not in w and "limited" not in w
+    ]
+    audits = [r["audit"] for r in results if "audit" in r]
+    if audits:
+        merged.audit = merge_audits(audits)
+        _say_limited(merged)
     return merged.as_json()

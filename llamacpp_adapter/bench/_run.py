@@ -18,6 +18,7 @@ from .._adapter import LlamaCppHttpAdapter
 from .._exceptions import WorkerError
 from .._receive import EventReceiveStream
 from .._types import ChatRequest, End, Metrics, Reasoning, TaskRequest, Token
+from ._audit import LOOP_TICK_S, ClientTimes
 from ._config import BenchConfig
 from ._conversations import Conversation
 from ._load import arrival_offsets
@@ -67,13 +68,16 @@ async def run_bench(
             items = await make_prompts(config, adapters[0])
 
             async def run_item(item: Any, done: Done, clock: Clock) -> None:
-                done(await _one(submit, _request(item, config), item.input_tokens, clock, config))
+                # A chat's input is what the server counts, its template's included.
+                counted = 0 if config.endpoint == "chat" else item.input_tokens
+                done(await _one(submit, _request(item, config), counted, clock, config))
 
         for item in items[: config.warmup]:
             await run_item(item, warmed, time.perf_counter)
         measured = items[config.warmup :]
         before = [await tokens_predicted(a) for a in adapters]
         records: list[RequestRecord] = []
+        times = ClientTimes()
         slots: list[tuple[float, int]] = []
         deferred: list[float] = []
         started_at = time.time()
@@ -95,10 +99,11 @@ async def run_bench(
             async with anyio.create_task_group() as sampling:
                 if config.sample_server:
                     sampling.start_soon(watch_server, adapters, clock, slots, deferred)
+                sampling.start_soon(_watch_loop, times.loop_lags)
                 with anyio.CancelScope() as run:
                     if config.duration_s is not None:
                         run.deadline = anyio.current_time() + config.duration_s
-                    await _drive(measured, config, run_item, done, clock)
+                    await _drive(measured, config, run_item, done, clock, times)
                 cut = run.cancelled_caught  # only the duration's deadline cancels it
                 sampling.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
@@ -120,6 +125,7 @@ async def run_bench(
                 partial or cut,
                 config.objectives,
                 config.attainment,
+                times,
             )
             result.partial = partial
             result.started_at = started_at
@@ -261,9 +267,11 @@ async def _drive(
     run_item: Callable[[Any, Done, Clock], Awaitable[None]],
     done: Done,
     clock: Clock,
+    times: ClientTimes,
 ) -> None:
     """Run *items* (prompts, or conversations) as *config*'s load says, until they are
-    all sent and answered: the load's concurrency and rate are of items."""
+    all sent and answered: the load's concurrency and rate are of items. An open loop
+    notes in *times* when each was planned and when it was sent."""
     load = config.load
     if load.closed:
         assert load.concurrency is not None
@@ -290,6 +298,17 @@ async def _drive(
 
     async with anyio.create_task_group() as senders:
         start = anyio.current_time()
+        began = clock()
         for item, offset in zip(items, offsets, strict=True):
             await anyio.sleep_until(start + offset)
+            times.planned.append(began + offset)
+            times.sent.append(clock())
             senders.start_soon(send, item)
+
+
+async def _watch_loop(lags: list[float]) -> None:
+    """Note how late a timer of ``LOOP_TICK_S`` fires, for as long as the run lasts."""
+    while True:
+        asked = anyio.current_time() + LOOP_TICK_S
+        await anyio.sleep_until(asked)
+        lags.append(anyio.current_time() - asked)

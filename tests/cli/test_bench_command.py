@@ -242,3 +242,27 @@ def test_slos_give_goodput_from_the_requests_themselves(
     shown = " ".join(result.stdout.split())
     assert "Request goodput (req/s): 0.00" in shown
     assert "SLOs met: no: tpot_ms" in shown
+
+
+def test_strict_exits_1_when_the_client_limited_the_run(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    """A rate past what one process can send is flagged, and --strict fails the run; a
+    run the client keeps up with passes."""
+    output = tmp_path / "held.json"
+    held = run_command(
+        "bench", "--url", llama_server.base_url, "--rate", "100000", "--duration", "1",
+        "--max-concurrency", "2", "--warmup", "0", "--output-tokens", "2", "--strict",
+        "--json", str(output), timeout=120,
+    )  # fmt: skip
+    assert held.returncode == 1, held.stderr
+    assert "Limited by the client: yes" in " ".join(held.stdout.split())
+    audit = json.loads(output.read_text())["audit"]
+    assert audit["limited_by_client"] is True
+    assert any(reason.startswith("achieved rate") for reason in audit["reasons"])
+    calm = run_command(
+        "bench", "--url", llama_server.base_url, "--rate", "20", "--requests", "10",
+        "--warmup", "0", "--output-tokens", "4", "--strict", timeout=120,
+    )  # fmt: skip
+    assert calm.returncode == 0, calm.stdout + calm.stderr
+    assert "Limited by the client: no" in " ".join(calm.stdout.split())

@@ -5,6 +5,7 @@ prompts file, a run by duration."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import anyio
@@ -248,3 +249,41 @@ def test_shared_prefixes_are_taken_from_the_cache_after_their_first_request(
     later = [r.cached_tokens or 0 for r in result.records[1:]]
     assert min(later) >= 200  # the prefix, each time after the first
     assert result.server["prompt_cached_share"] >= 5 * 200 / (6 * 220)
+
+
+# --- The client's audit ------------------------------------------------------------------
+
+
+async def run_beside_a_busy_loop(config: BenchConfig) -> BenchResult:
+    """*config* run while another task of the same loop holds it 50 ms at a time."""
+    async with trio.open_nursery() as nursery:
+
+        async def hog() -> None:
+            while True:
+                time.sleep(0.05)  # noqa: ASYNC251 - the loop held, as a slow client holds it
+                await trio.sleep(0.001)
+
+        nursery.start_soon(hog)
+        result: BenchResult = await run_bench(config)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+@pytest.mark.parametrize("load", [Load(concurrency=2), Load(rate=50.0, concurrency=2)])
+def test_a_client_held_back_is_flagged_and_a_calm_one_is_not(
+    llama_server: LocalLlamaServer, load: Load
+) -> None:
+    config = BenchConfig(
+        (llama_server.base_url,), load, requests=20, warmup=0, input_tokens=(8, 8), output_tokens=16
+    )
+    calm: BenchResult = trio.run(run_bench, config)
+    assert calm.audit is not None
+    assert calm.audit["limited_by_client"] is False, calm.audit["reasons"]
+    assert not any("limited" in warning for warning in calm.warnings)
+
+    held = trio.run(run_beside_a_busy_loop, config)
+    assert held.audit is not None
+    assert held.audit["limited_by_client"] is True
+    assert any(reason.startswith("event loop lag p99") for reason in held.audit["reasons"])
+    assert any("limited by the client: event loop lag" in w for w in held.warnings)
+    assert held.as_json()["audit"]["limited_by_client"] is True

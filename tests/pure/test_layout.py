@@ -25,6 +25,7 @@ PURE = {
     "_host.prefixes",
     "_host.retry",
     "_relay.codec",
+    "bench._audit",
     "bench._config",
     "bench._conversations",
     "bench._load",
