@@ -19,7 +19,7 @@ from .engine import engine_url
 from .group import api_key_option, backend_option, count_option, main, positive_option
 from .running import run
 
-__all__ = ["bench", "bench_merge"]
+__all__ = ["bench", "bench_compare", "bench_merge"]
 
 #: A benchmark runs on asyncio by default: there it costs the least per token, less than
 #: a vLLM-style aiohttp client (benchmarks/NOTES.md, "The serving benchmark's own cost").
@@ -199,7 +199,8 @@ def bench(
     CPU per token, the server's view, and whether their token counts agree.
 
     `bench merge A.json B.json` merges the results of runs made at the same time (on
-    several machines against one pool, say).
+    several machines against one pool, say); `bench compare A.json B.json` sets saved
+    results side by side, with the change of each figure.
     """
     if context.invoked_subcommand is not None:
         return
@@ -366,6 +367,38 @@ def bench_merge(results: tuple[Path, ...], json_path: Path | None) -> None:
     click.echo(summary_table(merged))
     if json_path is not None:
         json_path.write_bytes(msgspec.json.format(msgspec.json.encode(merged), indent=2))
+
+
+@bench.command("compare")
+@click.argument(
+    "results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def bench_compare(results: tuple[Path, ...]) -> None:
+    """Compare saved results (--json): each figure side by side, with the change of each
+    from the first result."""
+    from ..bench._compare import compare
+
+    loaded = []
+    for path in results:
+        try:
+            result = json.loads(path.read_text())
+        except ValueError as exc:
+            raise click.UsageError(f"{path}: not JSON ({exc})") from None
+        if not isinstance(result, dict) or "completed" not in result:
+            raise click.UsageError(f"{path}: not a result of llamacpp-adapter bench")
+        loaded.append(result)
+    try:
+        rows = compare(loaded, [path.stem for path in results])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]
+    for number, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        click.echo("  ".join(cells).rstrip())
+        if number == 0:
+            click.echo("  ".join("-" * w for w in widths))
 
 
 class Progress:

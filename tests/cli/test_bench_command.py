@@ -266,3 +266,31 @@ def test_strict_exits_1_when_the_client_limited_the_run(
     )  # fmt: skip
     assert calm.returncode == 0, calm.stdout + calm.stderr
     assert "Limited by the client: no" in " ".join(calm.stdout.split())
+
+
+def test_compare_sets_saved_results_side_by_side(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    paths = []
+    for concurrency in ("1", "2"):
+        path = tmp_path / f"c{concurrency}.json"
+        done = run_command(
+            "bench", "--url", llama_server.base_url, "--concurrency", concurrency,
+            "--requests", "6", "--warmup", "0", "--output-tokens", "8", "--json", str(path),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        paths.append(str(path))
+    compared = run_command("bench", "compare", *paths)
+    assert compared.returncode == 0, compared.stderr
+    header, rule, *rows = compared.stdout.splitlines()
+    assert set(rule) == {"-", " "}
+    assert header.split() == ["figure", "c1", "c2", "change"]
+    throughput = next(row for row in rows if row.startswith("Request throughput"))
+    first, second = (json.loads(Path(p).read_text())["request_throughput"] for p in paths)
+    assert f"{(second - first) / first:+.1%}" in throughput
+    not_result = tmp_path / "other.json"
+    not_result.write_text('{"hello": 1}')
+    assert_one_line_error(
+        run_command("bench", "compare", paths[0], str(not_result)), "not a result", 2
+    )
+    assert_one_line_error(run_command("bench", "compare", paths[0]), "at least two", 2)

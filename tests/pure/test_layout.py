@@ -26,6 +26,7 @@ PURE = {
     "_host.retry",
     "_relay.codec",
     "bench._audit",
+    "bench._compare",
     "bench._config",
     "bench._conversations",
     "bench._load",

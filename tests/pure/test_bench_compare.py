@@ -1,0 +1,65 @@
+"""Saved results side by side: pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from llamacpp_adapter.bench._compare import compare
+
+BEFORE = {
+    "completed": 100,
+    "failed": 0,
+    "request_throughput": 10.0,
+    "output_throughput": 640.0,
+    "mean_ttft_ms": 50.0,
+    "p99_ttft_ms": 120.0,
+    "client": {"cpu_seconds_per_1k_tokens": 0.2},
+    "server": {"prompt_cached_share": float("nan")},
+}
+AFTER = BEFORE | {
+    "request_throughput": 12.5,
+    "mean_ttft_ms": 40.0,
+    "p99_ttft_ms": 150.0,
+    "slo": {"goodput": 9.0},
+    "client": {"cpu_seconds_per_1k_tokens": 0.2},
+}
+
+
+def rows_by_figure(*results: dict[str, object]) -> dict[str, list[str]]:
+    rows = compare(list(results), [f"r{n}" for n in range(len(results))])
+    assert rows[0] == ["figure", "r0"] + [
+        c for n in range(1, len(results)) for c in (f"r{n}", "change")
+    ]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def test_each_figure_with_its_change_and_whether_it_is_better() -> None:
+    rows = rows_by_figure(BEFORE, AFTER)
+    assert rows["Request throughput (req/s)"] == ["10", "12.5", "+25.0% better"]
+    assert rows["Mean TTFT (ms)"] == ["50", "40", "-20.0% better"]
+    assert rows["P99 TTFT (ms)"] == ["120", "150", "+25.0% worse"]
+    assert rows["Successful requests"] == ["100", "100", "="]
+    assert rows["Client CPU per 1k tokens (s)"] == ["0.2", "0.2", "="]
+    # A figure one result lacks, or holds as NaN (null in JSON).
+    assert rows["Request goodput (req/s)"] == ["n/a", "9", "n/a"]
+    assert rows["Prompt tokens taken from cache"] == ["n/a", "n/a", "n/a"]
+    assert "Mean ITL (ms)" not in rows  # no result has it
+
+
+def test_three_results_each_against_the_first() -> None:
+    third = BEFORE | {"request_throughput": 5.0}
+    rows = rows_by_figure(BEFORE, AFTER, third)
+    assert rows["Request throughput (req/s)"] == [
+        "10",
+        "12.5",
+        "+25.0% better",
+        "5",
+        "-50.0% worse",
+    ]
+
+
+def test_fewer_than_two_results_or_names_that_do_not_match_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least two"):
+        compare([BEFORE], ["a"])
+    with pytest.raises(ValueError, match="one name"):
+        compare([BEFORE, AFTER], ["a"])
