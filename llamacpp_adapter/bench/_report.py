@@ -17,6 +17,11 @@ _SECTIONS = (
     ("Inter-token Latency", "itl", "ITL"),
     ("End-to-end Latency", "e2el", "E2EL"),
 )
+#: Where the time to first token went, when the engine said how long the prompt took.
+_TTFT_PARTS = (
+    ("TTFT: waiting (slot, transport)", "wait", "wait"),
+    ("TTFT: the prompt (and first step)", "prompt", "prompt"),
+)
 
 
 def _line(label: str, value: Any, digits: int = 2) -> str:
@@ -49,7 +54,8 @@ def summary_table(result: dict[str, Any]) -> str:
         _line("Output token throughput (tok/s)", result["output_throughput"]),
         _line("Total Token throughput (tok/s)", result["total_token_throughput"]),
     ]
-    for title, key, short in _SECTIONS:
+    parts = _TTFT_PARTS if "mean_prompt_ms" in result else ()
+    for title, key, short in (*_SECTIONS[:1], *parts, *_SECTIONS[1:]):
         lines.append(_rule(title))
         lines.append(_line(f"Mean {short} (ms)", result[f"mean_{key}_ms"]))
         lines.append(_line(f"Median {short} (ms)", result[f"median_{key}_ms"]))

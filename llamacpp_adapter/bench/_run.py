@@ -223,6 +223,7 @@ async def _one(
     """Send one request of *input_tokens* (0: as the server counts them); what it
     recorded. A turn of a conversation keeps its *answer*'s text."""
     cached: int | None = None
+    prompt_ms: float | None = None
     sent = clock()
     first: float | None = None
     last = 0.0
@@ -239,7 +240,7 @@ async def _one(
                     tokens += 1
                 else:
                     if type(event) is Metrics:
-                        cached = event.cached_tokens
+                        cached, prompt_ms = event.cached_tokens, event.prompt_ms
                     elif type(event) is End:
                         # Tokens, not events or their ids: llama-server leaves the ids
                         # of a token whose text it holds back (a partial UTF-8 sequence)
@@ -257,7 +258,7 @@ async def _one(
     except WorkerError as exc:
         return RequestRecord(sent, clock(), input_tokens, tokens, first, (), exc.code, turn)
     return RequestRecord(
-        sent, clock(), input_tokens, tokens, first, tuple(gaps), None, turn, cached
+        sent, clock(), input_tokens, tokens, first, tuple(gaps), None, turn, cached, prompt_ms
     )
 
 

@@ -39,6 +39,9 @@ class RequestRecord(msgspec.Struct, frozen=True):
         error: the error's code when it failed, else ``None``.
         turn: its turn in its conversation (1 the first), in a run of conversations.
         cached_tokens: the prompt's tokens the engine took from its cache, when it said.
+        prompt_ms: the engine's time on the prompt (``Metrics.prompt_ms``): llama.cpp
+            samples the first token from the prompt's last batch, so its first step is
+            in it too.
     """
 
     sent: float
@@ -50,6 +53,7 @@ class RequestRecord(msgspec.Struct, frozen=True):
     error: str | None = None
     turn: int | None = None
     cached_tokens: int | None = None
+    prompt_ms: float | None = None
 
 
 def request_latencies(record: RequestRecord) -> dict[str, float]:
@@ -60,6 +64,11 @@ def request_latencies(record: RequestRecord) -> dict[str, float]:
     first = record.first_token
     if first is not None:
         found["ttft"] = (first - record.sent) * 1000
+        if record.prompt_ms is not None:
+            # The time to first token the engine did not spend on the prompt: waiting
+            # for a slot, and the way there and back.
+            found["prompt"] = record.prompt_ms
+            found["wait"] = max(found["ttft"] - record.prompt_ms, 0.0)
         if record.output_tokens > 1:
             found["tpot"] = (record.ended - first) * 1000 / (record.output_tokens - 1)
     if record.gaps:
@@ -124,7 +133,11 @@ def summarize(
         "output_throughput": total_output * rate,
         "total_token_throughput": (total_input + total_output) * rate,
     }
-    for name, values in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+    latencies = [("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)]
+    if any("prompt" in found for found in each):
+        for part in ("wait", "prompt"):
+            latencies.append((part, [found[part] for found in each if part in found]))
+    for name, values in latencies:
         result[f"mean_{name}_ms"] = _mean(values)
         result[f"median_{name}_ms"] = percentile(values, 50)
         result[f"std_{name}_ms"] = _std(values)

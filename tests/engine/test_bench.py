@@ -51,6 +51,14 @@ def test_a_run_counts_the_tokens_the_server_predicted(
     check_ordered(figures)
     assert result.client["cpu_seconds_per_1k_tokens"] > 0
     assert not result.partial
+    # Where the first token's time went: the engine's prompt, and the rest.
+    for record in result.records:
+        assert record.prompt_ms is not None
+        assert record.first_token is not None
+        assert 0 < record.prompt_ms <= (record.first_token - record.sent) * 1000
+    assert figures["mean_wait_ms"] + figures["mean_prompt_ms"] == pytest.approx(
+        figures["mean_ttft_ms"]
+    )
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])

@@ -162,3 +162,13 @@ def test_a_client_near_saturation_is_warned_of() -> None:
     assert not any("of a core" in warning for warning in idle.warnings)
     assert any("the server 12" in warning for warning in idle.warnings)  # counts differ
     assert idle.token_check["equal"] is False
+
+
+def test_time_to_first_token_is_split_where_the_engine_said_how_long_the_prompt_took() -> None:
+    told = RequestRecord(0.0, 1.0, 10, 5, 0.3, (0.1,) * 4, prompt_ms=120.0)
+    late = RequestRecord(0.0, 1.0, 10, 5, 0.1, (0.1,) * 4, prompt_ms=150.0)  # clocks apart
+    silent = RequestRecord(0.0, 1.0, 10, 5, 0.2, (0.1,) * 4)
+    figures = summarize([told, late, silent], 1.0)
+    assert figures["mean_prompt_ms"] == pytest.approx(135.0)
+    assert figures["mean_wait_ms"] == pytest.approx(90.0)  # 180 and (never below) 0
+    assert "mean_wait_ms" not in summarize([silent], 1.0)
