@@ -384,7 +384,7 @@ class Started(msgspec.Struct, frozen=True, gc=False):
     job_id: str
 
 
-class Token(msgspec.Struct, frozen=True, gc=False):
+class Token(msgspec.Struct, frozen=True, gc=False, repr_omit_defaults=True):
     """A piece of generated text.
 
     Attributes:
@@ -394,11 +394,15 @@ class Token(msgspec.Struct, frozen=True, gc=False):
         token_ids: the token ids the engine sent with it. llama.cpp leaves out the ids
             of tokens it held back while a UTF-8 character was incomplete (the text is
             whole), so a stream's ids can be fewer than ``End.tokens_out``.
+        count: the tokens the engine generated for it, from its running count: more
+            than 1 when it held some back (an incomplete UTF-8 character) and sent them
+            at once. A chat's stream does not say: 1.
     """
 
     i: int
     text: str
     token_ids: tuple[int, ...] = ()
+    count: int = 1
 
 
 class PromptProgress(msgspec.Struct, frozen=True, gc=False):

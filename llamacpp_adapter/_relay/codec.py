@@ -77,6 +77,7 @@ class _Token(_Message, frozen=True, tag="token"):
     i: int
     t: str
     ids: tuple[int, ...] = ()
+    n: int = 1  # the tokens it stands for (left out when 1)
 
 
 class _PromptProgress(_Message, frozen=True, tag="prompt_progress", omit_defaults=False):
@@ -161,7 +162,7 @@ def encode_event(event: StreamEvent) -> bytes:
     message: _Message
     if kind is Token:
         assert isinstance(event, Token)
-        message = _Token(i=event.i, t=event.text, ids=event.token_ids)
+        message = _Token(i=event.i, t=event.text, ids=event.token_ids, n=event.count)
     elif kind is Started:
         assert isinstance(event, Started)
         message = _Started(job_id=event.job_id)
@@ -225,7 +226,7 @@ def decode_event(data: bytes | str) -> StreamEvent | WorkerError | None:
     kind = type(message)
     if kind is _Token:
         assert isinstance(message, _Token)
-        return Token(i=message.i, text=message.t, token_ids=message.ids)
+        return Token(i=message.i, text=message.t, token_ids=message.ids, count=message.n)
     if kind is _Started:
         assert isinstance(message, _Started)
         return Started(job_id=message.job_id)

@@ -225,6 +225,7 @@ class CompletionStreamDecoder(JsonStreamDecoder[_Chunk]):
                         raise ProtocolError("data after the stream's final chunk")
                     continue
                 predicted = chunk.tokens_predicted
+                count = 1
                 if predicted is not None:
                     if predicted <= last:
                         progress = chunk.prompt_progress
@@ -237,13 +238,14 @@ class CompletionStreamDecoder(JsonStreamDecoder[_Chunk]):
                             f"token count went from {last} to {predicted}; "
                             "it must increase with every chunk"
                         )
+                    count = predicted - last
                     last = predicted
                 if ledger is not None and not ledger.token(
                     content, chunk.tokens, predicted, chunk.timings
                 ):
                     i += 1  # generated again after a resume: the consumer has it
                     continue
-                append(Token(i, content, as_tuple(chunk.tokens)))
+                append(Token(i, content, as_tuple(chunk.tokens), count))
                 i += 1
         finally:
             self._next_i, self._last_predicted = i, last
@@ -262,7 +264,9 @@ class CompletionStreamDecoder(JsonStreamDecoder[_Chunk]):
             if ledger is None or ledger.token(
                 chunk.content, chunk.tokens, chunk.tokens_predicted, chunk.timings
             ):
-                events.append(Token(i, chunk.content, tuple(chunk.tokens)))
+                total = chunk.tokens_predicted
+                count = max(total - self._last_predicted, 1) if total is not None else 1
+                events.append(Token(i, chunk.content, tuple(chunk.tokens), count))
         timings = chunk.timings
         tokens_out, tokens_in = chunk.tokens_predicted, chunk.tokens_evaluated
         metrics = None

@@ -16,6 +16,7 @@ _SECTIONS = (
     ("Time per Output Token (excl. 1st token)", "tpot", "TPOT"),
     ("Inter-token Latency", "itl", "ITL"),
     ("End-to-end Latency", "e2el", "E2EL"),
+    ("Gap between chunks", "chunk_gap", "gap"),
 )
 #: Where the time to first token went, when the engine said how long the prompt took.
 _TTFT_PARTS = (

@@ -128,6 +128,11 @@ async def run_bench(
                 times,
             )
             result.partial = partial
+            if config.endpoint == "chat":
+                result.warnings.append(
+                    "ITL is estimated on the chat endpoint: its stream does not carry the "
+                    "engine's running token count, so each chunk counts as one token"
+                )
             result.started_at = started_at
             result.warmup_output_tokens = warmup_tokens
             if on_result is not None:
@@ -228,15 +233,18 @@ async def _one(
     first: float | None = None
     last = 0.0
     gaps: list[float] = []
+    counts: list[int] = []
     tokens = 0
     try:
         async with submit(request) as events:
             async for event in events:
                 if type(event) is Token:
-                    tokens += len(event.token_ids) or 1
+                    count = event.count
+                    tokens += count
                     if answer is not None:
                         answer.append(event.text)
                 elif type(event) is Reasoning:  # a chat's thinking is output too
+                    count = 1
                     tokens += 1
                 else:
                     if type(event) is Metrics:
@@ -254,11 +262,23 @@ async def _one(
                     first = now
                 else:
                     gaps.append(now - last)
+                    counts.append(count)
                 last = now
     except WorkerError as exc:
         return RequestRecord(sent, clock(), input_tokens, tokens, first, (), exc.code, turn)
+    several = tuple(counts) if any(count != 1 for count in counts) else ()
     return RequestRecord(
-        sent, clock(), input_tokens, tokens, first, tuple(gaps), None, turn, cached, prompt_ms
+        sent,
+        clock(),
+        input_tokens,
+        tokens,
+        first,
+        tuple(gaps),
+        None,
+        turn,
+        cached,
+        prompt_ms,
+        several,
     )
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ._stats import RequestRecord, percentile, request_latencies
+from ._stats import RequestRecord, percentile, request_latencies, token_gaps_ms
 
 __all__ = [
     "DEFAULT_ATTAINMENT",
@@ -167,6 +167,6 @@ def _meets(latencies: dict[str, float], objective: Objective) -> bool:
 def _values(latencies: dict[str, float], metric: str, record: RequestRecord) -> list[float]:
     """A request's values of *metric* for a run's percentile: ITL is every gap."""
     if metric == "itl":
-        return [gap * 1000 for gap in record.gaps]
+        return token_gaps_ms(record)
     value = latencies.get(metric)
     return [] if value is None else [value]

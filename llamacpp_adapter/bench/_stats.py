@@ -7,8 +7,13 @@ compare across tools: ``completed``, ``total_output_tokens``, ``request_throughp
 * TTFT: from sending the request to its first token;
 * TPOT: per request, (latency - TTFT) / (output tokens - 1), for requests of more than
   one token;
-* ITL: every gap between one token event and the next, of every request (an event may
-  carry more than one token: llama-server holds back an incomplete UTF-8 sequence);
+* ITL: per token: each gap between one token event and the next, shared among the
+  tokens the later event stands for (its count, from the engine's running
+  ``tokens_predicted``: llama-server sends the tokens of an incomplete UTF-8 sequence
+  at once), of every request; on the chat endpoint, which does not say, an event is one
+  token;
+* the chunk gap: every gap between one token event and the next, as it is (what vLLM
+  calls ITL);
 * E2EL: from sending the request to its end.
 """
 
@@ -20,7 +25,14 @@ from collections.abc import Sequence
 
 import msgspec
 
-__all__ = ["DEFAULT_PERCENTILES", "RequestRecord", "percentile", "request_latencies", "summarize"]
+__all__ = [
+    "DEFAULT_PERCENTILES",
+    "RequestRecord",
+    "percentile",
+    "request_latencies",
+    "summarize",
+    "token_gaps_ms",
+]
 
 #: The percentiles reported for each latency, beside the mean.
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
@@ -36,6 +48,8 @@ class RequestRecord(msgspec.Struct, frozen=True):
         output_tokens: tokens generated (token ids, not events).
         first_token: when its first token came, or ``None``.
         gaps: the gaps between one token event and the next.
+        counts: the tokens of the event that ended each gap, when any is more than one
+            (else empty: one each).
         error: the error's code when it failed, else ``None``.
         turn: its turn in its conversation (1 the first), in a run of conversations.
         cached_tokens: the prompt's tokens the engine took from its cache, when it said.
@@ -54,6 +68,7 @@ class RequestRecord(msgspec.Struct, frozen=True):
     turn: int | None = None
     cached_tokens: int | None = None
     prompt_ms: float | None = None
+    counts: tuple[int, ...] = ()
 
 
 def request_latencies(record: RequestRecord) -> dict[str, float]:
@@ -72,8 +87,20 @@ def request_latencies(record: RequestRecord) -> dict[str, float]:
         if record.output_tokens > 1:
             found["tpot"] = (record.ended - first) * 1000 / (record.output_tokens - 1)
     if record.gaps:
-        found["itl"] = max(record.gaps) * 1000
+        found["itl"] = max(token_gaps_ms(record))
     return found
+
+
+def token_gaps_ms(record: RequestRecord) -> list[float]:
+    """The request's inter-token latencies in ms: each gap shared among the tokens of
+    the event that ended it."""
+    if not record.counts:
+        return [gap * 1000 for gap in record.gaps]
+    return [
+        gap * 1000 / count
+        for gap, count in zip(record.gaps, record.counts, strict=True)
+        for _ in range(count)
+    ]
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -116,7 +143,8 @@ def summarize(
     each = [request_latencies(r) for r in done]
     ttfts = [latencies["ttft"] for latencies in each if "ttft" in latencies]
     tpots = [latencies["tpot"] for latencies in each if "tpot" in latencies]
-    itls = [gap * 1000 for r in done for gap in r.gaps]
+    itls = [gap for r in done for gap in token_gaps_ms(r)]
+    chunk_gaps = [gap * 1000 for r in done for gap in r.gaps]
     e2els = [latencies["e2el"] for latencies in each]
     total_input = sum(r.input_tokens for r in done)
     total_output = sum(r.output_tokens for r in done)
@@ -133,7 +161,13 @@ def summarize(
         "output_throughput": total_output * rate,
         "total_token_throughput": (total_input + total_output) * rate,
     }
-    latencies = [("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)]
+    latencies = [
+        ("ttft", ttfts),
+        ("tpot", tpots),
+        ("itl", itls),
+        ("e2el", e2els),
+        ("chunk_gap", chunk_gaps),
+    ]
     if any("prompt" in found for found in each):
         for part in ("wait", "prompt"):
             latencies.append((part, [found[part] for found in each if part in found]))

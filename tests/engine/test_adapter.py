@@ -92,6 +92,24 @@ async def test_stream_is_ordered_and_matches_the_unstreamed_answer(
     assert end.tokens_out == answer["tokens_predicted"]
 
 
+async def test_each_token_event_says_how_many_tokens_it_stands_for(
+    adapter: LlamaCppHttpAdapter,
+) -> None:
+    """The tiny model, with every byte allowed, writes characters of several bytes a
+    byte at a time: llama-server holds those back and sends them in one chunk. The
+    events' counts add up to the engine's own count, and some are above 1."""
+    request = TaskRequest(
+        "hello", max_tokens=300, temperature=1.0, seed=1, extra={"ignore_eos": True}
+    )
+    events = await collect(adapter, request)
+    counts = [e.count for e in events if isinstance(e, Token)]
+    end = events[-1]
+    assert isinstance(end, End)
+    assert sum(counts) == end.tokens_out == 300
+    assert max(counts) > 1
+    assert len(counts) < 300
+
+
 async def test_same_seed_gives_the_same_tokens(adapter: LlamaCppHttpAdapter) -> None:
     request = TaskRequest("the model", max_tokens=24, temperature=0.9, seed=7)
     first = await collect(adapter, request)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from llamacpp_adapter.bench._load import Load, arrival_offsets
 from llamacpp_adapter.bench._plot import throughput_over_time, write_plot
 from llamacpp_adapter.bench._results import merge_results
-from llamacpp_adapter.bench._stats import RequestRecord, percentile, summarize
+from llamacpp_adapter.bench._stats import RequestRecord, percentile, request_latencies, summarize
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50), st.floats(0, 100))
@@ -172,3 +172,14 @@ def test_time_to_first_token_is_split_where_the_engine_said_how_long_the_prompt_
     assert figures["mean_prompt_ms"] == pytest.approx(135.0)
     assert figures["mean_wait_ms"] == pytest.approx(90.0)  # 180 and (never below) 0
     assert "mean_wait_ms" not in summarize([silent], 1.0)
+
+
+def test_itl_is_per_token_and_the_gap_between_chunks_is_apart() -> None:
+    # Four events after the first: gaps of 10, 30 (an event of 3 tokens), 10, 10 ms.
+    record = RequestRecord(0.0, 1.0, 5, 7, 0.1, (0.01, 0.03, 0.01, 0.01), counts=(1, 3, 1, 1))
+    figures = summarize([record], 1.0)
+    assert figures["mean_itl_ms"] == pytest.approx(10.0)  # six tokens, 10 ms each
+    assert figures["p99_itl_ms"] == pytest.approx(10.0)
+    assert figures["mean_chunk_gap_ms"] == pytest.approx(15.0)  # four gaps
+    assert figures["p99_chunk_gap_ms"] == pytest.approx(10 + 20 * 0.97)
+    assert request_latencies(record)["itl"] == pytest.approx(10.0)
