@@ -202,7 +202,8 @@ def bench(
     several machines against one pool, say); `bench compare A.json B.json` sets saved
     results side by side, with the change of each figure.
     """
-    if context.invoked_subcommand is not None:
+    sweeping = context.invoked_subcommand == "sweep"
+    if context.invoked_subcommand is not None and not sweeping:
         return
     if plot_path is not None:
         try:
@@ -257,6 +258,11 @@ def bench(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     command = ["llamacpp-adapter", *sys.argv[1:]]
+    if sweeping:
+        if workers > 1:
+            raise click.UsageError("a sweep runs its points in one process: no --workers")
+        context.obj = _SweepSettings(config, backend, (json_path, plot_path), command, strict)
+        return
     with contextlib.ExitStack() as stack:
         if not urls:
             local = stack.enter_context(
@@ -268,6 +274,139 @@ def bench(
     if strict and limited:
         click.echo("-- limited by the client (--strict)", err=True)
         context.exit(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SweepSettings:
+    """What ``bench``'s options made for ``bench sweep``."""
+
+    config: Any
+    backend: str
+    outputs: tuple[Path | None, Path | None]
+    command: list[str]
+    strict: bool
+
+
+@bench.command("sweep")
+@click.option(
+    "--rates", metavar="R,R,...", help="Open loops at these rates (requests/s), one run each."
+)
+@click.option(
+    "--concurrencies", metavar="N,N,...", help="Closed loops of these concurrencies, one run each."
+)
+@click.option(
+    "--find-max",
+    is_flag=True,
+    help="After the loads given, double the load until throughput grows by less than 10% "
+    "or a run misses its --slo.",
+)
+@click.pass_context
+def bench_sweep(
+    context: click.Context, rates: str | None, concurrencies: str | None, find_max: bool
+) -> None:
+    """A load curve: one run at each load (bench's options, before `sweep`, say what each
+    run sends), then the peak throughput, the knee and the highest load that met the
+    --slo. With --json, every point's result; with --plot, the curve."""
+    from ..bench._sweep import FIND_MAX_MIN_REQUESTS, parse_points
+
+    settings: _SweepSettings = context.obj
+    if (rates is None) == (concurrencies is None):
+        raise click.UsageError("give --rates or --concurrencies")
+    kind = "rate" if rates is not None else "concurrency"
+    try:
+        option = "--rates" if kind == "rate" else "--concurrencies"
+        points = parse_points(rates or concurrencies or "", option, whole=kind == "concurrency")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    requests = settings.config.requests
+    if find_max and requests is not None and requests < FIND_MAX_MIN_REQUESTS:
+        raise click.UsageError(
+            f"--find-max needs at least {FIND_MAX_MIN_REQUESTS} --requests a point to tell "
+            "one point from the next"
+        )
+    config = settings.config
+    with contextlib.ExitStack() as stack:
+        if config.urls == ("local",):
+            local = stack.enter_context(
+                engine_url(None, parallel=_BENCH_LOCAL_SLOTS, context=_BENCH_LOCAL_SLOTS * 4096)
+            )
+            config = dataclasses.replace(config, urls=(local,))
+        limited = run(_sweep, config, kind, points, find_max, settings, backend=settings.backend)
+    if settings.strict and limited:
+        click.echo("-- limited by the client (--strict)", err=True)
+        context.exit(1)
+
+
+async def _sweep(
+    config: Any, kind: str, loads: list[float], find_max: bool, settings: _SweepSettings
+) -> bool:
+    """Run the sweep and report it; whether the client limited any point."""
+    from ..bench._report import sweep_table
+    from ..bench._run import run_bench
+    from ..bench._sweep import next_load, summarize_sweep
+
+    points: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    queue = list(loads)
+    while queue:
+        load = queue.pop(0)
+        if kind == "concurrency":
+            shaped = dataclasses.replace(config.load, concurrency=int(load), rate=None)
+        else:
+            shaped = dataclasses.replace(config.load, rate=load)
+        result = await run_bench(dataclasses.replace(config, load=shaped))
+        figures = result.as_json()
+        results.append(figures)
+        point = _point(load, figures)
+        points.append(point)
+        click.echo(
+            f"-- {kind} {load:g}: {point['output_throughput']:.0f} tokens/s, "
+            f"TTFT p99 {point['p99_ttft_ms']:.1f} ms",
+            err=True,
+        )
+        if not queue and find_max and (following := next_load(points)) is not None:
+            queue.append(following)
+    sweep = {"kind": kind, "points": points, "summary": summarize_sweep(points)}
+    click.echo(sweep_table(sweep))
+    json_path, plot_path = settings.outputs
+    if json_path is not None:
+        written = {
+            "sweep": sweep,
+            "results": results,
+            "command": settings.command,
+            "versions": _versions(),
+            "config": _config_json(config),
+        }
+        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(written), indent=2))
+        click.echo(f"-- written to {json_path}", err=True)
+    if plot_path is not None:
+        from ..bench._plot import write_sweep_plot
+
+        write_sweep_plot(sweep, plot_path, config.objectives)
+        click.echo(f"-- drawn to {plot_path}", err=True)
+    return any(p["limited_by_client"] for p in points)
+
+
+def _point(load: float, figures: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's point: its load and the figures its curve and summary need."""
+    slo = figures.get("slo")
+    audit = figures.get("audit") or {}
+    return {
+        "load": load,
+        "output_throughput": figures["output_throughput"],
+        "request_throughput": figures["request_throughput"],
+        "completed": figures["completed"],
+        "failed": figures["failed"],
+        **{
+            f"{p}_{name}_ms": figures[f"{p}_{name}_ms"]
+            for p in ("p50", "p99")
+            for name in ("ttft", "itl", "e2el")
+        },
+        "goodput": None if slo is None else slo["goodput"],
+        "slo_met": None if slo is None else slo["met"],
+        "limited_by_client": bool(audit.get("limited_by_client")),
+        "tokens_equal": figures["token_check"]["equal"],
+    }
 
 
 def _token_range(text: str) -> tuple[int, int]:

@@ -1,5 +1,6 @@
-"""The serving benchmark's picture (``bench --plot``): latency percentiles, and output
-throughput and busy slots over the run. Needs matplotlib (the ``plot`` extra)."""
+"""The serving benchmark's pictures: a run's (``bench --plot``), its latency percentiles
+and its output throughput and busy slots over the run; a sweep's (``bench --plot ...
+sweep``), its load curve. Needs matplotlib (the ``plot`` extra)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_plot"]
+__all__ = ["write_plot", "write_sweep_plot"]
 
 _LATENCIES = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2EL"))
 _PERCENTILES = ("50", "90", "99")
@@ -69,6 +70,48 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
         busy.set_ylabel("busy slots (dotted)")
     title = "llama-server serving benchmark" + (" (partial)" if result.get("partial") else "")
     figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_sweep_plot(sweep: dict[str, Any], path: Path, objectives: Any = ()) -> None:
+    """Draw a sweep's load curve to *path* as a PNG: output throughput, and TTFT and
+    ITL at p50 and p99, against the load, the knee marked, and the line of each
+    objective on TTFT or ITL (*objectives*)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(sweep["points"], key=lambda p: p["load"])
+    loads = [p["load"] for p in points]
+    kind = "concurrency" if sweep["kind"] == "concurrency" else "rate (requests/s)"
+    knee = sweep["summary"]["knee_load"]
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(12, 4.5))
+    throughput.plot(loads, [p["output_throughput"] for p in points], marker="o")
+    throughput.axvline(knee, color="grey", ls="--", label=f"knee ({knee:g})")
+    throughput.set_xlabel(f"offered load: {kind}")
+    throughput.set_ylabel("output tokens/s")
+    throughput.set_title("Throughput")
+    throughput.legend()
+    for name, label in (("ttft", "TTFT"), ("itl", "ITL")):
+        for percentile, style in (("p50", "-"), ("p99", "--")):
+            values = [p[f"{percentile}_{name}_ms"] for p in points]
+            latency.plot(loads, values, ls=style, marker="o", label=f"{label} {percentile}")
+    for objective in objectives:
+        if objective.metric in ("ttft", "itl"):
+            latency.axhline(objective.limit_ms, color="red", ls=":", label=f"SLO {objective.name}")
+    latency.axvline(knee, color="grey", ls="--")
+    latency.set_yscale("log")
+    latency.set_xlabel(f"offered load: {kind}")
+    latency.set_ylabel("ms (log scale)")
+    latency.set_title("Latency")
+    latency.legend(fontsize="small")
+    for axes in (throughput, latency):
+        if len(loads) > 1 and loads[-1] / loads[0] >= 8:
+            axes.set_xscale("log", base=2)
+    figure.suptitle("llama-server load curve")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["summary_table"]
+__all__ = ["summary_table", "sweep_table"]
 
 _WIDTH = 50
 _LABEL = 40
@@ -108,6 +108,33 @@ def summary_table(result: dict[str, Any]) -> str:
     lines.append(_line("Client tokens = server's", "unknown" if equal is None else str(equal)))
     lines.append(_rule("", "="))
     lines += [f"warning: {warning}" for warning in result["warnings"]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    """A sweep's points, one a line, and what its curve says."""
+    kind = sweep["kind"]
+    head = (
+        f"{kind:>12}{'req/s':>9}{'tok/s':>9}{'TTFT p50':>10}{'p99':>9}"
+        f"{'ITL p50':>9}{'p99':>8}{'SLO met':>9}{'client':>9}"
+    )
+    lines = [_rule("Serving Benchmark Sweep", "="), head]
+    for p in sweep["points"]:
+        met = "n/a" if p["slo_met"] is None else ("yes" if p["slo_met"] else "no")
+        client = "LIMITED" if p["limited_by_client"] else "ok"
+        lines.append(
+            f"{p['load']:>12g}{p['request_throughput']:>9.2f}{p['output_throughput']:>9.0f}"
+            f"{p['p50_ttft_ms']:>10.1f}{p['p99_ttft_ms']:>9.1f}{p['p50_itl_ms']:>9.2f}"
+            f"{p['p99_itl_ms']:>8.2f}{met:>9}{client:>9}"
+        )
+    summary = sweep["summary"]
+    lines.append(_rule(""))
+    peak = f"{summary['peak_output_throughput']:.0f} at {kind} {summary['peak_load']:g}"
+    lines.append(_line("Peak output throughput (tok/s)", peak))
+    lines.append(_line(f"Knee ({kind})", f"{summary['knee_load']:g}"))
+    best = summary["max_load_meeting_slo"]
+    lines.append(_line(f"Highest {kind} meeting the SLO", "none" if best is None else f"{best:g}"))
+    lines.append(_rule("", "="))
     return "\n".join(line.rstrip() for line in lines)
 
 
