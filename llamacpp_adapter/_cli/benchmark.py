@@ -218,7 +218,9 @@ def bench(
 
     if concurrency is not None and rate is not None:
         raise click.UsageError("give --concurrency (a closed loop) or --rate (an open loop)")
-    if rate is None and max_concurrency is not None:
+    if sweeping and workers > 1:
+        raise click.UsageError("a sweep runs its points in one process: no --workers")
+    if rate is None and max_concurrency is not None and not sweeping:
         raise click.UsageError("--max-concurrency goes with --rate")
     if concurrency is None and rate is None:
         concurrency = 1
@@ -259,9 +261,9 @@ def bench(
         raise click.UsageError(str(exc)) from None
     command = ["llamacpp-adapter", *sys.argv[1:]]
     if sweeping:
-        if workers > 1:
-            raise click.UsageError("a sweep runs its points in one process: no --workers")
-        context.obj = _SweepSettings(config, backend, (json_path, plot_path), command, strict)
+        context.obj = _SweepSettings(
+            config, backend, (json_path, plot_path), command, strict, max_concurrency
+        )
         return
     with contextlib.ExitStack() as stack:
         if not urls:
@@ -285,6 +287,8 @@ class _SweepSettings:
     outputs: tuple[Path | None, Path | None]
     command: list[str]
     strict: bool
+    #: The cap on the requests open at once of a sweep of rates.
+    max_concurrency: int | None
 
 
 @bench.command("sweep")
@@ -353,7 +357,8 @@ async def _sweep(
         if kind == "concurrency":
             shaped = dataclasses.replace(config.load, concurrency=int(load), rate=None)
         else:
-            shaped = dataclasses.replace(config.load, rate=load)
+            cap = settings.max_concurrency
+            shaped = dataclasses.replace(config.load, rate=load, concurrency=cap)
         result = await run_bench(dataclasses.replace(config, load=shaped))
         figures = result.as_json()
         results.append(figures)

@@ -294,3 +294,65 @@ def test_compare_sets_saved_results_side_by_side(
         run_command("bench", "compare", paths[0], str(not_result)), "not a result", 2
     )
     assert_one_line_error(run_command("bench", "compare", paths[0]), "at least two", 2)
+
+
+def test_a_sweep_runs_each_load_and_checks_each_against_the_server(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output, plot = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    result = run_command(
+        "bench", "--url", llama_server.base_url, "--requests", "6", "--warmup", "0",
+        "--output-tokens", "8", "--slo", "p99_ttft_ms=60000", "--json", str(output),
+        "--plot", str(plot), "sweep", "--concurrencies", "1,2", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = json.loads(output.read_text())
+    sweep, results = written["sweep"], written["results"]
+    assert [p["load"] for p in sweep["points"]] == [1, 2]
+    for each in results:
+        assert each["completed"] == 6
+        assert each["token_check"] == {"client_tokens": 48, "server_tokens": 48, "equal": True}
+    assert all(p["slo_met"] is True for p in sweep["points"])
+    assert sweep["summary"]["max_load_meeting_slo"] == 2
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    shown = " ".join(result.stdout.split())
+    assert "Serving Benchmark Sweep" in shown
+    assert "Highest concurrency meeting the SLO: 2" in shown
+
+
+def test_find_max_raises_the_rate_until_it_stops_paying(
+    llama_server: LocalLlamaServer, tmp_path: Path
+) -> None:
+    output = tmp_path / "max.json"
+    result = run_command(
+        "bench", "--url", llama_server.base_url, "--requests", "20", "--warmup", "0",
+        "--output-tokens", "4", "--max-concurrency", "2", "--json", str(output),
+        "sweep", "--rates", "50", "--find-max", timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    points = json.loads(output.read_text())["sweep"]["points"]
+    loads = [p["load"] for p in points]
+    assert loads == [50 * 2**n for n in range(len(loads))]
+    assert len(loads) >= 2
+    # It stopped where the last doubling grew throughput by less than a tenth.
+    last, before = points[-1]["output_throughput"], points[-2]["output_throughput"]
+    assert last < before * 1.1 or len(loads) == 12
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["sweep"], "give --rates or --concurrencies"),
+        (["sweep", "--rates", "1", "--concurrencies", "2"], "give --rates or --concurrencies"),
+        (["sweep", "--concurrencies", ","], "give at least one load"),
+        (["sweep", "--rates", "0,2"], "a load is above 0"),
+        (["sweep", "--concurrencies", "1.5"], "a whole number"),
+        (["--requests", "5", "sweep", "--concurrencies", "1", "--find-max"], "at least 20"),
+        (["--workers", "2", "sweep", "--concurrencies", "2"], "no --workers"),
+    ],
+)
+def test_a_bad_sweep_is_one_line_and_exit_code_2(
+    arguments: list[str], says: str, llama_server: LocalLlamaServer
+) -> None:
+    result = run_command("bench", "--url", llama_server.base_url, *arguments)
+    assert_one_line_error(result, says, 2)

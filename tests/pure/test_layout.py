@@ -32,6 +32,7 @@ PURE = {
     "bench._load",
     "bench._slo",
     "bench._stats",
+    "bench._sweep",
 }
 #: What the pure layer may not import: event loops, sockets, TLS, HTTP clients.
 IO = {"anyio", "asyncio", "httpcore", "httpx", "selectors", "socket", "ssl", "trio", "uvloop"}
