@@ -528,7 +528,7 @@ def bench_compare(results: tuple[Path, ...]) -> None:
             result = json.loads(path.read_text())
         except ValueError as exc:
             raise click.UsageError(f"{path}: not JSON ({exc})") from None
-        if not isinstance(result, dict) or "completed" not in result:
+        if not isinstance(result, dict) or not ("completed" in result or "sweep" in result):
             raise click.UsageError(f"{path}: not a result of llamacpp-adapter bench")
         loaded.append(result)
     try:

@@ -1,5 +1,5 @@
-"""Saved results side by side: :func:`compare`, the figures of several runs with the
-change of each from the first. Pure."""
+"""Saved results side by side: :func:`compare`, the figures of several runs (or the
+points of several sweeps, load by load) with the change of each from the first. Pure."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 
 __all__ = ["COMPARED", "compare"]
 
+Row = tuple[str, tuple[str, ...], bool]
+
 #: The figures compared, in order: (label, how to read it from a result, whether more is
 #: better).
-COMPARED: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+COMPARED: tuple[Row, ...] = (
     ("Successful requests", ("completed",), True),
     ("Failed requests", ("failed",), False),
     ("Request throughput (req/s)", ("request_throughput",), True),
@@ -51,11 +53,18 @@ def compare(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[lis
         raise ValueError("compare needs at least two results")
     if len(names) != len(results):
         raise ValueError("one name for each result")
+    sweeps = sum("sweep" in result for result in results)
+    if sweeps not in (0, len(results)):
+        raise ValueError("compare runs with runs, and sweeps with sweeps")
+    compared: Sequence[Row] = COMPARED
+    if sweeps:
+        results = [_sweep_as_figures(result["sweep"]) for result in results]
+        compared = _sweep_rows(results)
     header = ["figure", names[0]]
     for name in names[1:]:
         header += [name, "change"]
     rows = [header]
-    for label, path, more_is_better in COMPARED:
+    for label, path, more_is_better in compared:
         values = [_read(result, path) for result in results]
         if all(v is None for v in values):
             continue
@@ -65,6 +74,39 @@ def compare(results: Sequence[dict[str, Any]], names: Sequence[str]) -> list[lis
             row += [_shown(value), _change(first, value, more_is_better)]
         rows.append(row)
     return rows
+
+
+#: A sweep's figures of each load, and of its summary.
+_SWEEP_POINT = (
+    ("tok/s", "output_throughput", True),
+    ("TTFT p99 (ms)", "p99_ttft_ms", False),
+    ("ITL p99 (ms)", "p99_itl_ms", False),
+)
+_SWEEP_SUMMARY = (
+    ("Peak output throughput (tok/s)", "peak_output_throughput", True),
+    ("Knee (load)", "knee_load", True),
+    ("Highest load meeting the SLO", "max_load_meeting_slo", True),
+)
+
+
+def _sweep_as_figures(sweep: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's points and summary as figures by name (``@ load``)."""
+    figures: dict[str, Any] = dict(sweep["summary"])
+    for point in sweep["points"]:
+        for _, key, _ in _SWEEP_POINT:
+            figures[f"{key} @ {point['load']:g}"] = point[key]
+    return figures
+
+
+def _sweep_rows(figures: Sequence[dict[str, Any]]) -> list[Row]:
+    """The rows of sweeps: each load of any of them, then their summaries."""
+    loads = sorted({float(name.split(" @ ")[1]) for f in figures for name in f if " @ " in name})
+    rows: list[Row] = [
+        (f"{label} @ {load:g}", (f"{key} @ {load:g}",), better)
+        for load in loads
+        for label, key, better in _SWEEP_POINT
+    ]
+    return rows + [(label, (key,), better) for label, key, better in _SWEEP_SUMMARY]
 
 
 def _shown(value: float | None) -> str:

@@ -318,6 +318,12 @@ def test_a_sweep_runs_each_load_and_checks_each_against_the_server(
     shown = " ".join(result.stdout.split())
     assert "Serving Benchmark Sweep" in shown
     assert "Highest concurrency meeting the SLO: 2" in shown
+    # A sweep compares with a sweep, load by load.
+    again = tmp_path / "again.json"
+    again.write_text(output.read_text())
+    compared = run_command("bench", "compare", str(output), str(again))
+    assert compared.returncode == 0, compared.stderr
+    assert any(row.split("@")[0].strip() == "tok/s" for row in compared.stdout.splitlines())
 
 
 def test_find_max_raises_the_rate_until_it_stops_paying(

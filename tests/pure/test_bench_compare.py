@@ -63,3 +63,34 @@ def test_fewer_than_two_results_or_names_that_do_not_match_are_refused() -> None
         compare([BEFORE], ["a"])
     with pytest.raises(ValueError, match="one name"):
         compare([BEFORE, AFTER], ["a"])
+
+
+def sweep(points: list[tuple[float, float, float]], knee: float) -> dict[str, object]:
+    return {
+        "sweep": {
+            "kind": "concurrency",
+            "points": [
+                {"load": load, "output_throughput": rate, "p99_ttft_ms": ttft, "p99_itl_ms": 1.0}
+                for load, rate, ttft in points
+            ],
+            "summary": {
+                "peak_output_throughput": max(rate for _, rate, _ in points),
+                "peak_load": knee,
+                "knee_load": knee,
+                "max_load_meeting_slo": None,
+            },
+        }
+    }
+
+
+def test_sweeps_compare_load_by_load_and_by_their_summaries() -> None:
+    before = sweep([(1, 100.0, 10.0), (2, 180.0, 12.0)], knee=2)
+    after = sweep([(1, 110.0, 10.0), (2, 200.0, 9.0), (4, 210.0, 30.0)], knee=2)
+    rows = rows_by_figure(before, after)
+    assert rows["tok/s @ 1"] == ["100", "110", "+10.0% better"]
+    assert rows["TTFT p99 (ms) @ 2"] == ["12", "9", "-25.0% better"]
+    assert rows["tok/s @ 4"] == ["n/a", "210", "n/a"]  # a load only one has
+    assert rows["Knee (load)"] == ["2", "2", "="]
+    assert "Highest load meeting the SLO" not in rows  # neither had an SLO
+    with pytest.raises(ValueError, match="sweeps with sweeps"):
+        compare([before, BEFORE], ["a", "b"])
