@@ -233,7 +233,7 @@ async def _one(
     first: float | None = None
     last = 0.0
     gaps: list[float] = []
-    counts: list[int] = []
+    several: list[tuple[int, int]] = []  # (gap, count) of the events of several tokens
     tokens = 0
     try:
         async with submit(request) as events:
@@ -261,12 +261,18 @@ async def _one(
                 if first is None:
                     first = now
                 else:
+                    if count != 1:
+                        several.append((len(gaps), count))
                     gaps.append(now - last)
-                    counts.append(count)
                 last = now
     except WorkerError as exc:
         return RequestRecord(sent, clock(), input_tokens, tokens, first, (), exc.code, turn)
-    several = tuple(counts) if any(count != 1 for count in counts) else ()
+    counts: tuple[int, ...] = ()
+    if several:
+        each = [1] * len(gaps)
+        for gap, count in several:
+            each[gap] = count
+        counts = tuple(each)
     return RequestRecord(
         sent,
         clock(),
@@ -278,7 +284,7 @@ async def _one(
         turn,
         cached,
         prompt_ms,
-        several,
+        counts,
     )
 
 
