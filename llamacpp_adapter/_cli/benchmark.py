@@ -200,7 +200,8 @@ def bench(
 
     `bench merge A.json B.json` merges the results of runs made at the same time (on
     several machines against one pool, say); `bench compare A.json B.json` sets saved
-    results side by side, with the change of each figure.
+    results side by side, with the change of each figure; `bench [options] sweep
+    --concurrencies 1,2,4` runs a load curve.
     """
     sweeping = context.invoked_subcommand == "sweep"
     if context.invoked_subcommand is not None and not sweeping:
