@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._stats import RequestRecord, percentile, request_latencies
+from ._stats import RequestRecord, cached_share, percentile, request_latencies
 
 __all__ = ["Conversation", "parse_conversations", "per_turn"]
 
@@ -103,8 +103,6 @@ def per_turn(records: Sequence[RequestRecord]) -> list[dict[str, float | int]]:
     for turn in sorted(by_turn):
         done = by_turn[turn]
         ttfts = [v for r in done if (v := request_latencies(r).get("ttft")) is not None]
-        told = [r for r in done if r.cached_tokens is not None]
-        prompt = sum(r.input_tokens for r in told)
         rows.append(
             {
                 "turn": turn,
@@ -112,9 +110,7 @@ def per_turn(records: Sequence[RequestRecord]) -> list[dict[str, float | int]]:
                 "mean_ttft_ms": sum(ttfts) / len(ttfts) if ttfts else math.nan,
                 "median_ttft_ms": percentile(ttfts, 50),
                 "p99_ttft_ms": percentile(ttfts, 99),
-                "cached_share": (
-                    sum(r.cached_tokens or 0 for r in told) / prompt if prompt else math.nan
-                ),
+                "cached_share": cached_share(done),
             }
         )
     return rows

@@ -15,7 +15,7 @@ from ._audit import CORE_SHARE_LIMIT, ClientTimes, audit, merge_audits
 from ._conversations import per_turn
 from ._server_view import counter_growth, server_view, token_check
 from ._slo import DEFAULT_ATTAINMENT, Objective, judge, parse_objectives
-from ._stats import RequestRecord, summarize
+from ._stats import RequestRecord, cached_share, summarize
 
 __all__ = ["BenchResult", "make_result", "merge_results"]
 
@@ -88,12 +88,8 @@ def make_result(
     }
     server_tokens = counter_growth(before, after)
     server = server_view(server_tokens, slots, deferred)
-    told = [r for r in records if r.error is None and r.cached_tokens is not None]
-    prompt = sum(r.input_tokens for r in told)
     # Of the prompts' tokens, those the engine took from its cache (as it said).
-    server["prompt_cached_share"] = (
-        sum(r.cached_tokens or 0 for r in told) / prompt if prompt else math.nan
-    )
+    server["prompt_cached_share"] = cached_share(records)
     check = token_check(output, server_tokens, unfinished=unfinished)
     warnings = []
     if share > CORE_SHARE_LIMIT and times is None:

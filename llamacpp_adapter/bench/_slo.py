@@ -113,10 +113,8 @@ def judge(
     of_run = [o for o in objectives if o.percentile is not None]
     good = 0
     meeting = dict.fromkeys((o.name for o in per_request), 0)
-    for record in records:
-        if record.error is not None:
-            continue
-        latencies = request_latencies(record)
+    done = [(record, request_latencies(record)) for record in records if record.error is None]
+    for _, latencies in done:
         every = True
         for objective in per_request:
             if _meets(latencies, objective):
@@ -134,12 +132,7 @@ def judge(
         missed += short or [o.name for o in per_request]
     for objective in of_run:
         assert objective.percentile is not None
-        values = [
-            v
-            for r in records
-            if r.error is None
-            for v in _values(request_latencies(r), objective.metric, r)
-        ]
+        values = [v for r, latencies in done for v in _values(latencies, objective.metric, r)]
         figure = percentile(values, objective.percentile)
         measured[objective.name] = figure
         if not figure <= objective.limit_ms:

@@ -28,6 +28,7 @@ import msgspec
 __all__ = [
     "DEFAULT_PERCENTILES",
     "RequestRecord",
+    "cached_share",
     "percentile",
     "request_latencies",
     "summarize",
@@ -101,6 +102,14 @@ def token_gaps_ms(record: RequestRecord) -> list[float]:
         for gap, count in zip(record.gaps, record.counts, strict=True)
         for _ in range(count)
     ]
+
+
+def cached_share(records: Sequence[RequestRecord]) -> float:
+    """Of the prompt tokens of the completed *records* whose engine said what it took
+    from its cache, the share it took; NaN when none said."""
+    told = [r for r in records if r.error is None and r.cached_tokens is not None]
+    prompt = sum(r.input_tokens for r in told)
+    return sum(r.cached_tokens or 0 for r in told) / prompt if prompt else math.nan
 
 
 def percentile(values: Sequence[float], p: float) -> float:
