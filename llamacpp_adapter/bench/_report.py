@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._slo import parse_objectives
+
 __all__ = ["summary_table", "sweep_table"]
 
 _WIDTH = 50
@@ -67,11 +69,13 @@ def summary_table(result: dict[str, Any]) -> str:
                     lines.append(_line(f"P{figure} {short} (ms)", result[name]))
     if slo is not None:
         lines.append(_rule("Service Level Objectives"))
-        limits = dict(pair.split("=") for pair in slo["objectives"].split(","))
+        objectives = {o.name: o for o in parse_objectives(slo["objectives"])}
         for name, figure in slo["measured"].items():
-            of_run = name[0] == "p" and name[1].isdigit()
-            label = f"{name} <= {float(limits[name]):g}" + ("" if of_run else " (share)")
-            lines.append(_line(label, figure))
+            objective = objectives[name]
+            label = f"{name} <= {objective.limit_ms:g}"
+            lines.append(
+                _line(label + (" (share)" if objective.percentile is None else ""), figure)
+            )
         lines.append(_line("Requests that met every SLO", slo["good_share"]))
         verdict = "yes" if slo["met"] else "no: " + ", ".join(slo["missed"])
         lines.append(_line("SLOs met", verdict))
