@@ -22,7 +22,7 @@ from ._audit import LOOP_TICK_S, ClientTimes
 from ._config import BenchConfig
 from ._conversations import Conversation
 from ._load import arrival_offsets
-from ._prompts import Prompt, make_conversations, make_prompts
+from ._prompts import make_conversations, make_prompts
 from ._results import BenchResult, make_result
 from ._server_view import tokens_predicted, watch_server
 from ._stats import RequestRecord
@@ -57,7 +57,7 @@ async def run_bench(
             nonlocal warmup_tokens
             warmup_tokens += record.output_tokens
 
-        run_item: Callable[[Any, Callable[[RequestRecord], None], Clock], Awaitable[None]]
+        run_item: Callable[[Any, Done, Clock], Awaitable[None]]
         items: Sequence[Any]
         if config.conversational:
             items = await make_conversations(config, adapters[0])
@@ -68,9 +68,12 @@ async def run_bench(
             items = await make_prompts(config, adapters[0])
 
             async def run_item(item: Any, done: Done, clock: Clock) -> None:
+                prompt = item.prompt
+                turns = prompt if isinstance(prompt, tuple) else [_user(prompt)]
+                request = _request(config, turns, item.max_tokens)
                 # A chat's input is what the server counts, its template's included.
                 counted = 0 if config.endpoint == "chat" else item.input_tokens
-                done(await _one(submit, _request(item, config), counted, clock, config))
+                done(await _one(submit, request, counted, clock, config))
 
         for item in items[: config.warmup]:
             await run_item(item, warmed, time.perf_counter)
@@ -166,18 +169,25 @@ async def _submitter(adapters: Sequence[LlamaCppHttpAdapter]) -> AsyncIterator[S
         yield submit
 
 
-def _request(prompt: Prompt, config: BenchConfig) -> TaskRequest | ChatRequest:
-    """The request of *prompt*: it generates exactly its tokens (``ignore_eos``)."""
+def _request(
+    config: BenchConfig,
+    turns: Sequence[dict[str, str]] | tuple[int, ...],
+    max_tokens: int,
+    session: str | None = None,
+) -> TaskRequest | ChatRequest:
+    """The request of *turns* (a conversation's messages so far, or a prompt's token
+    ids): on the chat endpoint the messages, on ``/completion`` their texts joined (or
+    the ids). It generates exactly *max_tokens* (``ignore_eos``)."""
     extra = {"ignore_eos": True, **config.extra}
     if config.endpoint == "chat":
-        assert isinstance(prompt.prompt, str)
-        turn = {"role": "user", "content": prompt.prompt}
-        return ChatRequest([turn], max_tokens=prompt.max_tokens, extra=extra)
-    return TaskRequest(
-        prompt.prompt if isinstance(prompt.prompt, str) else list(prompt.prompt),
-        max_tokens=prompt.max_tokens,
-        extra=extra,
-    )
+        assert not isinstance(turns, tuple)
+        return ChatRequest(list(turns), max_tokens=max_tokens, extra=extra, session=session)
+    prompt = list(turns) if isinstance(turns, tuple) else "".join(t["content"] for t in turns)
+    return TaskRequest(prompt, max_tokens=max_tokens, extra=extra, session=session)
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
 
 
 Clock = Callable[[], float]
@@ -191,22 +201,12 @@ async def _conversation(
     model's own answers in it), *think_time_s* apart, under one session key; a turn that
     fails ends it."""
     session = f"bench-{uuid.uuid4().hex}"
-    extra = {"ignore_eos": True, **config.extra}
     history: list[dict[str, str]] = []
     for number, message in enumerate(conversation.turns, 1):
         if number > 1 and config.think_time_s:
             await anyio.sleep(config.think_time_s)
-        history.append({"role": "user", "content": message})
-        request: TaskRequest | ChatRequest
-        if config.endpoint == "chat":
-            request = ChatRequest(
-                list(history), max_tokens=config.output_tokens, extra=extra, session=session
-            )
-        else:
-            text = "".join(turn["content"] for turn in history)
-            request = TaskRequest(
-                text, max_tokens=config.output_tokens, extra=extra, session=session
-            )
+        history.append(_user(message))
+        request = _request(config, history, config.output_tokens, session)
         answer: list[str] = []
         record = await _one(submit, request, 0, clock, config, turn=number, answer=answer)
         done(record)
