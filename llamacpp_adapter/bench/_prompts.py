@@ -40,14 +40,9 @@ async def make_prompts(config: BenchConfig, adapter: LlamaCppHttpAdapter) -> lis
     if config.prompts_file is not None:
         return await _file_prompts(config.prompts_file, adapter, count, config.output_tokens)
     seed_ids = await adapter.tokenize(SEED_TEXT)
-    # A chat's turn is text: each token's own text, which the chat template may
-    # tokenize a little otherwise (the server counts a chat's input tokens).
-    pieces = [await adapter.detokenize([i]) for i in seed_ids] if config.endpoint == "chat" else []
+    pieces = await _pieces(adapter, seed_ids) if config.endpoint == "chat" else []
     rng = random.Random(config.seed)
     low, high = config.input_tokens
-
-    def tokens(start: int, length: int) -> list[int]:
-        return [(start + k) % len(seed_ids) for k in range(length)]
 
     # Each shared beginning the seed text's tokens in an order of its own.
     prefixes = []
@@ -60,7 +55,7 @@ async def make_prompts(config: BenchConfig, adapter: LlamaCppHttpAdapter) -> lis
         prefix = prefixes[rng.randrange(len(prefixes))] if config.prefix_tokens else []
         # The seed text's tokens from a different place for each request, so that no
         # request finds another's prompt in the server's cache (but for its prefix).
-        at = prefix + tokens(number % len(seed_ids), length)
+        at = prefix + _positions(number, length, len(seed_ids))
         prompt = "".join(pieces[k] for k in at) if pieces else tuple(seed_ids[k] for k in at)
         prompts.append(Prompt(prompt, len(at), config.output_tokens))
     return prompts
@@ -79,17 +74,27 @@ async def make_conversations(
         distinct = parse_conversations(text, str(path))
         return [distinct[n % len(distinct)] for n in range(count)]
     assert config.turns is not None
-    seed_ids = await adapter.tokenize(SEED_TEXT)
-    pieces = [await adapter.detokenize([i]) for i in seed_ids]
+    pieces = await _pieces(adapter, await adapter.tokenize(SEED_TEXT))
     made = []
     for number in range(count):
         turns = []
         for turn in range(config.turns):
-            start = (number * config.turns + turn) * 7 % len(pieces)
-            at = [(start + k) % len(pieces) for k in range(config.turn_tokens)]
+            start = (number * config.turns + turn) * 7
+            at = _positions(start, config.turn_tokens, len(pieces))
             turns.append("".join(pieces[k] for k in at))
         made.append(Conversation(tuple(turns)))
     return made
+
+
+def _positions(start: int, length: int, size: int) -> list[int]:
+    """*length* positions in the seed text's *size* tokens from *start*, round and round."""
+    return [(start + k) % size for k in range(length)]
+
+
+async def _pieces(adapter: LlamaCppHttpAdapter, ids: list[int]) -> list[str]:
+    """Each token's own text: a chat's turn is text, which the chat template may
+    tokenize a little otherwise (the server counts a chat's input tokens)."""
+    return [await adapter.detokenize([i]) for i in ids]
 
 
 async def _file_prompts(
