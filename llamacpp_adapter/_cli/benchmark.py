@@ -263,20 +263,36 @@ def bench(
     command = ["llamacpp-adapter", *sys.argv[1:]]
     if sweeping:
         context.obj = _SweepSettings(
-            config, backend, (json_path, plot_path), command, strict, max_concurrency
+            config, backend, (json_path, plot_path), command, strict, max_concurrency, not urls
         )
         return
+    outputs = (json_path, plot_path)
+    limited = _run_on_engine(
+        _bench, config, outputs, command, workers, worker, local=not urls, backend=backend
+    )
+    _exit_if_limited(context, strict=strict, limited=limited)
+
+
+def _run_on_engine(function: Any, config: Any, *args: Any, local: bool, backend: str) -> bool:
+    """Run *function* (*config*, *args*) on *backend*, against a local server started for
+    the run when *local* (no ``--url`` was given); whether the client limited it."""
     with contextlib.ExitStack() as stack:
-        if not urls:
-            local = stack.enter_context(
+        if local:
+            url = stack.enter_context(
                 engine_url(None, parallel=_BENCH_LOCAL_SLOTS, context=_BENCH_LOCAL_SLOTS * 4096)
             )
-            config = dataclasses.replace(config, urls=(local,))
-        outputs = (json_path, plot_path)
-        limited = run(_bench, config, outputs, command, workers, worker, backend=backend)
+            config = dataclasses.replace(config, urls=(url,))
+        return bool(run(function, config, *args, backend=backend))
+
+
+def _exit_if_limited(context: click.Context, *, strict: bool, limited: bool) -> None:
     if strict and limited:
         click.echo("-- limited by the client (--strict)", err=True)
         context.exit(1)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(value), indent=2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +306,8 @@ class _SweepSettings:
     strict: bool
     #: The cap on the requests open at once of a sweep of rates.
     max_concurrency: int | None
+    #: Whether no --url was given: a local server runs the sweep.
+    local: bool
 
 
 @bench.command("sweep")
@@ -329,17 +347,17 @@ def bench_sweep(
             f"--find-max needs at least {FIND_MAX_MIN_REQUESTS} --requests a point to tell "
             "one point from the next"
         )
-    config = settings.config
-    with contextlib.ExitStack() as stack:
-        if config.urls == ("local",):
-            local = stack.enter_context(
-                engine_url(None, parallel=_BENCH_LOCAL_SLOTS, context=_BENCH_LOCAL_SLOTS * 4096)
-            )
-            config = dataclasses.replace(config, urls=(local,))
-        limited = run(_sweep, config, kind, points, find_max, settings, backend=settings.backend)
-    if settings.strict and limited:
-        click.echo("-- limited by the client (--strict)", err=True)
-        context.exit(1)
+    limited = _run_on_engine(
+        _sweep,
+        settings.config,
+        kind,
+        points,
+        find_max,
+        settings,
+        local=settings.local,
+        backend=settings.backend,
+    )
+    _exit_if_limited(context, strict=settings.strict, limited=limited)
 
 
 async def _sweep(
@@ -383,7 +401,7 @@ async def _sweep(
             "versions": _versions(),
             "config": _config_json(config),
         }
-        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(written), indent=2))
+        _write_json(json_path, written)
         click.echo(f"-- written to {json_path}", err=True)
     if plot_path is not None:
         from ..bench._plot import write_sweep_plot
@@ -459,7 +477,7 @@ async def _bench(
                 server_props=props,
                 config=_config_json(config),
             )
-            json_path.write_bytes(msgspec.json.format(msgspec.json.encode(figures), indent=2))
+            _write_json(json_path, figures)
             if not worker:
                 click.echo(f"-- written to {json_path}", err=True)
         if plot_path is not None:
@@ -511,7 +529,7 @@ def bench_merge(results: tuple[Path, ...], json_path: Path | None) -> None:
     merged["merged_from"] = [str(path) for path in results]
     click.echo(summary_table(merged))
     if json_path is not None:
-        json_path.write_bytes(msgspec.json.format(msgspec.json.encode(merged), indent=2))
+        _write_json(json_path, merged)
 
 
 @bench.command("compare")
