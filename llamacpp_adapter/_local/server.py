@@ -154,12 +154,11 @@ class LocalLlamaServer:
             elif self._model == "scripted":
                 model = write_scripted_model(workdir / "scripted.gguf")
             else:
-                wide = (
-                    {}
-                    if self._model_feed_forward is None
-                    else {"feed_forward": self._model_feed_forward}
+                model = write_tiny_model(
+                    workdir / "tiny.gguf",
+                    seed=self._model_seed,
+                    feed_forward=self._model_feed_forward,
                 )
-                model = write_tiny_model(workdir / "tiny.gguf", seed=self._model_seed, **wide)
             if not self.port:
                 self.port = _free_port()
             self.base_url = f"http://{_HOST}:{self.port}"

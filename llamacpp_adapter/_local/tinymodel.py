@@ -82,18 +82,20 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_model(path: str | Path, *, seed: int = 0, feed_forward: int = _FEED_FORWARD) -> Path:
+def write_tiny_model(path: str | Path, *, seed: int = 0, feed_forward: int | None = None) -> Path:
     """Write the tiny random-weight model to *path* (a ``.gguf`` file) and return the
     path. The same *seed* writes the same bytes.
 
-    *feed_forward* is the width of its feed-forward layers: at the default, most of
-    the model's work on a long prompt is attention; a wide one (thousands) makes it
-    mostly matrix products, as in a real model, where evaluating a prompt costs about
-    its length.
+    *feed_forward* is the width of its feed-forward layers: at the default (``None``:
+    128), most of the model's work on a long prompt is attention; a wide one (thousands)
+    makes it mostly matrix products, as in a real model, where evaluating a prompt costs
+    about its length.
     """
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    if feed_forward is None:
+        feed_forward = _FEED_FORWARD
     tokens, scores, types = _vocabulary()
     n_vocab = len(tokens)
 
