@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llamacpp_adapter._local.server import LocalLlamaServer
+
+from .support.resources import engines
 
 # 32,768 tokens per slot: a stream that is not stopped runs for seconds, long enough
 # to tell a stopped one from one that ran to its end.
@@ -79,3 +83,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
         if is_async and item.get_closest_marker("anyio") is None:
             item.add_marker(pytest.mark.trio)
+
+
+def _left_behind() -> tuple[set[int], set[Path]]:
+    """The llama-server processes running, and the local servers' folders on disk."""
+    return engines(), set(Path(tempfile.gettempdir()).glob("llamacpp-adapter-*"))
+
+
+_AT_START: tuple[set[int], set[Path]] = (set(), set())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _AT_START
+    _AT_START = _left_behind()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Nothing a test started outlives the run: no llama-server, no server folder. A
+    run that leaves one fails, though every test passed."""
+    running, folders = _left_behind()
+    left = sorted(running - _AT_START[0]), sorted(map(str, folders - _AT_START[1]))
+    if left[0] or left[1]:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"left behind: llama-server {left[0]}, folders {left[1]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -9,6 +9,7 @@ and ``gguf``.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -29,7 +30,10 @@ __all__ = ["EngineNotInstalled", "LocalLlamaServer", "find_llama_server"]
 
 _HOST = "127.0.0.1"
 _START_TIMEOUT_S = 60.0
-_STOP_TIMEOUT_S = 10.0
+#: Seconds a server has to stop after SIGTERM before it is killed.
+_STOP_GRACE_S = 10.0
+#: Seconds to wait for the keeper after that, before it is killed.
+_KEEPER_SLACK_S = 5.0
 _HEALTH_POLL_INTERVAL_S = 0.02
 _LOG_TAIL_CHARS = 2000
 
@@ -60,14 +64,10 @@ def find_llama_server() -> Path:
     return Path(found)
 
 
-#: The signals that stop a program, held while the server's process is made.
+#: The signals that stop a program, held while the keeper's process is made.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: What the server's process runs first: a child inherits its parent's mask of held
-#: signals, so it lets them through again, then becomes llama-server (the same process).
-_UNMASK_AND_EXEC = (
-    "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); "
-    "os.execv(sys.argv[1], sys.argv[1:])"
-)
+#: The keeper: the process between this one and the server (see its module).
+_KEEPER = Path(__file__).with_name("keeper.py")
 
 
 @contextlib.contextmanager
@@ -133,7 +133,8 @@ class LocalLlamaServer:
         ]  # fmt: skip
         self._model_seed = model_seed
         self._model_feed_forward = model_feed_forward
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None  # the keeper
+        self._server_pid = 0
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.base_url = ""
         self.port = port
@@ -172,13 +173,32 @@ class LocalLlamaServer:
                 # A signal that came while the process is made would leave it running
                 # with nobody to stop it: it waits until the process is ours to stop.
                 self._process = subprocess.Popen(
-                    [sys.executable, "-c", _UNMASK_AND_EXEC, *command],
-                    cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    [sys.executable, "-I", str(_KEEPER)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 )  # fmt: skip
+            self._server_pid = self._tell_keeper(command, workdir)
             self._wait_until_ready()
         except BaseException:
             self.stop()
             raise
+
+    def _tell_keeper(self, command: list[str], workdir: Path) -> int:
+        """Send the keeper the server's command; return the server's process id."""
+        assert self._process is not None
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        spec = {
+            "command": command,
+            "cwd": str(workdir),
+            "log": str(workdir / "server.log"),
+            "grace": _STOP_GRACE_S,
+        }
+        self._process.stdin.write(json.dumps(spec).encode() + b"\n")
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError(f"llama-server could not be started:\n{self.log_tail()}")
+        return int(line)
 
     def _wait_until_ready(self) -> None:
         assert self._process is not None
@@ -206,24 +226,30 @@ class LocalLlamaServer:
     @property
     def pid(self) -> int | None:
         """The server's process id while it runs."""
-        return None if self._process is None else self._process.pid
+        return None if self._process is None else self._server_pid
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL), as a crash would, and remove its files."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-        self.stop()
+        self._stop(b"kill")
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its files."""
+        self._stop(b"stop")
+
+    def _stop(self, word: bytes) -> None:
         if self._process is not None:
-            if self._process.poll() is None:
-                self._process.terminate()
-                try:
-                    self._process.wait(timeout=_STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait()
+            stdin = self._process.stdin
+            assert stdin is not None
+            with contextlib.suppress(OSError):  # the keeper ended with the server
+                stdin.write(word + b"\n")
+                stdin.close()
+            try:
+                self._process.wait(timeout=_STOP_GRACE_S + _KEEPER_SLACK_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()  # its end tells the server's end too
+                self._process.wait()
+            assert self._process.stdout is not None
+            self._process.stdout.close()
             self._process = None
         if self._workdir is not None:
             self._workdir.cleanup()
