@@ -22,6 +22,7 @@ from ._host.prefixes import PrefixPolicy
 from ._host.retry import GiveUp, RetryDecision, RetryLater, RetryPolicy, TryLargerContext
 from ._pause import PausePolicy
 from ._receive import EventReceiveStream, StreamState
+from ._relay.throttle import TokenThrottle
 from ._sansio.completion import CompletionStreamDecoder, completion_body
 from ._sansio.sse import SSEDecoder, SSEEvent
 from ._stream import EventStream
@@ -123,6 +124,7 @@ __all__ = [
     "StreamState",
     "TaskRequest",
     "Token",
+    "TokenThrottle",
     "ToolCall",
     "ToolCallDelta",
     "TryLargerContext",

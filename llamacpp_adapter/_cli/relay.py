@@ -16,6 +16,7 @@ from .._relay.server import (
     check_token,
     exposed,
 )
+from .._relay.throttle import TokenThrottle
 from .engine import engine_url
 from .group import api_key_option, count_option, main, positive_option, url_option
 from .running import run
@@ -53,6 +54,16 @@ RELAY_TOKEN_VARIABLE = "LLAMACPP_ADAPTER_RELAY_TOKEN"
     maximum=86400,
     help="Seconds to wait for a client's task, and for a client that stops reading.",
 )
+@count_option(
+    "--wrong-token-burst",
+    default=TokenThrottle.burst,
+    help="Wrong tokens one address may send before its answers are slowed.",
+)
+@positive_option(
+    "--wrong-token-rate",
+    default=TokenThrottle.per_second,
+    help="Then, how many of its wrong tokens are answered a second.",
+)
 @click.option("--allow-extra", is_flag=True, help="Let tasks carry extra llama.cpp fields.")
 @click.option(
     "--allow-no-token",
@@ -73,6 +84,8 @@ def relay(
     token: str | None,
     max_connections: int,
     idle_timeout: float,
+    wrong_token_burst: int,
+    wrong_token_rate: float,
     allow_extra: bool,
     allow_no_token: bool,
     certfile: str | None,
@@ -93,6 +106,7 @@ def relay(
         "token": token,
         "max_connections": max_connections,
         "idle_timeout_s": idle_timeout,
+        "throttle": TokenThrottle(burst=wrong_token_burst, per_second=wrong_token_rate),
         "allow_extra": allow_extra,
         "allow_anonymous": allow_no_token,
         "ssl_context": None if certfile is None else _server_tls(certfile, keyfile),

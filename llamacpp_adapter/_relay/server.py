@@ -50,6 +50,7 @@ from .._receive import EventReceiveStream
 from .._types import ChatRequest, TaskRequest
 from .._validate import count, seconds
 from .codec import BadTask, decode_ack, decode_task, encode_error, encode_event
+from .throttle import TokenThrottle, WrongTokens, address_key
 from .websocket import LOST, ConnectionClosed
 from .ws_server import HandshakeFailed, ServerConnection
 
@@ -129,6 +130,9 @@ class Relay:
             does not read to take what is queued for it.
         allow_extra: whether a task may carry ``extra`` llama.cpp fields (off: a remote
             client then cannot reach settings the orchestrator did not mean to expose).
+        throttle: how wrong tokens from one address are slowed down (a
+            :class:`TokenThrottle`: by default 10 at once, then 2 a second); ``None``
+            answers every one at once.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class Relay:
         allow_extra: bool = False,
         allow_anonymous: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        throttle: TokenThrottle | None = TokenThrottle(),  # noqa: B008 (frozen)
     ) -> None:
         if isinstance(target, AdapterHost):
             if pool is None:
@@ -152,6 +157,8 @@ class Relay:
         elif not isinstance(target, LlamaCppHttpAdapter):
             raise TypeError("target must be a LlamaCppHttpAdapter or an AdapterHost")
         check_token(token)
+        if throttle is not None and not isinstance(throttle, TokenThrottle):
+            raise TypeError("throttle must be a TokenThrottle or None")
         count("max_message_bytes", max_message_bytes)
         count("max_connections", max_connections)
         count("max_handshakes", max_handshakes)
@@ -168,6 +175,7 @@ class Relay:
         self._allow_extra = allow_extra
         self._allow_anonymous = allow_anonymous
         self._ssl_context = ssl_context
+        self._wrong_tokens = None if throttle is None else WrongTokens(throttle)
         #: Connections past their handshake, being served now.
         self.active_connections = 0
         #: Connections in their opening handshake, oldest first.
@@ -285,7 +293,8 @@ class Relay:
             except HandshakeFailed:
                 return None
             if self._expected is not None and not self._authorized(request.extra_headers):
-                await connection.reject(401, b"a valid bearer token is required")
+                if await self._slowed(stream):
+                    await connection.reject(401, b"a valid bearer token is required")
                 return None
             if self.active_connections >= self._max_connections:
                 await connection.reject(503, b"too many connections; try again later")
@@ -313,6 +322,20 @@ class Relay:
                 yield
             finally:
                 self._handshakes.pop(key, None)
+
+    async def _slowed(self, stream: anyio.abc.ByteStream) -> bool:
+        """Wait as the throttle says before a wrong token is answered; False when it is
+        to be closed unanswered instead."""
+        if self._wrong_tokens is None:
+            return True
+        address = stream.extra(SocketAttribute.remote_address, None)
+        host = address[0] if isinstance(address, tuple) else str(address)
+        wait = self._wrong_tokens.wrong(address_key(host), anyio.current_time())
+        if wait is None:
+            return False
+        if wait > 0:
+            await anyio.sleep(wait)
+        return True
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         assert self._expected is not None

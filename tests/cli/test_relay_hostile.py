@@ -4,6 +4,7 @@ stops the relay, holds its descriptors, or keeps a correct client from its strea
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -34,6 +35,8 @@ from ..support.rawws import (
 from ..support.rawws import open_websocket as open_raw_websocket
 
 TOKEN = "relay-token-hostile-5d0c8e"
+#: For the tests of what follows a refusal: every wrong token answered at once.
+UNTHROTTLED = ("--wrong-token-rate", "100000")
 
 
 class RelayProcess:
@@ -250,7 +253,7 @@ async def test_a_client_over_the_limit_that_hangs_up_at_once_does_not_stop_the_r
 async def test_a_refused_connection_is_closed_after_its_answer(
     llama_server: LocalLlamaServer,
 ) -> None:
-    with relay_command(llama_server) as relay:
+    with relay_command(llama_server, *UNTHROTTLED) as relay:
         baseline = relay.descriptors()
         await rejected_clients_that_stay(relay, count=100)
         assert await settled_descriptors(relay, baseline) == baseline
@@ -277,7 +280,7 @@ async def test_under_a_descriptor_limit_refused_clients_leave_room_for_a_correct
 async def test_the_relay_survives_every_hostile_client_while_a_correct_one_streams(
     llama_server: LocalLlamaServer,
 ) -> None:
-    with relay_command(llama_server, "--idle-timeout", "1") as relay:
+    with relay_command(llama_server, "--idle-timeout", "1", *UNTHROTTLED) as relay:
         baseline = relay.descriptors()
         done = False
         streamed = 0
@@ -298,3 +301,92 @@ async def test_the_relay_survives_every_hostile_client_while_a_correct_one_strea
         assert relay.alive(), relay.output()
         assert "Traceback" not in relay.output(), relay.output()[-3000:]
         assert await settled_descriptors(relay, baseline) == baseline
+
+
+# --- Wrong tokens, many and at once -------------------------------------------------
+
+#: The relay's default throttle: wrong tokens answered at once, then a second.
+BURST, PER_SECOND, MAX_WAIT_S = 10, 2.0, 5.0
+#: The longest a correct client's tokens may be held up while others attack.
+TOKEN_GAP_BOUND_S = 0.25
+#: What a thousand refused connections may add to the relay's resident memory.
+MEMORY_BOUND_BYTES = 4 * 1024 * 1024
+
+
+def resident_bytes(relay: RelayProcess) -> int:
+    with open(f"/proc/{relay.process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def timed_stream(relay: RelayProcess, tokens: int) -> list[float]:
+    """A correct client's stream: the time each of its tokens arrived."""
+    request = TaskRequest("timed", max_tokens=tokens, seed=1, extra={"ignore_eos": True})
+    times = []
+    async with open_relay_stream(relay.url, request, token=TOKEN) as events:
+        async for event in events:
+            if isinstance(event, Token):
+                times.append(trio.current_time())
+            elif isinstance(event, End):
+                assert event.tokens_out == tokens
+    return times
+
+
+async def wrong_token(relay: RelayProcess) -> bytes:
+    """One wrong token: what the relay answered before it closed the connection."""
+    stream = await connect(relay.port)
+    try:
+        await stream.send_all(handshake(relay.port, "wrong-token-0000000000"))
+        return await read_to_eof(stream, MAX_WAIT_S + CLOSE_WITHIN_S)
+    finally:
+        await stream.aclose()
+
+
+async def test_a_thousand_wrong_tokens_are_slowed_and_hold_up_no_one(
+    llama_server: LocalLlamaServer,
+) -> None:
+    """A thousand wrong tokens from one address, fifty at a time: the first ten are
+    answered at once, then two a second; the rest are closed unanswered, none left
+    open past the throttle's bound. Meanwhile a correct client's tokens are never
+    held up past the bound, and the relay keeps no descriptor and little memory."""
+    with relay_command(llama_server) as relay:
+        await correct_stream(relay, 0)  # warm: the first stream's allocations
+        baseline = relay.descriptors()
+        memory = resident_bytes(relay)
+        answers: list[bytes] = []
+        gaps: list[float] = []
+
+        async def attacker() -> None:
+            limiter = trio.CapacityLimiter(50)
+
+            async def one() -> None:
+                async with limiter:
+                    answers.append(await wrong_token(relay))
+
+            async with trio.open_nursery() as attack:
+                for _ in range(1000):
+                    attack.start_soon(one)
+
+        async def correct_client() -> None:
+            while len(answers) < 1000:
+                times = await timed_stream(relay, 100)
+                gaps.extend(b - a for a, b in itertools.pairwise(times))
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attacker)
+            nursery.start_soon(correct_client)
+        elapsed = trio.current_time() - start
+
+        answered = [a for a in answers if a]
+        assert all(a.startswith(b"HTTP/1.1 401 ") for a in answered), answered[:1]
+        assert BURST <= len(answered) <= BURST + PER_SECOND * elapsed + 1, (len(answered), elapsed)
+        assert len(answers) == 1000
+        assert max(gaps) <= TOKEN_GAP_BOUND_S, sorted(gaps)[-5:]
+        assert await settled_descriptors(relay, baseline) <= baseline
+        assert resident_bytes(relay) - memory <= MEMORY_BOUND_BYTES
+        await correct_stream(relay, 1)
+        assert relay.alive(), relay.output()
+        assert "Traceback" not in relay.output(), relay.output()[-3000:]

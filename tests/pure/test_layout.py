@@ -25,6 +25,7 @@ PURE = {
     "_host.prefixes",
     "_host.retry",
     "_relay.codec",
+    "_relay.throttle",
     "bench._audit",
     "bench._compare",
     "bench._config",

@@ -4,6 +4,7 @@ standard forbids, handshakes bounded, and the relay on every event loop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tracemalloc
@@ -25,6 +26,7 @@ from llamacpp_adapter import (
     StreamEvent,
     TaskRequest,
     Token,
+    TokenThrottle,
     open_relay_stream,
 )
 from llamacpp_adapter._relay.ws_client import ConnectionClosed, connect
@@ -175,6 +177,30 @@ async def test_a_missing_or_wrong_token_is_refused_with_401(
     assert TOKEN not in caplog.text
 
 
+async def test_a_right_token_is_not_slowed_while_its_address_is(nursery: trio.Nursery) -> None:
+    """Past the throttle's burst, a wrong token waits, or is closed unanswered; a right
+    token from the same address gets its stream at once."""
+    engine = await start_engine(nursery, tokens=2)
+    throttle = TokenThrottle(burst=1, per_second=0.1, max_wait_s=0.5)
+    async with relay_over(engine, token=TOKEN, throttle=throttle) as (url, _):
+        answers = []
+        for _ in range(3):
+            stream = await rawws.connect(port_of(url))
+            await stream.send_all(rawws.handshake(port_of(url), "wrong-token-000000"))
+            answers.append(await rawws.read_to_eof(stream))
+            await stream.aclose()
+        assert answers[0].startswith(b"HTTP/1.1 401 ")
+        assert answers[1:] == [b"", b""]  # each would wait 10 s: closed at once
+        with trio.fail_after(1.0):
+            assert texts(await collect(url, TaskRequest("ok"), token=TOKEN)) == ["ok:1", "ok:2"]
+
+
+async def test_a_throttle_must_be_a_token_throttle() -> None:
+    async with LlamaCppHttpAdapter("http://127.0.0.1:1") as adapter:
+        with pytest.raises(TypeError, match="throttle"):
+            Relay(adapter, throttle=5)  # type: ignore[arg-type]
+
+
 async def test_connections_past_the_limit_are_refused_with_503(nursery: trio.Nursery) -> None:
     engine = await start_engine(nursery, tokens=2)
     async with relay_over(engine, max_connections=1) as (url, relay):
@@ -309,6 +335,40 @@ async def test_a_handshake_that_does_not_end_in_time_is_dropped(nursery: trio.Nu
         await stream.aclose()
         await wait_all_tasks_blocked()
         assert relay.handshakes == 0
+
+
+async def test_a_handshake_sent_a_byte_at_a_time_is_dropped_at_its_deadline(
+    nursery: trio.Nursery,
+) -> None:
+    """A client that sends its handshake slowly, a byte every tenth of a second, keeps
+    it no longer than the handshake timeout: the deadline is the whole handshake's, not
+    each read's."""
+    engine = await start_engine(nursery, tokens=2)
+    async with relay_over(engine, handshake_timeout_s=0.5) as (url, relay):
+        stream = await rawws.connect(port_of(url))
+        request = rawws.handshake(port_of(url), None)
+        sent = 0
+
+        async def trickle() -> None:
+            nonlocal sent
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for byte in request:
+                    await stream.send_all(bytes([byte]))
+                    sent += 1
+                    await trio.sleep(0.1)  # the client's own pace
+
+        start = trio.current_time()
+        async with trio.open_nursery() as client:
+            client.start_soon(trickle)
+            answer = await rawws.read_to_eof(stream, within_s=2.0)
+            client.cancel_scope.cancel()
+        await stream.aclose()
+        assert answer == b""
+        assert 0.5 <= trio.current_time() - start < 2.0
+        assert sent < len(request)
+        await wait_all_tasks_blocked()
+        assert relay.handshakes == 0
+        assert texts(await collect(url, TaskRequest("ok"))) == ["ok:1", "ok:2"]
 
 
 async def test_what_is_not_a_websocket_handshake_is_answered_400(nursery: trio.Nursery) -> None:
