@@ -111,6 +111,11 @@ class LocalLlamaServer:
             as in a real model; by default, a narrow one.
         port: the port to listen on; a free one by default. A server started again
             after :meth:`stop` or :meth:`kill` keeps its port.
+        host: the address to listen on.
+        launcher: a command that runs the server's command line, given after it: e.g.
+            ``["taskset", "-c", "1"]`` to pin it to a core, or ``["ip", "netns", "exec",
+            "slow"]`` to run it in a network namespace (with *host* an address there).
+            It must end by executing the command, so that :attr:`pid` is the server's.
     """
 
     def __init__(
@@ -124,6 +129,8 @@ class LocalLlamaServer:
         model_seed: int = 0,
         model_feed_forward: int | None = None,
         port: int = 0,
+        host: str = _HOST,
+        launcher: Sequence[str] = (),
     ) -> None:
         if model not in ("random", "bigram", "scripted"):
             raise ValueError("model must be 'random', 'bigram' or 'scripted'")
@@ -138,6 +145,8 @@ class LocalLlamaServer:
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.base_url = ""
         self.port = port
+        self.host = host
+        self._launcher = list(launcher)
 
     def start(self) -> None:
         """Start the server and wait until ``/health`` says it is ready.
@@ -162,12 +171,12 @@ class LocalLlamaServer:
                 )
             if not self.port:
                 self.port = _free_port()
-            self.base_url = f"http://{_HOST}:{self.port}"
+            self.base_url = f"http://{self.host}:{self.port}"
             # The model's path is given relative to the working directory, so that what
             # the server reports about its model is the same on every machine.
             command = [
-                str(binary), "-m", model.name, "--host", _HOST, "--port", str(self.port),
-                "--metrics", *self._args,
+                *self._launcher, str(binary), "-m", model.name, "--host", self.host,
+                "--port", str(self.port), "--metrics", *self._args,
             ]  # fmt: skip
             with (workdir / "server.log").open("wb") as log, _stop_signals_held():
                 # A signal that came while the process is made would leave it running

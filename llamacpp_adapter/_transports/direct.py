@@ -15,7 +15,10 @@ stream's connection is never kept: llama-server closes it after a stream.
 
 from __future__ import annotations
 
+import fcntl
 import ssl
+import struct
+import termios
 from dataclasses import dataclass
 
 import trio
@@ -36,9 +39,15 @@ __all__ = [
     "open_direct",
     "read_timed_out",
     "response_cut",
+    "unacknowledged",
 ]
 
-NOT_SENT = "the request could not be sent within the write timeout"
+NOT_SENT = "the socket took none of the request within the write timeout"
+#: A request larger than this is watched for progress while it is sent; a smaller one
+#: fits in the socket's buffer at once.
+WATCHED_REQUEST_BYTES = 64 * 1024
+#: How often, within a write timeout, a watched request's progress is looked at.
+WATCH_SAMPLES = 4
 #: The most bytes one read asks for.
 READ_BYTES = 64 * 1024
 #: Body bytes that may wait for the consumer before asyncio stops reading the socket.
@@ -108,6 +117,16 @@ def connection_error(
     )
     error.__cause__ = exc
     return error
+
+
+def unacknowledged(fd: int) -> int | None:
+    """The bytes in a TCP socket's send queue that its peer has not acknowledged (Linux's
+    ``SIOCOUTQ``); None where the system does not say."""
+    try:
+        answer = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    return int(struct.unpack("i", answer)[0])
 
 
 def read_timed_out(when: str) -> DecodeTimeout:

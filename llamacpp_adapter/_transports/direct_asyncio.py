@@ -18,10 +18,13 @@ from . import direct
 from .base import CLOSE_TIMEOUT_S, NO_CONNECTION, NO_TLS_ANSWER
 from .direct import (
     HIGH_WATER_BYTES,
+    NOT_SENT,
     OPENING,
+    WATCH_SAMPLES,
     DirectBody,
     Endpoint,
     StreamTimeouts,
+    unacknowledged,
 )
 
 __all__ = ["AsyncioBody"]
@@ -147,16 +150,34 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
 
     async def _write(self, data: bytes, within_s: float) -> None:
         assert self._transport is not None
-        self._transport.write(data)
+        transport = self._transport
+        transport.write(data)
         drained = self._drained
         if drained is not None and not drained.done():
-            try:
-                with anyio.fail_after(within_s):
-                    await drained
-            except TimeoutError as exc:
-                raise direct.connection_error(exc, OPENING) from None
+            await self._until_drained(transport, drained, within_s)
         if self._error is not None:
             raise self._error
+
+    @staticmethod
+    async def _until_drained(
+        transport: asyncio.Transport, drained: asyncio.Future[None], within_s: float
+    ) -> None:
+        """Wait until the transport has written what it holds; the write timeout bounds
+        a time in which that makes no progress (see ``direct``)."""
+        if within_s == math.inf:
+            await asyncio.wait((drained,))
+            return
+        sock = transport.get_extra_info("socket")
+        fd = -1 if sock is None else sock.fileno()
+        step = within_s / WATCH_SAMPLES
+        seen, still = (transport.get_write_buffer_size(), unacknowledged(fd)), 0.0
+        while not drained.done():
+            await asyncio.wait((drained,), timeout=step)
+            now = (transport.get_write_buffer_size(), unacknowledged(fd))
+            still = still + step if now == seen else 0.0
+            seen = now
+            if still >= within_s and not drained.done():
+                raise direct.connection_error(TimeoutError(), OPENING, timed_out=NOT_SENT)
 
     async def _wait(self, when: str) -> None:
         await self._waiting(when)

@@ -16,12 +16,18 @@ from .direct import (
     NOT_SENT,
     OPENING,
     READ_BYTES,
+    WATCH_SAMPLES,
+    WATCHED_REQUEST_BYTES,
     DirectBody,
     Endpoint,
     StreamTimeouts,
+    unacknowledged,
 )
 
 __all__ = ["TrioBody"]
+
+#: What one wait for the socket sends, of a watched request: a TLS record's worth.
+SEND_BYTES = 16 * 1024
 
 
 class TrioBody(DirectBody):
@@ -57,8 +63,7 @@ class TrioBody(DirectBody):
                 with trio.fail_after(timeouts.connect):
                     await stream.do_handshake()
                 handshaking = False
-            with trio.fail_after(timeouts.write):
-                await stream.send_all(request)
+            await _send(stream, request, timeouts.write)
             body = cls(stream, timeouts.read)
             await body._read_head()
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
@@ -112,6 +117,47 @@ class TrioBody(DirectBody):
     async def aclose(self) -> None:
         # Closing the socket wakes a task waiting to read it, which then fails.
         await trio.aclose_forcefully(self._stream)
+
+
+async def _send(
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], data: bytes, within_s: float
+) -> None:
+    """Send *data*; the write timeout bounds a time in which it makes no progress (see
+    ``direct``).
+
+    Raises:
+        trio.TooSlowError: no progress within *within_s*.
+    """
+    if len(data) <= WATCHED_REQUEST_BYTES or within_s == math.inf:
+        with trio.fail_after(within_s):
+            await stream.send_all(data)
+        return
+    tcp = stream if isinstance(stream, trio.SocketStream) else stream.transport_stream
+    fd = tcp.socket.fileno()
+    view = memoryview(data)
+    sent = 0
+    stalled = False
+
+    async def watch(sending: trio.CancelScope) -> None:
+        nonlocal stalled
+        step = within_s / WATCH_SAMPLES
+        seen, still = (sent, unacknowledged(fd)), 0.0
+        while still < within_s:
+            await trio.sleep(step)
+            now = (sent, unacknowledged(fd))
+            still = still + step if now == seen else 0.0
+            seen = now
+        stalled = True
+        sending.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope)
+        while sent < len(view):
+            await stream.send_all(view[sent : sent + SEND_BYTES])
+            sent = min(len(view), sent + SEND_BYTES)
+        nursery.cancel_scope.cancel()
+    if stalled:
+        raise trio.TooSlowError
 
 
 def _ssl_receiver(

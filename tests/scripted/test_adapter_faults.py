@@ -4,20 +4,24 @@ Each fault of the fault matrix, on both backends, is in ``test_fault_matrix``.""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import trio
+import trustme
 from trio.testing import MockClock, wait_all_tasks_blocked
 
 from llamacpp_adapter import (
     AdapterError,
     DecodeTimeout,
+    End,
     JobCancelled,
     JobItem,
     LlamaCppHttpAdapter,
@@ -27,7 +31,13 @@ from llamacpp_adapter import (
     WorkerError,
 )
 
-from ..support.scripted import Connection, start_server
+from ..support.scripted import (
+    Connection,
+    scripted_server,
+    start_server,
+    stream_tokens,
+    tls_server_context,
+)
 from ..support.wire import LOADING, STREAM_HEAD, chunked, json_response, token_event
 
 
@@ -313,3 +323,51 @@ async def test_health_of_a_server_that_is_not_llama_server_is_not_live(file_serv
     assert (health.live, health.ready, health.status) == (False, False, "not llama-server")
     assert health.message is not None
     assert "404 (text/html)" in health.message
+
+
+@pytest.mark.anyio
+async def test_a_server_that_takes_no_byte_ends_in_the_write_timeout_on_time() -> None:
+    """A server that never reads (it never even accepts): the request's bytes stop
+    moving once the buffers between are full, and the write timeout ends it, on every
+    loop. (Over a slow link, where bytes move, it does not: ``test_slow_links``.)"""
+    write_timeout = 0.5
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        timeouts = httpx.Timeout(30.0, write=write_timeout)
+        async with LlamaCppHttpAdapter(url, timeouts=timeouts) as adapter:
+            start = anyio.current_time()
+            with pytest.raises(WorkerError, match="write timeout"):
+                async with adapter.submit(TaskRequest("x" * 32 * 1024 * 1024)) as events:
+                    [event async for event in events]
+            waited = anyio.current_time() - start
+    assert write_timeout <= waited < write_timeout + 2.0, waited
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_a_large_prompt_is_sent_whole(tls: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt larger than the socket's buffer is sent in pieces, watched for progress
+    (over TLS a record at a time): the server reads every byte of it."""
+    authority = trustme.CA()
+    trusting = httpx.create_ssl_context()
+    authority.configure_trust(trusting)
+    monkeypatch.setattr(httpx, "create_ssl_context", lambda: trusting)
+    prompt = "".join(f"{n:07d} " for n in range(512 * 1024 // 8))
+    received: list[str] = []
+
+    async def read_then_stream(connection: Connection) -> None:
+        received.append(json.loads(connection.body)["prompt"])
+        await stream_tokens(connection, 2)
+
+    context = tls_server_context(authority) if tls else None
+    async with (
+        scripted_server(read_then_stream, ssl_context=context) as server,
+        LlamaCppHttpAdapter(server.url) as adapter,
+        adapter.submit(TaskRequest(prompt)) as events,
+    ):
+        got = [event async for event in events]
+    assert isinstance(got[-1], End)
+    assert received == [prompt]
