@@ -56,8 +56,8 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def reliability(session: nox.Session) -> None:
-    """The fault matrix and the leak soak, then their figures as RELIABILITY.md's tables
-    (``-- N`` for a soak N times as long)."""
+    """The fault matrix, the leak soak and the chaos run, then the matrix's and the
+    soak's figures as RELIABILITY.md's tables (``-- N`` for a soak N times as long)."""
     session.install("-e", ".[test,engine]", env=ENGINE_BUILD_ENV)
     scale = session.posargs[0] if session.posargs else "1"
     report = Path(session.create_tmp()) / "reliability.xml"
@@ -65,6 +65,7 @@ def reliability(session: nox.Session) -> None:
         "pytest",
         "tests/scripted/test_fault_matrix.py",
         "tests/engine/test_soak.py",
+        "tests/engine/test_chaos.py",
         f"--junitxml={report}",
         env={"LLAMACPP_ADAPTER_SOAK": scale},
     )

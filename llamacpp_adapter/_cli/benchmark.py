@@ -111,6 +111,10 @@ _BENCH_LOCAL_SLOTS = 4
     show_default=True,
     help="Seconds between a turn's answer and the conversation's next turn.",
 )
+@positive_option(
+    "--read-timeout",
+    help="Seconds to wait for a server's next bytes before a request fails (default 60).",
+)
 @click.option(
     "--endpoint",
     type=click.Choice(ENDPOINTS),
@@ -184,6 +188,7 @@ def bench(
     turns: int | None,
     turn_tokens: int,
     think_time: float,
+    read_timeout: float | None,
     endpoint: str,
     seed: int,
     slo: str | None,
@@ -247,6 +252,7 @@ def bench(
             turns=turns,
             turn_tokens=turn_tokens,
             think_time_s=think_time,
+            read_timeout_s=read_timeout,
             endpoint=endpoint,
             api_key=api_key,
             seed=seed,

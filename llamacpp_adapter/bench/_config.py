@@ -59,6 +59,8 @@ class BenchConfig:
             result then has the run's goodput and whether it met them.
         attainment: the share of requests that must meet the requests' objectives for
             the run to meet them.
+        read_timeout_s: the longest wait for a server's next bytes, after which a
+            request fails (``DECODE_TIMEOUT``); ``None``: the adapter's (60 s).
     """
 
     urls: tuple[str, ...]
@@ -82,6 +84,7 @@ class BenchConfig:
     conversations_file: Path | None = None
     prefix_tokens: int = 0
     prefix_groups: int = 1
+    read_timeout_s: float | None = None
 
     @property
     def conversational(self) -> bool:
@@ -114,6 +117,8 @@ class BenchConfig:
             raise ValueError("a turn has at least 1 token")
         if not 0 <= self.think_time_s < math.inf:
             raise ValueError("the think time must be a finite number of seconds, not negative")
+        if self.read_timeout_s is not None and not 0 < self.read_timeout_s < math.inf:
+            raise ValueError("the read timeout must be positive and finite")
         if self.prefix_tokens < 0 or self.prefix_groups < 1:
             raise ValueError("the prefix is at least 0 tokens, in at least 1 group")
         if self.prefix_tokens and (self.prompts_file or self.conversational):

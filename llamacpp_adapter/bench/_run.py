@@ -14,11 +14,13 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 import anyio
+import httpx
 
 from .._adapter import LlamaCppHttpAdapter
 from .._exceptions import WorkerError
 from .._receive import EventReceiveStream
 from .._types import ChatRequest, End, Metrics, Reasoning, TaskRequest, Token
+from ..http_util import DEFAULT_TIMEOUTS
 from ._audit import LOOP_TICK_S, ClientTimes
 from ._config import BenchConfig
 from ._conversations import Conversation
@@ -47,7 +49,9 @@ async def run_bench(
         # would measure.
         adapters = [
             await stack.enter_async_context(
-                LlamaCppHttpAdapter(url, api_key=config.api_key, pause=None)
+                LlamaCppHttpAdapter(
+                    url, api_key=config.api_key, pause=None, timeouts=adapter_timeouts(config)
+                )
             )
             for url in config.urls
         ]
@@ -148,6 +152,16 @@ async def run_bench(
     return result
 
 
+def adapter_timeouts(config: BenchConfig) -> httpx.Timeout | None:
+    """The adapters' timeouts: their own, but for the run's read timeout."""
+    if config.read_timeout_s is None:
+        return None
+    base = DEFAULT_TIMEOUTS
+    return httpx.Timeout(
+        connect=base.connect, read=config.read_timeout_s, write=base.write, pool=base.pool
+    )
+
+
 # --- Submitting ----------------------------------------------------------------------------
 
 Submit = Callable[[TaskRequest | ChatRequest], AbstractAsyncContextManager[EventReceiveStream]]
@@ -240,6 +254,7 @@ async def _one(
     gaps: list[float] = []
     several: list[tuple[int, int]] = []  # (gap, count) of the events of several tokens
     tokens = 0
+    streamed: int | None = None
     try:
         async with submit(request) as events:
             async for event in events:
@@ -258,7 +273,7 @@ async def _one(
                         # Tokens, not events or their ids: llama-server leaves the ids
                         # of a token whose text it holds back (a partial UTF-8 sequence)
                         # out of every chunk, and counts it in the final one.
-                        tokens = event.tokens_out
+                        streamed, tokens = tokens, event.tokens_out
                         if not input_tokens and event.tokens_in is not None:
                             input_tokens = event.tokens_in  # as the server counted them
                     continue
@@ -290,6 +305,7 @@ async def _one(
         cached,
         prompt_ms,
         counts,
+        streamed,
     )
 
 

@@ -57,6 +57,11 @@ class RequestRecord(msgspec.Struct, frozen=True):
         prompt_ms: the engine's time on the prompt (``Metrics.prompt_ms``): llama.cpp
             samples the first token from the prompt's last batch, so its first step is
             in it too.
+        streamed_tokens: the tokens of the events it streamed, as the client counted
+            them (``Token.count``), for a whole stream: its *output_tokens* (the
+            server's count in its final chunk) less those of a character the limit cut
+            off, which the engine counts and does not send (at most 3); more, or
+            fewer, and an event was repeated or lost.
     """
 
     sent: float
@@ -70,6 +75,7 @@ class RequestRecord(msgspec.Struct, frozen=True):
     cached_tokens: int | None = None
     prompt_ms: float | None = None
     counts: tuple[int, ...] = ()
+    streamed_tokens: int | None = None
 
 
 def request_latencies(record: RequestRecord) -> dict[str, float]:

@@ -24,6 +24,7 @@ from .._adapter import LlamaCppHttpAdapter
 from .._host.host import ENV_API_KEY
 from ._config import BenchConfig
 from ._results import merge_results
+from ._run import adapter_timeouts
 from ._server_view import counter_growth, server_view, token_check, tokens_predicted, watch_server
 from ._slo import objectives_text
 
@@ -108,6 +109,8 @@ def worker_arguments(config: BenchConfig, json_path: Path) -> list[str]:
         arguments += ["--prefix-groups", str(config.prefix_groups)]
     if config.think_time_s:
         arguments += ["--think-time", repr(config.think_time_s)]
+    if config.read_timeout_s is not None:
+        arguments += ["--read-timeout", repr(config.read_timeout_s)]
     if config.endpoint != "completion":
         arguments += ["--endpoint", config.endpoint]
     if config.objectives:
@@ -178,7 +181,10 @@ class _Adapters:
         # asks the engine for its timings with every token, which is work the
         # benchmark would measure.
         self._adapters = [
-            LlamaCppHttpAdapter(u, api_key=config.api_key, pause=None) for u in config.urls
+            LlamaCppHttpAdapter(
+                u, api_key=config.api_key, pause=None, timeouts=adapter_timeouts(config)
+            )
+            for u in config.urls
         ]
 
     async def __aenter__(self) -> list[LlamaCppHttpAdapter]:
