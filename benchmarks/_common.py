@@ -22,6 +22,8 @@ from httpx_sse import aconnect_sse
 from llamacpp_adapter import ChatRequest, LlamaCppHttpAdapter, TaskRequest, Token
 
 _SERVER_START_TIMEOUT_S = 20.0
+#: The stub server's slots, when it is to say it has other than the captured server's.
+SLOTS_VARIABLE = "BENCH_SLOTS"
 #: The core the stub server runs on, and the one each measured client runs on.
 SERVER_CORE = 0
 CLIENT_CORE = 1
@@ -52,15 +54,17 @@ def run_client(module: str, *args: str) -> Any:
 
 
 @contextlib.contextmanager
-def stub_server(cert_and_key: Path | None = None) -> Iterator[str]:
+def stub_server(cert_and_key: Path | None = None, *, slots: int | None = None) -> Iterator[str]:
     """Run ``benchmarks._server`` in its own process (over TLS with *cert_and_key*, a PEM
-    file); yield its base URL."""
+    file; saying it has *slots* slots, rather than the captured server's 2, to a host that
+    asks); yield its base URL."""
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
         tls = [] if cert_and_key is None else [str(cert_and_key)]
         process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks._server", str(port_file), *tls],
             cwd=Path(__file__).parents[1],
+            env={**os.environ, **({} if slots is None else {SLOTS_VARIABLE: str(slots)})},
         )
         try:
             deadline = time.monotonic() + _SERVER_START_TIMEOUT_S

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import ssl
 import sys
 import time
@@ -54,6 +55,20 @@ from tests.support.wire import (
 
 # What the captured server answered to these, for a client that asks (AdapterHost does).
 CAPTURED = {"/props": PROPS, "/slots": SLOTS, "/v1/models": MODELS, "/health": b'{"status":"ok"}'}
+
+
+def _with_slots(slots: int) -> None:
+    """Say, to a client that asks, that the server has *slots* slots, all idle."""
+    props = json.loads(PROPS)
+    props["total_slots"] = slots
+    captured = json.loads(SLOTS)
+    entries = [{**captured[n % len(captured)], "id": n} for n in range(slots)]
+    CAPTURED["/props"] = json.dumps(props).encode()
+    CAPTURED["/slots"] = json.dumps(entries).encode()
+
+
+if os.environ.get("BENCH_SLOTS"):
+    _with_slots(int(os.environ["BENCH_SLOTS"]))
 
 CONTENTS = [" the", " model", " streams", " token", "s", " at", " a", " steady", " pace", "."]
 WRITE_BYTES = 65536

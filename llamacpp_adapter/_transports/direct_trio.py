@@ -1,8 +1,18 @@
 """The direct path on Trio: a loop of the socket's ``recv`` (``receive_some`` over TLS),
-each read bounded by the read timeout."""
+each read bounded by the read timeout.
+
+The read timeouts of a run's streams are kept by one task (:class:`_ReadTimeouts`), not
+by a cancel scope around each read: a read marks its stream's deadline, and the keeper
+closes the socket of a stream whose deadline passed, which ends its read. A cancel
+scope a read costs a scope, its status, two sets and a deadline in Trio's heap; with
+thousands of streams each waiting its next token, they outlive the collector's young
+generations, and collecting them made a token cost 2.5 times as much at 10,000 streams
+as at 100 (``benchmarks/NOTES.md``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 from collections.abc import Awaitable, Callable
@@ -26,18 +36,34 @@ from .direct import (
 
 __all__ = ["TrioBody"]
 
+#: The keeper of the run's read timeouts, while it watches a stream.
+_KEEPER: trio.lowlevel.RunVar[_ReadTimeouts | None] = trio.lowlevel.RunVar("read_timeouts")
+
 #: What one wait for the socket sends, of a watched request: a TLS record's worth.
 SEND_BYTES = 16 * 1024
 
 
 class TrioBody(DirectBody):
-    __slots__ = ("_read_timeout", "_recv", "_stream", "_waiting", "parser")
+    __slots__ = (
+        "_keeper",
+        "_read_timeout",
+        "_recv",
+        "_stream",
+        "_waiting",
+        "deadline",
+        "parser",
+        "timed_out",
+    )
 
     def __init__(
         self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], read_timeout: float
     ) -> None:
         self._stream = stream
         self._read_timeout = read_timeout
+        #: When the read under way times out (``math.inf``: none is under way).
+        self.deadline = math.inf
+        self.timed_out = False
+        self._keeper = None if read_timeout == math.inf else _ReadTimeouts.watch(self)
         self._recv: Callable[[int], Awaitable[bytes]]
         if isinstance(stream, trio.SocketStream):
             self._recv = stream.socket.recv  # the socket itself: no layer in between
@@ -64,14 +90,21 @@ class TrioBody(DirectBody):
                     await stream.do_handshake()
                 handshaking = False
             await _send(stream, request, timeouts.write)
-            body = cls(stream, timeouts.read)
-            await body._read_head()
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             await trio.aclose_forcefully(stream)
             timed_out = NO_TLS_ANSWER if handshaking else NOT_SENT
             raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None
         except BaseException:
             await trio.aclose_forcefully(stream)
+            raise
+        body = cls(stream, timeouts.read)
+        try:
+            await body._read_head()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await body.aclose()
+            raise direct.connection_error(exc, OPENING) from None
+        except BaseException:
+            await body.aclose()
             raise
         return body
 
@@ -86,12 +119,25 @@ class TrioBody(DirectBody):
                 self._waiting.append(body)
 
     async def _receive(self, when: str) -> bytes:
-        timeout = self._read_timeout
-        if timeout == math.inf:
+        keeper = self._keeper
+        if keeper is None:
             return await self._recv(READ_BYTES)
-        with trio.move_on_after(timeout):
+        keeper.reading(self, trio.current_time() + self._read_timeout)
+        try:
             return await self._recv(READ_BYTES)
-        raise direct.read_timed_out(when)  # the read was cancelled at the timeout
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            if self.timed_out:  # the keeper closed the socket at the deadline
+                raise direct.read_timed_out(when) from None
+            raise
+        finally:
+            self.deadline = math.inf
+
+    def time_out(self) -> None:
+        """End the read under way, at its deadline: close the socket under it."""
+        self.timed_out = True
+        stream = self._stream
+        tcp = stream if isinstance(stream, trio.SocketStream) else stream.transport_stream
+        tcp.socket.close()  # wakes the task reading it
 
     async def read(self) -> bytes | None:
         if self._waiting:
@@ -115,8 +161,76 @@ class TrioBody(DirectBody):
         return None
 
     async def aclose(self) -> None:
+        if self._keeper is not None:
+            self._keeper.forget(self)
+            self._keeper = None
         # Closing the socket wakes a task waiting to read it, which then fails.
         await trio.aclose_forcefully(self._stream)
+
+
+class _ReadTimeouts:
+    """The read timeouts of a Trio run's direct streams, kept by one system task.
+
+    A stream is watched from its opening to its closing. A read sets its deadline
+    (:meth:`reading`), and clears it when it ends. The keeper sleeps until the soonest
+    deadline it knows; then it times out the streams whose deadline passed and looks
+    for the next soonest, among all it watches. A read whose deadline comes before the
+    one the keeper sleeps until wakes it. So a read costs two attribute writes, and the
+    keeper wakes about once a read timeout, not once a read. It ends when it watches
+    no stream, and the next stream opened starts another.
+    """
+
+    __slots__ = ("_bodies", "_nap", "_target")
+
+    def __init__(self) -> None:
+        self._bodies: set[TrioBody] = set()
+        self._target = math.inf  # what the keeper sleeps until
+        self._nap: trio.CancelScope | None = None
+
+    @classmethod
+    def watch(cls, body: TrioBody) -> _ReadTimeouts:
+        """The run's keeper, watching *body* (started if there is none)."""
+        keeper = _KEEPER.get(None)
+        if keeper is None:
+            keeper = cls()
+            _KEEPER.set(keeper)
+            trio.lowlevel.spawn_system_task(keeper._run, name="llamacpp-adapter read timeouts")
+        keeper._bodies.add(body)
+        return keeper
+
+    def reading(self, body: TrioBody, deadline: float) -> None:
+        body.deadline = deadline
+        if deadline < self._target:
+            self._target = deadline
+            self._wake()
+
+    def forget(self, body: TrioBody) -> None:
+        self._bodies.discard(body)
+        if not self._bodies:
+            self._wake()  # to end
+
+    def _wake(self) -> None:
+        if self._nap is not None:
+            self._nap.cancel()
+
+    async def _run(self) -> None:
+        try:
+            while self._bodies:
+                now = trio.current_time()
+                soonest = math.inf
+                for body in [b for b in self._bodies if b.deadline <= now]:
+                    body.deadline = math.inf
+                    with contextlib.suppress(OSError):
+                        body.time_out()
+                for body in self._bodies:
+                    if body.deadline < soonest:
+                        soonest = body.deadline
+                self._target = soonest
+                with trio.CancelScope(deadline=soonest) as self._nap:
+                    await trio.sleep_forever()
+                self._nap = None
+        finally:
+            _KEEPER.set(None)
 
 
 async def _send(

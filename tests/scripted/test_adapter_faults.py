@@ -227,6 +227,36 @@ async def test_no_data_within_the_read_timeout_is_a_decode_timeout(
     assert error.retriable
 
 
+async def test_read_timeouts_of_streams_at_once_each_end_on_time(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    """One task keeps every stream's read timeout: a stream with a short one, opened
+    while another waits out a long one, ends at its own, and the other at its own."""
+
+    async def stall(connection: Connection) -> None:
+        await connection.send(three_tokens())
+        await trio.sleep_forever()
+
+    url = await start_server(nursery, stall)
+    ended: dict[float, float] = {}
+
+    async def one(read_s: float, task_status: trio.TaskStatus[None]) -> None:
+        async with LlamaCppHttpAdapter(url, timeouts=httpx.Timeout(5.0, read=read_s)) as adapter:
+            with pytest.raises(DecodeTimeout):
+                async with adapter.submit(TaskRequest("x")) as events:
+                    async for event in events:
+                        if isinstance(event, Token) and event.i == 2:
+                            task_status.started()
+            ended[read_s] = trio.current_time()
+
+    start = trio.current_time()
+    async with trio.open_nursery() as streams:
+        await streams.start(one, 100.0)
+        await streams.start(one, 2.0)
+    assert 2.0 <= ended[2.0] - start < 3.0
+    assert 100.0 <= ended[100.0] - start < 101.0
+
+
 async def test_stall_before_the_headers_is_a_decode_timeout(
     nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:

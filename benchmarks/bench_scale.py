@@ -1,0 +1,332 @@
+"""Many streams in one client process: whether a stream's cost stays flat as their number
+grows, on every event loop, beside aiohttp at the same number.
+
+N = 100, 1,000 and 10,000 paced streams (300 tokens at 50 a second, 60 at 10, and 40 at
+2: about 5,000, 10,000 and 20,000 tokens a second in all) read by one client:
+
+* CPU per token in the steady state: from the moment every stream has delivered two
+  tokens (all are open and under way) until the first one ends; so neither the opening
+  of the streams nor their ends, which a stream of 20 tokens would spread over few, is
+  charged to the tokens;
+* resident memory per open stream, at that moment, over the process's before any
+  stream was opened (its requests made).
+
+The adapter's pull form on Trio, asyncio and uvloop; aiohttp on asyncio and uvloop, its
+connection limit lifted so that it holds N; the task form and the host at the largest N.
+The stub server runs in its own process on one core; each client run is a fresh process
+on the other.
+
+    python -m benchmarks.bench_scale [--quick]   # this case alone
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from llamacpp_adapter import (
+    AdapterHost,
+    JobItemReceiveStream,
+    LlamaCppHttpAdapter,
+    TaskRequest,
+    Token,
+    completion_body,
+    create_job_channel,
+)
+
+from ._common import SERVER_CORE, Table, Target, pinned, pull_streams, request
+from ._common import run_client as _run_client
+from ._common import stub_server as _stub_server
+
+PULL = "llamacpp-adapter, pull"
+TASK_FORM = "llamacpp-adapter, task form"
+HOST = "llamacpp-adapter, host"
+AIOHTTP = "aiohttp, lines + json.loads"
+TRIO, ASYNCIO, UVLOOP = "Trio", "asyncio", "asyncio + uvloop"
+#: Every (client, loop) measured at every N.
+RUNS = ((PULL, TRIO), (PULL, ASYNCIO), (PULL, UVLOOP), (AIOHTTP, ASYNCIO), (AIOHTTP, UVLOOP))
+#: Measured at the largest N only, against the pull form on the same loop.
+FORMS = ((TASK_FORM, TRIO), (HOST, TRIO))
+#: (streams, tokens each, interval ms, rounds, rounds with --quick). Opening 10,000
+#: streams takes 7 to 12 s here, so each is 40 tokens long (20 s) there, for a steady
+#: state of several seconds after the last has opened.
+SCALES = ((100, 300, 20, 5, 2), (1_000, 60, 100, 3, 1), (10_000, 40, 500, 2, 1))
+#: The longest steady state measured: long enough to hold tens of thousands of tokens.
+WINDOW_S = 8.0
+#: The targets: CPU per token at the largest N against the same loop's at the smallest,
+#: resident memory per open stream, and the other forms against the pull form.
+FLAT_CPU = 1.15
+RSS_PER_STREAM_BYTES = 10 * 1024
+FORM_RATIO = 1.2
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def scale(*, quick: bool) -> tuple[list[Table], list[Target]]:
+    with pinned(SERVER_CORE), _stub_server(slots=SCALES[-1][0]) as url:
+        results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+        for streams, events, interval, full_rounds, quick_rounds in SCALES:
+            rounds = quick_rounds if quick else full_rounds
+            runs = RUNS + (FORMS if streams == SCALES[-1][0] else ())
+            for round_ in range(rounds):
+                for client, loop in runs if round_ % 2 == 0 else runs[::-1]:
+                    spec = {
+                        "client": client,
+                        "loop": loop,
+                        "url": url,
+                        "streams": streams,
+                        "events": events,
+                        "interval_ms": interval,
+                    }
+                    measured = _run_client("benchmarks.bench_scale", json.dumps(spec))
+                    results.setdefault((client, loop, streams), []).append(measured)
+    return _tables(results, quick=quick)
+
+
+def _median(results: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in results)
+
+
+def _tables(
+    results: dict[tuple[str, str, int], list[dict[str, float]]], *, quick: bool
+) -> tuple[list[Table], list[Target]]:
+    rounds = ", ".join(
+        f"{quick_rounds if quick else full_rounds} at N={streams:,}"
+        for streams, _, _, full_rounds, quick_rounds in SCALES
+    )
+    small, large = SCALES[0][0], SCALES[-1][0]
+    table = Table(
+        "Many streams in one process: CPU per token and memory per open stream",
+        [
+            "N",
+            "client",
+            "loop",
+            "CPU s / 1,000 tokens",
+            "against N=100",
+            "RSS per open stream",
+            "tokens measured",
+        ],
+        notes=[
+            f"The median of the rounds ({rounds}), each run a fresh process; CPU in the "
+            f"steady state (every stream under way, none ended, at most {WINDOW_S:.0f} s), "
+            "RSS at its start over the process's before the streams opened."
+        ],
+    )
+    targets = []
+    for (client, loop, streams), measured in sorted(
+        results.items(), key=lambda item: (item[0][2], item[0][0], item[0][1])
+    ):
+        cpu = _median(measured, "cpu_per_1000")
+        base = results.get((client, loop, small))
+        growth = cpu / _median(base, "cpu_per_1000") if base else float("nan")
+        rss = _median(measured, "rss_per_stream")
+        table.add(
+            f"{streams:,}",
+            client,
+            loop,
+            f"{cpu:.4f}",
+            f"{growth:.2f}x",
+            f"{rss / 1024:.1f} KB",
+            int(_median(measured, "tokens")),
+        )
+        if client == PULL and streams == large:
+            targets.append(
+                Target(
+                    f"CPU per token at N={large:,} on {loop} <= {FLAT_CPU}x N={small}",
+                    f"{growth:.2f}x",
+                    growth <= FLAT_CPU,
+                    factor=FLAT_CPU / growth,
+                    goal=1.0,
+                )
+            )
+            targets.append(
+                Target(
+                    f"RSS per open stream at N={large:,} on {loop} <= 10 KB",
+                    f"{rss / 1024:.1f} KB",
+                    rss <= RSS_PER_STREAM_BYTES,
+                    factor=RSS_PER_STREAM_BYTES / rss,
+                    goal=1.0,
+                )
+            )
+        if client in (TASK_FORM, HOST):
+            pull = results[PULL, loop, streams]
+            for key, what in (("cpu_per_1000", "CPU per token"), ("rss_per_stream", "RSS")):
+                ratio = _median(measured, key) / _median(pull, key)
+                name = f"{client.split(', ')[1]} {what} at N={large:,} on {loop} <= "
+                targets.append(
+                    Target(
+                        name + f"{FORM_RATIO}x the pull form's",
+                        f"{ratio:.2f}x",
+                        ratio <= FORM_RATIO,
+                        factor=FORM_RATIO / ratio,
+                        goal=1.0,
+                    )
+                )
+    return [table], targets
+
+
+# --- One client run, in its own process -------------------------------------------------
+
+
+def _resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
+class WindowMeter:
+    """A run's token sink: CPU per token from the moment every stream has delivered two
+    tokens until the first has delivered all of its own (or ``WINDOW_S`` later), and
+    the resident memory per stream at that first moment over *baseline*."""
+
+    def __init__(self, streams: int, events: int, baseline: int) -> None:
+        self.streams = streams
+        self.events = events
+        self.baseline = baseline
+        self.count = 0
+        self._tokens_of: dict[str, int] = {}
+        self._under_way = 0
+        self._opened: tuple[int, float, float] | None = None  # (count, CPU, time) then
+        self.window: tuple[int, float, float] | None = None  # (tokens, CPU, seconds) in it
+        self._began = time.perf_counter()
+        self.rss_per_stream = 0.0
+
+    def __call__(self, job_id: str, text: str) -> None:
+        self.count += 1
+        tokens = self._tokens_of[job_id] = self._tokens_of.get(job_id, 0) + 1
+        if tokens == 2:
+            self._under_way += 1
+            if self._under_way == self.streams:
+                self._opened = (self.count, time.process_time(), time.perf_counter())
+                self.rss_per_stream = (_resident() - self.baseline) / self.streams
+        elif self.window is None and self._opened is not None:
+            count, cpu, began = self._opened
+            now = time.perf_counter()
+            if tokens == self.events or now - began >= WINDOW_S:
+                self.window = (self.count - count, time.process_time() - cpu, now - began)
+
+    def result(self) -> dict[str, float]:
+        assert self.window is not None, "a stream ended before every one was under way"
+        tokens, cpu, seconds = self.window
+        assert self._opened is not None
+        return {
+            "cpu_per_1000": cpu / tokens * 1000,
+            "tokens": tokens,
+            "window_s": seconds,
+            "open_s": self._opened[2] - self._began,
+            "rss_per_stream": self.rss_per_stream,
+        }
+
+
+async def _measure(spec: dict[str, Any]) -> dict[str, float]:
+    streams, events = int(spec["streams"]), int(spec["events"])
+    fields = {
+        "bench_mode": "paced",
+        "bench_events": events,
+        "bench_interval_ms": spec["interval_ms"],
+    }
+    tasks = [request(**fields) for _ in range(streams)]
+    gc.collect()
+    meter = WindowMeter(streams, events, _resident())
+    await _CLIENTS[spec["client"]](spec["url"], tasks, meter)
+    assert meter.count == streams * events, (spec["client"], meter.count)
+    return meter.result()
+
+
+async def _task_form(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> None:
+    """Every stream fed by the adapter into one job channel (as many items as streams);
+    one receiver takes them all."""
+
+    async def take(receive: JobItemReceiveStream) -> None:
+        async with receive:
+            async for job_id, event in receive:
+                if type(event) is Token:
+                    on_token(job_id, event.text)
+
+    send, receive = create_job_channel(len(tasks))
+    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
+        group.start_soon(take, receive)
+        async with send:
+            for task in tasks:
+                await group.start(adapter.stream_into, task, send.clone())
+
+
+async def _host(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> None:
+    """Every stream through a host's pool of the one server, each pulled by its task."""
+
+    async def one(host: AdapterHost, task: TaskRequest) -> None:
+        async with host.submit("scale", task) as events:
+            async for event in events:
+                if type(event) is Token:
+                    on_token(task.job_id, event.text)
+
+    async with (
+        AdapterHost(slot_wait_s=3600.0) as host,
+        LlamaCppHttpAdapter(url) as adapter,
+    ):
+        host.bind("scale", "r0", adapter)
+        await host.wait_ready("scale")
+        async with anyio.create_task_group() as group:
+            for task in tasks:
+                group.start_soon(one, host, task)
+
+
+async def _aiohttp(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> None:
+    """As vLLM's serving benchmark reads a stream, its connection limit lifted."""
+    import aiohttp
+
+    async def one(session: aiohttp.ClientSession, task: TaskRequest) -> None:
+        async with session.post(f"{url}/completion", json=completion_body(task)) as response:
+            async for line in response.content:
+                line = line.strip()
+                if not line:
+                    continue
+                chunk = json.loads(line.decode().removeprefix("data: "))
+                if not chunk["stop"]:
+                    on_token(task.job_id, chunk["content"])
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        asyncio.TaskGroup() as group,
+    ):
+        for task in tasks:
+            group.create_task(one(session, task))
+
+
+_CLIENTS: dict[str, Callable[[str, list[TaskRequest], WindowMeter], Awaitable[None]]] = {
+    PULL: pull_streams,
+    TASK_FORM: _task_form,
+    HOST: _host,
+    AIOHTTP: _aiohttp,
+}
+
+
+def _client_process(spec: dict[str, Any]) -> dict[str, float]:
+    from .bench_streams import raise_fd_limit
+
+    raise_fd_limit()
+    if spec["loop"] == TRIO:
+        return anyio.run(_measure, spec, backend="trio")
+    return anyio.run(
+        _measure, spec, backend="asyncio", backend_options={"use_uvloop": spec["loop"] == UVLOOP}
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a client process
+        print(json.dumps(_client_process(json.loads(sys.argv[1]))))
+    else:
+        tables, targets = scale(quick="--quick" in sys.argv)
+        for table in tables:
+            print(table.markdown())
+        for target in targets:
+            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
