@@ -46,11 +46,18 @@ def run_client(module: str, *args: str) -> Any:
     """Run ``python -m module args...`` in a fresh process on the client's core; return
     the JSON it prints."""
     with pinned(CLIENT_CORE):
-        output = subprocess.run(
+        run = subprocess.run(
             [sys.executable, "-m", module, *args],
-            cwd=Path(__file__).parents[1], check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-    return json.loads(output)
+            cwd=Path(__file__).parents[1], capture_output=True, text=True,
+        )  # fmt: skip
+    if run.returncode:
+        last = run.stderr.strip().splitlines()[-1:] or ["(nothing on stderr)"]
+        raise ClientFailed(f"the client {module} exited {run.returncode}: {last[0]}")
+    return json.loads(run.stdout)
+
+
+class ClientFailed(RuntimeError):
+    """A measured client's process failed; its last line of stderr says why."""
 
 
 @contextlib.contextmanager
