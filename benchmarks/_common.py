@@ -3,6 +3,7 @@ side by side, and tables."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import anyio
 import httpx
 from httpx_sse import aconnect_sse
 
-from llamacpp_adapter import ChatRequest, LlamaCppHttpAdapter, TaskRequest, Token
+from llamacpp_adapter import ChatRequest, LlamaCppHttpAdapter, TaskRequest, Token, completion_body
 
 _SERVER_START_TIMEOUT_S = 20.0
 #: The stub server's slots, when it is to say it has other than the captured server's.
@@ -239,3 +240,47 @@ class Target:
     met: bool
     factor: float | None = None
     goal: float | None = None
+
+
+async def aiohttp_streams(url: str, tasks: Sequence[TaskRequest], on_token: JobTokenSink) -> None:
+    """Stream every one of *tasks* at once through aiohttp, as vLLM's serving benchmark
+    reads a stream: line by line, each ``data:`` line parsed with ``json.loads``; its
+    connection limit lifted, so that it holds them all."""
+    import aiohttp
+
+    async def one(session: aiohttp.ClientSession, task: TaskRequest) -> None:
+        async with session.post(f"{url}/completion", json=completion_body(task)) as response:
+            async for line in response.content:
+                line = line.strip()
+                if not line:
+                    continue
+                chunk = json.loads(line.decode().removeprefix("data: "))
+                if not chunk["stop"]:
+                    on_token(task.job_id, chunk["content"])
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        asyncio.TaskGroup() as group,
+    ):
+        for task in tasks:
+            group.create_task(one(session, task))
+
+
+#: The event loops a client runs on, by name.
+TRIO, UVLOOP = "Trio", "asyncio + uvloop"
+
+
+def on_loop(
+    measure: Callable[[dict[str, Any]], Awaitable[dict[str, float]]], spec: dict[str, Any]
+) -> dict[str, float]:
+    """Run ``measure(spec)`` on the event loop ``spec["loop"]`` names (Trio, asyncio, or
+    asyncio with uvloop), the process's descriptor limit raised first."""
+    from .bench_streams import raise_fd_limit
+
+    raise_fd_limit()
+    if spec["loop"] == TRIO:
+        return anyio.run(measure, spec, backend="trio")
+    options = {"use_uvloop": spec["loop"] == UVLOOP}
+    return anyio.run(measure, spec, backend="asyncio", backend_options=options)

@@ -13,7 +13,6 @@ on the other, and prints what it measured.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import sys
@@ -23,15 +22,19 @@ from typing import Any
 
 import anyio
 
-from llamacpp_adapter import TaskRequest, completion_body
+from llamacpp_adapter import TaskRequest
 
 from ._common import (
     SERVER_CORE,
+    TRIO,
+    UVLOOP,
     JobTokenSink,
     Table,
     Target,
     TokenMeter,
+    aiohttp_streams,
     httpx_sse_tokens,
+    on_loop,
     peer_client,
     pinned,
     pull_streams,
@@ -44,7 +47,7 @@ from ._common import stub_server as _stub_server
 ADAPTER = "llamacpp-adapter"
 HTTPX = "httpx + httpx-sse"
 AIOHTTP = "aiohttp, lines + json.loads"
-TRIO, ASYNCIO, UVLOOP = "Trio", "asyncio", "asyncio + uvloop"
+ASYNCIO = "asyncio"
 #: Every (client, loop) measured, in the tables' order.
 RUNS = (
     (ADAPTER, TRIO),
@@ -188,47 +191,15 @@ async def _httpx(url: str, tasks: list[TaskRequest], on_token: JobTokenSink) -> 
             group.start_soon(one, task)
 
 
-async def _aiohttp(url: str, tasks: list[TaskRequest], on_token: JobTokenSink) -> None:
-    """As vLLM's serving benchmark reads a stream: line by line, each ``data:`` line
-    parsed with ``json.loads``."""
-    import aiohttp
-
-    async def one(session: aiohttp.ClientSession, task: TaskRequest) -> None:
-        async with session.post(f"{url}/completion", json=completion_body(task)) as response:
-            async for line in response.content:
-                line = line.strip()
-                if not line:
-                    continue
-                chunk = json.loads(line.decode().removeprefix("data: "))
-                if not chunk["stop"]:
-                    on_token(task.job_id, chunk["content"])
-
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-        asyncio.TaskGroup() as group,
-    ):
-        for task in tasks:
-            group.create_task(one(session, task))
-
-
 _CLIENTS: dict[str, Callable[[str, list[TaskRequest], JobTokenSink], Awaitable[None]]] = {
     ADAPTER: pull_streams,
     HTTPX: _httpx,
-    AIOHTTP: _aiohttp,
+    AIOHTTP: aiohttp_streams,
 }
 
 
 def _client_process(spec: dict[str, Any]) -> dict[str, float]:
-    from .bench_streams import raise_fd_limit
-
-    raise_fd_limit()
-    if spec["loop"] == TRIO:
-        return anyio.run(_measure, spec, backend="trio")
-    return anyio.run(
-        _measure, spec, backend="asyncio", backend_options={"use_uvloop": spec["loop"] == UVLOOP}
-    )
+    return on_loop(_measure, spec)
 
 
 if __name__ == "__main__":

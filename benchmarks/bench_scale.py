@@ -21,7 +21,6 @@ on the other.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
@@ -39,11 +38,22 @@ from llamacpp_adapter import (
     LlamaCppHttpAdapter,
     TaskRequest,
     Token,
-    completion_body,
     create_job_channel,
 )
 
-from ._common import SERVER_CORE, ClientFailed, Table, Target, pinned, pull_streams, request
+from ._common import (
+    SERVER_CORE,
+    TRIO,
+    UVLOOP,
+    ClientFailed,
+    Table,
+    Target,
+    aiohttp_streams,
+    on_loop,
+    pinned,
+    pull_streams,
+    request,
+)
 from ._common import run_client as _run_client
 from ._common import stub_server as _stub_server
 
@@ -51,7 +61,7 @@ PULL = "llamacpp-adapter, pull"
 TASK_FORM = "llamacpp-adapter, task form"
 HOST = "llamacpp-adapter, host"
 AIOHTTP = "aiohttp, lines + json.loads"
-TRIO, ASYNCIO, UVLOOP = "Trio", "asyncio", "asyncio + uvloop"
+ASYNCIO = "asyncio"
 #: Every (client, loop) measured at every N.
 RUNS = ((PULL, TRIO), (PULL, ASYNCIO), (PULL, UVLOOP), (AIOHTTP, ASYNCIO), (AIOHTTP, UVLOOP))
 #: Measured at the largest N only, against the pull form on the same loop.
@@ -292,47 +302,16 @@ async def _host(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> No
                 group.start_soon(one, host, task)
 
 
-async def _aiohttp(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> None:
-    """As vLLM's serving benchmark reads a stream, its connection limit lifted."""
-    import aiohttp
-
-    async def one(session: aiohttp.ClientSession, task: TaskRequest) -> None:
-        async with session.post(f"{url}/completion", json=completion_body(task)) as response:
-            async for line in response.content:
-                line = line.strip()
-                if not line:
-                    continue
-                chunk = json.loads(line.decode().removeprefix("data: "))
-                if not chunk["stop"]:
-                    on_token(task.job_id, chunk["content"])
-
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-        asyncio.TaskGroup() as group,
-    ):
-        for task in tasks:
-            group.create_task(one(session, task))
-
-
 _CLIENTS: dict[str, Callable[[str, list[TaskRequest], WindowMeter], Awaitable[None]]] = {
     PULL: pull_streams,
     TASK_FORM: _task_form,
     HOST: _host,
-    AIOHTTP: _aiohttp,
+    AIOHTTP: aiohttp_streams,
 }
 
 
 def _client_process(spec: dict[str, Any]) -> dict[str, float]:
-    from .bench_streams import raise_fd_limit
-
-    raise_fd_limit()
-    if spec["loop"] == TRIO:
-        return anyio.run(_measure, spec, backend="trio")
-    return anyio.run(
-        _measure, spec, backend="asyncio", backend_options={"use_uvloop": spec["loop"] == UVLOOP}
-    )
+    return on_loop(_measure, spec)
 
 
 if __name__ == "__main__":
