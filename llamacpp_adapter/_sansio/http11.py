@@ -130,8 +130,8 @@ class ResponseParser:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+        key = _shared(name, lower=True)
+        text = _shared(value)
         headers = self.headers
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
@@ -144,3 +144,25 @@ class ResponseParser:
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+#: Header names and short values decoded before, shared by every answer's headers: an
+#: engine sends the same few in each, and thousands of open streams held a copy each.
+_DECODED: dict[tuple[bytes, bool], str] = {}
+#: The most entries kept, and the longest value shared.
+_DECODED_MAX = 1024
+_SHARED_MAX_BYTES = 64
+
+
+def _shared(raw: bytes, *, lower: bool = False) -> str:
+    """*raw* decoded (latin-1, and in lower case with *lower*), the same string as
+    before for a short one seen before."""
+    key = (raw, lower)
+    text = _DECODED.get(key)
+    if text is None:
+        text = raw.decode("latin-1")
+        if lower:
+            text = text.lower()
+        if len(raw) <= _SHARED_MAX_BYTES and len(_DECODED) < _DECODED_MAX:
+            _DECODED[key] = text
+    return text

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -77,7 +76,9 @@ class JsonEventReader(Generic[T, E]):
         self._partial = False  # the SSE decoder holds part of an event: it takes all
         # The events found and not handed on, in order: runs of decoded objects (True)
         # or of events' data (False); the first is handed on from _at.
-        self._ready: deque[tuple[bool, list[Any]]] = deque()
+        # A list, not a deque: it holds a run or two, and a deque's first block (64
+        # slots) would cost every open stream 600 bytes more.
+        self._ready: list[tuple[bool, list[Any]]] = []
         self._at = 0
         self._error: ProtocolError | None = None  # found after the events ready
 
@@ -132,7 +133,7 @@ class JsonEventReader(Generic[T, E]):
             at = self._at
             stop = min(at + limit, len(items)) if limit != UNLIMITED else len(items)
             if stop == len(items):
-                ready.popleft()
+                del ready[0]
                 self._at = 0
             else:
                 self._at = stop
