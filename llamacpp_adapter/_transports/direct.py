@@ -34,6 +34,7 @@ __all__ = [
     "READ_BYTES",
     "DirectBody",
     "Endpoint",
+    "StallWatch",
     "StreamTimeouts",
     "connection_error",
     "open_direct",
@@ -117,6 +118,27 @@ def connection_error(
     )
     error.__cause__ = exc
     return error
+
+
+class StallWatch:
+    """A watched request's progress, looked at every :attr:`step` seconds: what it
+    shows (what the socket took, what the system still holds) either changed since the
+    last look, or the request has been still that much longer; it is stalled once
+    still for the write timeout."""
+
+    __slots__ = ("_seen", "_still", "_within_s", "step")
+
+    def __init__(self, within_s: float, seen: object) -> None:
+        self.step = within_s / WATCH_SAMPLES
+        self._within_s = within_s
+        self._seen = seen
+        self._still = 0.0
+
+    def stalled(self, now: object) -> bool:
+        """Whether the request, showing *now*, has made no progress for the timeout."""
+        self._still = self._still + self.step if now == self._seen else 0.0
+        self._seen = now
+        return self._still >= self._within_s
 
 
 def unacknowledged(fd: int) -> int | None:

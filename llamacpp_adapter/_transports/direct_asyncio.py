@@ -20,9 +20,9 @@ from .direct import (
     HIGH_WATER_BYTES,
     NOT_SENT,
     OPENING,
-    WATCH_SAMPLES,
     DirectBody,
     Endpoint,
+    StallWatch,
     StreamTimeouts,
     unacknowledged,
 )
@@ -169,14 +169,11 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
             return
         sock = transport.get_extra_info("socket")
         fd = -1 if sock is None else sock.fileno()
-        step = within_s / WATCH_SAMPLES
-        seen, still = (transport.get_write_buffer_size(), unacknowledged(fd)), 0.0
+        progress = StallWatch(within_s, (transport.get_write_buffer_size(), unacknowledged(fd)))
         while not drained.done():
-            await asyncio.wait((drained,), timeout=step)
+            await asyncio.wait((drained,), timeout=progress.step)
             now = (transport.get_write_buffer_size(), unacknowledged(fd))
-            still = still + step if now == seen else 0.0
-            seen = now
-            if still >= within_s and not drained.done():
+            if progress.stalled(now) and not drained.done():
                 raise direct.connection_error(TimeoutError(), OPENING, timed_out=NOT_SENT)
 
     async def _wait(self, when: str) -> None:

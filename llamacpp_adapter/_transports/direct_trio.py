@@ -26,10 +26,10 @@ from .direct import (
     NOT_SENT,
     OPENING,
     READ_BYTES,
-    WATCH_SAMPLES,
     WATCHED_REQUEST_BYTES,
     DirectBody,
     Endpoint,
+    StallWatch,
     StreamTimeouts,
     unacknowledged,
 )
@@ -218,12 +218,12 @@ class _ReadTimeouts:
             while self._bodies:
                 now = trio.current_time()
                 soonest = math.inf
-                for body in [b for b in self._bodies if b.deadline <= now]:
-                    body.deadline = math.inf
-                    with contextlib.suppress(OSError):
-                        body.time_out()
                 for body in self._bodies:
-                    if body.deadline < soonest:
+                    if body.deadline <= now:
+                        body.deadline = math.inf
+                        with contextlib.suppress(OSError):
+                            body.time_out()  # closes its socket; the set is unchanged
+                    elif body.deadline < soonest:
                         soonest = body.deadline
                 self._target = soonest
                 with trio.CancelScope(deadline=soonest) as self._nap:
@@ -254,14 +254,10 @@ async def _send(
 
     async def watch(sending: trio.CancelScope) -> None:
         nonlocal stalled
-        step = within_s / WATCH_SAMPLES
-        seen, still = (sent, unacknowledged(fd)), 0.0
-        while still < within_s:
-            await trio.sleep(step)
-            now = (sent, unacknowledged(fd))
-            still = still + step if now == seen else 0.0
-            seen = now
-        stalled = True
+        progress = StallWatch(within_s, (sent, unacknowledged(fd)))
+        while not stalled:
+            await trio.sleep(progress.step)
+            stalled = progress.stalled((sent, unacknowledged(fd)))
         sending.cancel()
 
     async with trio.open_nursery() as nursery:
