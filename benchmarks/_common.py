@@ -284,3 +284,22 @@ def on_loop(
         return anyio.run(measure, spec, backend="trio")
     options = {"use_uvloop": spec["loop"] == UVLOOP}
     return anyio.run(measure, spec, backend="asyncio", backend_options=options)
+
+
+#: A benchmark case: its table or tables, and its targets.
+Case = Callable[..., tuple["Table | list[Table]", "list[Target]"]]
+
+
+def run_as_script(case: Case, client: Callable[[dict[str, Any]], dict[str, float]]) -> None:
+    """What a benchmark module does when run: given a JSON spec, measure one client run
+    in this process (``run_client`` starts it so) and print its figures as JSON; else
+    run its *case* alone (``--quick`` for a short one) and print the tables and
+    targets."""
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a client process
+        print(json.dumps(client(json.loads(sys.argv[1]))))
+        return
+    produced, targets = case(quick="--quick" in sys.argv)
+    for table in produced if isinstance(produced, list) else [produced]:
+        print(table.markdown())
+    for target in targets:
+        print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from ._common import (
     pinned,
     pull_streams,
     request,
+    run_as_script,
     run_client,
     stub_server,
 )
@@ -271,14 +271,9 @@ def chat(*, quick: bool) -> tuple[list[Table], list[Target]]:
     return [bulk, paced], bulk_targets + paced_targets
 
 
+def _chat_client(spec: dict[str, Any]) -> dict[str, float]:
+    return _paced_client(spec) if spec.get("kind") == "paced" else _client(spec)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1].startswith("{"):
-        spec = json.loads(sys.argv[1])
-        result = _paced_client(spec) if spec.get("kind") == "paced" else _client(spec)
-        print(json.dumps(result))
-    else:
-        tables, targets = chat(quick="--quick" in sys.argv)
-        for table in tables:
-            print(table.markdown())
-        for target in targets:
-            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
+    run_as_script(chat, _chat_client)

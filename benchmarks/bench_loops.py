@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +38,7 @@ from ._common import (
     pinned,
     pull_streams,
     request,
+    run_as_script,
     warm_burst,
 )
 from ._common import run_client as _run_client
@@ -203,11 +203,4 @@ def _client_process(spec: dict[str, Any]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a client process
-        print(json.dumps(_client_process(json.loads(sys.argv[1]))))
-    else:
-        tables, targets = loops(quick="--quick" in sys.argv)
-        for table in tables:
-            print(table.markdown())
-        for target in targets:
-            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
+    run_as_script(loops, _client_process)

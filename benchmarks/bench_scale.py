@@ -25,7 +25,6 @@ import gc
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +52,7 @@ from ._common import (
     pinned,
     pull_streams,
     request,
+    run_as_script,
 )
 from ._common import run_client as _run_client
 from ._common import stub_server as _stub_server
@@ -315,11 +315,4 @@ def _client_process(spec: dict[str, Any]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a client process
-        print(json.dumps(_client_process(json.loads(sys.argv[1]))))
-    else:
-        tables, targets = scale(quick="--quick" in sys.argv)
-        for table in tables:
-            print(table.markdown())
-        for target in targets:
-            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
+    run_as_script(scale, _client_process)

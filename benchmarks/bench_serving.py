@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
 import anyio
 
-from ._common import SERVER_CORE, Table, Target, pinned
+from ._common import SERVER_CORE, Table, Target, pinned, run_as_script
 from ._common import run_client as _run_client
 from ._common import stub_server as _stub_server
 
@@ -174,10 +173,4 @@ def _client_process(spec: dict[str, Any]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a client process
-        print(json.dumps(_client_process(json.loads(sys.argv[1]))))
-    else:
-        produced, met = serving(quick="--quick" in sys.argv)
-        print(produced.markdown())
-        for target in met:
-            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
+    run_as_script(serving, _client_process)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -47,6 +46,7 @@ from ._common import (
     pinned,
     pull_streams,
     request,
+    run_as_script,
     run_client,
     warm_burst,
 )
@@ -297,12 +297,10 @@ async def _pump(url: str, tasks: list[TaskRequest], on_token: JobTokenSink, chan
 _CLIENTS = {PULL: _pull, TASK: _task_form, OWN: _own_channel, SMALL: _own_channel, PUMP: _pump}
 
 
+def _client_process(spec: dict[str, Any]) -> dict[str, float]:
+    result: dict[str, float] = trio.run(_measure, spec)
+    return result
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):  # a client process
-        print(json.dumps(trio.run(_measure, json.loads(sys.argv[1]))))
-    else:
-        tables, targets = task_form(quick="--quick" in sys.argv)
-        for table in tables:
-            print(table.markdown())
-        for target in targets:
-            print(f"{target.name}: {target.measured} ({'met' if target.met else 'NOT met'})")
+    run_as_script(task_form, _client_process)
