@@ -44,17 +44,7 @@ async def run_bench(
     open stream (so the server frees its slots) and tells *on_result* what it measured
     so far, marked ``partial``, before the cancellation goes on."""
     async with AsyncExitStack() as stack:
-        # No pauses: a benchmark's consumer never stops, and a stream that may be paused
-        # asks the engine for its timings with every token, which is work the benchmark
-        # would measure.
-        adapters = [
-            await stack.enter_async_context(
-                LlamaCppHttpAdapter(
-                    url, api_key=config.api_key, pause=None, timeouts=adapter_timeouts(config)
-                )
-            )
-            for url in config.urls
-        ]
+        adapters = [await stack.enter_async_context(a) for a in bench_adapters(config)]
         submit = await stack.enter_async_context(_submitter(adapters))
         warmup_tokens = 0
 
@@ -152,14 +142,21 @@ async def run_bench(
     return result
 
 
-def adapter_timeouts(config: BenchConfig) -> httpx.Timeout | None:
-    """The adapters' timeouts: their own, but for the run's read timeout."""
-    if config.read_timeout_s is None:
-        return None
-    base = DEFAULT_TIMEOUTS
-    return httpx.Timeout(
-        connect=base.connect, read=config.read_timeout_s, write=base.write, pool=base.pool
-    )
+def bench_adapters(config: BenchConfig) -> list[LlamaCppHttpAdapter]:
+    """A run's adapters, one per URL, not yet entered. No pauses: a benchmark's consumer
+    never stops, and a stream that may be paused asks the engine for its timings with
+    every token, which is work the benchmark would measure. Their timeouts are the
+    adapter's own, but for the run's read timeout."""
+    timeouts = None
+    if config.read_timeout_s is not None:
+        base = DEFAULT_TIMEOUTS
+        timeouts = httpx.Timeout(
+            connect=base.connect, read=config.read_timeout_s, write=base.write, pool=base.pool
+        )
+    return [
+        LlamaCppHttpAdapter(url, api_key=config.api_key, pause=None, timeouts=timeouts)
+        for url in config.urls
+    ]
 
 
 # --- Submitting ----------------------------------------------------------------------------

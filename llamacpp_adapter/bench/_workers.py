@@ -24,7 +24,7 @@ from .._adapter import LlamaCppHttpAdapter
 from .._host.host import ENV_API_KEY
 from ._config import BenchConfig
 from ._results import merge_results
-from ._run import adapter_timeouts
+from ._run import bench_adapters
 from ._server_view import counter_growth, server_view, token_check, tokens_predicted, watch_server
 from ._slo import objectives_text
 
@@ -177,15 +177,7 @@ class _Adapters:
     """The run's adapters, one per URL, closed on the way out."""
 
     def __init__(self, config: BenchConfig) -> None:
-        # No pauses: a benchmark's consumer never stops, and a stream that may be paused
-        # asks the engine for its timings with every token, which is work the
-        # benchmark would measure.
-        self._adapters = [
-            LlamaCppHttpAdapter(
-                u, api_key=config.api_key, pause=None, timeouts=adapter_timeouts(config)
-            )
-            for u in config.urls
-        ]
+        self._adapters = bench_adapters(config)
 
     async def __aenter__(self) -> list[LlamaCppHttpAdapter]:
         return self._adapters
