@@ -19,8 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
-
 from llamacpp_adapter import TaskRequest
 
 from ._common import (
@@ -32,6 +30,7 @@ from ._common import (
     Target,
     TokenMeter,
     aiohttp_streams,
+    each_in_a_task,
     httpx_sse_tokens,
     on_loop,
     peer_client,
@@ -186,9 +185,8 @@ async def _httpx(url: str, tasks: list[TaskRequest], on_token: JobTokenSink) -> 
         async for text in httpx_sse_tokens(client, url, task):
             on_token(task.job_id, text)
 
-    async with peer_client() as client, anyio.create_task_group() as group:
-        for task in tasks:
-            group.start_soon(one, task)
+    async with peer_client() as client:
+        await each_in_a_task([(one, task) for task in tasks])
 
 
 _CLIENTS: dict[str, Callable[[str, list[TaskRequest], JobTokenSink], Awaitable[None]]] = {

@@ -29,8 +29,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
-
 from llamacpp_adapter import (
     AdapterHost,
     JobItemReceiveStream,
@@ -48,6 +46,7 @@ from ._common import (
     Table,
     Target,
     aiohttp_streams,
+    each_in_a_task,
     on_loop,
     pinned,
     pull_streams,
@@ -272,11 +271,10 @@ async def _task_form(url: str, tasks: list[TaskRequest], on_token: WindowMeter) 
                     on_token(job_id, event.text)
 
     send, receive = create_job_channel(len(tasks))
-    async with LlamaCppHttpAdapter(url) as adapter, anyio.create_task_group() as group:
-        group.start_soon(take, receive)
-        async with send:
-            for task in tasks:
-                await group.start(adapter.stream_into, task, send.clone())
+    async with LlamaCppHttpAdapter(url) as adapter:
+        feeds = [(adapter.stream_into, task, send.clone()) for task in tasks]
+        send.close()
+        await each_in_a_task([(take, receive), *feeds])
 
 
 async def _host(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> None:
@@ -297,9 +295,7 @@ async def _host(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> No
     ):
         host.bind("scale", "r0", adapter)
         await host.wait_ready("scale")
-        async with anyio.create_task_group() as group:
-            for task in tasks:
-                group.start_soon(one, host, task)
+        await each_in_a_task([(one, host, task) for task in tasks])
 
 
 _CLIENTS: dict[str, Callable[[str, list[TaskRequest], WindowMeter], Awaitable[None]]] = {
