@@ -159,7 +159,10 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         #: When a stream is paused on the engine (``None``: never).
         self.pause = pause
         self._watch = PauseWatch(math.inf if pause is None else pause.pause_after / 2)
-        self._streams: dict[str, set[EventStream]] = {}
+        # The open streams by job id: a list, which costs a quarter of a set's memory
+        # for the one stream a job has.
+        self._streams: dict[str, list[EventStream]] = {}
+        self._on_end = self._log_end  # one bound method, for every stream
         self._closed = False
 
     def __repr__(self) -> str:
@@ -219,20 +222,16 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             and pause.applies_to(request, backlog=backlog)
         )
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
-        with anyio.CancelScope(deadline=deadline) as opening:
-            if isinstance(request, ChatRequest):
-                source = await self._open_chat(request)
-                decoder = ChatStreamDecoder(
-                    max_event_bytes=self._max_event_bytes, call_deltas=request.call_deltas
-                )
-                fields: dict[str, Any] = {}
-                echoed = 0
-            else:
-                source, fields, echoed = await self._open_stream(request, pausable=pausable)
-        if opening.cancelled_caught:
-            raise DeadlineUnmet(f"the stream did not open within {timeout} s")
+        source, fields, echoed = await self._open_by(
+            request, pausable=pausable, deadline=deadline, within=timeout
+        )
+        if isinstance(request, ChatRequest):
+            decoder = ChatStreamDecoder(
+                max_event_bytes=self._max_event_bytes, call_deltas=request.call_deltas
+            )
         pausing = None
         if pausable:
+            assert isinstance(request, TaskRequest)
             pausing = Pausing(
                 backlog,
                 fields,
@@ -252,11 +251,11 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             chunks_per_read=self._chunks_per_read,
             deadline=deadline,
             event_timeout_s=self._event_timeout_s,
-            on_end=functools.partial(self._log_end, started=time.monotonic()),
+            on_end=self._on_end,
             pausing=pausing,
             decoder=decoder,
         )
-        self._streams.setdefault(request.job_id, set()).add(stream)
+        self._streams.setdefault(request.job_id, []).append(stream)
         try:
             if pausing is None:
                 yield stream
@@ -331,10 +330,29 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 
     def _forget(self, stream: EventStream) -> None:
         streams = self._streams.get(stream.job_id)
-        if streams is not None:
-            streams.discard(stream)
+        if streams is not None and stream in streams:
+            streams.remove(stream)
             if not streams:
                 del self._streams[stream.job_id]
+
+    async def _open_by(
+        self,
+        request: TaskRequest | ChatRequest,
+        *,
+        pausable: bool,
+        deadline: float,
+        within: float | None,
+    ) -> tuple[BodySource, dict[str, Any], int]:
+        """Open *request*'s stream before *deadline* (*within* seconds of the call);
+        return its body, the fields of its request where it may be paused (else none:
+        they are not kept while it runs), and the most bytes the engine may send back
+        of what the request sent."""
+        with anyio.CancelScope(deadline=deadline):
+            if isinstance(request, ChatRequest):
+                return await self._open_chat(request), {}, 0
+            source, fields, echoed = await self._open_stream(request, pausable=pausable)
+            return source, fields if pausable else {}, echoed
+        raise DeadlineUnmet(f"the stream did not open within {within} s")
 
     async def _open_stream(
         self, request: TaskRequest, *, pausable: bool
@@ -383,12 +401,12 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
                 placement.resumed()
                 return source
 
-    def _log_end(self, stream: EventStream, failure: WorkerError | None, *, started: float) -> None:
+    def _log_end(self, stream: EventStream, failure: WorkerError | None) -> None:
         fields = {
             "job_id": stream.job_id,
             "engine": ENGINE,
             "tokens_out": stream.tokens_decoded,
-            "decode_time_ms": round((time.monotonic() - started) * 1000, 3),
+            "decode_time_ms": round((time.monotonic() - stream.opened_at) * 1000, 3),
         }
         if failure is None:
             logger.debug("stream ended", extra=fields)

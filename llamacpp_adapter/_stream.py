@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,7 @@ class EventStream(EventReceiveStream):
         "_state",
         "_taken_mark",
         "job_id",
+        "opened_at",
         "pauses",
     )
 
@@ -141,6 +143,8 @@ class EventStream(EventReceiveStream):
         self._acting = False
         #: How many times the stream was paused on the engine.
         self.pauses = 0
+        #: When the stream opened, in ``time.monotonic()``'s seconds.
+        self.opened_at = time.monotonic()
         self._start([Started(job_id)])
 
     @property
