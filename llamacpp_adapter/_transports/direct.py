@@ -16,10 +16,12 @@ stream's connection is never kept: llama-server closes it after a stream.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
+import socket
 import ssl
 import struct
 import termios
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -63,6 +65,18 @@ class Endpoint:
     host: str
     port: int
     tls: ssl.SSLContext | None = None
+    #: The address family of *host* where it is an address (``127.0.0.1``, ``::1``),
+    #: which is connected to as it is; None for a name, which is resolved.
+    family: socket.AddressFamily | None = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            family = None
+        else:
+            family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        object.__setattr__(self, "family", family)
 
 
 @dataclass(frozen=True, slots=True)

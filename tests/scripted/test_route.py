@@ -5,9 +5,12 @@ own."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from llamacpp_adapter import End, LlamaCppHttpAdapter, TaskRequest
+from llamacpp_adapter._transports.direct import Endpoint
 
 from ..support.scripted import Connection, scripted_server, stream_tokens
 from ..support.wire import json_response
@@ -62,3 +65,41 @@ async def test_an_engine_the_environment_exempts_is_reached_directly_by_every_re
             await run_both(adapter)
     assert not proxy.requests
     assert set(server.requests) == {"/health", "/completion"}
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("listening", "named"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        pytest.param(
+            "::1",
+            "[::1]",
+            marks=pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback"),
+        ),
+        ("127.0.0.1", "localhost"),
+    ],
+)
+async def test_an_engine_at_an_address_of_either_family_or_at_a_name_is_reached_directly(
+    no_proxy_set: pytest.MonkeyPatch, listening: str, named: str
+) -> None:
+    # An address is connected to as it is; a name goes through the loop's resolution.
+    async with scripted_server(engine, host=listening) as server:
+        port = server.url.rsplit(":", 1)[1]
+        async with LlamaCppHttpAdapter(f"http://{named}:{port}") as adapter:
+            await run_both(adapter)
+    assert set(server.requests) == {"/health", "/completion"}
+
+
+def test_an_endpoint_knows_the_family_of_an_address_and_not_of_a_name() -> None:
+    assert Endpoint("127.0.0.1", 80).family == socket.AF_INET
+    assert Endpoint("::1", 80).family == socket.AF_INET6
+    assert Endpoint("localhost", 80).family is None

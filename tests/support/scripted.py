@@ -135,14 +135,15 @@ async def _receive_or_empty(stream: anyio.abc.ByteStream) -> bytes:
 
 @contextlib.asynccontextmanager
 async def scripted_server(
-    script: Script, *, ssl_context: ssl.SSLContext | None = None
+    script: Script, *, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[ScriptedServer]:
-    """Serve *script* on a free port on 127.0.0.1 (over TLS with *ssl_context*) for the
-    block; every connection is closed when it ends."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    """Serve *script* on a free port of *host*, an address (over TLS with *ssl_context*)
+    for the block; every connection is closed when it ends."""
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     scheme = "http" if ssl_context is None else "https"
-    server = ScriptedServer(f"{scheme}://127.0.0.1:{port}", script, ssl_context)
+    netloc = f"[{host}]" if ":" in host else host
+    server = ScriptedServer(f"{scheme}://{netloc}:{port}", script, ssl_context)
     async with listener, anyio.create_task_group() as group:
         group.start_soon(listener.serve, server._serve)
         try:
