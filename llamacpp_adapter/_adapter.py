@@ -7,8 +7,9 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
@@ -162,7 +163,9 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         # The open streams by job id: a list, which costs a quarter of a set's memory
         # for the one stream a job has.
         self._streams: dict[str, list[EventStream]] = {}
-        self._on_end = self._log_end  # one bound method, for every stream
+        # One bound method of each, for every stream.
+        self._on_end = self._log_end
+        self._steps = (self._enter, self._leave)  # a submit() block's
         self._closed = False
 
     def __repr__(self) -> str:
@@ -177,14 +180,13 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 
     # --- Streaming ---------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def submit(
+    def submit(
         self,
         request: TaskRequest | ChatRequest,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
+        timeout: float | None = None,
         _placement: Placement | None = None,
-    ) -> AsyncIterator[EventStream]:
+    ) -> AbstractAsyncContextManager[EventStream]:
         """Run *request* on the engine; the block receives its :class:`EventStream`.
 
         ::
@@ -211,6 +213,18 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         Raises:
             WorkerError: one of its subclasses, as described above.
         """
+        return _Submission(*self._steps, request, timeout, _placement)
+
+    async def _enter(
+        self,
+        request: TaskRequest | ChatRequest,
+        *,
+        within: float | None,
+        placement: Placement | None,
+    ) -> tuple[EventStream, AbstractAsyncContextManager[None] | None]:
+        """Open *request*'s stream (within *within* seconds, if not None, it must end)
+        and watch it where it may pause; return it, and the block that watches it where
+        the adapter's own task group is needed."""
         if self._closed:
             raise RuntimeError("the adapter is closed")
         pause = self.pause
@@ -221,9 +235,9 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             and pause is not None
             and pause.applies_to(request, backlog=backlog)
         )
-        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        deadline = math.inf if within is None else anyio.current_time() + within
         source, fields, echoed = await self._open_by(
-            request, pausable=pausable, deadline=deadline, within=timeout
+            request, pausable=pausable, deadline=deadline, within=within
         )
         if isinstance(request, ChatRequest):
             decoder = ChatStreamDecoder(
@@ -240,8 +254,8 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
                     stops=bool(request.stop),
                     max_tokens=request.max_tokens,
                 ),
-                paused=_placement.paused if _placement is not None else _nothing,
-                reopen=functools.partial(self._reopen, placement=_placement),
+                paused=placement.paused if placement is not None else _nothing,
+                reopen=functools.partial(self._reopen, placement=placement),
             )
         stream = EventStream(
             request.job_id,
@@ -256,21 +270,23 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             decoder=decoder,
         )
         self._streams.setdefault(request.job_id, []).append(stream)
+        if pausing is None:
+            return stream, None
+        if placement is not None:
+            self._watch.add(stream, placement.watch_group)
+            return stream, None
+        watching = _watched(self._watch, stream)
         try:
-            if pausing is None:
-                yield stream
-            elif _placement is not None:
-                self._watch.add(stream, _placement.watch_group)
-                try:
-                    yield stream
-                finally:
-                    self._watch.discard(stream)
-            else:
-                async with _watched(self._watch, stream):
-                    yield stream
-        finally:
-            self._forget(stream)
-            await stream.aclose()
+            await watching.__aenter__()
+        except BaseException:
+            await self._leave(stream)
+            raise
+        return stream, watching
+
+    async def _leave(self, stream: EventStream) -> None:
+        self._watch.discard(stream)
+        self._forget(stream)
+        await stream.aclose()
 
     async def stream_into(
         self,
@@ -567,6 +583,64 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
 
 def _nothing() -> None:
     pass
+
+
+class _Enter(Protocol):
+    async def __call__(
+        self,
+        request: TaskRequest | ChatRequest,
+        *,
+        within: float | None,
+        placement: Placement | None,
+    ) -> tuple[EventStream, AbstractAsyncContextManager[None] | None]: ...
+
+
+class _Submission:
+    """The block of :meth:`LlamaCppHttpAdapter.submit`: it opens the stream on entering
+    and closes it on leaving. (A class of its own, not a generator's context manager:
+    one of those and its generator's frame held about 1 KB a stream, kept for as long
+    as the stream is open.)"""
+
+    __slots__ = ("_enter", "_leave", "_placement", "_request", "_stream", "_timeout", "_watching")
+
+    def __init__(
+        self,
+        enter: _Enter,
+        leave: Callable[[EventStream], Awaitable[None]],
+        request: TaskRequest | ChatRequest,
+        timeout: float | None,
+        placement: Placement | None,
+    ) -> None:
+        self._enter = enter
+        self._leave = leave
+        self._request = request
+        self._timeout = timeout
+        self._placement = placement
+        self._stream: EventStream | None = None
+        self._watching: AbstractAsyncContextManager[None] | None = None
+
+    async def __aenter__(self) -> EventStream:
+        if self._stream is not None:
+            raise RuntimeError("a submit() block is entered once")
+        self._stream, self._watching = await self._enter(
+            self._request, within=self._timeout, placement=self._placement
+        )
+        return self._stream
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stream, watching = self._stream, self._watching
+        assert stream is not None, "left before entered"
+        self._watching = None
+        try:
+            if watching is not None:
+                await watching.__aexit__(kind, error, traceback)
+        finally:
+            await self._leave(stream)
 
 
 @asynccontextmanager
