@@ -21,13 +21,17 @@ on the other.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
+import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import sniffio
 
 from llamacpp_adapter import (
     AdapterHost,
@@ -35,6 +39,7 @@ from llamacpp_adapter import (
     LlamaCppHttpAdapter,
     TaskRequest,
     Token,
+    completion_body,
     create_job_channel,
 )
 
@@ -60,11 +65,13 @@ PULL = "llamacpp-adapter, pull"
 TASK_FORM = "llamacpp-adapter, task form"
 HOST = "llamacpp-adapter, host"
 AIOHTTP = "aiohttp, lines + json.loads"
+BARE = "a bare socket: the loop's floor"
 ASYNCIO = "asyncio"
 #: Every (client, loop) measured at every N.
 RUNS = ((PULL, TRIO), (PULL, ASYNCIO), (PULL, UVLOOP), (AIOHTTP, ASYNCIO), (AIOHTTP, UVLOOP))
-#: Measured at the largest N only, against the pull form on the same loop.
-FORMS = ((TASK_FORM, TRIO), (HOST, TRIO))
+#: Measured at the largest N only: the other forms, against the pull form on the same
+#: loop; and what a stream costs on each loop at the least, for the memory's floor.
+FORMS = ((TASK_FORM, TRIO), (HOST, TRIO), (BARE, TRIO), (BARE, ASYNCIO), (BARE, UVLOOP))
 #: (streams, tokens each, interval ms, rounds, rounds with --quick). Opening 10,000
 #: streams takes 7 to 20 s here, so each is 60 tokens long (30 s) there, for a steady
 #: state of several seconds after the last has opened.
@@ -134,7 +141,9 @@ def _tables(
         notes=[
             f"The median of the rounds ({rounds}), each run a fresh process; CPU in the "
             f"steady state (every stream under way, none ended, at most {WINDOW_S:.0f} s), "
-            "RSS at its start over the process's before the streams opened."
+            "RSS at its start over the process's before the streams opened.",
+            f"{BARE!r} is what a stream costs on its loop at the least (a task and a "
+            "socket of the loop's own, no HTTP parsing): the floor under the clients.",
         ],
     )
     targets = []
@@ -298,11 +307,55 @@ async def _host(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> No
         await each_in_a_task([(one, host, task) for task in tasks])
 
 
+async def _bare_sockets(url: str, tasks: list[TaskRequest], on_token: WindowMeter) -> None:
+    """The floor of a stream on the running loop: a task of its own with a socket of the
+    loop's own, which sends the request and counts the tokens in each read, with no HTTP
+    parsing and no decoding. (An event split across two reads would be miscounted and
+    fail the run's count check; on loopback each arrives whole.)"""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    head = f"POST /completion HTTP/1.1\r\nHost: {host}:{port}\r\n"
+    address = (host, int(port))
+
+    def request_of(task: TaskRequest) -> bytes:
+        body = json.dumps(completion_body(task)).encode()
+        return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        async def one(task: TaskRequest) -> None:
+            with trio.socket.socket() as sock:
+                await sock.connect(address)
+                await sock.send(request_of(task))
+                while data := await sock.recv(READ_BYTES):
+                    for _ in range(data.count(TOKEN_MARK)):
+                        on_token(task.job_id, "")
+
+    else:
+        loop = asyncio.get_running_loop()
+
+        async def one(task: TaskRequest) -> None:
+            with socket.socket() as sock:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+                await loop.sock_sendall(sock, request_of(task))
+                while data := await loop.sock_recv(sock, READ_BYTES):
+                    for _ in range(data.count(TOKEN_MARK)):
+                        on_token(task.job_id, "")
+
+    await each_in_a_task([(one, task) for task in tasks])
+
+
+#: What marks a token's event in the stub's stream, for the bare sockets' count.
+TOKEN_MARK = b'"stop":false'
+READ_BYTES = 64 * 1024
+
 _CLIENTS: dict[str, Callable[[str, list[TaskRequest], WindowMeter], Awaitable[None]]] = {
     PULL: pull_streams,
     TASK_FORM: _task_form,
     HOST: _host,
     AIOHTTP: aiohttp_streams,
+    BARE: _bare_sockets,
 }
 
 
