@@ -1,0 +1,65 @@
+"""Trio's direct path reads a connection it made from the standard library's socket
+itself: as Trio's own ``recv`` does, a read checks for cancellation before it reads, never
+after (no byte read is lost to a cancellation), and a read that did not have to wait
+still lets the other tasks run."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from llamacpp_adapter._transports.direct_trio import _read_plain
+
+pytestmark = pytest.mark.trio
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    with ours, theirs:
+        yield ours, theirs
+
+
+async def test_a_read_of_bytes_already_there_is_a_checkpoint(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"ready")
+    with trio.testing.assert_checkpoints():
+        assert await _read_plain(ours) == b"ready"
+
+
+async def test_a_cancelled_read_takes_no_byte(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    theirs.sendall(b"kept")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await _read_plain(ours)
+    assert scope.cancelled_caught
+    assert await _read_plain(ours) == b"kept"
+
+
+async def test_a_read_waits_for_bytes_and_for_the_end(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    got: list[bytes] = []
+
+    async def read_twice() -> None:
+        got.append(await _read_plain(ours))
+        got.append(await _read_plain(ours))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_twice)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []
+        theirs.sendall(b"late")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [b"late"]
+        theirs.shutdown(socket.SHUT_WR)
+    assert got == [b"late", b""]
