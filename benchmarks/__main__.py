@@ -28,6 +28,7 @@ from .bench_engine import engine
 from .bench_loops import loops
 from .bench_memory import idle_streams, slow_consumer
 from .bench_pause import pause, watching
+from .bench_relay import relay
 from .bench_scale import scale
 from .bench_serving import serving
 from .bench_sessions import sessions
@@ -81,6 +82,7 @@ def main() -> int:
     record(pause(quick=args.quick))
     record(sessions(quick=args.quick))
     record(scale(quick=args.quick))
+    record(relay(quick=args.quick))
 
     elapsed = time.monotonic() - started
     summary = Table("Targets", ["target", "measured", "met"])

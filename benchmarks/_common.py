@@ -44,10 +44,10 @@ def pinned(core: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def run_client(module: str, *args: str) -> Any:
-    """Run ``python -m module args...`` in a fresh process on the client's core; return
-    the JSON it prints."""
-    with pinned(CLIENT_CORE):
+def run_client(module: str, *args: str, core: int = CLIENT_CORE) -> Any:
+    """Run ``python -m module args...`` in a fresh process on *core* (the client's);
+    return the JSON it prints."""
+    with pinned(core):
         run = subprocess.run(
             [sys.executable, "-m", module, *args],
             cwd=Path(__file__).parents[1], capture_output=True, text=True,

@@ -210,15 +210,28 @@ def _resident() -> int:
         return int(statm.read().split()[1]) * _PAGE
 
 
+def own_usage() -> tuple[float, int]:
+    """This process's CPU seconds so far, and its resident bytes."""
+    return time.process_time(), _resident()
+
+
 class WindowMeter:
     """A run's token sink: CPU per token from the moment every stream has delivered two
     tokens until the first has delivered all of its own (or ``WINDOW_S`` later), and
-    the resident memory per stream at that first moment over *baseline*."""
+    the resident memory per stream at that first moment over *baseline*: of this
+    process, or of the one *usage* reports (its CPU seconds and resident bytes)."""
 
-    def __init__(self, streams: int, events: int, baseline: int) -> None:
+    def __init__(
+        self,
+        streams: int,
+        events: int,
+        baseline: int,
+        usage: Callable[[], tuple[float, int]] = own_usage,
+    ) -> None:
         self.streams = streams
         self.events = events
         self.baseline = baseline
+        self._usage = usage
         self.count = 0
         self._tokens_of: dict[str, int] = {}
         self._under_way = 0
@@ -233,13 +246,14 @@ class WindowMeter:
         if tokens == 2:
             self._under_way += 1
             if self._under_way == self.streams:
-                self._opened = (self.count, time.process_time(), time.perf_counter())
-                self.rss_per_stream = (_resident() - self.baseline) / self.streams
+                cpu, resident = self._usage()
+                self._opened = (self.count, cpu, time.perf_counter())
+                self.rss_per_stream = (resident - self.baseline) / self.streams
         elif self.window is None and self._opened is not None:
             count, cpu, began = self._opened
             now = time.perf_counter()
             if tokens == self.events or now - began >= WINDOW_S:
-                self.window = (self.count - count, time.process_time() - cpu, now - began)
+                self.window = (self.count - count, self._usage()[0] - cpu, now - began)
 
     def result(self) -> dict[str, float]:
         assert self.window is not None, "a stream ended before every one was under way"
