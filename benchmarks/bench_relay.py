@@ -50,12 +50,11 @@ from ._common import (
     each_in_a_task,
     on_loop,
     pinned,
-    request,
     run_as_script,
 )
 from ._common import run_client as _run_client
 from ._common import stub_server as _stub_server
-from .bench_scale import PULL, WindowMeter, own_usage
+from .bench_scale import PULL, WindowMeter, own_usage, paced_tasks
 
 #: Consumers, tokens each, and the milliseconds between two tokens.
 CONSUMERS, EVENTS, INTERVAL_MS = 1_000, 60, 500
@@ -206,12 +205,7 @@ async def _consume(spec: dict[str, Any], *, relay: _RelayProcess) -> dict[str, f
     """The consumers' process: every task streamed through the relay at once; the
     relay's usage asked as the steady state begins and ends."""
     streams, events = int(spec["streams"]), int(spec["events"])
-    fields = {
-        "bench_mode": "paced",
-        "bench_events": events,
-        "bench_interval_ms": spec["interval_ms"],
-    }
-    tasks = [request(**fields) for _ in range(streams)]
+    tasks = paced_tasks(spec)
     meter = WindowMeter(streams, events, relay.baseline, usage=relay.usage)
     ended: set[str] = set()
 

@@ -268,14 +268,20 @@ class WindowMeter:
         }
 
 
-async def _measure(spec: dict[str, Any]) -> dict[str, float]:
-    streams, events = int(spec["streams"]), int(spec["events"])
+def paced_tasks(spec: dict[str, Any]) -> list[TaskRequest]:
+    """The run's tasks: ``spec["streams"]`` paced streams of ``spec["events"]`` tokens,
+    ``spec["interval_ms"]`` apart."""
     fields = {
         "bench_mode": "paced",
-        "bench_events": events,
+        "bench_events": int(spec["events"]),
         "bench_interval_ms": spec["interval_ms"],
     }
-    tasks = [request(**fields) for _ in range(streams)]
+    return [request(**fields) for _ in range(int(spec["streams"]))]
+
+
+async def _measure(spec: dict[str, Any]) -> dict[str, float]:
+    streams, events = int(spec["streams"]), int(spec["events"])
+    tasks = paced_tasks(spec)
     gc.collect()
     meter = WindowMeter(streams, events, _resident())
     await _CLIENTS[spec["client"]](spec["url"], tasks, meter)
