@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -302,14 +303,13 @@ class AdapterHost(anyio.abc.AsyncResource):
 
     # --- Streaming ---------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def submit(
+    def submit(
         self,
         pool: str,
         request: TaskRequest | ChatRequest,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - it becomes DeadlineUnmet, not a cancel
-    ) -> AsyncIterator[HostStream]:
+        timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[HostStream]:
         """Run *request* on a replica of *pool*; the block receives its events.
 
         The same shape as :meth:`LlamaCppHttpAdapter.submit`: failures before the stream
@@ -325,13 +325,8 @@ class AdapterHost(anyio.abc.AsyncResource):
         """
         if self._task_group is None:
             raise RuntimeError("use the host inside its async with block")
-        stream = await HostStream.open(
-            self._pools, self.retry, self._rng, pool, request, timeout, self._task_group
-        )
-        try:
-            yield stream
-        finally:
-            await stream.aclose()
+        opening = (self._pools, self.retry, self._rng, pool, request, timeout, self._task_group)
+        return _HostSubmission(opening)
 
     async def stream_into(
         self,
@@ -372,3 +367,43 @@ def _check_name(what: str, name: object) -> None:
         raise TypeError(f"the {what} name must be a str")
     if not name or len(name) > _MAX_NAME_CHARS or not name.isprintable():
         raise ValueError(f"the {what} name must be 1 to {_MAX_NAME_CHARS} printable characters")
+
+
+class _HostSubmission:
+    """The block of :meth:`AdapterHost.submit`: it places and opens the stream on
+    entering and closes it on leaving. (A class of its own, not a generator's context
+    manager, which with its generator's frame held about 1 KB a stream.)"""
+
+    __slots__ = ("_opening", "_stream")
+
+    def __init__(self, opening: _Opening) -> None:
+        self._opening: _Opening | None = opening  # HostStream.open's arguments
+        self._stream: HostStream | None = None
+
+    async def __aenter__(self) -> HostStream:
+        opening, self._opening = self._opening, None
+        if opening is None:
+            raise RuntimeError("a submit() block is entered once")
+        self._stream = await HostStream.open(*opening)
+        return self._stream
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stream = self._stream
+        assert stream is not None, "left before entered"
+        await stream.aclose()
+
+
+_Opening = tuple[
+    Pools,
+    RetryPolicy,
+    random.Random,
+    str,
+    TaskRequest | ChatRequest,
+    float | None,
+    anyio.abc.TaskGroup,
+]

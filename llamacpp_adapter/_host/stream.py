@@ -13,7 +13,7 @@ import random
 import time
 import warnings
 from bisect import bisect_left as _bisect
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -44,6 +44,8 @@ __all__ = ["HostStream"]
 
 logger = logging.getLogger("llamacpp_adapter")
 _monotonic = time.monotonic
+#: No replica: what a task that failed nowhere avoids (one set for every such task).
+_NONE: frozenset[Replica] = frozenset()
 
 
 class HostStream(EventReceiveStream):
@@ -76,6 +78,49 @@ class HostStream(EventReceiveStream):
         pauses: how many times it was paused on its replica.
         resumes: how many times it was resumed after a pause.
     """
+
+    # Slots, its base's fields among them: the stream's state is nearly 40 fields, past
+    # what an instance's own dict holds without a table of its own (about 1.5 KB a
+    # stream, kept as long as it is open).
+    __slots__ = (
+        "_attempt",
+        "_batch",
+        "_current",
+        "_deadline",
+        "_entered",
+        "_events",
+        "_failed_on",
+        "_failure",
+        "_got_end",
+        "_group",
+        "_holding",
+        "_index",
+        "_interruption",
+        "_last_token_at",
+        "_min_context",
+        "_paused_on",
+        "_policy",
+        "_pools",
+        "_read_done",
+        "_released",
+        "_request",
+        "_retry_deadline",
+        "_retrying",
+        "_rng",
+        "_state",
+        "_submitted_at",
+        "_ticket",
+        "_token_latency",
+        "_tokens",
+        "arrived_at",
+        "attempts",
+        "job_id",
+        "pauses",
+        "pool",
+        "queued_s",
+        "replica",
+        "resumes",
+    )
 
     def __init__(
         self,
@@ -110,10 +155,12 @@ class HostStream(EventReceiveStream):
         self._token_latency = LatencySeries(())  # the replica's, from the first token
         self._tokens = 0
         self._min_context = 0
-        self._failed_on: set[Replica] = set()  # replicas this task failed on
+        self._failed_on: frozenset[Replica] = _NONE  # replicas this task failed on
         self._current: Replica | None = None
         self._events: EventStream | None = None
-        self._attempt: AsyncExitStack | None = None
+        # The attempt's submit() block, and whether it was entered (the stream opened).
+        self._attempt: AbstractAsyncContextManager[EventStream] | None = None
+        self._entered = False
         self._failure: WorkerError | None = None
         self._got_end = False  # the replica's End was read
         self._retrying: anyio.CancelScope | None = None  # placing the task again
@@ -304,14 +351,13 @@ class HostStream(EventReceiveStream):
         self.replica = replica.name
         self._failure = None
         self._got_end = False
-        attempt = AsyncExitStack()
-        attempt.callback(self._release_slot)
-        self._attempt = attempt
         remaining = None if self._deadline == math.inf else self._deadline - anyio.current_time()
+        attempt = self._attempt = replica.adapter.submit(
+            self._request, timeout=remaining, _placement=self
+        )
         try:
-            self._events = await attempt.enter_async_context(
-                replica.adapter.submit(self._request, timeout=remaining, _placement=self)
-            )
+            self._events = await attempt.__aenter__()
+            self._entered = True
         except WorkerError as exc:
             self._failure = exc
             await self._close_attempt()
@@ -385,23 +431,28 @@ class HostStream(EventReceiveStream):
         self._release_slot()
         if replica is None or not await self._retry(error, replica):
             return False
-        self._failed_on.add(replica)
+        self._failed_on |= {replica}
         replica.record_failure(error, now=anyio.current_time())
         return True
 
     async def _close_attempt(self) -> None:
         """Close the current attempt's stream, free its slot, count its outcome."""
         attempt, self._attempt = self._attempt, None
+        entered, self._entered = self._entered, False
         self._events = None
         replica, self._current = self._current, None
         if attempt is None or replica is None:
             return
         failure = self._failure
         try:
-            await attempt.aclose()
+            try:
+                if entered:
+                    await attempt.__aexit__(None, None, None)
+            finally:
+                self._release_slot()
         finally:
             if failure is not None:
-                self._failed_on.add(replica)
+                self._failed_on |= {replica}
                 replica.record_failure(failure, now=anyio.current_time())
                 outcome = failure.code
             else:
