@@ -549,6 +549,18 @@ class WorkerHealth(msgspec.Struct, frozen=True):
     slots_processing: int | None = None
 
 
+class SlotUse(msgspec.Struct, frozen=True):
+    """How a worker's slots are used, from ``GET /slots``.
+
+    Attributes:
+        total: the slots the server has.
+        busy: the slots processing a task when asked (any client's).
+    """
+
+    total: int
+    busy: int
+
+
 class WorkerProps(msgspec.Struct, frozen=True):
     """What a worker says about itself (``GET /props`` and ``GET /slots``).
 

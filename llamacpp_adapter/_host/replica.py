@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ import anyio
 
 from .._adapter import ENGINE, LlamaCppHttpAdapter
 from .._exceptions import AdapterError, WorkerError
-from .._types import WorkerProps
+from .._types import SlotUse, WorkerProps
 from .metrics import HostMetrics, LatencySeries
 
 __all__ = ["Replica", "ReplicaStatus"]
@@ -284,11 +284,10 @@ class Replica:
             logger.warning("replica gets no work: %s", why, extra=self.log_fields())
         self._on_change()
 
-    def record_slots(self, slots: Sequence[object]) -> None:
+    def record_slots(self, use: SlotUse) -> None:
         """Its slots, from ``/slots``: how many there are, and how many other clients use."""
-        busy = sum(1 for slot in slots if isinstance(slot, dict) and slot.get("is_processing"))
-        self._slots_total = len(slots) or self._slots_total
-        self._busy_elsewhere = max(busy - self._in_flight, 0)
+        self._slots_total = use.total or self._slots_total
+        self._busy_elsewhere = max(use.busy - self._in_flight, 0)
         self._on_change()
 
     def mark_unhealthy(self, why: str) -> None:

@@ -81,7 +81,7 @@ class ReplicaWatcher:
         replica = self.replica
         with anyio.move_on_after(self._call_timeout_s):
             try:
-                slots = await replica.adapter.slots()
+                use = await replica.adapter.slot_use()
             except AdapterError as exc:
                 if exc.status not in (404, 501):  # 404, 501: no /slots; keep props()'s
                     self._record_failure(exc)
@@ -89,7 +89,7 @@ class ReplicaWatcher:
             except WorkerError as exc:
                 self._record_failure(exc)
                 return
-            replica.record_slots(slots)
+            replica.record_slots(use)
 
     async def probe(self) -> None:
         """Ask an unhealthy replica's ``/health``; when ready, learn it again."""

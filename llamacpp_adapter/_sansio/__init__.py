@@ -10,4 +10,5 @@ no I/O, no event loop and no clock (a layout test holds every module here to tha
 * ``continuation``: the ledger that resumes a paused completion exactly.
 * ``http11``: a streamed request's HTTP/1.1 bytes and response parser.
 * ``errors``: an engine's error response as this library's error.
+* ``slots``: ``GET /slots``, counted (how many slots, how many busy).
 """

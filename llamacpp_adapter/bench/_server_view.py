@@ -48,7 +48,7 @@ async def watch_server(
         waiting = 0.0
         for adapter in adapters:
             try:
-                busy += sum(1 for slot in await adapter.slots() if slot.get("is_processing"))
+                busy += (await adapter.slot_use()).busy
                 waiting += (await adapter.metrics()).get(REQUESTS_DEFERRED, 0.0)
             except WorkerError:
                 continue

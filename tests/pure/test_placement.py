@@ -20,6 +20,7 @@ from llamacpp_adapter import (
     PoolUnavailable,
     PromptTooLarge,
     RetryPolicy,
+    SlotUse,
     TaskRequest,
     WorkerProps,
     WorkerReset,
@@ -125,7 +126,7 @@ def test_the_most_free_slots_wins() -> None:
 
 def test_other_clients_use_of_slots_counts() -> None:
     a, b = replica("a", slots=2), replica("b", slots=2)
-    a.record_slots([{"is_processing": True}, {"is_processing": False}])
+    a.record_slots(SlotUse(total=2, busy=1))
     assert a.free_slots() == 1
     assert pick([a, b]) is b
 
