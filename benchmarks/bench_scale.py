@@ -136,6 +136,7 @@ def _tables(
             "CPU s / 1,000 tokens",
             "against N=100",
             "RSS per open stream",
+            "the collector's share",
             "tokens measured",
         ],
         notes=[
@@ -144,6 +145,8 @@ def _tables(
             "RSS at its start over the process's before the streams opened.",
             f"{BARE!r} is what a stream costs on its loop at the least (a task and a "
             "socket of the loop's own, no HTTP parsing): the floor under the clients.",
+            "The collector's share: of the CPU in the steady state, what Python's cyclic "
+            "garbage collector took (through gc.callbacks).",
         ],
     )
     targets = []
@@ -161,6 +164,7 @@ def _tables(
             f"{cpu:.4f}",
             "-" if growth is None else f"{growth:.2f}x",
             f"{rss / 1024:.1f} KB",
+            f"{_median(measured, 'collector_share'):.0%}",
             int(_median(measured, "tokens")),
         )
         if client == PULL and streams == large and growth is not None:
@@ -215,6 +219,28 @@ def own_usage() -> tuple[float, int]:
     return time.process_time(), _resident()
 
 
+class CollectorClock:
+    """The CPU seconds this process's cyclic garbage collector has taken since it was
+    made, and its collections by generation, through ``gc.callbacks``; ``close()``
+    stops counting."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = [0, 0, 0]
+        self._began = 0.0
+        gc.callbacks.append(self._on_collect)
+
+    def _on_collect(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.process_time()
+        else:
+            self.seconds += time.process_time() - self._began
+            self.collections[info["generation"]] += 1
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._on_collect)
+
+
 class WindowMeter:
     """A run's token sink: CPU per token from the moment every stream has delivered two
     tokens until the first has delivered all of its own (or ``WINDOW_S`` later), and
@@ -239,6 +265,11 @@ class WindowMeter:
         self.window: tuple[int, float, float] | None = None  # (tokens, CPU, seconds) in it
         self._began = time.perf_counter()
         self.rss_per_stream = 0.0
+        #: The collector's CPU seconds and full collections in the window: this
+        #: process's own (none are counted for another's *usage*).
+        self.collector: CollectorClock | None = None
+        self._collected: tuple[float, int] = (0.0, 0)  # (seconds, full ones) at its start
+        self.window_collected: tuple[float, int] = (0.0, 0)
 
     def __call__(self, job_id: str, text: str) -> None:
         self.count += 1
@@ -249,11 +280,18 @@ class WindowMeter:
                 cpu, resident = self._usage()
                 self._opened = (self.count, cpu, time.perf_counter())
                 self.rss_per_stream = (resident - self.baseline) / self.streams
+                self._collected = self._collector_now()
         elif self.window is None and self._opened is not None:
             count, cpu, began = self._opened
             now = time.perf_counter()
             if tokens == self.events or now - began >= WINDOW_S:
                 self.window = (self.count - count, self._usage()[0] - cpu, now - began)
+                seconds, full = self._collector_now()
+                self.window_collected = (seconds - self._collected[0], full - self._collected[1])
+
+    def _collector_now(self) -> tuple[float, int]:
+        clock = self.collector
+        return (0.0, 0) if clock is None else (clock.seconds, clock.collections[2])
 
     def result(self) -> dict[str, float]:
         assert self.window is not None, "a stream ended before every one was under way"
@@ -261,6 +299,8 @@ class WindowMeter:
         assert self._opened is not None
         return {
             "cpu_per_1000": cpu / tokens * 1000,
+            "collector_share": self.window_collected[0] / cpu if cpu else 0.0,
+            "full_collections": self.window_collected[1],
             "tokens": tokens,
             "window_s": seconds,
             "open_s": self._opened[2] - self._began,
@@ -284,7 +324,11 @@ async def _measure(spec: dict[str, Any]) -> dict[str, float]:
     tasks = paced_tasks(spec)
     gc.collect()
     meter = WindowMeter(streams, events, _resident())
-    await _CLIENTS[spec["client"]](spec["url"], tasks, meter)
+    meter.collector = CollectorClock()
+    try:
+        await _CLIENTS[spec["client"]](spec["url"], tasks, meter)
+    finally:
+        meter.collector.close()
     assert meter.count == streams * events, (spec["client"], meter.count)
     return meter.result()
 
