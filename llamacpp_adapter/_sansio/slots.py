@@ -2,10 +2,11 @@
 are and how many are processing a task (:func:`decode_slot_use`).
 
 A server of many slots answers megabytes (each slot carries its sampling parameters,
-its prompt and more). Each slot is decoded into a small struct that the garbage
-collector does not track, every other field skipped unread into objects: decoded as
-dicts, a server of 10,000 slots made about 200,000 objects a read, enough to set off
-collections that stopped every stream of the process for a tenth of a second each.
+its prompt and more: 1.3 KB). Each slot is decoded into a small struct that the garbage
+collector does not track, every other field skipped without making an object. Decoded
+as dicts and lists, a server of 10,000 slots made 60,000 objects that the collector
+tracks at each read: about 85 collections, each of which walks every object younger
+than it, at 10,000 open streams their waiting coroutines.
 """
 
 from __future__ import annotations

@@ -74,9 +74,9 @@ def collector() -> Iterator[list[int]]:
 
 
 def test_thousands_of_slots_are_read_without_a_collection(collector: list[int]) -> None:
-    """Decoded as dicts, each real slot is tens of objects the collector tracks: 10,000
-    of them set off dozens of collections, each of which walks every object younger
-    than it (at thousands of open streams, their coroutines)."""
+    """Decoded as dicts and lists, each real slot is six objects the collector tracks:
+    10,000 of them set off dozens of collections, each of which walks every object
+    younger than it (at thousands of open streams, their coroutines)."""
     slot = json.loads(SLOTS)[0]
     answer = json.dumps([{**slot, "id": n} for n in range(10_000)]).encode()
     gc.collect()
