@@ -1,7 +1,7 @@
 """Run every benchmark side by side with its peers, in one run, and write the results.
 
-    python -m benchmarks            # the whole suite, about 10 minutes on 2 cores
-    python -m benchmarks --quick    # a smaller run, about 3 minutes
+    python -m benchmarks            # the whole suite, about an hour on 2 cores
+    python -m benchmarks --quick    # a smaller run
     nox -s bench [-- --quick]       # the same, with its dependencies installed
 
 It prints each table, writes them with the machine, the versions and the command to
