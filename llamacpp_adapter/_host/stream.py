@@ -87,7 +87,6 @@ class HostStream(EventReceiveStream):
         "_batch",
         "_current",
         "_deadline",
-        "_entered",
         "_events",
         "_failed_on",
         "_failure",
@@ -158,9 +157,8 @@ class HostStream(EventReceiveStream):
         self._failed_on: frozenset[Replica] = _NONE  # replicas this task failed on
         self._current: Replica | None = None
         self._events: EventStream | None = None
-        # The attempt's submit() block, and whether it was entered (the stream opened).
+        # The attempt's submit() block; entered once _events is set (the stream opened).
         self._attempt: AbstractAsyncContextManager[EventStream] | None = None
-        self._entered = False
         self._failure: WorkerError | None = None
         self._got_end = False  # the replica's End was read
         self._retrying: anyio.CancelScope | None = None  # placing the task again
@@ -357,7 +355,6 @@ class HostStream(EventReceiveStream):
         )
         try:
             self._events = await attempt.__aenter__()
-            self._entered = True
         except WorkerError as exc:
             self._failure = exc
             await self._close_attempt()
@@ -438,15 +435,14 @@ class HostStream(EventReceiveStream):
     async def _close_attempt(self) -> None:
         """Close the current attempt's stream, free its slot, count its outcome."""
         attempt, self._attempt = self._attempt, None
-        entered, self._entered = self._entered, False
-        self._events = None
+        events, self._events = self._events, None
         replica, self._current = self._current, None
         if attempt is None or replica is None:
             return
         failure = self._failure
         try:
             try:
-                if entered:
+                if events is not None:  # the block was entered: leave it
                     await attempt.__aexit__(None, None, None)
             finally:
                 self._release_slot()
