@@ -81,6 +81,9 @@ _PAUSED = StreamState.PAUSED
 _ENDED = StreamState.ENDED
 _FAILED = StreamState.FAILED
 _CLOSED = StreamState.CLOSED
+#: No events waiting: one list for every stream, never changed (a batch is replaced,
+#: not extended, where events are added to it).
+_NO_EVENTS: list[StreamEvent] = []
 
 
 class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
@@ -177,10 +180,11 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
         if index < len(batch):
             self._index = index + 1
             return batch[index]
-        if not await self._fill():
+        batch = await self.receive_batch()
+        if not batch:
             raise StopAsyncIteration
-        self._index = 1
-        return self._batch[0]
+        self._batch, self._index = batch, 1
+        return batch[0]
 
     async def receive(self) -> StreamEvent:
         """The next event.
@@ -223,14 +227,60 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
             WorkerError: the failure that ended the stream, after the events before it.
             anyio.ClosedResourceError: once the stream was closed.
         """
+        # The reading is here, not in a coroutine of its own under this one: every
+        # stream waiting for its next token holds its chain of coroutines, and the
+        # collector walks them (``benchmarks/NOTES.md``).
         index = self._index
         batch = self._batch
-        if index >= len(batch):
-            if not await self._fill():
-                return []
-            index, batch = 0, self._batch
-        self._batch, self._index = [], 0
-        return batch if index == 0 else batch[index:]
+        if index < len(batch):
+            self._batch, self._index = _NO_EVENTS, 0
+            return batch if index == 0 else batch[index:]
+        self._batch, self._index = _NO_EVENTS, 0  # not the events taken, while it waits
+        while True:
+            state = self._state
+            if state is _OPEN or state is _PAUSED:
+                break
+            if state is _READING:
+                # Another task is reading: its read may bring the next event.
+                if self._read_done is None:
+                    self._read_done = anyio.Event()
+                await self._read_done.wait()
+                index, batch = self._index, self._batch
+                if index < len(batch):
+                    self._batch, self._index = _NO_EVENTS, 0
+                    return batch[index:]
+                continue
+            if state is _CLOSED:
+                raise anyio.ClosedResourceError(CLOSED_MESSAGE)
+            return []  # ENDED, FAILED
+        interruption = self._interruption
+        if interruption is not None:
+            # Ended from outside: its source is closed already, or closes now.
+            self._to(_CLOSED if isinstance(interruption, anyio.ClosedResourceError) else _FAILED)
+            await self._end(interruption)
+            raise interruption
+        self._to(_READING)
+        try:
+            batch = await self._read()
+        except Exception as exc:
+            error = self._interruption or self._error_for(exc)
+            closed = isinstance(error, anyio.ClosedResourceError)
+            self._to(_CLOSED if closed else _FAILED)
+            await self._end(error)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException:
+            # Cancelled while reading: the stream stays as it was, for another read (or
+            # paused still, when the read was to resume it and had not yet).
+            self._to(_PAUSED if self._source_closed() else _OPEN)
+            raise
+        if not batch:
+            self._to(_ENDED)
+            await self._end(None)
+            return []
+        self._to(_OPEN)
+        return batch
 
     @property
     def buffered(self) -> int:
@@ -295,60 +345,6 @@ class EventReceiveStream(ObjectReceiveStream[StreamEvent]):
         waiting += events
         self._batch, self._index = waiting, 0
         self._to(_OPEN)
-        return True
-
-    async def _fill(self) -> bool:
-        """Read the next events into the batch; False at the end.
-
-        Raises:
-            WorkerError: the failure that ended the stream.
-            anyio.ClosedResourceError: once the stream was closed.
-        """
-        while True:
-            state = self._state
-            if state is _OPEN or state is _PAUSED:
-                break
-            if state is _READING:
-                # Another task is reading: its read may bring the next event.
-                if self._read_done is None:
-                    self._read_done = anyio.Event()
-                await self._read_done.wait()
-                if self._index < len(self._batch):
-                    self._index, batch = 0, self._batch[self._index :]
-                    self._batch = batch
-                    return True
-                continue
-            if state is _CLOSED:
-                raise anyio.ClosedResourceError(CLOSED_MESSAGE)
-            return False  # ENDED, FAILED
-        interruption = self._interruption
-        if interruption is not None:
-            # Ended from outside: its source is closed already, or closes now.
-            self._to(_CLOSED if isinstance(interruption, anyio.ClosedResourceError) else _FAILED)
-            await self._end(interruption)
-            raise interruption
-        self._to(_READING)
-        try:
-            batch = await self._read()
-        except Exception as exc:
-            error = self._interruption or self._error_for(exc)
-            closed = isinstance(error, anyio.ClosedResourceError)
-            self._to(_CLOSED if closed else _FAILED)
-            await self._end(error)
-            if error is exc:
-                raise
-            raise error from exc
-        except BaseException:
-            # Cancelled while reading: the stream stays as it was, for another read (or
-            # paused still, when the read was to resume it and had not yet).
-            self._to(_PAUSED if self._source_closed() else _OPEN)
-            raise
-        if not batch:
-            self._to(_ENDED)
-            await self._end(None)
-            return False
-        self._to(_OPEN)
-        self._batch, self._index = batch, 0
         return True
 
     async def _end(self, failure: Exception | None) -> None:

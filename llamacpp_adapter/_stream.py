@@ -284,11 +284,8 @@ class EventStream(EventReceiveStream):
                 await self._resume(self._pausing)
             if scope.cancelled_caught:
                 raise DeadlineUnmet(f"the deadline passed after {self.tokens_decoded} tokens")
-        events = await self._read_events(self._chunks_per_read if limit is None else limit)
-        self._events_read += len(events)
-        return events
-
-    async def _read_events(self, limit: int) -> list[StreamEvent]:
+        if limit is None:
+            limit = self._chunks_per_read
         decoder = self._decoder
         read = False
         partial_since = math.inf  # when a read first brought bytes but no whole event
@@ -297,6 +294,7 @@ class EventStream(EventReceiveStream):
                 raise self._interruption
             events = decoder.next_events(limit)
             if events:
+                self._events_read += len(events)
                 return events
             if read and self._event_timeout_s != math.inf:
                 # Only here, on a read that completed nothing, is the clock read.
@@ -321,7 +319,9 @@ class EventStream(EventReceiveStream):
             if self._interruption is not None:
                 raise self._interruption
             if raw is None:
-                return decoder.close()  # WorkerReset if the final chunk never came
+                events = decoder.close()  # WorkerReset if the final chunk never came
+                self._events_read += len(events)
+                return events
             read = True
             self._bytes_received += len(raw)
             decoder.receive_data(raw)

@@ -47,6 +47,7 @@ SEND_BYTES = 16 * 1024
 class TrioBody(DirectBody):
     __slots__ = (
         "_keeper",
+        "_plain",
         "_read",
         "_read_timeout",
         "_reads_from",
@@ -69,16 +70,14 @@ class TrioBody(DirectBody):
         self.deadline = math.inf
         self.timed_out = False
         self._keeper = None if read_timeout == math.inf else _ReadTimeouts.watch(self)
-        # How a read is made, and of what: a module's function, so that no stream
+        # The standard library's socket under the stream's, read straight by _receive;
+        # else how a read is made, and of what: a module's function, so that no stream
         # holds a callable of its own.
-        self._read: Callable[[Any], Awaitable[bytes]]
-        self._reads_from: object
-        if plain is not None:  # the standard library's socket under the stream's
-            self._read, self._reads_from = _read_plain, plain
-        elif isinstance(stream, trio.SocketStream):
+        self._plain = plain
+        self._read: Callable[[Any], Awaitable[bytes]] = _read_tls
+        self._reads_from: object = stream
+        if isinstance(stream, trio.SocketStream):
             self._read, self._reads_from = _read_trio_socket, stream.socket
-        else:
-            self._read, self._reads_from = _read_tls, stream
         self.parser = ResponseParser()
         self._waiting: list[bytes] = []  # body bytes that came with the head
 
@@ -129,12 +128,33 @@ class TrioBody(DirectBody):
                 self._waiting.append(body)
 
     async def _receive(self, when: str) -> bytes:
+        """The next bytes of the connection (``b""`` at its end). A plain connection is
+        read here, not in a coroutine of its own: every stream waiting for its next
+        token holds its chain of coroutines, and the collector walks them. As Trio's
+        own ``recv``, whose non-blocking helper and its context manager hold about 700 B
+        more for every stream waiting: a cancellation is seen before the read, never
+        after it, and a read that did not wait lets the other tasks run once."""
         keeper = self._keeper
-        if keeper is None:
-            return await self._read(self._reads_from)
-        keeper.reading(self, trio.current_time() + self._read_timeout)
+        if keeper is not None:
+            keeper.reading(self, trio.current_time() + self._read_timeout)
         try:
-            return await self._read(self._reads_from)
+            plain = self._plain
+            if plain is None:
+                return await self._read(self._reads_from)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                data = plain.recv(READ_BYTES)
+            except BlockingIOError:
+                pass
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            while True:
+                await trio.lowlevel.wait_readable(plain)
+                try:
+                    return plain.recv(READ_BYTES)
+                except BlockingIOError:
+                    pass
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             if self.timed_out:  # the keeper closed the socket at the deadline
                 raise direct.read_timed_out(when) from None
@@ -260,27 +280,6 @@ async def _connect(endpoint: Endpoint) -> tuple[trio.SocketStream, socket.socket
         plain.close()
         raise
     return trio.SocketStream(sock), plain
-
-
-async def _read_plain(plain: socket.socket) -> bytes:
-    """Read what *plain*, a non-blocking socket, has; wait until it has something.
-    As Trio's own ``recv``, whose non-blocking helper and its context manager hold
-    about 700 B more for every stream waiting: a cancellation is seen before the read,
-    never after it, and a read that did not wait lets the other tasks run once."""
-    await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        data = plain.recv(READ_BYTES)
-    except BlockingIOError:
-        pass
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
-    while True:
-        await trio.lowlevel.wait_readable(plain)
-        try:
-            return plain.recv(READ_BYTES)
-        except BlockingIOError:
-            pass
 
 
 async def _read_trio_socket(sock: trio.socket.SocketType) -> bytes:

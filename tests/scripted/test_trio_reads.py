@@ -5,6 +5,7 @@ still lets the other tasks run."""
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Iterator
 
@@ -12,21 +13,28 @@ import pytest
 import trio
 import trio.testing
 
-from llamacpp_adapter._transports.direct_trio import _read_plain
+from llamacpp_adapter._transports.direct_trio import TrioBody
 
 pytestmark = pytest.mark.trio
 
 
 @pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+def pair() -> Iterator[tuple[TrioBody, socket.socket]]:
+    """A body reading its end of a pair of sockets straight (as one it connected), and
+    the other end."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     with ours, theirs:
-        yield ours, theirs
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        yield TrioBody(stream, math.inf, plain=ours), theirs
+
+
+async def _read_plain(body: TrioBody) -> bytes:
+    return await body._receive("while reading")
 
 
 async def test_a_read_of_bytes_already_there_is_a_checkpoint(
-    pair: tuple[socket.socket, socket.socket],
+    pair: tuple[TrioBody, socket.socket],
 ) -> None:
     ours, theirs = pair
     theirs.sendall(b"ready")
@@ -34,7 +42,7 @@ async def test_a_read_of_bytes_already_there_is_a_checkpoint(
         assert await _read_plain(ours) == b"ready"
 
 
-async def test_a_cancelled_read_takes_no_byte(pair: tuple[socket.socket, socket.socket]) -> None:
+async def test_a_cancelled_read_takes_no_byte(pair: tuple[TrioBody, socket.socket]) -> None:
     ours, theirs = pair
     theirs.sendall(b"kept")
     with trio.CancelScope() as scope:
@@ -45,7 +53,7 @@ async def test_a_cancelled_read_takes_no_byte(pair: tuple[socket.socket, socket.
 
 
 async def test_a_read_waits_for_bytes_and_for_the_end(
-    pair: tuple[socket.socket, socket.socket],
+    pair: tuple[TrioBody, socket.socket],
 ) -> None:
     ours, theirs = pair
     got: list[bytes] = []
