@@ -31,6 +31,7 @@ from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
 from ._stream import EventStream, Pausing
 from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
+from ._transports.direct import DEFAULT_MAX_CONNECTING
 from ._types import ChatRequest, SlotUse, TaskRequest, WorkerHealth, WorkerProps
 from ._validate import count, is_int
 from ._watch import PauseWatch
@@ -107,6 +108,12 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             is away. One task watches every stream of the adapter that may be
             paused; it runs in the task group of one of their ``submit()`` blocks
             (each has one) or of the host's.
+        max_connecting: the most connections the direct path makes to the server at
+            once (64 by default); a stream that would be one more waits, within its
+            connect timeout, until one of them is made. Thousands of streams opened
+            together would otherwise overflow the server's listen queue, and the
+            connects it drops are tried again a second or more later. (Through
+            *client*, httpx's own limits apply.)
 
     The adapter takes its configuration from its arguments only; it never reads the
     environment. Use it as an async context manager, or call :meth:`aclose`.
@@ -122,12 +129,14 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         buffer: int = 64,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         pause: PausePolicy | None = DEFAULT_PAUSE,
+        max_connecting: int = DEFAULT_MAX_CONNECTING,
     ) -> None:
         base_url, basic_auth = split_credentials(check_base_url(base_url))
         #: The server's address, without any user or password it was given with.
         self.base_url = base_url
         self._safe_url = redact_secrets(self.base_url)  # for log lines
         count("buffer", buffer, minimum=_MIN_BUFFER_EVENTS, unit="events")
+        count("max_connecting", max_connecting, unit="connection")
         if client is not None and timeouts is not None:
             raise ValueError("give timeouts to your own client, not to the adapter")
         headers = {"Accept": "application/json"}
@@ -142,7 +151,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         # the server. The adapter's own client takes the route it decides, proxy or none.
         direct = None
         if client is None:
-            route = engine_route(base_url, timeouts or DEFAULT_TIMEOUTS)
+            route = engine_route(base_url, timeouts or DEFAULT_TIMEOUTS, max_connecting)
             client = default_client(
                 timeouts=timeouts, proxy=route.proxy, tls=route.tls, trust_env=False
             )

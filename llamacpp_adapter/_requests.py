@@ -86,7 +86,7 @@ class EngineRequests:
         self, body: bytes, headers: dict[str, str], route: DirectRoute, path: str
     ) -> BodySource:
         data = request_bytes("POST", f"{route.path}{path}", route.host, headers, body)
-        source = await open_direct(route.endpoint, data, route.timeouts)
+        source = await open_direct(route.endpoint, data, route.timeouts, route.gate)
         head = source.parser
         try:
             if head.status != 200:

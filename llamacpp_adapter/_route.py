@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from ._redact import MIN_REGISTERED_SECRET_CHARS, redact_secrets
-from ._transports.direct import Endpoint, StreamTimeouts
+from ._transports.direct import DEFAULT_MAX_CONNECTING, ConnectGate, Endpoint, StreamTimeouts
 from .http_util import register_secret
 
 __all__ = ["DirectRoute", "Route", "check_base_url", "engine_route", "split_credentials"]
@@ -28,6 +28,7 @@ class DirectRoute:
     host: str  # the Host header
     path: str  # the base URL's path, before "/completion"
     timeouts: StreamTimeouts
+    gate: ConnectGate  # the connections being made at once
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,26 @@ class Route:
     direct: DirectRoute | None
 
 
-def engine_route(base_url: str, timeouts: httpx.Timeout) -> Route:
+def engine_route(
+    base_url: str, timeouts: httpx.Timeout, max_connecting: int = DEFAULT_MAX_CONNECTING
+) -> Route:
     """The route to *base_url*: the environment's proxy for its scheme (``HTTP_PROXY``,
     ``HTTPS_PROXY``, ``ALL_PROXY``) unless ``NO_PROXY`` exempts its host, by the
-    standard library's rules."""
+    standard library's rules; on the direct path, at most *max_connecting* connections
+    being made at once."""
     url = httpx.URL(base_url)
     proxies = urllib.request.getproxies_environment()
     proxy = None
     if not urllib.request.proxy_bypass(url.host):
         proxy = proxies.get(url.scheme) or proxies.get("all")
     tls = httpx.create_ssl_context() if url.scheme == "https" else None
-    direct = None if proxy is not None else _direct(url, tls, timeouts)
+    direct = None if proxy is not None else _direct(url, tls, timeouts, max_connecting)
     return Route(proxy, tls, direct)
 
 
-def _direct(url: httpx.URL, tls: ssl.SSLContext | None, timeouts: httpx.Timeout) -> DirectRoute:
+def _direct(
+    url: httpx.URL, tls: ssl.SSLContext | None, timeouts: httpx.Timeout, max_connecting: int
+) -> DirectRoute:
     port = url.port or (443 if url.scheme == "https" else 80)
     return DirectRoute(
         Endpoint(url.host, port, tls),
@@ -71,6 +77,7 @@ def _direct(url: httpx.URL, tls: ssl.SSLContext | None, timeouts: httpx.Timeout)
             write=_seconds(timeouts.write),
             read=_seconds(timeouts.read),
         ),
+        ConnectGate(max_connecting),
     )
 
 

@@ -15,6 +15,7 @@ stream's connection is never kept: llama-server closes it after a stream.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import ipaddress
 import socket
@@ -30,10 +31,12 @@ from .._sansio.http11 import ResponseParser
 from .base import NO_CONNECTION, caused_by, reason_of
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTING",
     "HIGH_WATER_BYTES",
     "NOT_SENT",
     "OPENING",
     "READ_BYTES",
+    "ConnectGate",
     "DirectBody",
     "Endpoint",
     "StallWatch",
@@ -56,6 +59,8 @@ READ_BYTES = 64 * 1024
 #: Body bytes that may wait for the consumer before asyncio stops reading the socket.
 HIGH_WATER_BYTES = 64 * 1024
 OPENING = "while opening the stream"
+#: The most connections an adapter makes to its engine at once, by default.
+DEFAULT_MAX_CONNECTING = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,42 @@ class StreamTimeouts:
     read: float
 
 
+class ConnectGate:
+    """At most :attr:`limit` connections to one engine being made at once; a stream
+    that would be one more waits, within its connect timeout, for one of them to be made.
+
+    Thousands of streams opened together otherwise send thousands of SYNs at once: a
+    server's listen queue overflows (llama-server's holds few), the connects it drops are
+    tried again a second and more later, and some fail. And every stream that waits to
+    connect holds what its opening holds: at 10,000 streams that peak left the
+    allocator's pools 2 to 3 KB a stream larger than the open streams needed, for the
+    life of the process (``benchmarks/NOTES.md``). A connect on a local network takes
+    well under a millisecond, so the gate costs an opening nothing until it is full.
+
+    One gate serves an adapter on one event loop at a time: Trio's or asyncio's own
+    semaphore, made when first used there.
+    """
+
+    __slots__ = ("_asyncio", "_trio", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._trio: trio.Semaphore | None = None
+        self._asyncio: asyncio.Semaphore | None = None
+
+    def on_trio(self) -> trio.Semaphore:
+        """The gate on Trio: hold it while connecting."""
+        if self._trio is None:
+            self._trio = trio.Semaphore(self.limit)
+        return self._trio
+
+    def on_asyncio(self) -> asyncio.Semaphore:
+        """The gate on asyncio: hold it while connecting."""
+        if self._asyncio is None:
+            self._asyncio = asyncio.Semaphore(self.limit)
+        return self._asyncio
+
+
 class DirectBody:
     """The body of an answer read on the direct path, and its head."""
 
@@ -101,8 +142,10 @@ class DirectBody:
         raise NotImplementedError
 
 
-async def open_direct(endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts) -> DirectBody:
-    """Connect to *endpoint*, send *request*, and read the answer's head.
+async def open_direct(
+    endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts, gate: ConnectGate
+) -> DirectBody:
+    """Connect to *endpoint* through *gate*, send *request*, and read the answer's head.
 
     Raises:
         WorkerReset: the connection failed (refused, unreachable, reset, TLS).
@@ -113,10 +156,10 @@ async def open_direct(endpoint: Endpoint, request: bytes, timeouts: StreamTimeou
     if trio.lowlevel.in_trio_run():
         from .direct_trio import TrioBody
 
-        return await TrioBody.open(endpoint, request, timeouts)
+        return await TrioBody.open(endpoint, request, timeouts, gate)
     from .direct_asyncio import AsyncioBody
 
-    return await AsyncioBody.open(endpoint, request, timeouts)
+    return await AsyncioBody.open(endpoint, request, timeouts, gate)
 
 
 def connection_error(

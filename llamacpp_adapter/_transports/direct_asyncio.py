@@ -20,6 +20,7 @@ from .direct import (
     HIGH_WATER_BYTES,
     NOT_SENT,
     OPENING,
+    ConnectGate,
     DirectBody,
     Endpoint,
     StallWatch,
@@ -52,19 +53,20 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
 
     @classmethod
     async def open(
-        cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts
+        cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts, gate: ConnectGate
     ) -> AsyncioBody:
         loop = asyncio.get_running_loop()
         body = cls(loop, timeouts.read)
         try:
             with anyio.fail_after(timeouts.connect):
-                await loop.create_connection(
-                    lambda: body,
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=endpoint.tls,
-                    server_hostname=endpoint.host if endpoint.tls is not None else None,
-                )
+                async with gate.on_asyncio():
+                    await loop.create_connection(
+                        lambda: body,
+                        endpoint.host,
+                        endpoint.port,
+                        ssl=endpoint.tls,
+                        server_hostname=endpoint.host if endpoint.tls is not None else None,
+                    )
         except (OSError, TimeoutError) as exc:
             timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
             raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None

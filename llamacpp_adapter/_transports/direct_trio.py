@@ -28,6 +28,7 @@ from .direct import (
     OPENING,
     READ_BYTES,
     WATCHED_REQUEST_BYTES,
+    ConnectGate,
     DirectBody,
     Endpoint,
     StallWatch,
@@ -82,10 +83,13 @@ class TrioBody(DirectBody):
         self._waiting: list[bytes] = []  # body bytes that came with the head
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts) -> TrioBody:
+    async def open(
+        cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts, gate: ConnectGate
+    ) -> TrioBody:
         try:
             with trio.fail_after(timeouts.connect):
-                tcp, plain = await _connect(endpoint)
+                async with gate.on_trio():
+                    tcp, plain = await _connect(endpoint)
         except (OSError, trio.TooSlowError) as exc:
             raise direct.connection_error(exc, OPENING) from None
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
