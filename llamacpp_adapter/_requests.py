@@ -63,6 +63,13 @@ class EngineRequests:
         self._headers = headers
         self._direct = direct
         self._safe_url = safe_url
+        # The same for every stream: made once, not held again by each stream opening.
+        self._stream_headers = {
+            **headers,
+            **NOT_KEPT,  # llama-server closes it after the stream, unannounced
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+        }
 
     async def open_stream(self, body: bytes, path: str = "/completion") -> BodySource:
         """POST *body* to *path* (``/completion``, or the chat endpoint) for a stream;
@@ -72,12 +79,7 @@ class EngineRequests:
             WorkerError: the request failed, or the engine answered with an error (a
                 prompt larger than the context is :class:`PromptTooLarge`).
         """
-        headers = {
-            **self._headers,
-            **NOT_KEPT,  # llama-server closes it after the stream, unannounced
-            "Accept": "text/event-stream",
-            "Content-Type": "application/json",
-        }
+        headers = self._stream_headers
         if self._direct is not None:
             return await self._open_direct(body, headers, self._direct, path)
         return HttpxBody(await self._open_through_httpx(body, headers, path))
