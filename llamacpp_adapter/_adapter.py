@@ -109,8 +109,9 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             paused; it runs in the task group of one of their ``submit()`` blocks
             (each has one) or of the host's.
         max_connecting: the most connections the direct path makes to the server at
-            once (64 by default); a stream that would be one more waits, within its
-            connect timeout, until one of them is made. Thousands of streams opened
+            once (64 by default); a stream that would be one more waits until one of
+            them is made, within the pool timeout (past it, :class:`WorkerReset`),
+            then connects within the connect timeout. Thousands of streams opened
             together would otherwise overflow the server's listen queue, and the
             connects it drops are tried again a second or more later. (Through
             *client*, httpx's own limits apply.)

@@ -76,6 +76,7 @@ def _direct(
             connect=_seconds(timeouts.connect),
             write=_seconds(timeouts.write),
             read=_seconds(timeouts.read),
+            pool=_seconds(timeouts.pool),
         ),
         ConnectGate(max_connecting),
     )

@@ -10,6 +10,7 @@ from typing import Protocol
 
 __all__ = [
     "CLOSE_TIMEOUT_S",
+    "GATE_FULL",
     "NO_CONNECTION",
     "NO_TLS_ANSWER",
     "BodySource",
@@ -29,6 +30,11 @@ NO_TLS_ANSWER = (
 )
 #: Why a request timed out opening, otherwise.
 NO_CONNECTION = "no connection within the connect timeout"
+#: Why a stream timed out before it could begin to connect (see ``ConnectGate``).
+GATE_FULL = (
+    "no connection could be begun within the pool timeout: the adapter's "
+    "max_connecting connections were being made all that time"
+)
 
 
 class BodySource(Protocol):

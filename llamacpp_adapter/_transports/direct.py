@@ -86,17 +86,20 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class StreamTimeouts:
-    """Seconds to connect, to write the request, and to wait for the next bytes
-    (``math.inf`` for no bound)."""
+    """Seconds to connect, to write the request, to wait for the next bytes, and to
+    wait for the :class:`ConnectGate` (``math.inf`` for no bound)."""
 
     connect: float
     write: float
     read: float
+    pool: float
 
 
 class ConnectGate:
     """At most :attr:`limit` connections to one engine being made at once; a stream
-    that would be one more waits, within its connect timeout, for one of them to be made.
+    that would be one more waits for one of them to be made, within the pool timeout
+    (as httpx's wait for a connection from its pool), and then connects within the
+    connect timeout.
 
     Thousands of streams opened together otherwise send thousands of SYNs at once: a
     server's listen queue overflows (llama-server's holds few), the connects it drops are

@@ -15,7 +15,7 @@ import anyio
 from .._exceptions import ProtocolError, WorkerError, WorkerReset
 from .._sansio.http11 import ResponseParser
 from . import direct
-from .base import CLOSE_TIMEOUT_S, NO_CONNECTION, NO_TLS_ANSWER
+from .base import CLOSE_TIMEOUT_S, GATE_FULL, NO_CONNECTION, NO_TLS_ANSWER
 from .direct import (
     HIGH_WATER_BYTES,
     NOT_SENT,
@@ -57,19 +57,26 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
     ) -> AsyncioBody:
         loop = asyncio.get_running_loop()
         body = cls(loop, timeouts.read)
+        connecting = gate.on_asyncio()
+        try:
+            with anyio.fail_after(timeouts.pool):
+                await connecting.acquire()
+        except TimeoutError as exc:
+            raise direct.connection_error(exc, OPENING, timed_out=GATE_FULL) from None
         try:
             with anyio.fail_after(timeouts.connect):
-                async with gate.on_asyncio():
-                    await loop.create_connection(
-                        lambda: body,
-                        endpoint.host,
-                        endpoint.port,
-                        ssl=endpoint.tls,
-                        server_hostname=endpoint.host if endpoint.tls is not None else None,
-                    )
+                await loop.create_connection(
+                    lambda: body,
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=endpoint.tls,
+                    server_hostname=endpoint.host if endpoint.tls is not None else None,
+                )
         except (OSError, TimeoutError) as exc:
             timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
             raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None
+        finally:
+            connecting.release()
         try:
             await body._write(request, timeouts.write)
             while not body.parser.head_complete:

@@ -22,7 +22,7 @@ import trio
 
 from .._sansio.http11 import ResponseParser
 from . import direct
-from .base import NO_TLS_ANSWER
+from .base import GATE_FULL, NO_TLS_ANSWER
 from .direct import (
     NOT_SENT,
     OPENING,
@@ -86,12 +86,19 @@ class TrioBody(DirectBody):
     async def open(
         cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts, gate: ConnectGate
     ) -> TrioBody:
+        connecting = gate.on_trio()
+        try:
+            with trio.fail_after(timeouts.pool):
+                await connecting.acquire()
+        except trio.TooSlowError as exc:
+            raise direct.connection_error(exc, OPENING, timed_out=GATE_FULL) from None
         try:
             with trio.fail_after(timeouts.connect):
-                async with gate.on_trio():
-                    tcp, plain = await _connect(endpoint)
+                tcp, plain = await _connect(endpoint)
         except (OSError, trio.TooSlowError) as exc:
             raise direct.connection_error(exc, OPENING) from None
+        finally:
+            connecting.release()
         tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         handshaking = False
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp

@@ -1,5 +1,6 @@
 """The direct path makes at most ``max_connecting`` connections to its engine at once: a
-stream past them waits for one to be made, within its own connect timeout.
+stream past them waits for one to be made, within the pool timeout, and then connects
+within the connect timeout.
 
 The engine here is a listening socket whose accept queue is full: Linux drops the SYNs
 that then come, so a connect to it hangs until its timeout, and every connect the
@@ -80,18 +81,19 @@ async def test_no_more_connects_at_once_than_max_connecting(limit: int) -> None:
             group.cancel_scope.cancel()
 
 
-async def test_a_stream_waiting_to_connect_fails_at_its_own_connect_timeout(
+async def test_a_stream_waits_to_connect_within_the_pool_timeout_then_connects_within_its_own(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    failed_at: list[float] = []
+    failures: list[tuple[float, str]] = []
 
     async def one(adapter: LlamaCppHttpAdapter) -> None:
-        with pytest.raises(WorkerReset, match="connect timeout"):
+        with pytest.raises(WorkerReset) as caught:
             await open_one(adapter)
-        failed_at.append(trio.current_time())
+        assert caught.value.retriable
+        failures.append((trio.current_time(), str(caught.value)))
 
     with an_engine_that_accepts_nothing() as port:
-        timeouts = httpx.Timeout(60.0, connect=10.0)
+        timeouts = httpx.Timeout(60.0, connect=10.0, pool=15.0)
         async with (
             LlamaCppHttpAdapter(
                 f"http://127.0.0.1:{port}", timeouts=timeouts, max_connecting=1
@@ -100,9 +102,15 @@ async def test_a_stream_waiting_to_connect_fails_at_its_own_connect_timeout(
         ):
             for _ in range(3):
                 nursery.start_soon(one, adapter)
-    # Not one connect timeout after another: the two that waited for the gate waited
-    # within theirs.
-    assert failed_at == pytest.approx([10.0, 10.0, 10.0])
+                await trio.testing.wait_all_tasks_blocked()  # they queue in this order
+    # The first connects at once and times out at 10 s; the second then connects, and
+    # times out at 20 s; the third waits for the gate all along, and gives up at 15 s.
+    assert [at for at, _ in failures] == pytest.approx([10.0, 15.0, 20.0])
+    messages = [message for _, message in failures]
+    assert "no connection within the connect timeout" in messages[0]
+    assert "within the pool timeout" in messages[1]
+    assert "max_connecting" in messages[1]
+    assert "no connection within the connect timeout" in messages[2]
 
 
 @pytest.mark.parametrize("bad", [0, -1])
