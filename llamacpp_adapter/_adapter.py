@@ -28,7 +28,7 @@ from ._sansio.continuation import Ledger
 from ._sansio.errors import error_message, json_or_none
 from ._sansio.slots import decode_slot_use
 from ._sansio.sse import DEFAULT_MAX_EVENT_BYTES
-from ._stream import EventStream, Pausing
+from ._stream import EventStream, Pausing, ReadObserver
 from ._task_form import JobItemSendStream, feed_channel
 from ._transports.base import BodySource
 from ._transports.direct import DEFAULT_MAX_CONNECTING
@@ -47,10 +47,10 @@ _LOADING_STATUS = 503
 DEFAULT_PAUSE = PausePolicy()
 
 
-class Placement(Protocol):
+class Placement(ReadObserver, Protocol):
     """Where a paused stream goes on, when something above the adapter places its
-    tasks (the host): it watches the stream, is told of the pause, and is asked for
-    the adapter to resume on."""
+    tasks (the host): it watches the stream, is told of each batch it reads and of the
+    pause, and is asked for the adapter to resume on."""
 
     @property
     def watch_group(self) -> anyio.abc.TaskGroup:
@@ -279,6 +279,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
             on_end=self._on_end,
             pausing=pausing,
             decoder=decoder,
+            observer=placement,
         )
         self._streams.setdefault(request.job_id, []).append(stream)
         if pausing is None:

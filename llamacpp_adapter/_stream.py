@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -26,7 +26,7 @@ from ._sansio.json_events import JsonStreamDecoder
 from ._transports.base import BodySource
 from ._types import Started, StreamEvent
 
-__all__ = ["EventStream", "Pausing"]
+__all__ = ["EventStream", "Pausing", "ReadObserver"]
 
 logger = logging.getLogger("llamacpp_adapter")
 
@@ -36,6 +36,15 @@ _DONE = (StreamState.ENDED, StreamState.FAILED, StreamState.CLOSED)
 #: The looks of the watch (every half pause_after) at which the consumer has taken no
 #: event, and was not waiting for one, that make it away.
 _AWAY_LOOKS = 2
+
+
+class ReadObserver(Protocol):
+    """Told of each batch of events a stream reads (the host counts a placed stream's
+    tokens so, as they are read, with nothing of its own between its consumer and the
+    stream)."""
+
+    def received(self, events: list[StreamEvent]) -> None:
+        """*events*, just read and decoded (never empty)."""
 
 
 @dataclass
@@ -93,6 +102,7 @@ class EventStream(EventReceiveStream):
         "_index",
         "_interruption",
         "_max_event_bytes",
+        "_observer",
         "_on_end",
         "_pausing",
         "_read_done",
@@ -118,8 +128,10 @@ class EventStream(EventReceiveStream):
         on_end: Callable[[EventStream, WorkerError | None], None],
         pausing: Pausing | None = None,
         decoder: JsonStreamDecoder[Any] | None = None,
+        observer: ReadObserver | None = None,
     ) -> None:
         self.job_id = job_id
+        self._observer = observer
         self._source = source
         self._max_event_bytes = max_event_bytes
         self._pausing = pausing
@@ -259,6 +271,13 @@ class EventStream(EventReceiveStream):
             extra={"job_id": self.job_id, "tokens_out": point, "parts": ledger.parts},
         )
 
+    def _took(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        """*events*, read: counted, and told to the observer."""
+        self._events_read += len(events)
+        if events and self._observer is not None:
+            self._observer.received(events)
+        return events
+
     async def cancel(self, error: WorkerError) -> None:
         """End the stream with *error* (the adapter's ``cancel(job_id)`` gives
         :class:`JobCancelled`): its response closes now, so that the engine frees the
@@ -294,8 +313,7 @@ class EventStream(EventReceiveStream):
                 raise self._interruption
             events = decoder.next_events(limit)
             if events:
-                self._events_read += len(events)
-                return events
+                return self._took(events)
             if read and self._event_timeout_s != math.inf:
                 # Only here, on a read that completed nothing, is the clock read.
                 now = anyio.current_time()
@@ -319,9 +337,8 @@ class EventStream(EventReceiveStream):
             if self._interruption is not None:
                 raise self._interruption
             if raw is None:
-                events = decoder.close()  # WorkerReset if the final chunk never came
-                self._events_read += len(events)
-                return events
+                # WorkerReset if the final chunk never came.
+                return self._took(decoder.close())
             read = True
             self._bytes_received += len(raw)
             decoder.receive_data(raw)

@@ -13,6 +13,7 @@ import random
 import time
 import warnings
 from bisect import bisect_left as _bisect
+from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -46,6 +47,8 @@ logger = logging.getLogger("llamacpp_adapter")
 _monotonic = time.monotonic
 #: No replica: what a task that failed nowhere avoids (one set for every such task).
 _NONE: frozenset[Replica] = frozenset()
+#: A task's gaps between tokens before its first: none are observed (one for every task).
+_NO_SERIES = LatencySeries(())
 
 
 class HostStream(EventReceiveStream):
@@ -151,7 +154,7 @@ class HostStream(EventReceiveStream):
         self._retry_deadline = policy.retry_deadline(now, self._deadline)
         self._submitted_at = time.monotonic()
         self._last_token_at = 0.0
-        self._token_latency = LatencySeries(())  # the replica's, from the first token
+        self._token_latency = _NO_SERIES  # the replica's, from the first token
         self._tokens = 0
         self._min_context = 0
         self._failed_on: frozenset[Replica] = _NONE  # replicas this task failed on
@@ -206,7 +209,18 @@ class HostStream(EventReceiveStream):
         )
         return self._tokens
 
-    async def _read(self, limit: int | None = None) -> list[StreamEvent]:
+    def _read(self, limit: int | None = None) -> Coroutine[Any, Any, list[StreamEvent]]:
+        """The replica's next events. From the first token on, the task is not tried
+        again, and the replica's stream is read as it is, with no coroutine of the
+        host's between: every stream waiting for its next token holds its chain of
+        coroutines, and the collector walks them (the host counts what the replica's
+        stream reads as it reads it: :meth:`received`)."""
+        events = self._events
+        if self._tokens and events is not None:
+            return events.receive_batch()
+        return self._read_until_placed()
+
+    async def _read_until_placed(self) -> list[StreamEvent]:
         """The replica's next events; when its failure comes before the first token and
         the policy says so, the task goes to another replica, unseen."""
         while True:
@@ -230,7 +244,8 @@ class HostStream(EventReceiveStream):
             if not batch:
                 await self._close_attempt()
                 return []
-            batch = self._received(batch)
+            if type(batch[0]) is Started:
+                batch = batch[1:]  # the replica's: the host sent its own
             if batch:
                 return batch
 
@@ -248,13 +263,10 @@ class HostStream(EventReceiveStream):
             raise self._interruption
         return True
 
-    def _received(self, batch: list[StreamEvent]) -> list[StreamEvent]:
-        """Count the tokens and the end of a batch read from the replica; without the
-        replica's own Started (the host sent its own)."""
-        if type(batch[0]) is Started:
-            batch = batch[1:]
+    def received(self, events: list[StreamEvent]) -> None:
+        """The replica's stream read *events*: count its tokens and its end."""
         now = _monotonic()
-        for event in batch:
+        for event in events:
             kind = type(event)
             if kind is Token or kind is Reasoning or kind is ToolCallDelta or kind is ToolCall:
                 # Output: from the first, the task is not tried again elsewhere.
@@ -266,7 +278,6 @@ class HostStream(EventReceiveStream):
                     self._current.record_prompt(event.prompt_tokens, event.cached_tokens)
             elif kind is End:
                 self._got_end = True
-        return batch
 
     async def _interrupt_read(self) -> None:
         if self._retrying is not None:
@@ -276,6 +287,10 @@ class HostStream(EventReceiveStream):
             await events.aclose()  # the reading task then frees the slot
 
     async def _release(self, failure: WorkerError | None) -> None:
+        if failure is not None and self._failure is None and self._interruption is None:
+            # The replica's stream failed past the first token: the replica's to count
+            # (not a cancel or a close from outside, which is the interruption).
+            self._failure = failure
         await self._close_attempt()
 
     def _on_token(self, now: float) -> None:

@@ -448,6 +448,33 @@ async def test_the_metrics_endpoint_serves_what_happened(nursery: trio.Nursery) 
     assert sample(samples, "llamacpp_adapter_token_latency_seconds_count", **r0) == 8
 
 
+async def test_a_failure_past_the_first_token_and_a_cancel_are_counted_as_each_is(
+    nursery: trio.Nursery,
+) -> None:
+    # Past its first token the host reads the replica's stream as it is: what ended it
+    # is still the replica's outcome, and still counted against it or not.
+    engine = Engine(cut_after(2), first_token_then_nothing)
+    async with host_for_test() as host:
+        await add_replica(nursery, host, "r0", engine)
+        url = host.metrics.serve()
+        with pytest.raises(WorkerReset):
+            async with host.submit("pool", TaskRequest("x")) as events:
+                async for _ in events:
+                    pass
+        async with host.submit("pool", TaskRequest("y")) as events:
+            async for event in events:
+                if isinstance(event, Token):
+                    await events.aclose()  # the consumer closes it: cancelled
+                    break
+        samples = await trio.to_thread.run_sync(scrape, url)
+        assert host.replicas("pool")[0].in_flight == 0
+    r0 = {"replica": "r0"}
+    assert sample(samples, "llamacpp_adapter_requests_total", outcome="WORKER_RESET", **r0) == 1
+    assert sample(samples, "llamacpp_adapter_requests_total", outcome="cancelled", **r0) == 1
+    assert sample(samples, "llamacpp_adapter_tokens_out_total", **r0) == 3
+    assert sample(samples, "llamacpp_adapter_token_latency_seconds_count", **r0) == 1
+
+
 # --- Binding -----------------------------------------------------------------------------
 
 URL_VARIABLE = "ORCHD_LLAMACPP_URL"
