@@ -18,6 +18,13 @@ what it streams, through fields the adapter forwards from ``TaskRequest.extra``:
   write, every T ms, on one grid for every stream (as a batched engine writes them);
   each token's content is the server's ``time.monotonic_ns()`` at the write, so a
   client can tell how long it took to reach it.
+  With ``bench_run: ID`` and ``bench_together: N`` too, its first token waits until N
+  streams of run ID have their heads (or ``TOGETHER_MAX_S``), and the run's grids are
+  spread evenly over the interval, in the order the streams came: a client that opens
+  thousands of streams then measures them all under way, the server spends nothing on
+  tokens while they open (sending the tokens of 10,000 paced streams, it accepted the
+  last 40 to 50 s after the first), and its writes come as steadily as N streams that
+  began at any time would send them.
 * ``bench_mode: "bytes"``, ``bench_bytes: B``: token chunks up to B bytes of body.
 * ``bench_mode: "idle"``: one token, then nothing until the client goes away.
 * ``bench_mode: "chat_burst"``, ``bench_events: N``: N content deltas of the chat
@@ -113,6 +120,31 @@ NO_METRICS = {
 }
 
 
+#: The longest a paced stream waits for the rest of its run (``bench_together``).
+TOGETHER_MAX_S = 60.0
+#: Each run's streams that have their heads, and what they wait on, by the run's id.
+_runs: dict[str, tuple[list[int], trio.Event]] = {}
+
+
+async def _together(request: dict[str, object]) -> float:
+    """Wait until ``bench_together`` streams of the request's ``bench_run`` have come
+    this far (or ``TOGETHER_MAX_S``); at once without them. Returns where in the
+    interval the stream's grid lies, as a share of it: the run's streams spread evenly
+    over it in the order they came (0 without a run)."""
+    run, together = request.get("bench_run"), request.get("bench_together")
+    if not isinstance(run, str) or not isinstance(together, int):
+        return 0.0
+    arrived, all_here = _runs.setdefault(run, ([0], trio.Event()))
+    place = arrived[0] / together
+    arrived[0] += 1
+    if arrived[0] >= together:
+        all_here.set()
+        del _runs[run]
+    with trio.move_on_after(TOGETHER_MAX_S):
+        await all_here.wait()
+    return place
+
+
 def _answer(path: str, body: bytes) -> bytes:
     """The answer to a request that streams nothing: a captured one, a token a word of
     the content for /tokenize, and no metrics."""
@@ -145,9 +177,10 @@ async def serve(stream: trio.abc.Stream) -> None:
         elif mode == "paced":
             events = int(request.get("bench_events", 100))  # type: ignore[call-overload]
             interval = float(request.get("bench_interval_ms", 50)) / 1000  # type: ignore[arg-type]
+            phase = await _together(request) * interval
             # Every stream writes on one grid of the interval, whenever it began: as
             # llama-server, whose slots decode in one batch a step, sends their tokens.
-            next_at = math.floor(trio.current_time() / interval) * interval
+            next_at = math.floor(trio.current_time() / interval) * interval + phase
             for n in range(1, events + 1):
                 next_at += interval
                 await trio.sleep_until(next_at)
