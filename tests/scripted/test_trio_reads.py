@@ -29,7 +29,7 @@ def pair() -> Iterator[tuple[TrioBody, socket.socket]]:
         yield TrioBody(stream, math.inf, plain=ours), theirs
 
 
-async def _read_plain(body: TrioBody) -> bytes:
+async def receive(body: TrioBody) -> bytes:
     return await body._receive("while reading")
 
 
@@ -39,7 +39,7 @@ async def test_a_read_of_bytes_already_there_is_a_checkpoint(
     ours, theirs = pair
     theirs.sendall(b"ready")
     with trio.testing.assert_checkpoints():
-        assert await _read_plain(ours) == b"ready"
+        assert await receive(ours) == b"ready"
 
 
 async def test_a_cancelled_read_takes_no_byte(pair: tuple[TrioBody, socket.socket]) -> None:
@@ -47,9 +47,9 @@ async def test_a_cancelled_read_takes_no_byte(pair: tuple[TrioBody, socket.socke
     theirs.sendall(b"kept")
     with trio.CancelScope() as scope:
         scope.cancel()
-        await _read_plain(ours)
+        await receive(ours)
     assert scope.cancelled_caught
-    assert await _read_plain(ours) == b"kept"
+    assert await receive(ours) == b"kept"
 
 
 async def test_a_read_waits_for_bytes_and_for_the_end(
@@ -59,8 +59,8 @@ async def test_a_read_waits_for_bytes_and_for_the_end(
     got: list[bytes] = []
 
     async def read_twice() -> None:
-        got.append(await _read_plain(ours))
-        got.append(await _read_plain(ours))
+        got.append(await receive(ours))
+        got.append(await receive(ours))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_twice)
