@@ -555,7 +555,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         Raises:
             ProtocolError: the answer is not a JSON list of slot objects.
         """
-        return decode_slot_use(await self._requests.request("GET", "/slots"))
+        return await self._requests.decode("/slots", decode_slot_use)
 
     async def metrics(self) -> dict[str, float]:
         """The engine's Prometheus metrics from ``GET /metrics`` (the server needs

@@ -28,7 +28,7 @@ class _Slot(msgspec.Struct, gc=False):
 _SLOTS = msgspec.json.Decoder(list[_Slot])
 
 
-def decode_slot_use(content: bytes) -> SlotUse:
+def decode_slot_use(content: bytes | memoryview) -> SlotUse:
     """The slots of a ``GET /slots`` answer, counted.
 
     Raises:

@@ -4,6 +4,7 @@ exceptions become ours, and where bodies are read with a bound."""
 from __future__ import annotations
 
 import contextlib
+import mmap
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -23,6 +24,7 @@ __all__ = [
     "close_response",
     "found_by_h11",
     "http_error",
+    "mapped_body",
     "read_at_most",
     "read_error_body",
     "response_error",
@@ -128,6 +130,43 @@ async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, boo
             if len(body) > limit:
                 return bytes(body[:limit]), False
     return bytes(body), True
+
+
+@contextlib.asynccontextmanager
+async def mapped_body(response: httpx.Response, limit: int) -> AsyncIterator[memoryview]:
+    """The body, of at most *limit* bytes, read into an anonymous memory mapping for the
+    block, which unmaps it after: a body of megabytes leaves nothing in the process's
+    heap (read into ``bytes``, its pieces and their copy are freed among objects made
+    meanwhile, and the allocator keeps the pages they took). A body that does not say
+    its length is read as :func:`read_at_most` reads it.
+
+    Raises:
+        ProtocolError: the body is longer than *limit*, or than it said.
+    """
+    declared = response.headers.get("content-length", "")
+    if not declared.isdigit():
+        body, complete = await read_at_most(response, limit)
+        if not complete:
+            raise ProtocolError(f"an answer of more than {limit} bytes")
+        with memoryview(body) as view:
+            yield view
+        return
+    size = int(declared)
+    if size > limit:
+        raise ProtocolError(f"an answer of more than {limit} bytes")
+    mapping = mmap.mmap(-1, max(size, 1))
+    try:
+        used = 0
+        async with contextlib.aclosing(_as_generator(response.aiter_bytes())) as chunks:
+            async for chunk in chunks:
+                if used + len(chunk) > size:
+                    raise ProtocolError(f"an answer longer than the {size} bytes it said")
+                mapping[used : used + len(chunk)] = chunk
+                used += len(chunk)
+        with memoryview(mapping) as view, view[:used] as content:
+            yield content
+    finally:
+        mapping.close()
 
 
 async def read_error_body(response: httpx.Response) -> bytes:
