@@ -1,6 +1,6 @@
 """Run every benchmark side by side with its peers, in one run, and write the results.
 
-    python -m benchmarks            # the whole suite, about an hour on 2 cores
+    python -m benchmarks            # the whole suite, about 45 minutes on 2 cores
     python -m benchmarks --quick    # a smaller run
     nox -s bench [-- --quick]       # the same, with its dependencies installed
 
