@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
 import httpx
@@ -132,9 +133,26 @@ class EngineRequests:
 
     async def fetch(self, method: str, path: str, json: Any = None) -> tuple[httpx.Response, bytes]:
         """Send an idempotent request and read at most ``MAX_JSON_BODY_BYTES`` of its
-        answer. Every request but the streamed completion is idempotent, so one that met
-        a kept connection the server had closed is sent once more (see
-        ``_transports.keepalive``).
+        answer (as much of an error's as it takes to find its message)."""
+        async with self._answer(method, path, json) as response:
+            if response.status_code != 200:
+                return response, await read_error_body(response)
+            body, complete = await read_at_most(response, MAX_JSON_BODY_BYTES)
+            if not complete:
+                raise ProtocolError(
+                    f"{method} {path} answered more than {MAX_JSON_BODY_BYTES} bytes"
+                )
+            return response, body
+
+    @asynccontextmanager
+    async def _answer(
+        self, method: str, path: str, json: Any = None
+    ) -> AsyncIterator[httpx.Response]:
+        """Send an idempotent request; the answer, its head read, for the block, which
+        reads its body, and closes it after. Every request but the streamed completion
+        is idempotent, so one that met a kept connection the server had closed is sent
+        once more (see ``_transports.keepalive``). httpx's errors while the block reads
+        are ours.
         """
         content = None if json is None else msgspec.json.encode(json)
         headers = dict(self._headers)
@@ -143,12 +161,7 @@ class EngineRequests:
         doing = f"{method} {path}"
         response = await self._send_idempotent(method, path, content, headers, doing)
         try:
-            if response.status_code != 200:
-                return response, await read_error_body(response)
-            body, complete = await read_at_most(response, MAX_JSON_BODY_BYTES)
-            if not complete:
-                raise ProtocolError(f"{doing} answered more than {MAX_JSON_BODY_BYTES} bytes")
-            return response, body
+            yield response
         except httpx.HTTPError as exc:
             raise http_error(exc, f"during {doing}", body=True) from exc
         finally:
@@ -192,19 +205,11 @@ class EngineRequests:
         Raises:
             WorkerError: the request failed, or the engine answered with an error.
         """
-        doing = f"GET {path}"
-        response = await self._send_idempotent("GET", path, None, dict(self._headers), doing)
-        try:
+        async with self._answer("GET", path) as response:
             if response.status_code != 200:
                 raise response_error(response, await read_error_body(response))
-            async with mapped_body(response, MAX_JSON_BODY_BYTES) as body:
+            async with mapped_body(response, MAX_JSON_BODY_BYTES, f"GET {path}") as body:
                 return decoder(body)
-        except ProtocolError as exc:
-            raise ProtocolError(f"{doing}: {exc}") from None
-        except httpx.HTTPError as exc:
-            raise http_error(exc, f"during {doing}", body=True) from exc
-        finally:
-            await close_response(response)
 
     async def request(self, method: str, path: str, json: Any = None) -> bytes:
         """The body of a successful answer.

@@ -133,34 +133,38 @@ async def read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, boo
 
 
 @contextlib.asynccontextmanager
-async def mapped_body(response: httpx.Response, limit: int) -> AsyncIterator[memoryview]:
+async def mapped_body(
+    response: httpx.Response, limit: int, doing: str
+) -> AsyncIterator[memoryview]:
     """The body, of at most *limit* bytes, read into an anonymous memory mapping for the
     block, which unmaps it after: a body of megabytes leaves nothing in the process's
     heap (read into ``bytes``, its pieces and their copy are freed among objects made
     meanwhile, and the allocator keeps the pages they took). A body that does not say
-    its length is read as :func:`read_at_most` reads it.
+    its length is read as :func:`read_at_most` reads it. *doing* names the request in
+    an error.
 
     Raises:
         ProtocolError: the body is longer than *limit*, or than it said.
     """
+    too_long = ProtocolError(f"{doing}: an answer of more than {limit} bytes")
     declared = response.headers.get("content-length", "")
     if not declared.isdigit():
         body, complete = await read_at_most(response, limit)
         if not complete:
-            raise ProtocolError(f"an answer of more than {limit} bytes")
+            raise too_long
         with memoryview(body) as view:
             yield view
         return
     size = int(declared)
     if size > limit:
-        raise ProtocolError(f"an answer of more than {limit} bytes")
+        raise too_long
     mapping = mmap.mmap(-1, max(size, 1))
     try:
         used = 0
         async with contextlib.aclosing(_as_generator(response.aiter_bytes())) as chunks:
             async for chunk in chunks:
                 if used + len(chunk) > size:
-                    raise ProtocolError(f"an answer longer than the {size} bytes it said")
+                    raise ProtocolError(f"{doing}: an answer longer than the {size} bytes it said")
                 mapping[used : used + len(chunk)] = chunk
                 used += len(chunk)
         with memoryview(mapping) as view, view[:used] as content:

@@ -77,7 +77,8 @@ async def test_an_answer_cut_short_of_its_length_fails() -> None:
 
 
 async def test_an_answer_that_is_not_a_list_of_slots_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError, match="GET /slots"):
+    # Named once: the decoder's message says what was asked.
+    with pytest.raises(ProtocolError, match=r"^GET /slots did not return a JSON list"):
         await slot_use(raw_json_response(200, "OK", b'{"slots": 3}'))
 
 
