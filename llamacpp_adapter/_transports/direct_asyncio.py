@@ -1,13 +1,15 @@
 """The direct path on asyncio (and uvloop): an ``asyncio.Protocol`` whose
 ``data_received`` feeds the parser; ``pause_reading`` holds the bytes back (TCP's window:
 llama-server generates on, until a pause closes the stream) while the body's bytes wait
-for the consumer, and one lazy timer per stream keeps the read timeout."""
+for the consumer. The read timeouts of a loop's streams are kept by one timer
+(:class:`_ReadTimeouts`), set to the soonest of them."""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import socket
+import weakref
 from typing import cast
 
 import anyio
@@ -23,6 +25,7 @@ from .direct import (
     ConnectGate,
     DirectBody,
     Endpoint,
+    ReadDeadlines,
     StallWatch,
     StreamTimeouts,
     unacknowledged,
@@ -37,14 +40,16 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
     def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
         self._loop = loop
         self._read_timeout = read_timeout
+        #: When the wait under way times out (``math.inf``: none is under way).
+        self.deadline = math.inf
+        self._when = OPENING  # what the wait under way is for, for its timeout's error
+        self._keeper = None if read_timeout == math.inf else _ReadTimeouts.watch(self, loop)
         self.parser = ResponseParser()
         self._transport: asyncio.Transport | None = None
         self._pieces: list[bytes] = []
         self._waiting_bytes = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
-        self._wait_began = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._error: WorkerError | None = None
         self._ended = False  # the connection is closed, or its reading end
         self._drained: asyncio.Future[None] | None = None
@@ -56,13 +61,14 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         cls, endpoint: Endpoint, request: bytes, timeouts: StreamTimeouts, gate: ConnectGate
     ) -> AsyncioBody:
         loop = asyncio.get_running_loop()
-        body = cls(loop, timeouts.read)
         connecting = gate.on_asyncio()
         try:
             with anyio.fail_after(timeouts.pool):
                 await connecting.acquire()
         except TimeoutError as exc:
             raise direct.connection_error(exc, OPENING, timed_out=GATE_FULL) from None
+        # Made once through the gate: a stream waiting there holds as little as it can.
+        body = cls(loop, timeouts.read)
         try:
             with anyio.fail_after(timeouts.connect):
                 await loop.create_connection(
@@ -122,6 +128,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         if exc is not None and self._error is None and not self.parser.complete:
             self._error = direct.connection_error(exc, "while reading the stream")
         self._lost = True
+        self._forget()
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         self._end()
@@ -152,6 +159,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
+            self.deadline = math.inf
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -196,28 +204,24 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
             raise self._error
         if self._ended:
             raise direct.response_cut(when)
-        loop = self._loop
-        waiter = self._waiter = loop.create_future()
-        self._wait_began = loop.time()
-        if self._timer is None and self._read_timeout != math.inf:
-            self._timer = loop.call_at(
-                self._wait_began + self._read_timeout, self._check_timeout, when
-            )
+        waiter = self._waiter = self._loop.create_future()
+        keeper = self._keeper
+        if keeper is not None:
+            self._when = when
+            keeper.reading(self, self._loop.time() + self._read_timeout)
         return waiter
 
-    def _check_timeout(self, when: str) -> None:
-        """The read timeout's timer: armed once a wait begins, it checks, when it
-        fires, whether a wait has gone on that long; else it is armed again for the
-        wait in progress, or left off until the next one."""
-        self._timer = None
+    def time_out(self) -> None:
+        """End the wait under way: its deadline passed (the keeper's call). A wait
+        that was cancelled leaves the connection as it is."""
         waiter = self._waiter
-        if waiter is None or waiter.done():
-            return  # no wait in progress: the next one arms the timer again
-        due = self._wait_began + self._read_timeout
-        if self._loop.time() >= due:
-            self._end_with(direct.read_timed_out(when))
-        else:
-            self._timer = self._loop.call_at(due, self._check_timeout, when)
+        if waiter is not None and not waiter.done():
+            self._end_with(direct.read_timed_out(self._when))
+
+    def _forget(self) -> None:
+        if self._keeper is not None:
+            self._keeper.forget(self)
+            self._keeper = None
 
     async def read(self) -> bytes | None:
         while True:
@@ -237,9 +241,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
     async def aclose(self) -> None:
         """Close the connection at once (it is never kept), and return once the event
         loop has closed its socket (uvloop does so an iteration or two later)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._forget()
         self._ended = True
         if self._error is None and not self.parser.complete:
             self._error = WorkerReset("the stream was closed")
@@ -251,3 +253,60 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
             self._gone = self._loop.create_future()
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
             await asyncio.shield(self._gone)
+
+
+#: Each event loop's keeper, while it watches a stream.
+_KEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadTimeouts] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _ReadTimeouts(ReadDeadlines):
+    """The read deadlines of an event loop's direct streams, kept by one timer of the
+    loop's, set to the soonest (:class:`~.direct.ReadDeadlines`). It goes when it
+    watches no stream, and the next stream opened makes another."""
+
+    __slots__ = ("_loop", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        # Not the loop itself: _KEEPERS would then keep it, for as long as a stream
+        # that was never closed is watched.
+        self._loop = weakref.ref(loop)
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def watch(cls, body: AsyncioBody, loop: asyncio.AbstractEventLoop) -> _ReadTimeouts:
+        """*loop*'s keeper, watching *body* (made if there is none)."""
+        keeper = _KEEPERS.get(loop)
+        if keeper is None:
+            keeper = _KEEPERS[loop] = cls(loop)
+        keeper.streams.add(body)
+        return keeper
+
+    def forget(self, body: AsyncioBody) -> None:
+        self.streams.discard(body)
+        if not self.streams:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            loop = self._loop()
+            if loop is not None and _KEEPERS.get(loop) is self:
+                del _KEEPERS[loop]
+
+    def _sooner(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._call_at(self.target)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = self._loop()
+        if loop is not None:
+            soonest = self.sweep(loop.time())
+            if soonest != math.inf:
+                self._timer = self._call_at(soonest)
+
+    def _call_at(self, when: float) -> asyncio.TimerHandle | None:
+        loop = self._loop()
+        return None if loop is None else loop.call_at(when, self._fire)

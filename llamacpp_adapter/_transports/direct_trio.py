@@ -12,7 +12,6 @@ as at 100 (``benchmarks/NOTES.md``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import socket
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from .direct import (
     ConnectGate,
     DirectBody,
     Endpoint,
+    ReadDeadlines,
     StallWatch,
     StreamTimeouts,
     unacknowledged,
@@ -209,23 +209,15 @@ class TrioBody(DirectBody):
         await trio.aclose_forcefully(self._stream)
 
 
-class _ReadTimeouts:
-    """The read timeouts of a Trio run's direct streams, kept by one system task.
+class _ReadTimeouts(ReadDeadlines):
+    """The read deadlines of a Trio run's direct streams, kept by one system task that
+    sleeps until the soonest (:class:`~.direct.ReadDeadlines`). It ends when it watches
+    no stream, and the next stream opened starts another."""
 
-    A stream is watched from its opening to its closing. A read sets its deadline
-    (:meth:`reading`), and clears it when it ends. The keeper sleeps until the soonest
-    deadline it knows; then it times out the streams whose deadline passed and looks
-    for the next soonest, among all it watches. A read whose deadline comes before the
-    one the keeper sleeps until wakes it. So a read costs two attribute writes, and the
-    keeper wakes about once a read timeout, not once a read. It ends when it watches
-    no stream, and the next stream opened starts another.
-    """
-
-    __slots__ = ("_bodies", "_nap", "_target")
+    __slots__ = ("_nap",)
 
     def __init__(self) -> None:
-        self._bodies: set[TrioBody] = set()
-        self._target = math.inf  # what the keeper sleeps until
+        super().__init__()
         self._nap: trio.CancelScope | None = None
 
     @classmethod
@@ -236,37 +228,22 @@ class _ReadTimeouts:
             keeper = cls()
             _KEEPER.set(keeper)
             trio.lowlevel.spawn_system_task(keeper._run, name="llamacpp-adapter read timeouts")
-        keeper._bodies.add(body)
+        keeper.streams.add(body)
         return keeper
 
-    def reading(self, body: TrioBody, deadline: float) -> None:
-        body.deadline = deadline
-        if deadline < self._target:
-            self._target = deadline
-            self._wake()
-
     def forget(self, body: TrioBody) -> None:
-        self._bodies.discard(body)
-        if not self._bodies:
-            self._wake()  # to end
+        self.streams.discard(body)
+        if not self.streams:
+            self._sooner()  # to end
 
-    def _wake(self) -> None:
+    def _sooner(self) -> None:
         if self._nap is not None:
             self._nap.cancel()
 
     async def _run(self) -> None:
         try:
-            while self._bodies:
-                now = trio.current_time()
-                soonest = math.inf
-                for body in self._bodies:
-                    if body.deadline <= now:
-                        body.deadline = math.inf
-                        with contextlib.suppress(OSError):
-                            body.time_out()  # closes its socket; the set is unchanged
-                    elif body.deadline < soonest:
-                        soonest = body.deadline
-                self._target = soonest
+            while self.streams:
+                soonest = self.sweep(trio.current_time())
                 with trio.CancelScope(deadline=soonest) as self._nap:
                     await trio.sleep_forever()
                 self._nap = None

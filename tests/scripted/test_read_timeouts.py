@@ -1,0 +1,102 @@
+"""The read timeouts of a loop's direct streams, kept by one keeper a loop, on every
+loop: a stream with a short timeout opened while another waits out a long one ends at
+its own; a read cancelled before its deadline leaves the connection as it is; and the
+streams of a loop after the last one closed get a keeper again."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import httpx
+import pytest
+
+from llamacpp_adapter import DecodeTimeout, End, LlamaCppHttpAdapter, TaskRequest, Token
+
+from ..support.scripted import Connection, scripted_server
+from ..support.wire import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
+
+pytestmark = pytest.mark.anyio
+
+SHORT_S = 0.5
+LONG_S = 60.0
+#: How much later than its read timeout a stream's error may come on a busy machine.
+SLACK_S = 5.0
+
+
+async def three_then_stall(connection: Connection) -> None:
+    await connection.send(STREAM_HEAD + b"".join(chunked(token_event(n)) for n in (1, 2, 3)))
+    await connection.wait_for_hang_up()
+
+
+async def test_a_short_read_timeout_ends_on_time_beside_a_long_one() -> None:
+    """The keeper sleeps until the long stream's deadline when the short one begins to
+    wait: that wait's deadline must wake it sooner."""
+    long_waiting = anyio.Event()
+    async with (
+        scripted_server(three_then_stall) as server,
+        LlamaCppHttpAdapter(server.url, timeouts=httpx.Timeout(5.0, read=LONG_S)) as slow,
+        LlamaCppHttpAdapter(server.url, timeouts=httpx.Timeout(5.0, read=SHORT_S)) as fast,
+        anyio.create_task_group() as group,
+    ):
+
+        async def wait_long() -> None:
+            async with slow.submit(TaskRequest("x")) as events:
+                async for event in events:
+                    if isinstance(event, Token) and event.i == 2:
+                        long_waiting.set()
+
+        group.start_soon(wait_long)
+        await long_waiting.wait()
+        began = time.monotonic()
+        with pytest.raises(DecodeTimeout):
+            async with fast.submit(TaskRequest("x")) as events:
+                async for _ in events:
+                    pass
+        elapsed = time.monotonic() - began
+        assert SHORT_S <= elapsed < SHORT_S + SLACK_S
+        group.cancel_scope.cancel()  # the long stream is still waiting
+
+
+async def test_a_read_cancelled_before_its_deadline_does_not_time_out_later() -> None:
+    """The consumer gives up a read, stays away past the read timeout, and reads on:
+    the stream goes on to its end (no read was in progress when the deadline passed)."""
+    go_on = anyio.Event()
+
+    async def three_then_the_rest(connection: Connection) -> None:
+        head = STREAM_HEAD + b"".join(chunked(token_event(n)) for n in (1, 2, 3))
+        await connection.send(head)
+        await go_on.wait()
+        await connection.send(chunked(token_event(4) + final_event(4)) + LAST_CHUNK)
+
+    async with (
+        scripted_server(three_then_the_rest) as server,
+        LlamaCppHttpAdapter(server.url, timeouts=httpx.Timeout(5.0, read=SHORT_S)) as adapter,
+        adapter.submit(TaskRequest("x")) as events,
+    ):
+        tokens = [(await events.receive()), *(await events.receive_batch())]
+        while sum(isinstance(event, Token) for event in tokens) < 3:
+            tokens.extend(await events.receive_batch())
+        with anyio.move_on_after(SHORT_S / 5) as scope:
+            await events.receive()  # nothing comes: given up
+        assert scope.cancelled_caught
+        # Past the deadline the cancelled read had, with no read in progress.
+        await anyio.sleep(SHORT_S * 2)
+        go_on.set()
+        rest = [event async for event in events]
+    assert [event.i for event in rest if isinstance(event, Token)] == [3]
+    assert isinstance(rest[-1], End)
+
+
+async def test_streams_after_the_last_one_closed_are_kept_again() -> None:
+    for _ in range(2):
+        async with (
+            scripted_server(three_then_stall) as server,
+            LlamaCppHttpAdapter(server.url, timeouts=httpx.Timeout(5.0, read=SHORT_S)) as adapter,
+        ):
+            began = time.monotonic()
+            with pytest.raises(DecodeTimeout):
+                async with adapter.submit(TaskRequest("x")) as events:
+                    async for _ in events:
+                        pass
+            assert time.monotonic() - began < SHORT_S + SLACK_S
