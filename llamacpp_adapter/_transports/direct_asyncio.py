@@ -79,8 +79,12 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
                     server_hostname=endpoint.host if endpoint.tls is not None else None,
                 )
         except (OSError, TimeoutError) as exc:
+            body._forget()  # no connection: nothing will close it
             timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
             raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None
+        except BaseException:
+            body._forget()
+            raise
         finally:
             connecting.release()
         try:

@@ -1,17 +1,28 @@
 """The read timeouts of a loop's direct streams, kept by one keeper a loop, on every
 loop: a stream with a short timeout opened while another waits out a long one ends at
-its own; a read cancelled before its deadline leaves the connection as it is; and the
-streams of a loop after the last one closed get a keeper again."""
+its own; a read cancelled before its deadline leaves the connection as it is; the
+streams of a loop after the last one closed get a keeper again; and a stream whose
+connect failed is not watched."""
 
 from __future__ import annotations
 
+import gc
+import socket
 import time
 
 import anyio
 import httpx
 import pytest
 
-from llamacpp_adapter import DecodeTimeout, End, LlamaCppHttpAdapter, TaskRequest, Token
+from llamacpp_adapter import (
+    DecodeTimeout,
+    End,
+    LlamaCppHttpAdapter,
+    TaskRequest,
+    Token,
+    WorkerReset,
+)
+from llamacpp_adapter._transports.direct import DirectBody
 
 from ..support.scripted import Connection, scripted_server
 from ..support.wire import LAST_CHUNK, STREAM_HEAD, chunked, final_event, token_event
@@ -100,3 +111,29 @@ async def test_streams_after_the_last_one_closed_are_kept_again() -> None:
                     async for _ in events:
                         pass
             assert time.monotonic() - began < SHORT_S + SLACK_S
+
+
+async def test_a_stream_whose_connect_fails_leaves_nothing_watched() -> None:
+    """A connect refused ends the stream's body with it: nothing keeps it for its read
+    timeout (the keeper watches a body until its connection is closed, and a body that
+    never connected has none to close)."""
+
+    async def refused(adapter: LlamaCppHttpAdapter) -> None:
+        with pytest.raises(WorkerReset):
+            async with adapter.submit(TaskRequest("x")) as events:
+                async for _ in events:
+                    pass
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: a connect is refused
+        async with LlamaCppHttpAdapter(f"http://127.0.0.1:{port}") as adapter:
+            alive = []
+            for _ in range(2):
+                for _ in range(3):
+                    await refused(adapter)
+                gc.collect()
+                alive.append(sum(isinstance(item, DirectBody) for item in gc.get_objects()))
+    # The last failure's traceback may hold its body a while; a body kept for each
+    # failure would make the second count three more than the first.
+    assert alive[1] == alive[0] <= 1
