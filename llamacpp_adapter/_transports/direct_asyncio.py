@@ -43,7 +43,7 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         #: When the wait under way times out (``math.inf``: none is under way).
         self.deadline = math.inf
         self._when = OPENING  # what the wait under way is for, for its timeout's error
-        self._keeper = None if read_timeout == math.inf else _ReadTimeouts.watch(self, loop)
+        self._keeper: _ReadTimeouts | None = None  # from the connection on (connection_made)
         self.parser = ResponseParser()
         self._transport: asyncio.Transport | None = None
         self._pieces: list[bytes] = []
@@ -79,12 +79,8 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
                     server_hostname=endpoint.host if endpoint.tls is not None else None,
                 )
         except (OSError, TimeoutError) as exc:
-            body._forget()  # no connection: nothing will close it
             timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
             raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None
-        except BaseException:
-            body._forget()
-            raise
         finally:
             connecting.release()
         try:
@@ -101,6 +97,10 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is not an asyncio.Transport subclass).
         self._transport = cast(asyncio.Transport, transport)
+        if self._read_timeout != math.inf:
+            # Watched while the connection lives: connection_lost (or aclose) forgets
+            # it, and a body whose connect failed was never watched.
+            self._keeper = _ReadTimeouts.watch(self, self._loop)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
@@ -274,9 +274,7 @@ class _ReadTimeouts(ReadDeadlines):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
-        # Not the loop itself: _KEEPERS would then keep it, for as long as a stream
-        # that was never closed is watched.
-        self._loop = weakref.ref(loop)
+        self._loop = loop  # as its streams do; it goes from _KEEPERS with the last one
         self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -294,23 +292,16 @@ class _ReadTimeouts(ReadDeadlines):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            loop = self._loop()
-            if loop is not None and _KEEPERS.get(loop) is self:
-                del _KEEPERS[loop]
+            if _KEEPERS.get(self._loop) is self:
+                del _KEEPERS[self._loop]
 
     def _sooner(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._call_at(self.target)
+        self._timer = self._loop.call_at(self.target, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        loop = self._loop()
-        if loop is not None:
-            soonest = self.sweep(loop.time())
-            if soonest != math.inf:
-                self._timer = self._call_at(soonest)
-
-    def _call_at(self, when: float) -> asyncio.TimerHandle | None:
-        loop = self._loop()
-        return None if loop is None else loop.call_at(when, self._fire)
+        soonest = self.sweep(self._loop.time())
+        if soonest != math.inf:
+            self._timer = self._loop.call_at(soonest, self._fire)
