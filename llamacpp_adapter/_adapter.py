@@ -103,7 +103,7 @@ class LlamaCppHttpAdapter(anyio.abc.AsyncResource):
         pause: when a stream whose consumer stopped taking events is paused on the
             engine (its connection closed, so that llama-server stops generating, and
             resumed where it stopped once the consumer has taken what was read):
-            :class:`PausePolicy` ``()`` by default; ``None`` never pauses, and
+            ``PausePolicy()`` by default; ``None`` never pauses, and
             llama-server then goes on generating up to ``max_tokens`` while a consumer
             is away. One task watches every stream of the adapter that may be
             paused; it runs in the task group of one of their ``submit()`` blocks

@@ -107,3 +107,15 @@ def test_no_text_of_the_package_names_a_version_it_has_not_reached() -> None:
         if (int(match.group(1)), int(match.group(2))) > own
     ]
     assert not ahead, ahead
+
+
+def test_the_api_reference_documents_every_public_name_once() -> None:
+    import llamacpp_adapter.bench
+
+    pages = (PACKAGE.parent / "docs" / "api").glob("*.md")
+    documented = [
+        name for page in pages for name in re.findall(r"^::: (\S+)$", page.read_text(), re.M)
+    ]
+    public = [f"llamacpp_adapter.{name}" for name in llamacpp_adapter.__all__]
+    public += [f"llamacpp_adapter.bench.{name}" for name in llamacpp_adapter.bench.__all__]
+    assert sorted(documented) == sorted(public)
