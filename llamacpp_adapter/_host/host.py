@@ -68,10 +68,14 @@ class AdapterHost(anyio.abc.AsyncResource):
 
     ::
 
-        async with AdapterHost() as host:
-            host.bind("chat", "r0", LlamaCppHttpAdapter("http://10.0.0.5:8080"))
-            host.bind("chat", "r1", LlamaCppHttpAdapter("http://10.0.0.6:8080"))
-            async with host.submit("chat", TaskRequest("Hello")) as events:
+        async with (
+            LlamaCppHttpAdapter("http://10.0.0.5:8080") as first,
+            LlamaCppHttpAdapter("http://10.0.0.6:8080") as second,
+            AdapterHost() as host,
+        ):
+            host.bind("chat", "r0", first)  # the host does not close what it is given
+            host.bind("chat", "r1", second)
+            async with host.submit("chat", TaskRequest("Hello", max_tokens=64)) as events:
                 async for event in events:
                     ...
 

@@ -86,7 +86,8 @@ async def open_relay_stream(
 
     ::
 
-        async with open_relay_stream("ws://10.0.0.2:8765", TaskRequest("Hi")) as events:
+        request = TaskRequest("Hi", max_tokens=64)
+        async with open_relay_stream("ws://10.0.0.2:8765", request, token=token) as events:
             async for event in events:
                 ...
 

@@ -95,9 +95,10 @@ class Relay:
 
     ::
 
-        relay = Relay(adapter)          # or Relay(host, pool="chat")
+        relay = Relay(adapter, token=token)          # or Relay(host, pool="chat", ...)
         async with anyio.create_task_group() as tasks:
             url = await tasks.start(relay.serve, "127.0.0.1", 8765)
+            ...  # the relay serves at url until the group is cancelled
 
     No client can stop the relay or hold its resources: a failure while serving one
     connection is logged and drops that connection alone; a refused handshake is

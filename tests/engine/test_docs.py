@@ -11,17 +11,21 @@ or one whose name has no check, fails; so does a check of an example no page has
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import llamacpp_adapter
+import llamacpp_adapter.bench
 from llamacpp_adapter._local.server import LocalLlamaServer
 
 ROOT = Path(__file__).parents[2]
@@ -305,3 +309,169 @@ def test_the_examples_of_a_page_run(
         check.expect(run(example, code, tmp_path).stdout)
         if check.also_asyncio:
             check.expect(run(example, on_asyncio(code), tmp_path).stdout)
+
+
+# --- The API reference's examples: the docstrings' literal blocks -----------------------
+
+
+def literal_blocks(doc: str) -> list[str]:
+    """The indented blocks after a line ending in ``::``, as the reference shows them."""
+    blocks, lines, at = [], doc.splitlines(), 0
+
+    def indent(line: str) -> int:
+        return len(line) - len(line.lstrip())
+
+    while at < len(lines):
+        if not lines[at].rstrip().endswith("::"):
+            at += 1
+            continue
+        base, end = indent(lines[at]), at + 1
+        while end < len(lines) and (not lines[end].strip() or indent(lines[end]) > base):
+            end += 1
+        blocks.append(textwrap.dedent("\n".join(lines[at + 1 : end])).strip("\n"))
+        at = end
+    return blocks
+
+
+def reference_fragments() -> dict[str, str]:
+    """Each public name's (and its members') docstring examples, by dotted name."""
+    found = {}
+    for module in (llamacpp_adapter, llamacpp_adapter.bench):
+        for name in module.__all__:
+            value = getattr(module, name)
+            members = vars(value).items() if inspect.isclass(value) else ()
+            for path, member in [(name, value), *((f"{name}.{a}", m) for a, m in members)]:
+                doc = getattr(member, "__doc__", None)
+                last = path.split(".")[-1]  # __init__'s is shown with its class's
+                if path == name or last == "__init__" or not last.startswith("_"):
+                    for n, block in enumerate(literal_blocks(inspect.cleandoc(doc or ""))):
+                        found[f"{path}#{n}" if n else path] = block
+    return found
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a fragment needs around it to run: *around* holds it (``{fragment}``, at the
+    indent of ``{fragment}``'s line), *body* replaces its ``...``, and the program's
+    output must match *expect*."""
+
+    around: str
+    expect: str
+    body: str = "..."
+
+
+IN_ADAPTER = """
+async def main() -> None:
+    async with LlamaCppHttpAdapter(URL) as adapter:
+        request = TaskRequest("Once upon a time", max_tokens=8)
+        {fragment}
+        print(type(event).__name__)
+"""
+
+SETTINGS = {
+    "LlamaCppHttpAdapter.submit": Setting(IN_ADAPTER, r"\AEnd\n\Z", "pass"),
+    "LlamaCppHttpAdapter.stream_into": Setting(IN_ADAPTER, r"\AEnd\n\Z", "pass"),
+    "AdapterHost": Setting(
+        """
+async def main() -> None:
+    {fragment}
+    print(type(event).__name__)
+""",
+        r"\AEnd\n\Z",
+        "pass",
+    ),
+    "AdapterHost.stream_into": Setting(
+        """
+async def main() -> None:
+    async with LlamaCppHttpAdapter(URL) as adapter, AdapterHost() as host:
+        host.bind("chat", "r0", adapter)
+        request = TaskRequest("Once upon a time", max_tokens=8)
+        send, receive = create_job_channel(64)
+        async with anyio.create_task_group() as group, receive:
+            {fragment}
+            print([type(event).__name__ async for _, event in receive][-1])
+""",
+        r"\AEnd\n\Z",
+    ),
+    "Relay": Setting(
+        """
+async def main() -> None:
+    token = TOKEN
+    async with LlamaCppHttpAdapter(URL) as adapter:
+        {fragment}
+""",
+        r"\Aws://127\.0\.0\.1:\d+\n\Z",
+        "print(url)\ntasks.cancel_scope.cancel()",
+    ),
+    "open_relay_stream": Setting(
+        """
+async def main() -> None:
+    token = TOKEN
+    async with LlamaCppHttpAdapter(URL) as adapter, anyio.create_task_group() as relay:
+        relay_url = await relay.start(Relay(adapter, token=token).serve, "127.0.0.1", 0)
+        {fragment}
+        print(type(event).__name__)
+        relay.cancel_scope.cancel()
+""",
+        r"\AEnd\n\Z",
+        "pass",
+    ),
+    "SSEDecoder": Setting(
+        """
+async def main() -> None:
+    chunks = [b"data: one\\n\\nda", b"ta: two\\n\\n"]
+    {fragment}
+    print(event.data)
+""",
+        r"\Atwo\n\Z",
+        "pass",
+    ),
+    "create_job_channel": Setting(
+        """
+async def main() -> None:
+    {fragment}
+    async with send, receive:
+        await send.send(("job-1", "an event"))
+        print(receive.receive_nowait())
+""",
+        r"\A\('job-1', 'an event'\)\n\Z",
+    ),
+}
+
+FRAGMENT_PROGRAM = """
+import anyio
+
+from llamacpp_adapter import *  # noqa: F403
+from llamacpp_adapter import JobItem
+
+URL = {url!r}
+TOKEN = {token!r}
+{main}
+anyio.run(main, backend={backend!r})
+"""
+
+
+def test_every_fragment_of_the_reference_has_a_setting() -> None:
+    assert set(reference_fragments()) == set(SETTINGS)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@pytest.mark.parametrize("path", sorted(SETTINGS))
+def test_the_reference_s_fragments_run(
+    llama_server: LocalLlamaServer, tmp_path: Path, path: str, backend: str
+) -> None:
+    setting = SETTINGS[path]
+    fragment = reference_fragments()[path]
+    fragment = re.sub(r"^(\s*)\.\.\.(?=\s|$).*$", lambda m: textwrap.indent(setting.body, m[1]),
+                      fragment, flags=re.M)  # fmt: skip
+    for address in ("http://10.0.0.5:8080", "http://10.0.0.6:8080"):
+        fragment = fragment.replace(address, llama_server.base_url)
+    fragment = fragment.replace('"ws://10.0.0.2:8765"', "relay_url").replace("8765", "0")
+    indent = re.search(r"^( *)\{fragment\}", setting.around, re.M)
+    assert indent is not None
+    main = setting.around.replace(f"{indent[1]}{{fragment}}", textwrap.indent(fragment, indent[1]))
+    source = FRAGMENT_PROGRAM.format(
+        url=llama_server.base_url, token=RELAY_TOKEN, main=main, backend=backend
+    )
+    example = Example("reference", path.replace(".", "-"), "python", source)
+    matches(setting.expect)(run(example, source, tmp_path).stdout)
