@@ -80,8 +80,9 @@ def docs(session: nox.Session) -> None:
     link, a reference that does not resolve) fails it. ``-- serve`` previews it instead,
     rebuilt as the pages change."""
     session.install(*DOCS, "-e", ".")
-    # Material prints a notice of its end of life (May 2027) on every build; it is known
-    # (CHANGELOG.md), and would read as a warning in a build that must show none.
+    # Material prints a notice of its end of life (May 2027; its makers' Zensical reads
+    # this mkdocs.yml) on every build, which would read as a warning in a build that must
+    # show none. The move is for when it is due.
     env = {"NO_MKDOCS_2_WARNING": "1"}
     if session.posargs[:1] == ["serve"]:
         session.run("mkdocs", "serve", "--strict", *session.posargs[1:], env=env)
