@@ -46,6 +46,7 @@ class Load:
 
     @property
     def closed(self) -> bool:
+        """Whether this is a closed loop (a number of streams at once), not a rate."""
         return self.rate is None
 
 

@@ -51,6 +51,7 @@ class Objective(msgspec.Struct, frozen=True):
 
     @property
     def name(self) -> str:
+        """The objective as ``--slo`` writes it: ``ttft_ms``, ``p99_itl_ms``, ..."""
         prefix = "" if self.percentile is None else f"p{self.percentile:g}_"
         return f"{prefix}{self.metric}_ms"
 
