@@ -87,6 +87,11 @@ def fan_in_ends_each_job_once(output: str) -> None:
     assert len(ends) == len(set(ends)) == 6, output
 
 
+def stories_each_once(output: str) -> None:
+    stories = re.findall(r"^story (\d): \d+ tokens$", output, re.M)
+    assert sorted(stories) == [str(n) for n in range(6)], output
+
+
 def conversation_stays_on_one_replica(output: str) -> None:
     line = r"^turn (\d) on (r[01]): (\d+|None) prompt tokens from its cache$"
     turns = re.findall(line, output, re.M)
@@ -140,6 +145,7 @@ CHECKS: dict[str, Check] = {
         server="scripted",
     ),
     # many-streams.md
+    "many-pulled": Check(stories_each_once),
     "fan-in": Check(fan_in_ends_each_job_once, also_asyncio=True),
     # pools.md
     "host": Check(matches(r"\nserved by r[01]\n\Z"), also_asyncio=True),
