@@ -1,4 +1,5 @@
-"""Sessions a newcomer runs with one command: ``nox -s tests``, ``lint``, ``typecheck``."""
+"""Sessions a newcomer runs with one command: ``nox -s tests``, ``lint``, ``typecheck``,
+``docs`` (the four CI runs), and ``stream``, ``bench``, ``reliability``."""
 
 from pathlib import Path
 
