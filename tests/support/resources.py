@@ -50,7 +50,8 @@ async def settled_task_count(baseline: int) -> int:
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # The second: the process ended (and was reaped) between the open and the read.
         return False
     return state != "Z"
 
