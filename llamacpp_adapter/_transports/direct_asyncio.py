@@ -78,7 +78,12 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
                     ssl=endpoint.tls,
                     server_hostname=endpoint.host if endpoint.tls is not None else None,
                 )
-        except (OSError, TimeoutError) as exc:
+        except BaseException as exc:
+            # A connect given up after connection_made (cancelled, or past its timeout):
+            # uvloop closes the connection without calling connection_lost.
+            body._forget()
+            if not isinstance(exc, (OSError, TimeoutError)):
+                raise
             timed_out = NO_CONNECTION if endpoint.tls is None else NO_TLS_ANSWER
             raise direct.connection_error(exc, OPENING, timed_out=timed_out) from None
         finally:
@@ -98,8 +103,8 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
         # A stream transport (uvloop's is not an asyncio.Transport subclass).
         self._transport = cast(asyncio.Transport, transport)
         if self._read_timeout != math.inf:
-            # Watched while the connection lives: connection_lost (or aclose) forgets
-            # it, and a body whose connect failed was never watched.
+            # Watched while the connection lives: connection_lost (or aclose, or a
+            # connect given up) forgets it; a body whose connect failed was never watched.
             self._keeper = _ReadTimeouts.watch(self, self._loop)
         sock = transport.get_extra_info("socket")
         if sock is not None:

@@ -142,3 +142,34 @@ async def test_a_stream_whose_connect_fails_leaves_nothing_watched() -> None:
 def bodies_alive() -> int:
     gc.collect()
     return sum(isinstance(item, DirectBody) for item in gc.get_objects())
+
+
+async def test_a_stream_cancelled_while_it_connects_leaves_nothing_watched() -> None:
+    """A stream cancelled at each point of its opening in turn, one of them inside the
+    connect, after the connection was made: nothing keeps its body. (uvloop closes a
+    connection whose connect was given up without calling connection_lost.)"""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # connects are taken by the system, and no answer ever comes
+        port = listener.getsockname()[1]
+        async with LlamaCppHttpAdapter(f"http://127.0.0.1:{port}") as adapter:
+            before = bodies_alive()
+            for checkpoints in range(CANCEL_POINTS):
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(cancel_after, scope, checkpoints)
+                        async with adapter.submit(TaskRequest("x")) as events:
+                            async for _ in events:
+                                pass
+            assert bodies_alive() == before
+
+
+#: How many points of a stream's opening the cancellation test tries, one after another:
+#: more than an opening passes through on every event loop.
+CANCEL_POINTS = 40
+
+
+async def cancel_after(scope: anyio.CancelScope, checkpoints: int) -> None:
+    for _ in range(checkpoints):
+        await anyio.lowlevel.checkpoint()
+    scope.cancel()
