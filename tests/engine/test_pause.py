@@ -104,13 +104,17 @@ async def unpaused_text(server: LocalLlamaServer, request: TaskRequest) -> str:
     return text
 
 
-async def unstreamed_text(server: LocalLlamaServer, request: TaskRequest) -> str:
-    """What ``stream: false`` answers for *request*."""
-    body = completion_body(request, prompt=None) | {"stream": False}
+async def unstreamed(server: LocalLlamaServer, request: TaskRequest, **fields: Any) -> Any:
+    """What ``stream: false`` answers for *request* (with *fields* set in its body)."""
+    body = completion_body(request) | {"stream": False} | fields
     async with httpx.AsyncClient(base_url=server.base_url, timeout=GUARD_S) as client:
         response = await client.post("/completion", json=body)
     response.raise_for_status()
-    text = response.json()["content"]
+    return response.json()
+
+
+async def unstreamed_text(server: LocalLlamaServer, request: TaskRequest) -> str:
+    text = (await unstreamed(server, request))["content"]
     assert isinstance(text, str)
     return text
 
@@ -280,12 +284,13 @@ async def test_a_paused_stream_whose_replica_is_gone_resumes_on_another(
     prompt = await prompt_ids(survivor, request)
     point = metrics.prompt_tokens + (metrics.cached_tokens or 0) - len(prompt)
     assert 0 < point < 1500
-    assert ids[:point] == (await greedy_ids(survivor, prompt, 1500))[:point]
+    assert ids[:point] == await greedy_ids(survivor, prompt, point)
     assert ids[point:] == await greedy_ids(survivor, prompt + ids[:point], 1500 - point)
 
 
 async def prompt_ids(server: LocalLlamaServer, request: TaskRequest) -> list[int]:
-    """*request*'s prompt as the engine's ids, as a resume sends them (with BOS)."""
+    """*request*'s prompt as the engine's ids (with BOS), as it tokenizes the text a
+    resume sends before the generated ids."""
     async with LlamaCppHttpAdapter(server.base_url) as adapter:
         assert isinstance(request.prompt, str)
         return await adapter.tokenize(request.prompt, add_special=True)
@@ -294,12 +299,8 @@ async def prompt_ids(server: LocalLlamaServer, request: TaskRequest) -> list[int
 async def greedy_ids(server: LocalLlamaServer, prompt: list[int], count: int) -> list[int]:
     """The ids *server* generates after *prompt* (evaluated afresh, none from its cache),
     as the tests' tasks are generated."""
-    body = {"prompt": prompt, "n_predict": count, "temperature": 0, "top_p": 1, "stream": False}
-    body |= {"return_tokens": True, "cache_prompt": False, **WHOLE}
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=GUARD_S) as client:
-        response = await client.post("/completion", json=body)
-    response.raise_for_status()
-    generated = response.json()["tokens"]
+    request = TaskRequest(prompt, max_tokens=count, extra=WHOLE)
+    generated = (await unstreamed(server, request, cache_prompt=False))["tokens"]
     assert len(generated) == count
     return [int(token_id) for token_id in generated]
 
