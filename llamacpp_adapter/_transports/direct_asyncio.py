@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-import weakref
 from typing import cast
 
 import anyio
@@ -265,9 +264,9 @@ class AsyncioBody(asyncio.Protocol, DirectBody):
 
 
 #: Each event loop's keeper, while it watches a stream.
-_KEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ReadTimeouts] = (
-    weakref.WeakKeyDictionary()
-)
+#: (A plain dict: a keeper holds its loop, so a weak key would never go by itself; each
+#: entry goes with its keeper's last stream.)
+_KEEPERS: dict[asyncio.AbstractEventLoop, _ReadTimeouts] = {}
 
 
 class _ReadTimeouts(ReadDeadlines):
