@@ -11,6 +11,7 @@ or one whose name has no check, fails; so does a check of an example no page has
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import re
@@ -339,8 +340,10 @@ def literal_blocks(doc: str) -> list[str]:
     return blocks
 
 
+@functools.cache
 def reference_fragments() -> dict[str, str]:
-    """Each public name's (and its members') docstring examples, by dotted name."""
+    """Each public name's (and its members') docstring examples, by dotted name (read
+    once: every fragment's test asks)."""
     found = {}
     for module in (llamacpp_adapter, llamacpp_adapter.bench):
         for name in module.__all__:
